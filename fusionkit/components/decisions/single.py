@@ -1,0 +1,45 @@
+"""``single``: one branch decides (the joint head by default), P_final = softmax(z_branch).
+
+With the image and metadata heads kept for the auxiliary losses of eq 7 this is JF-concat; with no
+auxiliary weights it is the paper's "Late concat" and "JF-MMFA".
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from fusionkit.registry import register
+from fusionkit.specs.base import DecisionSpec
+
+
+class SingleDecisionSpec(DecisionSpec):
+    """One branch's posterior is the final posterior; ``branch`` names it (``joint`` by default)."""
+
+    kind: Literal["single"] = "single"
+    branch: Literal["image", "joint", "meta"] = "joint"
+    has_weights: ClassVar[bool] = False
+
+    def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        """Just the deciding branch."""
+        return (self.branch,)
+
+
+@register("decision", SingleDecisionSpec)
+class SingleDecision(nn.Module):
+    """Log weight 0 on the deciding branch: ``log P_final = log_softmax(z_branch)``."""
+
+    def __init__(
+        self, *, num_classes: int, branches: tuple[str, ...], branch: str = "joint"
+    ) -> None:
+        super().__init__()
+        if branches != (branch,):
+            raise ValueError(f"single decision on {branch!r} got branches {branches}")
+        self.branches = branches
+        self.out_dim = 1
+
+    def forward(self, logits: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """Log fusion weights (B, 1), all zero."""
+        return torch.zeros_like(present, dtype=logits[self.branches[0]].dtype)

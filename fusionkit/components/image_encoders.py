@@ -1,0 +1,150 @@
+"""Image encoders: any timm backbone as a pooled-feature extractor (the M_I of eq 1, per image)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import timm
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from fusionkit.errors import PretrainedWeightsError
+from fusionkit.registry import register
+from fusionkit.specs.base import ImageEncoderSpec
+
+
+class TimmImageEncoderSpec(ImageEncoderSpec):
+    """A timm backbone, ``timm.create_model(model_name, num_classes=0)``.
+
+    Weights: ``pretrained: true`` loads the model's default pretrained tag from the Hugging Face hub
+    (or its cache); ``weights_file`` loads a local ``.safetensors``/``.pth`` state dict instead.
+    Asking for weights that cannot be had is an error, never a silent random initialisation.
+    """
+
+    kind: Literal["timm"] = "timm"
+    model_name: str = "tf_efficientnetv2_s.in1k"
+    pretrained: bool = True
+    weights_file: Path | None = None
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    shared: bool = False
+    combine: Literal["concat", "mean"] = "concat"
+
+    @field_validator("model_name")
+    @classmethod
+    def _known_to_timm(cls, name: str) -> str:
+        if not timm.is_model(name.split(".")[0]):
+            close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise ValueError(f"timm has no model {name!r}{hint}")
+        return name
+
+
+def _has_pretrained_source(model_name: str) -> bool:
+    cfg = timm.models.get_pretrained_cfg(model_name, allow_unregistered=False)
+    if cfg is None:
+        return False
+    return bool(cfg.hf_hub_id or cfg.url or cfg.file)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise PretrainedWeightsError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise PretrainedWeightsError(f"{path}: cannot read weights ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+@register("image_encoder", TimmImageEncoderSpec)
+class TimmImageEncoder(nn.Module):
+    """One timm backbone mapping (B, 3, H, W) images to pooled features (B, out_dim).
+
+    ``out_dim`` is the backbone's ``head_hidden_size`` (the width of what ``forward`` returns with
+    ``num_classes=0``), which differs from ``num_features`` on models with a hidden head layer; when
+    a model lacks it, a dummy forward measures it.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        pretrained: bool = False,
+        weights_file: Path | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(num_classes=0, drop_rate=drop_rate)
+        if drop_path_rate:
+            kwargs["drop_path_rate"] = drop_path_rate
+        use_hub = pretrained and weights_file is None
+        if use_hub and not _has_pretrained_source(model_name):
+            raise PretrainedWeightsError(
+                f"timm has no pretrained weights for {model_name!r}; "
+                "set pretrained: false, name a tag with weights, or give weights_file"
+            )
+        try:
+            self.backbone = timm.create_model(model_name, pretrained=use_hub, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - download/offline/hub errors all mean "cannot have it"
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
+            raise PretrainedWeightsError(
+                f"cannot load pretrained weights for {model_name!r}{hint}: "
+                f"{type(exc).__name__}: {exc}. Set pretrained: false or give weights_file"
+            ) from exc
+        if weights_file is not None:
+            self._load_weights_file(Path(weights_file))
+        self.model_name = model_name
+        self.out_dim = self._measure_width()
+
+    def _load_weights_file(self, path: Path) -> None:
+        state = _read_state_dict(path)
+        model_keys = set(self.backbone.state_dict())
+        # a checkpoint saved with its classifier carries head keys this backbone (num_classes=0) lacks
+        head = self.backbone.default_cfg.get("classifier", "classifier")
+        heads = (head,) if isinstance(head, str) else tuple(head)
+        state = {
+            k: v for k, v in state.items() if k in model_keys or not k.startswith(tuple(heads))
+        }
+        missing = sorted(model_keys - set(state))
+        unexpected = sorted(set(state) - model_keys)
+        if missing or unexpected:
+            raise PretrainedWeightsError(
+                f"{path}: weights do not fit {self.backbone.__class__.__name__} "
+                f"({len(missing)} missing keys, e.g. {missing[:3]}; "
+                f"{len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+            )
+        try:
+            self.backbone.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise PretrainedWeightsError(f"{path}: weights do not fit: {exc}") from exc
+
+    def _measure_width(self) -> int:
+        width = getattr(self.backbone, "head_hidden_size", None)
+        if isinstance(width, int) and width > 0:
+            return width
+        size = self.backbone.default_cfg.get("input_size", (3, 224, 224))
+        was_training = self.backbone.training
+        self.backbone.eval()
+        with torch.no_grad():
+            width = int(self.backbone(torch.zeros(1, *size)).shape[-1])
+        self.backbone.train(was_training)
+        return width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, out_dim) of an image batch (B, 3, H, W)."""
+        return self.backbone(images)

@@ -1,0 +1,106 @@
+"""Named model specs shipped with fusionkit: every variant of the paper's Tables 2-3 and Figure 3.
+
+``load_preset("ji-adf", overrides={"image_encoder": {"model_name": "test_efficientnet",
+"pretrained": False}})`` deep-merges the overrides into the preset before validation; overrides may
+also be ``"dotted.key=value"`` strings (values parsed as YAML), as on the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from fusionkit.errors import ConfigError
+from fusionkit.specs.model import ModelSpec
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files(__name__)
+    return {
+        entry.name[: -len(".yaml")]: entry
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """Names of the shipped presets matching an fnmatch ``pattern``, sorted."""
+    import fnmatch
+
+    return sorted(n for n in _preset_files() if fnmatch.fnmatchcase(n, pattern))
+
+
+def preset_description(name: str) -> str:
+    """The one-line description at the top of a preset file."""
+    first = _read(name).splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def _read(name: str) -> str:
+    files = _preset_files()
+    if name not in files:
+        close = difflib.get_close_matches(name, files, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(sorted(files))})")
+    return files[name].read_text()
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The raw mapping of a preset, before overrides and validation."""
+    return yaml.safe_load(_read(name))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"a.b=value"`` -> ``{"a": {"b": value}}`` with the value parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces).
+
+    Changing a slot's ``kind`` replaces the slot instead of merging, so the old kind's fields do
+    not leak into the new one.
+    """
+    out = dict(base)
+    for key, value in update.items():
+        old = out.get(key)
+        if (
+            isinstance(old, Mapping)
+            and isinstance(value, Mapping)
+            and value.get("kind", old.get("kind")) == old.get("kind")
+        ):
+            out[key] = merge(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None
+) -> dict[str, Any]:
+    """Apply a nested override mapping or ``key.path=value`` strings to a spec mapping."""
+    out = dict(data)
+    if overrides is None:
+        return out
+    if isinstance(overrides, Mapping):
+        return merge(out, overrides)
+    for text in overrides:
+        out = merge(out, parse_override(text))
+    return out
+
+
+def load_preset(
+    name: str, overrides: Mapping[str, Any] | Iterable[str] | None = None
+) -> ModelSpec:
+    """The validated :class:`ModelSpec` of a preset, with ``overrides`` merged in."""
+    return ModelSpec.model_validate(apply_overrides(preset_dict(name), overrides))

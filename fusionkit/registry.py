@@ -1,0 +1,204 @@
+"""Component registries: one per kind of component, filled by a decorator, open to plugins.
+
+A registry is a plain dict from a component's name to its class and its pydantic spec class.
+The name is the spec's ``kind`` literal, so the spec and the component can never disagree::
+
+    import fusionkit as fk
+
+    class GatedSumSpec(fk.specs.FusionSpec):
+        kind: Literal["gated_sum"] = "gated_sum"
+        out_dim: PositiveInt = 256
+
+    @fk.register("fusion", GatedSumSpec)
+    class GatedSumFusion(nn.Module):
+        def __init__(self, *, image_dim: int, meta_dim: int, out_dim: int) -> None: ...
+
+Third-party packages register through the entry-point group ``fusionkit.components``: each entry
+point names a module (or an object in one) that registers its components when imported. Plugins are
+loaded once, when ``fusionkit`` is imported; a plugin that fails to load is a warning naming it, and
+is skipped. Every registration re-opens the spec unions, so a component registered at any time is
+accepted by :class:`fusionkit.ModelSpec` from then on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
+
+from fusionkit.errors import ConfigError
+
+ComponentKind = Literal["image_encoder", "metadata_encoder", "fusion", "decision"]
+"""The kinds of component fusionkit assembles a model from."""
+
+COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
+PLUGIN_GROUP = "fusionkit.components"
+
+
+class PluginWarning(UserWarning):
+    """A third-party plugin named in the ``fusionkit.components`` entry points failed to load."""
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """One registered component: its kind, name, class and spec class, and where it came from."""
+
+    kind: str
+    name: str
+    component: type
+    spec: type
+    module: str
+
+
+class Registry:
+    """The components of one kind, by name (timm-style: a dict filled by a decorator)."""
+
+    def __init__(self, kind: str, spec_base: type | None = None) -> None:
+        self.kind = kind
+        self.spec_base = spec_base
+        self._entries: dict[str, ComponentEntry] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, spec: type, component: type) -> ComponentEntry:
+        """Register ``component`` under the ``kind`` literal of ``spec``; a duplicate name is an error."""
+        if self.spec_base is not None and not (
+            isinstance(spec, type) and issubclass(spec, self.spec_base)
+        ):
+            raise TypeError(
+                f"a {self.kind} spec must subclass {self.spec_base.__name__}; got {spec!r}"
+            )
+        name = spec_kind_name(spec)
+        if name in self._entries:
+            old = self._entries[name]
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered "
+                f"(by {old.module}.{old.component.__name__}); choose another kind name"
+            )
+        if not inspect.isclass(component):
+            raise TypeError(f"a {self.kind} component must be a class; got {component!r}")
+        entry = ComponentEntry(self.kind, name, component, spec, component.__module__)
+        self._entries[name] = entry
+        _notify()
+        return entry
+
+    def get(self, name: str) -> ComponentEntry:
+        """The entry registered as ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise ConfigError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching an fnmatch ``pattern``."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def specs(self) -> list[type]:
+        """The registered spec classes, sorted by name."""
+        return [self._entries[n].spec for n in sorted(self._entries)]
+
+
+def spec_kind_name(spec: type) -> str:
+    """The name a spec class registers under: the single value of its ``kind: Literal[...]`` field."""
+    fields = getattr(spec, "model_fields", None)
+    if not fields or "kind" not in fields:
+        raise TypeError(f"{spec!r} has no 'kind' field; a spec needs kind: Literal['name']")
+    annotation = fields["kind"].annotation
+    values = get_args(annotation) if get_origin(annotation) is Literal else ()
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise TypeError(
+            f"{spec.__name__}.kind must be a Literal with one string value; got {annotation!r}"
+        )
+    return values[0]
+
+
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in COMPONENT_KINDS}
+_listeners: list[Callable[[], None]] = []
+
+
+def _notify() -> None:
+    for listener in _listeners:
+        listener()
+
+
+def on_register(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` after every registration (the specs use it to re-open their unions)."""
+    _listeners.append(listener)
+
+
+def registry(kind: str) -> Registry:
+    """The registry of one component kind; an unknown kind is a :class:`ConfigError`."""
+    try:
+        return REGISTRIES[kind]
+    except KeyError:
+        raise ConfigError(
+            f"unknown component kind {kind!r}; expected one of {', '.join(COMPONENT_KINDS)}"
+        ) from None
+
+
+def register(kind: str, spec: type, component: type | None = None) -> Any:
+    """Register a component class of ``kind`` with its spec class.
+
+    Use as a decorator, ``@fk.register("fusion", MySpec)``, or directly,
+    ``fk.register("fusion", MySpec, MyFusion)``. The component's constructor takes the spec's fields
+    (except ``kind``) as keyword arguments, plus the widths the builder knows (see the spec base
+    classes in :mod:`fusionkit.specs`), and the component exposes its output width as ``out_dim``.
+    """
+    reg = registry(kind)
+    if component is not None:
+        reg.add(spec, component)
+        return component
+
+    def decorator(cls: type) -> type:
+        reg.add(spec, cls)
+        return cls
+
+    return decorator
+
+
+def list_components(kind: str | None = None, pattern: str = "*") -> list[str] | dict[str, list[str]]:
+    """Registered component names of ``kind`` matching ``pattern``, or all kinds as a dict."""
+    if kind is None:
+        return {k: REGISTRIES[k].names(pattern) for k in COMPONENT_KINDS}
+    return registry(kind).names(pattern)
+
+
+_plugins_loaded = False
+
+
+def load_plugins(*, force: bool = False) -> list[str]:
+    """Import the ``fusionkit.components`` entry points once; returns the names that loaded.
+
+    A plugin that raises while loading is reported as a :class:`PluginWarning` naming it and its
+    target, and skipped. An entry point may name a module (its import registers components) or a
+    callable that is not a class (called with no arguments to register them).
+    """
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return []
+    _plugins_loaded = True
+    loaded = []
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            target = ep.load()
+            if callable(target) and not inspect.isclass(target) and not inspect.ismodule(target):
+                target()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never break fusionkit
+            warnings.warn(
+                f"fusionkit plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
+                f"{type(exc).__name__}: {exc}",
+                PluginWarning,
+                stacklevel=2,
+            )
+            continue
+        loaded.append(ep.name)
+    return loaded

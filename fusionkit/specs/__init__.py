@@ -1,0 +1,38 @@
+"""Pydantic specs: frozen, ``extra="forbid"``, each component slot a union discriminated by ``kind``."""
+
+from fusionkit.components.decisions.adf import ADFDecisionSpec
+from fusionkit.components.decisions.average import AverageDecisionSpec
+from fusionkit.components.decisions.single import SingleDecisionSpec
+from fusionkit.components.fusion.concat import ConcatFusionSpec
+from fusionkit.components.fusion.mmfa import AttentionOnlySpec, MMFASpec, SkipOnlySpec
+from fusionkit.components.image_encoders import TimmImageEncoderSpec
+from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
+from fusionkit.specs.base import (
+    ComponentSpec,
+    DecisionSpec,
+    FrozenSpec,
+    FusionSpec,
+    ImageEncoderSpec,
+    MetadataEncoderSpec,
+)
+from fusionkit.specs.io import dump_spec, load_spec
+from fusionkit.specs.model import (
+    BRANCHES,
+    IMAGE_MODALITIES,
+    MODALITIES,
+    HeadSpec,
+    LossSpec,
+    ModalityDropoutSpec,
+    ModelSpec,
+    spec_json_schema,
+    track_spec_model,
+)
+
+__all__ = [
+    "ADFDecisionSpec", "AttentionOnlySpec", "AverageDecisionSpec", "BRANCHES", "ComponentSpec",
+    "ConcatFusionSpec", "DecisionSpec", "FrozenSpec", "FusionSpec", "HeadSpec", "IMAGE_MODALITIES",
+    "ImageEncoderSpec", "LossSpec", "MLPMetadataEncoderSpec", "MMFASpec", "MODALITIES",
+    "MetadataEncoderSpec", "ModalityDropoutSpec", "ModelSpec", "SingleDecisionSpec",
+    "SkipOnlySpec", "TimmImageEncoderSpec", "dump_spec", "load_spec", "spec_json_schema",
+    "track_spec_model",
+]
