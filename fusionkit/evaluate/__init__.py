@@ -1,0 +1,1 @@
+"""Evaluation: predictions, the ISIC metrics tables, calibration, Grad-CAM, the gate, reports."""

@@ -1,0 +1,150 @@
+"""Running a model over a loader: posteriors, gate weights and labels, gathered across ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusionkit.train.distributed import DistInfo, gather_objects
+
+
+@dataclass
+class Predictions:
+    """What a model said about a set of lesions, sorted by lesion id.
+
+    ``probs`` and ``log_probs`` are (n, N); ``labels`` (n,) or None for an unlabelled split;
+    ``weights`` the (n, 3) fusion weights (alpha_I, alpha_IM, alpha_M) or None; ``present`` the
+    per-branch presence masks.
+    """
+
+    lesion_ids: list[str]
+    probs: np.ndarray
+    log_probs: np.ndarray
+    labels: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    present: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.lesion_ids)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device, *, channels_last: bool = False) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (images optionally channels_last), other values as they are."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.ndim == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = move_batch(value, device)
+        else:
+            out[key] = value
+    return out
+
+
+def mask_modalities(batch: dict[str, Any], absent: Iterable[str]) -> dict[str, Any]:
+    """A copy of the batch with the ``absent`` modalities marked missing and their tensors zeroed."""
+    absent = list(absent)
+    if not absent:
+        return batch
+    batch = dict(batch)
+    present = dict(batch.get("present") or {})
+    for m in absent:
+        if m in batch:
+            batch[m] = torch.zeros_like(batch[m])
+            size = batch[m].shape[0]
+            present[m] = torch.zeros(size, dtype=torch.bool)
+    batch["present"] = present
+    return batch
+
+
+def autocast_context(device: torch.device, bf16: bool):
+    """bf16 autocast on ``device`` when asked, else a no-op context."""
+    if not bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, Any]],
+    *,
+    device: torch.device,
+    bf16: bool = False,
+    channels_last: bool = False,
+    absent: Iterable[str] = (),
+    dist_info: DistInfo | None = None,
+    progress: bool = False,
+    desc: str = "predict",
+    batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Predictions:
+    """Predict every batch of ``loader`` in eval mode; ``absent`` masks modalities out.
+
+    Under torch.distributed each rank predicts its shard and the results are gathered on every
+    rank; duplicates from padded shards are dropped. ``batch_transform`` runs on each batch once it
+    is on the device (e.g. :func:`fusionkit.data.normalize_batch` for uint8 loaders).
+    """
+    was_training = model.training
+    model.eval()
+    absent = tuple(absent)
+    ids: list[str] = []
+    probs, log_probs, labels, weights = [], [], [], []
+    present: dict[str, list[np.ndarray]] = {}
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            batch = move_batch(mask_modalities(batch, absent), device, channels_last=channels_last)
+            if batch_transform is not None:
+                batch = batch_transform(batch)
+            with autocast_context(device, bf16):
+                out = model(batch)
+            ids.extend(batch["lesion_id"])
+            probs.append(out.probs.float().cpu().numpy())
+            log_probs.append(out.log_probs.float().cpu().numpy())
+            if out.weights is not None:
+                weights.append(out.weights.float().cpu().numpy())
+            if "label" in batch:
+                labels.append(batch["label"].cpu().numpy())
+            for name, mask in out.present.items():
+                present.setdefault(name, []).append(mask.cpu().numpy())
+    finally:
+        model.train(was_training)
+    local = {
+        "ids": ids,
+        "probs": np.concatenate(probs) if probs else np.zeros((0, 0)),
+        "log_probs": np.concatenate(log_probs) if log_probs else np.zeros((0, 0)),
+        "labels": np.concatenate(labels) if labels else None,
+        "weights": np.concatenate(weights) if weights else None,
+        "present": {k: np.concatenate(v) for k, v in present.items()},
+    }
+    parts = gather_objects(dist_info, local) if dist_info is not None else [local]
+    return _merge(parts)
+
+
+def _merge(parts: list[dict[str, Any]]) -> Predictions:
+    ids = [i for p in parts for i in p["ids"]]
+    cat = lambda key: None if parts[0][key] is None else np.concatenate([p[key] for p in parts])  # noqa: E731
+    probs, log_probs, labels, weights = cat("probs"), cat("log_probs"), cat("labels"), cat("weights")
+    present = {k: np.concatenate([p["present"][k] for p in parts]) for k in parts[0]["present"]}
+    # sort by lesion id and drop duplicates (padded distributed shards)
+    first: dict[str, int] = {}
+    for i, lesion in enumerate(ids):
+        first.setdefault(lesion, i)
+    order = np.array([first[k] for k in sorted(first)], dtype=int)
+    pick = lambda a: None if a is None else a[order]  # noqa: E731
+    return Predictions(
+        lesion_ids=sorted(first),
+        probs=probs[order],
+        log_probs=log_probs[order],
+        labels=pick(labels),
+        weights=pick(weights),
+        present={k: v[order] for k, v in present.items()},
+    )

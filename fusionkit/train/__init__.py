@@ -1,0 +1,1 @@
+"""Training: run configs, the trainer, checkpoints, and distributed helpers."""

@@ -1,0 +1,341 @@
+"""The trainer: any ModelSpec, the paper's recipe (Appendix A.2), on CPU, one GPU, or many.
+
+A run directory holds::
+
+    config.yaml              the resolved run config (the model spec in full, metadata width set)
+    metadata_encoder.json    the metadata encoding fitted on the training split
+    split.json               the lesion ids of the training and validation splits
+    checkpoints/last.safetensors   model, optimizer, scheduler, RNG state (resumable)
+    checkpoints/best.safetensors   the weights with the best validation macro Dice
+    history.json / train.log       one record/line per epoch
+    report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from fusionkit.errors import ConfigError
+from fusionkit.evaluate.predict import autocast_context, move_batch, predict
+from fusionkit.losses import JointIndividualLoss
+from fusionkit.metrics import isic_metrics
+from fusionkit.model import FusionModel
+from fusionkit.train.checkpoint import load_checkpoint, save_checkpoint
+from fusionkit.train.config import RunConfig
+from fusionkit.train.data_setup import RunData, prepare_data
+from fusionkit.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from fusionkit.utils.io import atomic_write_text
+
+logger = logging.getLogger("fusionkit.train")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is a :class:`ConfigError`."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA GPU is available here; use 'auto' or 'cpu'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class EpochRecord:
+    """One line of the training history."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    val_auc: float
+    lr: float
+    seconds: float
+    samples_per_s: float
+    best: bool
+
+
+class Trainer:
+    """Trains one run; see the module docstring for what the run directory holds.
+
+    ``fit()`` returns the history. Ctrl-C (SIGINT) finishes the current batch, writes a resumable
+    ``last`` checkpoint that records how far the epoch got, and re-raises ``KeyboardInterrupt``.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        run_dir: str | Path,
+        data_root: str | Path | None = None,
+        synthetic: bool = False,
+        resume: bool = False,
+        progress: bool = True,
+        evaluate_at_end: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.evaluate_at_end = evaluate_at_end
+        train = config.train
+        device = resolve_device(train.device)
+        self.dist: DistInfo = init_distributed(device)
+        self.device = self.dist.device
+        self.bf16 = train.precision == "bf16" or (train.precision == "auto" and self.device.type == "cuda")
+        self.channels_last = (
+            self.device.type == "cuda" if train.channels_last == "auto" else bool(train.channels_last)
+        )
+        if train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(train.seed + self.dist.rank)
+
+        self.data: RunData = prepare_data(
+            config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
+            resume=resume, dist_info=self.dist,
+        )
+        self.config = self.data.config  # resolved: metadata width filled in
+        self._setup_logging()
+        spec = self.config.model
+        self.model = FusionModel(spec, meta_dim=self.data.meta_dim).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+            fused=fused or None,
+        )
+        sched = train.scheduler
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=sched.factor, patience=sched.patience,
+            min_lr=sched.min_lr,
+        )
+        self.net: torch.nn.Module = self.model
+        if self.dist.distributed:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step_net = self.net
+        if train.step_mode == "compile":
+            self.step_net = torch.compile(self.net, mode=train.compile_mode)
+        self.start_epoch, self.start_batch = 0, 0
+        self.best_dice = -math.inf
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+        self._interrupted = False
+
+    # -- setup -----------------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        """Where checkpoints go."""
+        return self.run_dir / "checkpoints"
+
+    def _setup_logging(self) -> None:
+        if not self.dist.is_main:
+            return
+        handler = logging.FileHandler(self.run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("fusionkit")
+        root.setLevel(logging.INFO)
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers):
+            root.addHandler(handler)
+        self._log_handler = handler
+
+    def _resume(self) -> None:
+        last = self.ckpt_dir / "last.safetensors"
+        if not last.is_file():
+            raise ConfigError(f"{self.run_dir}: --resume but no checkpoint at {last}")
+        info = load_checkpoint(
+            last, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            restore_rng=True,
+        )
+        self.start_epoch = int(info["epoch"])
+        self.start_batch = int(info.get("batch", 0))
+        self.best_dice = float(info.get("best_dice", -math.inf))
+        self.history = list(info.get("history", []))
+        logger.info("resumed from %s at epoch %d batch %d", last, self.start_epoch + 1, self.start_batch)
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int, start_batch: int) -> tuple[float, int, int]:
+        train = self.config.train
+        loader = self.data.train_loader(epoch=epoch, start_batch=start_batch)
+        total = len(loader)
+        if train.max_batches_per_epoch is not None:
+            total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
+        self.net.train()
+        losses, seen, batch_index = 0.0, 0, start_batch
+        bar = tqdm(
+            total=total, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
+            disable=not (self.progress and self.dist.is_main), leave=False,
+        )
+        for step, batch in enumerate(loader):
+            if step >= total:
+                break
+            loss = self._step(batch)
+            losses += loss * len(batch["lesion_id"])
+            seen += len(batch["lesion_id"])
+            batch_index += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self._interrupted:
+                bar.close()
+                self._save_last(epoch, batch=batch_index)
+                raise KeyboardInterrupt
+        bar.close()
+        return losses / max(seen, 1), seen, batch_index
+
+    def _step(self, batch: dict[str, Any]) -> float:
+        batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
+        with autocast_context(self.device, self.bf16):
+            out = self.step_net(batch)
+        breakdown = self.loss_fn(out, batch["label"])
+        self.optimizer.zero_grad(set_to_none=True)
+        breakdown.total.backward()
+        if self.config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        return float(breakdown.total.detach())
+
+    def validate(self) -> tuple[dict[str, Any], float]:
+        """Macro metrics and the eq-7 loss (of P_final) on the validation split."""
+        preds = predict(
+            self.model, self.data.val_loader(), device=self.device, bf16=self.bf16,
+            channels_last=self.channels_last, dist_info=self.dist,
+            batch_transform=self.data.to_model_batch,
+        )
+        metrics = isic_metrics(preds.labels, preds.probs, self.data.class_names)
+        nll = float(-preds.log_probs[np.arange(len(preds)), preds.labels].mean())
+        return metrics, nll
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _save_last(self, epoch: int, *, batch: int = 0) -> None:
+        barrier(self.dist)
+        if self.dist.is_main:
+            save_checkpoint(
+                self.ckpt_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                info={"epoch": epoch, "batch": batch, "best_dice": self.best_dice, "history": self.history},
+            )
+        barrier(self.dist)
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
+        if self._interrupted:  # second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._interrupted = True
+        if self.dist.is_main:
+            tqdm.write("interrupt: finishing this batch and saving a resumable checkpoint ...")
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, Any]]:
+        """Train from the start (or where ``resume`` left off) to ``train.epochs``."""
+        train = self.config.train
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
+            epochs = tqdm(
+                range(self.start_epoch, train.epochs), initial=self.start_epoch, total=train.epochs,
+                desc="training", unit="epoch", disable=not (self.progress and self.dist.is_main),
+            )
+            for epoch in epochs:
+                start_batch = self.start_batch if epoch == self.start_epoch else 0
+                began = time.perf_counter()
+                train_loss, seen, _ = self._train_epoch(epoch, start_batch)
+                seconds = time.perf_counter() - began
+                metrics, val_loss = self.validate()
+                dice = float(metrics["macro"]["dice"])
+                self.scheduler.step(dice)
+                is_best = dice > self.best_dice
+                record = EpochRecord(
+                    epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
+                    val_auc=float(metrics["macro"]["auc"]), lr=self.optimizer.param_groups[0]["lr"],
+                    seconds=seconds, samples_per_s=seen * self.dist.world_size / max(seconds, 1e-9),
+                    best=is_best,
+                )
+                self.history.append(record.__dict__)
+                if is_best:
+                    self.best_dice = dice
+                    if self.dist.is_main:
+                        save_checkpoint(
+                            self.ckpt_dir / "best.safetensors", model=self.model, include_rng=False,
+                            info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
+                        )
+                self._save_last(epoch + 1)
+                if self.dist.is_main:
+                    line = (
+                        f"epoch {epoch + 1}/{train.epochs}  train loss {train_loss:.4f}  "
+                        f"val loss {val_loss:.4f}  val dice {dice:.4f}  val auc {record.val_auc:.4f}  "
+                        f"lr {record.lr:.2e}  {record.samples_per_s:.1f} samples/s"
+                        + ("  *best*" if is_best else "")
+                    )
+                    tqdm.write(line)
+                    logger.info(line)
+                    atomic_write_text(self.run_dir / "history.json", json.dumps(self.history, indent=2))
+            epochs.close()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self.evaluate_at_end and self.dist.is_main:
+            self.final_evaluation()
+        barrier(self.dist)
+        return self.history
+
+    def final_evaluation(self) -> Path | None:
+        """Evaluate the best checkpoint on the validation split and write the report."""
+        from fusionkit.evaluate.report import evaluate_run
+
+        return evaluate_run(self.run_dir, progress=self.progress)
+
+    def close(self) -> None:
+        """Release the process group and the log file."""
+        shutdown(self.dist)
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            logging.getLogger("fusionkit").removeHandler(handler)
+            handler.close()
+
+
+def train_run(
+    config: RunConfig,
+    *,
+    run_dir: str | Path,
+    data_root: str | Path | None = None,
+    synthetic: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate_at_end: bool = True,
+) -> Trainer:
+    """Train a run end to end; returns the trainer (its ``history``, ``model``, ``run_dir``)."""
+    trainer = Trainer(
+        config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, resume=resume,
+        progress=progress, evaluate_at_end=evaluate_at_end,
+    )
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return trainer
+
+
+ProgressCallback = Callable[[dict[str, Any]], None]
