@@ -162,6 +162,8 @@ def synthesize(
 def main() -> None:
     """Entry point of the ``fusionkit`` script: user errors become one line and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
+        handler.setLevel(logging.WARNING)
     try:
         app(standalone_mode=False)
     except typer.Exit as exc:

@@ -12,7 +12,8 @@ class EpochSampler(Sampler[int]):
     """Indices for one epoch, a pure function of ``(seed, epoch)``.
 
     - ``shuffle`` order: a random permutation; ``balanced``: draws with replacement, each sample
-      weighted by the inverse frequency of its class (every class equally likely per draw).
+      weighted by the inverse frequency of its class (every class equally likely per draw);
+      ``sequential``: the dataset order (evaluation).
     - Distributed: the epoch's order is padded to a multiple of ``world_size`` and rank ``r`` takes
       every ``world_size``-th index from ``r`` (like ``DistributedSampler``).
     - ``start`` skips the first ``start`` indices of this rank (resuming an interrupted epoch).
@@ -43,6 +44,8 @@ class EpochSampler(Sampler[int]):
     def _order(self) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.labels)
+        if self.mode == "sequential":
+            return torch.arange(n)
         if self.mode == "balanced":
             counts = torch.bincount(self.labels).float()
             weights = 1.0 / counts[self.labels]
