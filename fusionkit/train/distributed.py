@@ -76,3 +76,15 @@ def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sync_buffers(info: DistInfo, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP keeps parameters identical across ranks but each rank's last forward updates its own
+    running statistics; syncing them at epoch ends makes every rank hold the same model.
+    """
+    if not info.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

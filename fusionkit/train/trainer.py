@@ -37,7 +37,7 @@ from fusionkit.model import FusionModel
 from fusionkit.train.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.train.config import RunConfig
 from fusionkit.train.data_setup import RunData, prepare_data
-from fusionkit.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from fusionkit.train.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.train")
@@ -201,6 +201,7 @@ class Trainer:
                 self._save_last(epoch, batch=batch_index)
                 raise KeyboardInterrupt
         bar.close()
+        sync_buffers(self.dist, self.model)
         return losses / max(seen, 1), seen, batch_index
 
     def _step(self, batch: dict[str, Any]) -> float:

@@ -1,0 +1,34 @@
+"""Tiny run configs shared by the training, CLI and evaluation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TINY_IMAGE_ENCODER = {"model_name": "test_efficientnet", "pretrained": False}
+
+
+def tiny_run_config(
+    cache_dir: Path, *, preset: str = "ji-adf", epochs: int = 2, n_lesions: int = 60, **train: Any
+) -> dict[str, Any]:
+    """A run config that trains in seconds on 2 CPU cores (32x32 images, tiny backbone)."""
+    return {
+        "model": {
+            "preset": preset,
+            "overrides": {"image_size": 32, "image_encoder": dict(TINY_IMAGE_ENCODER)},
+        },
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "device": "cpu", "deterministic": True, **train},
+        "data": {
+            "synthetic": {"n_lesions": n_lesions, "image_size": [40, 30], "seed": 3},
+            "cache_dir": str(cache_dir),
+            "augment": {"rotation_degrees": 0.0},
+        },
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write a run config as YAML and return its path."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
