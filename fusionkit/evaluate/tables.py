@@ -1,0 +1,189 @@
+"""Result tables: the paper's Table 5 layout and side-by-side ablation tables.
+
+Table 5 of the JI-ADF paper has one row per metric (AUC; AUC, Sens > 80%; Average Precision;
+Accuracy; Sensitivity; Specificity; Dice Coefficient; PPV; NPV) and the columns ``Mean`` (the
+macro average) followed by one column per class. :func:`write_table5` writes it from the output
+of :func:`fusionkit.metrics.isic_metrics` as GitHub Markdown (3 decimals), CSV and JSON (full
+precision); every file is written atomically. An undefined value (NaN, see
+:mod:`fusionkit.metrics.isic`) is written as ``n/a`` in Markdown, an empty cell in CSV and
+``null`` in JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fusionkit.utils.io import atomic_write_text
+
+__all__ = ["TABLE5_ROWS", "ablation_table", "table5_markdown", "table5_rows", "write_table5"]
+
+#: ``(metric key, row label)`` pairs of Table 5, in the paper's order.
+TABLE5_ROWS: tuple[tuple[str, str], ...] = (
+    ("auc", "AUC"),
+    ("auc_sens_80", "AUC, Sens > 80%"),
+    ("ap", "Average Precision"),
+    ("accuracy", "Accuracy"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("dice", "Dice Coefficient"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+)
+_LABELS = dict(TABLE5_ROWS) | {"balanced_accuracy": "Balanced Accuracy"}
+
+
+def table5_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[float]]]]:
+    """Table 5 as data: ``(columns, rows)`` with columns ``["Mean", class, ...]`` and rows
+    ``[(label, [mean, value per class, ...]), ...]`` in the paper's order.
+
+    Args:
+        metrics: the dict returned by :func:`fusionkit.metrics.isic_metrics`.
+    """
+    try:
+        per_class, macro = metrics["per_class"], metrics["macro"]
+        classes = list(per_class[TABLE5_ROWS[0][0]])
+        rows = [
+            (label, [float(macro[key]), *(float(per_class[key][c]) for c in classes)])
+            for key, label in TABLE5_ROWS
+        ]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            "metrics must be the output of fusionkit.metrics.isic_metrics "
+            f"(with 'per_class' and 'macro' for every Table 5 metric); missing {exc}"
+        ) from exc
+    return ["Mean", *classes], rows
+
+
+def table5_markdown(metrics: Mapping[str, Any], *, digits: int = 3) -> str:
+    """Table 5 as a GitHub Markdown table with ``digits`` decimals (NaN written ``n/a``)."""
+    columns, rows = table5_rows(metrics)
+    lines = [
+        _md_row(["Metric", *columns]),
+        _md_row(["---", *(["---:"] * len(columns))]),
+        *(_md_row([label, *(_fmt(v, digits) for v in values)]) for label, values in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_table5(
+    metrics: Mapping[str, Any], out_dir: str | os.PathLike[str], *, stem: str = "metrics"
+) -> dict[str, Path]:
+    """Write Table 5 as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` under ``out_dir``.
+
+    The Markdown has 3 decimals; the CSV and JSON carry full float precision. The JSON also keeps
+    the complete metrics dict (``per_class``, ``macro`` including ``balanced_accuracy``,
+    ``empty_classes``, ``undefined``) under ``"metrics"``. ``out_dir`` is created if missing.
+
+    Returns:
+        ``{"md": path, "csv": path, "json": path}``.
+    """
+    columns, rows = table5_rows(metrics)
+    out = Path(out_dir)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Metric", *columns])
+    for label, values in rows:
+        writer.writerow([label, *("" if math.isnan(v) else repr(v) for v in values)])
+
+    document = {
+        "columns": columns,
+        "rows": [{"metric": label, "values": dict(zip(columns, map(_json_value, values),
+                                                      strict=True))}
+                 for label, values in rows],
+        "metrics": _json_value(metrics),
+    }
+    paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+    atomic_write_text(paths["md"], table5_markdown(metrics))
+    atomic_write_text(paths["csv"], buffer.getvalue())
+    atomic_write_text(paths["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return paths
+
+
+def ablation_table(
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] | None = None,
+    digits: int = 3,
+    bold_best: bool = True,
+) -> str:
+    """Compare several runs (or modality maskings) side by side as a GitHub Markdown table.
+
+    Args:
+        results: ``{run name: macro metrics}``; a value may also be the full output of
+            :func:`fusionkit.metrics.isic_metrics`, whose ``"macro"`` part is then used.
+        metrics: metric keys to show as columns (default: the Table 5 metrics, plus
+            ``balanced_accuracy`` when every run has it).
+        digits: decimals shown.
+        bold_best: bold the highest value of each column (every metric here is
+            higher-is-better); ties are all bolded.
+
+    Returns:
+        The Markdown text, one row per run in the given order; a missing or NaN value is ``n/a``.
+    """
+    if not results:
+        raise ValueError("results is empty: nothing to compare")
+    macros = {name: (r["macro"] if "macro" in r else r) for name, r in results.items()}
+    if metrics is None:
+        keys = [key for key, _ in TABLE5_ROWS]
+        if all("balanced_accuracy" in m for m in macros.values()):
+            keys.append("balanced_accuracy")
+    else:
+        keys = list(metrics)
+    values = {name: [_float_or_nan(m.get(key)) for key in keys] for name, m in macros.items()}
+    best = []
+    for j in range(len(keys)):
+        column = [v[j] for v in values.values() if not math.isnan(v[j])]
+        best.append(round(max(column), digits) if column else None)
+
+    lines = [
+        _md_row(["Run", *(_LABELS.get(k, k) for k in keys)]),
+        _md_row(["---", *(["---:"] * len(keys))]),
+    ]
+    for name, row in values.items():
+        cells = []
+        for j, v in enumerate(row):
+            text = _fmt(v, digits)
+            is_best = best[j] is not None and not math.isnan(v) and round(v, digits) == best[j]
+            if bold_best and is_best:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(_md_row([_md_escape(name), *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON-safe copy: NaN becomes ``None``, tuples become lists, numbers Python floats."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    return None if math.isnan(number) else number
