@@ -1,24 +1,236 @@
-"""``evaluate_run``: the evaluation report of a trained run (placeholder wiring, filled in below)."""
+"""``evaluate_run``: the evaluation report of a trained run, written into its directory.
+
+What it writes (all atomically):
+
+- ``metrics.md`` / ``metrics.csv`` / ``metrics.json``: the paper's Table 5 layout (nine rows, the
+  mean and every class) from :func:`fusionkit.metrics.isic_metrics`;
+- ``confusion_matrix.png``, ``reliability.png``, ``roc.png``, ``history.png``;
+- ``gate.png`` and ``gate.json``: the ADF weights (alpha_I, alpha_IM, alpha_M) per class and for
+  correct versus wrong predictions (decisions with weights only);
+- ``gradcam.png``: Grad-CAM overlays on both images of a few lesions;
+- ``ablation.md``: the macro metrics with each modality masked out at inference (Table 2's
+  question answered without retraining);
+- ``calibration.json``: ECE before and after temperature scaling fitted on the validation split;
+- ``predictions.csv``: the evaluated posteriors in the MILK10k submission format;
+- ``report.md``: one page that shows all of the above.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
-from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.inference import load_run
-from fusionkit.metrics import isic_metrics
+import numpy as np
+import torch
+
+from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
+from fusionkit.errors import FusionkitError
+from fusionkit.evaluate.gradcam import gradcam
+from fusionkit.evaluate.inference import LoadedRun, load_run
+from fusionkit.evaluate.plots import (
+    gate_weight_table,
+    plot_confusion_matrix,
+    plot_gate_weights,
+    plot_reliability_diagram,
+    plot_roc_curves,
+)
+from fusionkit.evaluate.predict import Predictions
+from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
+from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
+from fusionkit.metrics import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    isic_metrics,
+    write_submission,
+)
 from fusionkit.utils.io import atomic_write_text
 
+logger = logging.getLogger("fusionkit.evaluate")
 
-def evaluate_run(run_dir, *, data_root=None, gradcam_lesions: int = 4, progress: bool = False) -> Path:
-    """Evaluate the best checkpoint of a run and write report.md into the run directory."""
+ABLATION_METRICS = (
+    "auc", "auc_sens_80", "ap", "accuracy", "sensitivity", "specificity", "dice", "ppv", "npv",
+    "balanced_accuracy",
+)
+GATE_COLUMNS = ("mean alpha_I", "mean alpha_IM", "mean alpha_M")
+
+
+def modality_ablation(run: LoadedRun, dataset: Milk10kDataset, *, progress: bool = False) -> dict[str, dict[str, float]]:
+    """Macro metrics with all inputs, then with each modality masked out through the presence masks.
+
+    A masking that leaves a sample with nothing to decide on (a single-modality model) is skipped.
+    """
+    results: dict[str, dict[str, float]] = {}
+    names = {"derm": "without D", "clinical": "without C", "meta": "without M"}
+    for absent in [(), *[(m,) for m in run.config.model.modalities]]:
+        label = "all inputs" if not absent else names[absent[0]]
+        try:
+            preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}")
+        except FusionkitError as exc:
+            logger.info("modality ablation %s skipped: %s", label, exc)
+            continue
+        row = dict(isic_metrics(preds.labels, preds.probs, CLASS_NAMES)["macro"])
+        if preds.weights is not None:
+            for i, name in enumerate(("alpha_I", "alpha_IM", "alpha_M")):
+                row[f"mean {name}"] = float(preds.weights[:, i].mean())
+        results[label] = row
+    return results
+
+
+def _gradcam_figure(run: LoadedRun, dataset: Milk10kDataset, preds: Predictions, n: int, path: Path) -> Path | None:
+    images = run.config.model.image_modalities
+    if n <= 0 or not images or len(dataset) == 0:
+        return None
+    # the first n lesions in id order, preferring those with every image present
+    chosen = list(range(min(n, len(dataset))))
+    items = [dataset[i] for i in chosen]
+    batch = torch.utils.data.default_collate(items)
+    transform = dataset.transform
+    device_batch = normalize_batch(batch, mean=transform.mean, std=transform.std, device=run.device)
+    maps = {m: gradcam(run.model, device_batch, modality=m).cpu().numpy() for m in images}
+    pred_index = {lesion: i for i, lesion in enumerate(preds.lesion_ids)}
+    titles = []
+    for item in items:
+        i = pred_index.get(item["lesion_id"])
+        guess = CLASS_NAMES[int(preds.probs[i].argmax())] if i is not None else "?"
+        truth = CLASS_NAMES[item["label"]] if "label" in item else "?"
+        titles.append(f"{item['lesion_id']}  truth {truth}  predicted {guess}")
+    raw = {m: batch[m].numpy() for m in images}
+    return plot_gradcam_grid(raw, maps, titles, path)
+
+
+def _markdown_image(title: str, name: str) -> str:
+    return f"### {title}\n\n![{title}]({name})\n"
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    gradcam_lesions: int = 4,
+    progress: bool = False,
+    checkpoint: str = "best",
+) -> Path:
+    """Evaluate a run's checkpoint and write the report (see the module docstring); returns report.md.
+
+    Without ``data_root`` the run's own validation split is evaluated; with it, the labelled
+    Training split of that MILK10k folder.
+    """
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    dataset = run.validation_dataset() if data_root is None else run.dataset(data_root=data_root)
-    preds = run.predict(dataset, progress=progress)
-    metrics = isic_metrics(preds.labels, preds.probs, CLASS_NAMES)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    run = load_run(run_dir, checkpoint=checkpoint)
+    val_set = run.validation_dataset()
+    dataset = val_set if data_root is None else run.dataset(data_root=data_root)
+    if not dataset.labelled:
+        raise FusionkitError(f"{dataset.files.metadata_csv}: evaluation needs a labelled split (ground truth)")
+    preds = run.predict(dataset, progress=progress, desc="evaluate")
+    labels = preds.labels
+    metrics = isic_metrics(labels, preds.probs, CLASS_NAMES)
+    write_table5(metrics, run_dir, stem="metrics")
+    write_submission(run_dir / "predictions.csv", preds.lesion_ids, preds.probs, CLASS_NAMES)
+    predicted = preds.probs.argmax(axis=1)
+
+    figures: list[tuple[str, str]] = []
+    plot_confusion_matrix(labels, predicted, CLASS_NAMES, run_dir / "confusion_matrix.png")
+    figures.append(("Confusion matrix (rows: truth, normalised)", "confusion_matrix.png"))
+    plot_reliability_diagram(preds.probs, labels, run_dir / "reliability.png")
+    figures.append(("Reliability diagram", "reliability.png"))
+    plot_roc_curves(labels, preds.probs, CLASS_NAMES, run_dir / "roc.png")
+    figures.append(("ROC curves per class", "roc.png"))
+
+    # calibration: temperature fitted on the run's validation split
+    val_preds = preds if data_root is None else run.predict(val_set, desc="validation")
+    temperature = fit_temperature(val_preds.log_probs, val_preds.labels)
+    calibrated = apply_temperature(preds.log_probs, temperature)
+    calibration = {
+        "ece": expected_calibration_error(preds.probs, labels),
+        "temperature": temperature,
+        "ece_after_temperature": expected_calibration_error(calibrated, labels),
+        "fitted_on": "validation split" + (" (the evaluated split itself)" if data_root is None else ""),
+        "n_bins": 15,
+    }
+    atomic_write_text(run_dir / "calibration.json", json.dumps(calibration, indent=2))
+
+    gate_md = ""
+    if preds.weights is not None:
+        plot_gate_weights(preds.weights, labels, predicted, CLASS_NAMES, run_dir / "gate.png")
+        table = gate_weight_table(preds.weights, labels, predicted, CLASS_NAMES)
+        atomic_write_text(run_dir / "gate.json", json.dumps(table, indent=2, default=float))
+        gate_md = _gate_markdown(table)
+        figures.append(("Adaptive decision fusion weights (which modality the gate trusted)", "gate.png"))
+
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    if history:
+        plot_history(history, run_dir / "history.png")
+        figures.append(("Training history", "history.png"))
+    cam = _gradcam_figure(run, dataset, preds, gradcam_lesions, run_dir / "gradcam.png")
+    if cam is not None:
+        figures.append(("Grad-CAM on the first lesions (warmer: more weight in the decision)", "gradcam.png"))
+
+    ablation = modality_ablation(run, dataset, progress=progress)
+    columns = list(ABLATION_METRICS)
+    if any(GATE_COLUMNS[0] in row for row in ablation.values()):
+        columns += GATE_COLUMNS
+    ablation_md = ablation_table(ablation, metrics=columns) if len(ablation) > 1 else ""
+    if ablation_md:
+        atomic_write_text(run_dir / "ablation.md", ablation_md + "\n")
+
+    report = _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, len(preds), data_root)
     path = run_dir / "report.md"
-    atomic_write_text(path, f"# Report\n\nmacro dice {metrics['macro']['dice']:.4f}\n")
+    atomic_write_text(path, report)
     return path
+
+
+def _gate_markdown(table: dict[str, Any]) -> str:
+    rows = ["| group | n | alpha_I | alpha_IM | alpha_M |", "|---|---|---|---|---|"]
+
+    def add(name: str, entry: dict[str, Any]) -> None:
+        if entry.get("count", 0):
+            values = " | ".join(f"{float(entry[b]):.3f}" for b in table["branches"])
+            rows.append(f"| {name} | {entry['count']} | {values} |")
+
+    add("all", table["all"])
+    add("correct", table["correct"])
+    add("wrong", table["wrong"])
+    for name, entry in table["per_class"].items():
+        add(name, entry)
+    return "\n".join(rows)
+
+
+def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n, data_root) -> str:
+    spec = run.config.model
+    info = run.checkpoint_info
+    macro = metrics["macro"]
+    where = "its validation split" if data_root is None else f"`{data_root}`"
+    lines = [
+        f"# fusionkit report: {spec.name or 'model'}",
+        "",
+        f"Run `{run.run_dir}`, checkpoint from epoch {info.get('epoch', '?')}, evaluated on {where} "
+        f"({n} lesions).",
+        "",
+        f"**Macro Dice (the MILK10k headline metric) {macro['dice']:.3f}**, macro AUC {macro['auc']:.3f}, "
+        f"accuracy {macro['accuracy']:.3f}, balanced accuracy {macro['balanced_accuracy']:.3f}. "
+        f"ECE {calibration['ece']:.3f} ({calibration['ece_after_temperature']:.3f} after temperature "
+        f"scaling, T = {calibration['temperature']:.2f}).",
+        "",
+        f"Model: modalities {', '.join(spec.modalities)}; image encoder "
+        f"`{getattr(spec.image_encoder, 'model_name', spec.image_encoder.kind)}`; fusion "
+        f"`{spec.fusion.kind if spec.fusion else 'none'}`; decision `{spec.decision.kind}`; loss weights "
+        f"IM {spec.loss.lambda_joint}, I {spec.loss.lambda_image}, M {spec.loss.lambda_meta}.",
+        "",
+    ]
+    if metrics.get("empty_classes"):
+        lines += [f"Classes without positives in this set (AUC undefined): {', '.join(metrics['empty_classes'])}.", ""]
+    lines += ["## Metrics (Table 5 layout)", "", table5_markdown(metrics), "",
+              "Also as [CSV](metrics.csv) and [JSON](metrics.json); posteriors in [predictions.csv](predictions.csv).", ""]
+    if ablation_md:
+        lines += ["## Modality ablation at inference", "",
+                  "The same model with one modality marked absent in the presence masks (no retraining).", "",
+                  ablation_md, ""]
+    if gate_md:
+        lines += ["## What the fusion gate trusted", "", "Mean ADF weights by group.", "", gate_md, ""]
+    lines += ["## Figures", ""]
+    for title, name in figures:
+        lines.append(_markdown_image(title, name))
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Grad-CAM (Selvaraju et al., 2017) over the dermoscopic and clinical images of a fusion model.
+
+For an image modality, the backbone's last spatial feature map ``A`` (the output of timm's
+``forward_features``) and the gradient of the final log-posterior ``log P_final[c]`` with respect
+to it give ``cam = ReLU(sum_k mean_ij(dL/dA_k) A_k)``, upsampled to the image size and scaled to
+[0, 1]. Works for any timm backbone whose ``forward_features`` returns a (B, C, h, w) map, with one
+backbone per image or a shared one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from fusionkit.errors import ConfigError
+from fusionkit.model import FusionModel
+
+
+@contextlib.contextmanager
+def _capture_features(backbone: torch.nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+    original = backbone.forward_features
+
+    def forward_features(x: torch.Tensor) -> torch.Tensor:
+        features = original(x)
+        features.retain_grad()
+        store.append(features)
+        return features
+
+    backbone.forward_features = forward_features  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del backbone.forward_features
+
+
+def gradcam(
+    model: FusionModel,
+    batch: dict[str, Any],
+    *,
+    modality: str,
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Grad-CAM maps (B, H, W) in [0, 1] for one image ``modality`` of a normalised batch.
+
+    ``target`` holds one class index per sample (default: the predicted class).
+    """
+    stream = model.image_stream
+    if stream is None or modality not in stream.modalities:
+        raise ConfigError(f"the model has no {modality!r} image stream for Grad-CAM")
+    key = "shared" if stream.shared else modality
+    backbone = stream.encoders[key].backbone
+    store: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), _capture_features(backbone, store):
+            out = model(batch)
+            if target is None:
+                target = out.probs.argmax(dim=1)
+            score = out.log_probs.gather(1, target.view(-1, 1)).sum()
+            model.zero_grad(set_to_none=True)
+            score.backward()
+    finally:
+        model.train(was_training)
+    features = store[0]
+    if features.ndim != 4:
+        raise ConfigError(
+            f"Grad-CAM needs a spatial (B, C, h, w) feature map; {type(backbone).__name__} gives "
+            f"{tuple(features.shape)}"
+        )
+    grads = features.grad
+    if stream.shared:  # the shared backbone saw all images stacked in modality order
+        index = stream.modalities.index(modality)
+        features = features.chunk(len(stream.modalities))[index]
+        grads = grads.chunk(len(stream.modalities))[index]
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach().float()
+    size = batch[modality].shape[-2:]
+    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)
+    return cam / peak[:, None, None]
