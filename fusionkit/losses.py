@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fusionkit.model import FusionOutput
 from fusionkit.specs.model import LossSpec
@@ -55,12 +54,22 @@ class JointIndividualLoss(nn.Module):
             class_weights=spec.class_weights,
         )
 
-    def _nll(self, log_probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
+    def _nll(
+        self, log_probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class-weighted mean of ``-log_probs[y]`` over the samples in ``mask``.
+
+        Written without data-dependent shapes or host syncs (no boolean indexing, no ``.item()``),
+        so the whole training step can be captured in a CUDA graph. A batch where no sample has
+        the branch contributes 0. Equals ``F.nll_loss(..., weight=class_weights)`` on the masked rows.
+        """
+        per_sample = -log_probs.gather(1, target[:, None])[:, 0]
+        weight = torch.ones_like(per_sample)
+        if self.class_weights is not None:
+            weight = self.class_weights.to(per_sample.dtype)[target]
         if mask is not None:
-            if not bool(mask.any()):
-                return log_probs.sum() * 0.0
-            log_probs, target = log_probs[mask], target[mask]
-        return F.nll_loss(log_probs, target, weight=self.class_weights)
+            weight = weight * mask.to(per_sample.dtype)
+        return (weight * per_sample).sum() / weight.sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
 
     def forward(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown:
         """The loss for a batch's output and its class-index targets (B,)."""

@@ -162,6 +162,9 @@ class FusionModel(nn.Module):
         )
         self.has_weights = type(spec.decision).has_weights
         self.feature_dims = widths
+        self.validate_presence = True
+        """Check that every sample has a branch to decide on (a host sync; the trainer turns it off
+        after checking the masks on the CPU, so CUDA steps stay asynchronous and graph-capturable)."""
 
     # ------------------------------------------------------------------------------------------
     def _batch_size(self, batch: dict[str, Any]) -> tuple[int, torch.device]:
@@ -173,10 +176,10 @@ class FusionModel(nn.Module):
             f"found keys {sorted(batch)}"
         )
 
-    def presence(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def presence(self, batch: dict[str, Any], *, dropout: bool = True) -> dict[str, torch.Tensor]:
         """Per modality, which samples have it: the batch's ``present`` masks (all True when absent).
 
-        In training mode, the spec's modality dropout is applied on top.
+        In training mode (and with ``dropout``), the spec's modality dropout is applied on top.
         """
         size, device = self._batch_size(batch)
         given = batch.get("present") or {}
@@ -193,7 +196,7 @@ class FusionModel(nn.Module):
             else:
                 mask = torch.as_tensor(mask, device=device).reshape(size).bool()
             present[m] = mask
-        if self.training and self.spec.modality_dropout.p > 0:
+        if dropout and self.training and self.spec.modality_dropout.p > 0:
             present = self._drop_modalities(present)
         return present
 
@@ -221,6 +224,24 @@ class FusionModel(nn.Module):
             out["joint"] = any_modality
         return out
 
+    def _check_decidable(self, mask: torch.Tensor) -> None:
+        empty = ~mask.any(dim=1)
+        if bool(empty.any()):
+            rows = empty.nonzero().flatten().tolist()
+            raise MissingModalityError(
+                f"samples {rows[:10]} of the batch have none of the inputs the decision uses "
+                f"({list(self.decision_branches)} from {list(self.modalities)}); "
+                "every sample needs at least one present modality"
+            )
+
+    def check_presence(self, batch: dict[str, Any]) -> None:
+        """Raise :class:`MissingModalityError` if a sample of ``batch`` has nothing to decide on.
+
+        Cheap on CPU tensors: the trainer calls it on each batch before moving it to the GPU.
+        """
+        branch_present = self.branch_presence(self.presence(batch, dropout=False))
+        self._check_decidable(torch.stack([branch_present[b] for b in self.decision_branches], dim=1))
+
     def forward(self, batch: dict[str, Any]) -> FusionOutput:
         """Run the model on a batch dict; see :class:`FusionOutput`."""
         present = self.presence(batch)
@@ -235,14 +256,8 @@ class FusionModel(nn.Module):
         logits = {b: head(features[b]).float() for b, head in self.heads.items()}
 
         mask = torch.stack([branch_present[b] for b in self.decision_branches], dim=1)
-        empty = ~mask.any(dim=1)
-        if bool(empty.any()):
-            rows = empty.nonzero().flatten().tolist()
-            raise MissingModalityError(
-                f"samples {rows[:10]} of the batch have none of the inputs the decision uses "
-                f"({list(self.decision_branches)} from {list(self.modalities)}); "
-                "every sample needs at least one present modality"
-            )
+        if self.validate_presence:
+            self._check_decidable(mask)
         log_w = self.decision(logits, mask).float()
         branch_log_probs = torch.stack(
             [logits[b].log_softmax(dim=-1) for b in self.decision_branches], dim=1

@@ -33,7 +33,11 @@ def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
                 tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 plain.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "plain": plain}
+    groups = [
+        {k: (float(v) if isinstance(v, torch.Tensor) and v.ndim == 0 else v) for k, v in group.items()}
+        for group in state["param_groups"]
+    ]
+    return tensors, {"param_groups": groups, "plain": plain}
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,9 @@ class TrainSpec(FrozenSpec):
     - ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     - ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16`` or ``fp32``.
     - ``channels_last``: ``auto`` (on CUDA) or a bool.
-    - ``step_mode``: ``eager``, or ``compile`` (``torch.compile`` of the model with
-      ``compile_mode``; ``reduce-overhead`` captures CUDA graphs so batch 16 is not launch-bound).
+    - ``step_mode``: ``eager``; ``cuda_graph`` (the whole step — forward, backward, AdamW — captured
+      once in a CUDA graph and replayed, so batch 16 is not launch-bound; one GPU, CUDA only); or
+      ``compile`` (``torch.compile`` of the model with ``compile_mode``).
     - ``class_weighting``: ``none`` or ``inverse_frequency`` (weights the CE terms of eq 7);
       ``sampler``: ``shuffle`` or ``balanced`` (class-balanced sampling with replacement).
     - ``max_batches_per_epoch``: cap for quick runs (``null`` = whole epoch).
@@ -54,7 +55,7 @@ class TrainSpec(FrozenSpec):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"
-    step_mode: Literal["eager", "compile"] = "eager"
+    step_mode: Literal["eager", "compile", "cuda_graph"] = "eager"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "reduce-overhead"
     class_weighting: Literal["none", "inverse_frequency"] = "none"
     sampler: Literal["shuffle", "balanced"] = "shuffle"

@@ -30,13 +30,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fusionkit.errors import ConfigError
-from fusionkit.evaluate.predict import autocast_context, move_batch, predict
+from fusionkit.evaluate.predict import move_batch, predict
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics
 from fusionkit.model import FusionModel
 from fusionkit.train.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.train.config import RunConfig
 from fusionkit.train.data_setup import RunData, prepare_data
+from fusionkit.train.step import CudaGraphStep, EagerStep
 from fusionkit.train.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
 from fusionkit.utils.io import atomic_write_text
 
@@ -118,10 +119,19 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
+        graphed = train.step_mode == "cuda_graph"
+        if graphed and (self.device.type != "cuda" or self.dist.distributed):
+            raise ConfigError(
+                "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); "
+                "use 'eager' or 'compile'"
+            )
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+            self.model.parameters(),
+            lr=torch.tensor(train.lr, device=self.device) if graphed else train.lr,
+            weight_decay=train.weight_decay,
             fused=fused or None,
+            capturable=graphed,
         )
         sched = train.scheduler
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -136,6 +146,13 @@ class Trainer:
         self.step_net = self.net
         if train.step_mode == "compile":
             self.step_net = torch.compile(self.net, mode=train.compile_mode)
+        # masks are checked on the CPU (check_presence) so device steps never wait on the host
+        self.model.validate_presence = False
+        step_cls = CudaGraphStep if graphed else EagerStep
+        self.step = step_cls(
+            model=self.step_net, loss_fn=self.loss_fn, optimizer=self.optimizer, device=self.device,
+            bf16=self.bf16, grad_clip=train.grad_clip, clip_parameters=self.model.parameters,
+        )
         self.start_epoch, self.start_batch = 0, 0
         self.best_dice = -math.inf
         self.history: list[dict[str, Any]] = []
@@ -172,6 +189,9 @@ class Trainer:
         self.start_batch = int(info.get("batch", 0))
         self.best_dice = float(info.get("best_dice", -math.inf))
         self.history = list(info.get("history", []))
+        for group in self.optimizer.param_groups:  # a graphed step reads the lr from a tensor
+            if self.config.train.step_mode == "cuda_graph" and not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         logger.info("resumed from %s at epoch %d batch %d", last, self.start_epoch + 1, self.start_batch)
 
     # -- one epoch ---------------------------------------------------------------------------------
@@ -182,7 +202,8 @@ class Trainer:
         if train.max_batches_per_epoch is not None:
             total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
         self.net.train()
-        losses, seen, batch_index = 0.0, 0, start_batch
+        losses = torch.zeros((), device=self.device)
+        seen, batch_index = 0, start_batch
         bar = tqdm(
             total=total, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
             disable=not (self.progress and self.dist.is_main), leave=False,
@@ -190,31 +211,23 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step >= total:
                 break
-            loss = self._step(batch)
-            losses += loss * len(batch["lesion_id"])
-            seen += len(batch["lesion_id"])
+            self.model.check_presence(batch)
+            size = len(batch["lesion_id"])
+            batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
+            loss = self.step(batch)
+            losses += loss * size
+            seen += size
             batch_index += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            if bar.n % 20 == 1 or bar.n == total:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{float(loss):.4f}")
             if self._interrupted:
                 bar.close()
                 self._save_last(epoch, batch=batch_index)
                 raise KeyboardInterrupt
         bar.close()
         sync_buffers(self.dist, self.model)
-        return losses / max(seen, 1), seen, batch_index
-
-    def _step(self, batch: dict[str, Any]) -> float:
-        batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
-        with autocast_context(self.device, self.bf16):
-            out = self.step_net(batch)
-        breakdown = self.loss_fn(out, batch["label"])
-        self.optimizer.zero_grad(set_to_none=True)
-        breakdown.total.backward()
-        if self.config.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
-        return float(breakdown.total.detach())
+        return float(losses) / max(seen, 1), seen, batch_index
 
     def validate(self) -> tuple[dict[str, Any], float]:
         """Macro metrics and the eq-7 loss (of P_final) on the validation split."""
