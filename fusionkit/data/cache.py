@@ -1,0 +1,209 @@
+"""A preprocessed image cache: every image of a split resized once to the training size, as uint8.
+
+One memory-mapped ``.npy`` file of shape ``(N, 3, S, S)`` per split and size, plus a JSON index
+(``<name>.json``) holding the image ids in row order and a key. The key hashes the cache format,
+the size, the resize method and, for every source image, its path, byte size and modification time
+(nanoseconds): change, add or remove a source file and the cache is rebuilt on next use.
+
+Writes are atomic: the data goes to a temporary file renamed to ``<name>-<key>.npy``, then the
+index is renamed into place, so a reader sees either the old complete cache or the new one.
+With the cache, no JPEG is decoded after the first build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusionkit.data.images import ImageSource, load_image
+from fusionkit.errors import DataError
+
+logger = logging.getLogger("fusionkit.data")
+
+_FORMAT = "fusionkit.image_cache"
+_VERSION = 1
+_RESIZE = "torchvision-bicubic-antialias-uint8"
+
+
+def cache_key(sources: Sequence[ImageSource], image_size: int) -> str:
+    """Hex digest identifying the cache contents: format, size, resize method, files' path/size/mtime."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([_FORMAT, _VERSION, _RESIZE, image_size]).encode())
+    for source in sorted(sources, key=lambda s: s.isic_id):
+        try:
+            stat = source.path.stat()
+        except OSError as error:
+            raise DataError(
+                f"image file missing (listed on line {source.line} of {source.metadata_csv.name}); "
+                "expected the JPEG to exist",
+                path=source.path,
+                lesion_id=source.lesion_id,
+            ) from error
+        entry = [source.isic_id, str(source.path.resolve()), stat.st_size, stat.st_mtime_ns]
+        digest.update(json.dumps(entry).encode())
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ImageCache:
+    """Read access to a built cache; open or build one with :meth:`open_or_build`.
+
+    The memory map is opened lazily in each process (a pickled cache, e.g. in a DataLoader worker,
+    carries only the file name), so workers share the page cache instead of copying data.
+
+    Attributes:
+        data_path: the ``.npy`` file.
+        image_size: height and width of every cached image.
+        rows: ``isic_id -> row`` of the array.
+        built: whether :meth:`open_or_build` had to (re)build it.
+    """
+
+    def __init__(self, *, data_path: Path, image_size: int, ids: Sequence[str], built: bool = False) -> None:
+        self.data_path = data_path
+        self.image_size = image_size
+        self.rows = {isic_id: row for row, isic_id in enumerate(ids)}
+        self.built = built
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """The read-only ``(N, 3, S, S)`` uint8 memory map."""
+        if self._array is None:
+            try:
+                self._array = np.load(self.data_path, mmap_mode="r")
+            except FileNotFoundError as error:
+                raise DataError(
+                    "image cache file is gone (a later dataset rebuilt the cache because source images "
+                    "changed); expected it to exist: create the dataset again",
+                    path=self.data_path,
+                ) from error
+        return self._array
+
+    def read(self, isic_id: str) -> torch.Tensor:
+        """A copy of one cached image as a uint8 ``(3, S, S)`` tensor."""
+        return torch.from_numpy(np.array(self.array[self.rows[isic_id]]))
+
+    def read_rows(self, rows: Sequence[int]) -> torch.Tensor:
+        """Copies of several cached images as one uint8 ``(len(rows), 3, S, S)`` tensor (one gather)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
+        out[order] = self.array[rows[order]]
+        return torch.from_numpy(out)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    @classmethod
+    def open_or_build(
+        cls,
+        *,
+        cache_dir: str | Path,
+        name: str,
+        sources: Sequence[ImageSource],
+        image_size: int,
+        workers: int | None = None,
+    ) -> ImageCache:
+        """Open the cache ``name`` in ``cache_dir`` if its key matches ``sources``, else build it.
+
+        Args:
+            cache_dir: folder of the cache files (created if needed).
+            name: stem of the cache files, unique per split (e.g. ``milk10k-training-384``).
+            sources: every image to cache.
+            image_size: the square size images are resized to.
+            workers: decoding threads for a build (default: the number of CPUs).
+
+        Raises:
+            DataError: a source image is missing or cannot be decoded (names file, line, lesion).
+        """
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key = cache_key(sources, image_size)
+        index_path = cache_dir / f"{name}.json"
+        data_path = cache_dir / f"{name}-{key[:16]}.npy"
+        index = _read_index(index_path)
+        if index is not None and index.get("key") == key and data_path.is_file():
+            logger.info("image cache hit: %s (%d images at %dx%d)", data_path, len(index["ids"]), image_size, image_size)
+            return cls(data_path=data_path, image_size=image_size, ids=index["ids"])
+        ids = [s.isic_id for s in sources]
+        started = time.perf_counter()
+        _build(data_path, sources, image_size, workers or os.cpu_count() or 1)
+        _atomic_write_text(
+            index_path,
+            json.dumps(
+                {
+                    "format": _FORMAT,
+                    "version": _VERSION,
+                    "key": key,
+                    "image_size": image_size,
+                    "resize": _RESIZE,
+                    "data": data_path.name,
+                    "ids": ids,
+                }
+            ),
+        )
+        for stale in cache_dir.glob(f"{name}-*.npy"):
+            if stale != data_path:
+                stale.unlink(missing_ok=True)
+        logger.info(
+            "image cache built: %s (%d images at %dx%d in %.1f s)",
+            data_path,
+            len(ids),
+            image_size,
+            image_size,
+            time.perf_counter() - started,
+        )
+        return cls(data_path=data_path, image_size=image_size, ids=ids, built=True)
+
+
+def _read_index(path: Path) -> dict[str, Any] | None:
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(index, dict) or index.get("format") != _FORMAT or index.get("version") != _VERSION:
+        return None
+    return index
+
+
+def _build(data_path: Path, sources: Sequence[ImageSource], image_size: int, workers: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=data_path.name + ".", suffix=".tmp", dir=data_path.parent)
+    os.close(fd)
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), 3, image_size, image_size))
+
+        def fill(row: int) -> None:
+            array[row] = load_image(sources[row], image_size).numpy()
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for _ in pool.map(fill, range(len(sources))):
+                pass
+        array.flush()
+        del array
+        os.replace(tmp, data_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
