@@ -126,9 +126,14 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     data = read_mapping(path)
     if "model" not in data:
         raise ConfigError(f"{path}: a run config needs a 'model' section (a spec or a preset)")
+    overrides = list(overrides or [])
+    # overrides of the preset itself (model.preset=..., model.overrides.x=...) apply before it is
+    # expanded; every other override applies to the expanded spec
+    early = [o for o in overrides if o.split("=", 1)[0].strip().startswith(("model.preset", "model.overrides"))]
+    late = [o for o in overrides if o not in early]
+    data = apply_overrides(data, early)
     model = data["model"]
     if isinstance(model, dict) and "preset" in model:
         data = {**data, "model": RunConfig._resolve_preset({"model": model})["model"]}
-    if overrides:
-        data = apply_overrides(data, overrides)
+    data = apply_overrides(data, late)
     return RunConfig.model_validate(data)
