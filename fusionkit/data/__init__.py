@@ -23,6 +23,7 @@ from fusionkit.data.synthetic import (
     SYNTHETIC_CLINICAL_CLASSES,
     SYNTHETIC_DERM_CLASSES,
     SYNTHETIC_METADATA_CLASSES,
+    SYNTHETIC_SITE_OF_CLASS,
     make_synthetic_milk10k,
     synthetic_class_counts,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "SYNTHETIC_CLINICAL_CLASSES",
     "SYNTHETIC_DERM_CLASSES",
     "SYNTHETIC_METADATA_CLASSES",
+    "SYNTHETIC_SITE_OF_CLASS",
     "AugmentConfig",
     "ImageCache",
     "ImageRecord",

@@ -2,8 +2,9 @@
 
 One memory-mapped ``.npy`` file of shape ``(N, 3, S, S)`` per split and size, plus a JSON index
 (``<name>.json``) holding the image ids in row order and a key. The key hashes the cache format,
-the size, the resize method and, for every source image, its path, byte size and modification time
-(nanoseconds): change, add or remove a source file and the cache is rebuilt on next use.
+the size, the resize method and, for every source image, its id, folder, byte size and modification
+time (nanoseconds): change, add or remove a source file and the cache is rebuilt on next use. The
+cache name encodes the split, the size and the resolved input folder.
 
 Writes are atomic: the data goes to a temporary file renamed to ``<name>-<key>.npy``, then the
 index is renamed into place, so a reader sees either the old complete cache or the new one.
@@ -37,7 +38,9 @@ _RESIZE = "torchvision-bicubic-antialias-uint8"
 
 
 def cache_key(sources: Sequence[ImageSource], image_size: int) -> str:
-    """Hex digest identifying the cache contents: format, size, resize method, files' path/size/mtime."""
+    """Hex digest identifying the cache contents: format, size, resize method and, per image, its id,
+    folder name, byte size and modification time (the cache *name* already encodes which input
+    folder; see :class:`~fusionkit.data.milk10k.Milk10kDataset`)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([_FORMAT, _VERSION, _RESIZE, image_size]).encode())
     for source in sorted(sources, key=lambda s: s.isic_id):
@@ -50,7 +53,7 @@ def cache_key(sources: Sequence[ImageSource], image_size: int) -> str:
                 path=source.path,
                 lesion_id=source.lesion_id,
             ) from error
-        entry = [source.isic_id, str(source.path.resolve()), stat.st_size, stat.st_mtime_ns]
+        entry = [source.isic_id, source.path.parent.name, stat.st_size, stat.st_mtime_ns]
         digest.update(json.dumps(entry).encode())
     return digest.hexdigest()
 
@@ -146,7 +149,9 @@ class ImageCache:
         data_path = cache_dir / f"{name}-{key[:16]}.npy"
         index = _read_index(index_path)
         if index is not None and index.get("key") == key and data_path.is_file():
-            logger.info("image cache hit: %s (%d images at %dx%d)", data_path, len(index["ids"]), image_size, image_size)
+            logger.info(
+                "image cache hit: %s (%d images at %dx%d)", data_path, len(index["ids"]), image_size, image_size
+            )
             return cls(data_path=data_path, image_size=image_size, ids=index["ids"])
         ids = [s.isic_id for s in sources]
         started = time.perf_counter()
@@ -193,9 +198,10 @@ def _build(data_path: Path, sources: Sequence[ImageSource], image_size: int, wor
     fd, tmp = tempfile.mkstemp(prefix=data_path.name + ".", suffix=".tmp", dir=data_path.parent)
     os.close(fd)
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), 3, image_size, image_size))
+        shape = (len(sources), 3, image_size, image_size)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
 
-        def fill(row: int) -> None:
+        def fill(row: int) -> None:  # one image: decode, resize, store (threads share the map)
             array[row] = load_image(sources[row], image_size).numpy()
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -1,15 +1,18 @@
 """The MILK10k dataset: one item per lesion with its dermoscopic image, clinical image and metadata.
 
-Typical use (the encoder is fitted on the training lesions only and shared with validation)::
+Typical use (the encoder is fitted on the training lesions only and shared with validation;
+images travel as uint8 and are normalised on the device)::
 
     files = find_split(root, "Training")
     ids, labels = lesion_labels(files)
     split = train_val_split(ids, labels, val_fraction=0.2, seed=0)
-    train = Milk10kDataset(files=files, lesion_ids=split.train, image_size=384, cache_dir=cache,
-                           transform=build_transforms(model_name=m, image_size=384, train=True))
-    val = Milk10kDataset(files=files, lesion_ids=split.val, image_size=384, cache_dir=cache,
-                         encoder=train.encoder,
-                         transform=build_transforms(model_name=m, image_size=384, train=False))
+    common = dict(files=files, image_size=384, cache_dir=cache)
+    train = Milk10kDataset(lesion_ids=split.train, **common,
+                           transform=build_transforms(model_name=m, image_size=384, train=True, normalize=False))
+    val = Milk10kDataset(lesion_ids=split.val, encoder=train.encoder, **common,
+                         transform=build_transforms(model_name=m, image_size=384, train=False, normalize=False))
+    for batch in make_loader(train, batch_size=32, shuffle=True, seed=0):
+        batch = train.transform.normalize_batch(batch, device="cuda", channels_last=True)
 """
 
 from __future__ import annotations
@@ -281,7 +284,7 @@ class Milk10kDataset(Dataset):
                 out = _new_batch((count, 3, size, size), transform.out_dtype, shared=True)
             batch[key] = transform.finish_batch(raw[key], present[:, m], out=out)
         batch["meta"] = self._meta.index_select(0, index_t)
-        batch["present"] = {"derm": present[:, 0], "clinical": present[:, 1], "meta": present[:, 2]}
+        batch["present"] = {key: present[:, m].contiguous() for m, key in enumerate(("derm", "clinical", "meta"))}
         if self.labelled:
             batch["label"] = torch.tensor([int(self.records[i].label) for i in indices], dtype=torch.long)
         return batch

@@ -7,9 +7,10 @@ clinical row first), ``MILK10k_<split>_GroundTruth.csv`` (``0.0``/``1.0``) and o
 
 The label rule (each class is visible through exactly one modality)
 --------------------------------------------------------------------
-Every image shows a skin-coloured background (colour from ``skin_tone_class``, a gentle shading
-gradient and pixel noise) with one filled ellipse, the "lesion", near the centre (larger in the
-dermoscopic image). The ellipse colour carries the class:
+Every image shows a skin-coloured background (colour from ``skin_tone_class``, a gentle linear
+shading) with one filled ellipse, the "lesion", near the centre: centre offset up to 8 % of the
+width/height, semi-axes ``min(W, H)`` x 0.28-0.36 (dermoscopic) or 0.18-0.26 (clinical), each
+x 0.8-1.2. The ellipse colour carries the class:
 
 * **dermoscopic-only classes** ``MEL``, ``NV``, ``BKL``, ``DF``: the *dermoscopic* ellipse has the
   class colour (MEL blue ``(35, 60, 200)``, NV green ``(40, 165, 60)``, BKL yellow
@@ -22,15 +23,16 @@ dermoscopic image). The ellipse colour carries the class:
   BEN_OTH ``foot``, MAL_OTH ``genital``. Every other class draws its site from ``trunk``,
   ``head_neck_face``, ``lower_extremity``, ``upper_extremity`` (or blank).
 
-Each ellipse colour gets a per-lesion jitter (normal, sd 8 per channel) and pixel noise (sd 6).
-Age, sex, skin tone, the 14 MONET scores and the ``altered`` flags are drawn independently of the
-class (they are nuisance variables), as are ellipse position, size and shape. Hence a model that
-sees only one modality can single out only that modality's classes (4, 4 or 3 of 11) and must
-guess among the rest, while a model that sees all three can classify every lesion: the trimodal
-ceiling is 100 % accuracy and macro F1 1.0; each unimodal ceiling is far below it.
+Each ellipse colour gets a per-lesion jitter (normal, sd 8 per channel) and every pixel uniform
+noise in [-10, 10] (sd about 6). Age, sex, skin tone, the 14 MONET scores and the ``altered``
+flags are drawn independently of the class (nuisance variables), as are the ellipse geometry and
+shading. Hence a model that sees one modality can single out only that modality's classes (4, 4
+or 3 of 11) and must guess among the rest, while a model that sees all three can classify every
+lesion: the trimodal ceiling is 100 % accuracy (macro F1 1.0); every unimodal ceiling is far below.
 
-Class frequencies follow the real training imbalance scaled to ``n_lesions`` (every class at least
-one lesion, at least two from 60 lesions on) or, with ``class_balance="uniform"``, are equal.
+Class frequencies follow the real training imbalance scaled to ``n_lesions`` (every class at
+least one lesion from 11 lesions on, at least two from 60 on) or, with
+``class_balance="uniform"``, are equal.
 Blank ages and sites occur at the real rates (20 and 31 per 5,240 lesions), at least one of each
 from 50 lesions on; blank sites fall only on lesions of image-visible classes.
 """
@@ -112,15 +114,23 @@ def synthetic_class_counts(
     """Lesions per class for ``n_lesions`` (``CLASS_NAMES`` order).
 
     ``"real"`` scales the official training counts (at least 1 per class, at least 2 from 60
-    lesions on; rounding by largest remainder); ``"uniform"`` splits evenly.
+    lesions on; rounding by largest remainder); ``"uniform"`` splits evenly. With fewer than 11
+    lesions not every class can occur: the ``n_lesions`` largest classes (``"real"``) or the
+    first ones in ``CLASS_NAMES`` order (``"uniform"``) get one lesion each.
     """
-    if n_lesions < len(CLASS_NAMES):
-        raise ValueError(f"n_lesions must be at least {len(CLASS_NAMES)} (one per class), got {n_lesions}")
+    if n_lesions < 1:
+        raise ValueError(f"n_lesions must be at least 1, got {n_lesions}")
+    if class_balance not in ("real", "uniform"):
+        raise ValueError(f"class_balance must be 'real' or 'uniform', got {class_balance!r}")
+    if n_lesions < len(CLASS_NAMES):  # too few for every class: one lesion each for the first classes
+        order = (
+            sorted(CLASS_NAMES, key=lambda c: -TRAINING_CLASS_COUNTS[c]) if class_balance == "real" else CLASS_NAMES
+        )
+        chosen = set(order[:n_lesions])
+        return {name: int(name in chosen) for name in CLASS_NAMES}
     if class_balance == "uniform":
         base, extra = divmod(n_lesions, len(CLASS_NAMES))
         return {name: base + (i < extra) for i, name in enumerate(CLASS_NAMES)}
-    if class_balance != "real":
-        raise ValueError(f"class_balance must be 'real' or 'uniform', got {class_balance!r}")
     minimum = 2 if n_lesions >= 60 else 1
     total = sum(TRAINING_CLASS_COUNTS.values())
     quota = {name: n_lesions * TRAINING_CLASS_COUNTS[name] / total for name in CLASS_NAMES}
@@ -147,18 +157,18 @@ def _draw_image(
     dermoscopic: bool,
 ) -> np.ndarray:
     width, height = size
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    gx, gy = rng.uniform(-1, 1, size=2)
-    shade = 1.0 + 0.08 * ((xx / width - 0.5) * gx + (yy / height - 0.5) * gy)
-    image = np.asarray(skin, np.float32) * shade[..., None] + rng.normal(0, 6, (height, width, 3))
+    ys = (np.arange(height, dtype=np.float32) / height - 0.5)[:, None]
+    xs = (np.arange(width, dtype=np.float32) / width - 0.5)[None, :]
+    gx, gy = rng.uniform(-1, 1, size=2).astype(np.float32)
+    shade = 1.0 + 0.08 * (xs * gx + ys * gy)
     scale = min(width, height) * (rng.uniform(0.28, 0.36) if dermoscopic else rng.uniform(0.18, 0.26))
     rx, ry = scale * rng.uniform(0.8, 1.2, size=2)
-    cx = width * (0.5 + rng.uniform(-0.08, 0.08))
-    cy = height * (0.5 + rng.uniform(-0.08, 0.08))
-    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
-    tint = np.asarray(colour, np.float32) + rng.normal(0, 8, 3)
-    image[inside] = tint + rng.normal(0, 6, (int(inside.sum()), 3))
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    cx, cy = 0.08 * rng.uniform(-1, 1, size=2)  # centre offset, as a fraction of the size
+    inside = ((xs - cx) * (width / rx)) ** 2 + ((ys - cy) * (height / ry)) ** 2 <= 1.0
+    tint = np.asarray(colour, np.float32) + rng.normal(0, 8, 3).astype(np.float32)
+    base = np.where(inside[..., None], tint, np.asarray(skin, np.float32) * shade[..., None])
+    noise = rng.integers(-10, 11, size=(height, width, 3), dtype=np.int16)  # uniform, sd about 6
+    return np.clip(np.rint(base).astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
 def _jpeg_bytes(array: np.ndarray, quality: int) -> bytes:
@@ -190,7 +200,7 @@ def make_synthetic_milk10k(
 
     Args:
         root: the folder to write into (created if needed).
-        n_lesions: number of lesions (two images each); at least 11.
+        n_lesions: number of lesions (two images each); from 11 on every class occurs.
         image_size: ``(width, height)`` of every JPEG, or one int for square images.
         seed: the same seed gives byte-identical files.
         split: ``"Training"`` or ``"Test"`` (names the files).
