@@ -40,6 +40,13 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
             close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
             hint = f"; similar: {', '.join(close)}" if close else ""
             raise ValueError(f"timm has no model {name!r}{hint}")
+        arch, _, tag = name.partition(".")
+        if tag and name not in timm.list_pretrained(name):
+            tags = timm.list_pretrained(f"{arch}.*")
+            raise ValueError(
+                f"timm model {arch!r} has no pretrained tag {tag!r}; "
+                f"its tags: {', '.join(tags) or 'none'}"
+            )
         return name
 
 

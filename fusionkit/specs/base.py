@@ -84,3 +84,19 @@ class DecisionSpec(ComponentSpec):
     def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
         """The branches this decision combines, given those the model has."""
         return available
+
+
+def _bind_registry_bases() -> None:
+    """Make each registry accept only specs of its slot (a fusion spec must be a FusionSpec, ...)."""
+    from fusionkit.registry import REGISTRIES
+
+    for kind, base in (
+        ("image_encoder", ImageEncoderSpec),
+        ("metadata_encoder", MetadataEncoderSpec),
+        ("fusion", FusionSpec),
+        ("decision", DecisionSpec),
+    ):
+        REGISTRIES[kind].spec_base = base
+
+
+_bind_registry_bases()

@@ -1,0 +1,163 @@
+"""The shipped presets: exactly the paper's variants, each builds and trains; names and overrides."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+
+import fusionkit as fk
+from fusionkit.presets import parse_override, preset_description
+
+from conftest import META_DIM, TINY_OVERRIDES, make_batch
+
+PAPER_PRESETS = {
+    "skip-only", "attention-only", "ji-adf", "late-concat", "jf-concat", "jf-mmfa", "ji-mmfa",
+    "ji-adf-noaux", "ji-adf-c", "ji-adf-d", "ji-adf-m", "ji-adf-cd", "ji-adf-cm", "ji-adf-dm",
+}
+PAPER_LAMBDAS = (0.5, 0.25, 0.25)  # (joint, image, meta), Section 2.1
+NO_AUX = (0.0, 0.0, 0.0)
+ALL = ("derm", "clinical", "meta")
+
+# name: (modalities, fusion kind, decision kind (and branch), lambdas, branches with a head)
+STRUCTURE = {
+    "ji-adf": (ALL, "mmfa", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
+    "ji-adf-noaux": (ALL, "mmfa", "adf", NO_AUX, ("image", "joint", "meta")),
+    "ji-mmfa": (ALL, "mmfa", "average", PAPER_LAMBDAS, ("image", "joint", "meta")),
+    "jf-mmfa": (ALL, "mmfa", "single:joint", NO_AUX, ("joint",)),
+    "jf-concat": (ALL, "concat", "single:joint", PAPER_LAMBDAS, ("image", "joint", "meta")),
+    "late-concat": (ALL, "concat", "single:joint", NO_AUX, ("joint",)),
+    "skip-only": (ALL, "skip_only", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
+    "attention-only": (ALL, "attention_only", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
+    "ji-adf-c": (("clinical",), None, "single:image", NO_AUX, ("image",)),
+    "ji-adf-d": (("derm",), None, "single:image", NO_AUX, ("image",)),
+    "ji-adf-m": (("meta",), None, "single:meta", NO_AUX, ("meta",)),
+    "ji-adf-cd": (("derm", "clinical"), None, "single:image", NO_AUX, ("image",)),
+    "ji-adf-cm": (("clinical", "meta"), "mmfa", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
+    "ji-adf-dm": (("derm", "meta"), "mmfa", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
+}
+
+
+def _tiny_preset(name: str) -> fk.ModelSpec:
+    uses_images = any(m != "meta" for m in fk.load_preset(name).modalities)
+    return fk.load_preset(name, TINY_OVERRIDES if uses_images else None)
+
+
+def test_list_presets_is_exactly_the_papers_variants():
+    assert fk.list_presets() == sorted(PAPER_PRESETS)
+    assert set(STRUCTURE) == PAPER_PRESETS
+    assert fk.list_presets("ji-adf-?") == ["ji-adf-c", "ji-adf-d", "ji-adf-m"]
+    assert fk.list_presets("*concat") == ["jf-concat", "late-concat"]
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURE))
+def test_preset_matches_the_papers_structure(name):
+    modalities, fusion, decision, lambdas, heads = STRUCTURE[name]
+    spec = fk.load_preset(name)
+    assert spec.name == name
+    assert spec.modalities == modalities
+    assert (spec.fusion.kind if spec.fusion else None) == fusion
+    kind, _, branch = decision.partition(":")
+    assert spec.decision.kind == kind
+    if branch:
+        assert spec.decision.branch == branch
+    assert (spec.loss.lambda_joint, spec.loss.lambda_image, spec.loss.lambda_meta) == lambdas
+    assert spec.head_branches == heads
+    assert spec.loss.class_weights is None
+    # Appendix A.2: 11 MILK10k classes, 384 px, ImageNet-1k EfficientNetV2-S, D_M = 256
+    assert spec.num_classes == 11 and spec.image_size == 384
+    if spec.image_modalities:
+        assert spec.image_encoder.model_name == "tf_efficientnetv2_s.in1k"
+        assert spec.image_encoder.pretrained is True and spec.image_encoder.shared is False
+        assert spec.image_encoder.combine == "concat"
+    if spec.uses_meta:
+        assert spec.metadata_encoder.out_dim == 256
+    assert preset_description(name)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURE))
+def test_preset_builds_and_one_adamw_step_lowers_the_loss(name):
+    spec = _tiny_preset(name)
+    torch.manual_seed(0)
+    model = fk.build_model(spec, meta_dim=META_DIM)
+    # the built model has the preset's structure
+    assert tuple(model.heads) == spec.head_branches
+    assert (model.fusion is None) == (spec.fusion is None)
+    assert (model.meta_stream is None) != spec.uses_meta
+    if spec.image_modalities:
+        assert tuple(model.image_stream.encoders) == spec.image_modalities  # a backbone per image
+    else:
+        assert model.image_stream is None
+
+    batch = make_batch(spec, 6, seed=1)
+    target = torch.tensor([0, 3, 10, 5, 0, 7])
+    loss_fn = fk.JointIndividualLoss.from_spec(spec.loss)
+    model.eval()  # no dropout or batch-norm noise between the two measurements
+    out = model(batch)
+    assert out.probs.shape == (6, 11)
+    assert (out.weights is None) == (spec.decision.kind == "single")
+    before = loss_fn(out, target).total
+    assert torch.isfinite(before)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss_fn(model(batch), target).total
+    assert torch.isfinite(after)
+    assert after < before, f"{name}: {before.item():.5f} -> {after.item():.5f}"
+
+
+def test_unknown_preset_suggests_a_name():
+    with pytest.raises(fk.ConfigError, match=r"unknown preset 'ji-adf-x'.*did you mean.*ji-adf") as info:
+        fk.load_preset("ji-adf-x")
+    assert "presets:" in str(info.value) and "late-concat" in str(info.value)
+    with pytest.raises(fk.ConfigError, match="unknown preset 'zzz'"):
+        fk.load_preset("zzz")
+    assert issubclass(fk.ConfigError, fk.FusionkitError)
+
+
+def test_overrides_as_a_dict():
+    spec = fk.load_preset(
+        "ji-adf",
+        {"image_encoder": {"model_name": "test_efficientnet", "pretrained": False},
+         "fusion": {"heads": 2}, "num_classes": 3, "loss": {"lambda_meta": 0.0}},
+    )
+    # deep merge: the untouched fields keep the preset's values
+    assert spec.image_encoder.kind == "timm" and spec.image_encoder.model_name == "test_efficientnet"
+    assert spec.fusion.kind == "mmfa" and spec.fusion.heads == 2 and spec.fusion.head_dim == 64
+    assert spec.num_classes == 3 and spec.loss.lambda_meta == 0.0 and spec.loss.lambda_joint == 0.5
+    assert spec.name == "ji-adf"
+    # changing a slot's kind replaces the slot: the old kind's fields do not leak in
+    spec = fk.load_preset("ji-adf", {"fusion": {"kind": "concat"}})
+    assert spec.fusion == fk.specs.ConcatFusionSpec()
+    spec = fk.load_preset("ji-adf", ["fusion.heads=2", "fusion.kind=skip_only", "fusion.out_dim=8"])
+    assert spec.fusion == fk.specs.SkipOnlySpec(out_dim=8)
+
+
+def test_overrides_as_dotted_strings():
+    spec = fk.load_preset(
+        "ji-adf",
+        ["image_encoder.model_name=test_efficientnet", "image_encoder.pretrained=false",
+         "fusion.heads=4", "decision.kind=average", "modalities=[derm, meta]",
+         "loss.class_weights=[1, 2, 3]", "num_classes=3", "name=mine"],
+    )
+    assert spec.image_encoder.model_name == "test_efficientnet" and spec.image_encoder.pretrained is False
+    assert spec.fusion.heads == 4 and spec.decision.kind == "average"
+    assert spec.modalities == ("derm", "meta") and spec.loss.class_weights == (1.0, 2.0, 3.0)
+    assert spec.name == "mine"
+    spec = fk.load_preset("late-concat", ["fusion=null", "decision.kind=average"])
+    assert spec.fusion is None and spec.decision.kind == "average"
+    assert parse_override("a.b.c= 0.5") == {"a": {"b": {"c": 0.5}}}
+    assert parse_override("fusion.kind=") == {"fusion": {"kind": None}}
+
+
+def test_bad_overrides():
+    with pytest.raises(fk.ConfigError, match="key.path=value"):
+        fk.load_preset("ji-adf", ["fusion.heads"])
+    with pytest.raises(fk.ConfigError, match="key.path=value"):
+        fk.load_preset("ji-adf", ["=3"])
+    with pytest.raises(pydantic.ValidationError, match=r"fusion\.mmfa\.num_head"):
+        fk.load_preset("ji-adf", ["fusion.num_head=3"])
+    with pytest.raises(pydantic.ValidationError, match="only uses images"):
+        fk.load_preset("ji-adf", {"modalities": ["derm", "clinical"]})
