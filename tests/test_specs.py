@@ -328,3 +328,9 @@ def test_spec_file_paths_survive_the_roundtrip(tmp_path):
     spec = tiny_spec(image_encoder={**TINY_BACKBONE, "weights_file": str(weights)})
     assert spec.image_encoder.weights_file == weights
     _roundtrips(spec)
+
+
+def test_a_slot_without_kind_takes_the_default_component() -> None:
+    spec = fk.ModelSpec(image_encoder={"model_name": "test_efficientnet", "pretrained": False}, fusion={"heads": 2})
+    assert spec.image_encoder.kind == "timm" and spec.fusion.kind == "mmfa" and spec.fusion.heads == 2
+    assert fk.ModelSpec.from_yaml(spec.to_yaml()) == spec

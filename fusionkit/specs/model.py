@@ -94,6 +94,23 @@ class ModelSpec(FrozenSpec):
     loss: LossSpec = LossSpec()
     modality_dropout: ModalityDropoutSpec = ModalityDropoutSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slot_kinds(cls, data: Any) -> Any:
+        """A slot given as a mapping without ``kind`` gets the default component's kind.
+
+        ``image_encoder: {model_name: resnet50}`` means the ``timm`` encoder, as the defaults do.
+        """
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for slot in _SLOTS:
+            value = out.get(slot)
+            default = cls.model_fields[slot].default
+            if isinstance(value, dict) and "kind" not in value and default is not None:
+                out[slot] = {"kind": default.kind, **value}
+        return out
+
     @field_validator("modalities")
     @classmethod
     def _canonical_modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
