@@ -269,7 +269,7 @@ class FusionModel(nn.Module):
             for i, b in enumerate(self.decision_branches):
                 weights[:, BRANCHES.index(b)] = log_w[:, i].exp()
         return FusionOutput(
-            probs=log_probs.exp(),
+            probs=log_probs.exp().clamp(max=1.0),  # rounding in logsumexp can give 1 + 1e-7
             log_probs=log_probs,
             logits=logits,
             weights=weights,

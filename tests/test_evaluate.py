@@ -99,3 +99,15 @@ def test_masking_a_modality_zeroes_its_branch_weight(absent: tuple[str, ...], br
         assert torch.allclose(out.weights.sum(1), torch.ones(3), atol=1e-5)
         assert torch.all(out.probs >= 0)
     assert not torch.allclose(full.probs, masked.probs)
+
+
+def test_confident_posteriors_never_exceed_one() -> None:
+    """logsumexp rounding can give exp(log P) = 1 + 1e-7; the output is clamped to a probability."""
+    model = _tiny_model()
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.linear.bias.fill_(0.0)
+            head.linear.bias[3] = 60.0  # every branch certain of class 3
+        out = model(_batch())
+    assert float(out.probs.max()) <= 1.0
+    assert torch.allclose(out.probs[:, 3], torch.ones(3))
