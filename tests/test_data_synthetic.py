@@ -20,7 +20,6 @@ from fusionkit.data import (
     SYNTHETIC_DERM_CLASSES,
     SYNTHETIC_METADATA_CLASSES,
     Milk10kDataset,
-    make_synthetic_milk10k,
     synthetic_class_counts,
 )
 from fusionkit.data.schema import TRAINING_CLASS_COUNTS

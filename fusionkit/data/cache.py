@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fusionkit.data.images import ImageSource, load_image
+from fusionkit.utils.io import atomic_write_text
 from fusionkit.errors import DataError
 
 logger = logging.getLogger("fusionkit.data")
@@ -56,17 +57,6 @@ def cache_key(sources: Sequence[ImageSource], image_size: int) -> str:
         entry = [source.isic_id, source.path.parent.name, stat.st_size, stat.st_mtime_ns]
         digest.update(json.dumps(entry).encode())
     return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ImageCache:
@@ -156,7 +146,7 @@ class ImageCache:
         ids = [s.isic_id for s in sources]
         started = time.perf_counter()
         _build(data_path, sources, image_size, workers or os.cpu_count() or 1)
-        _atomic_write_text(
+        atomic_write_text(
             index_path,
             json.dumps(
                 {
@@ -202,7 +192,7 @@ def _build(data_path: Path, sources: Sequence[ImageSource], image_size: int, wor
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
 
         def fill(row: int) -> None:  # one image: decode, resize, store (threads share the map)
-            array[row] = load_image(sources[row], image_size).numpy()
+            array[row] = load_image(sources[row], image_size).numpy()  # noqa: F821 (deleted after use)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for _ in pool.map(fill, range(len(sources))):

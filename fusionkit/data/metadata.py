@@ -19,8 +19,6 @@ altered     2       ``image_manipulation == altered`` for the dermoscopic, then 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -30,6 +28,7 @@ import torch
 
 from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
 from fusionkit.data.tables import ImageRecord, LesionRecord
+from fusionkit.utils.io import atomic_write_text
 from fusionkit.errors import DataError, FusionkitError
 
 _FORMAT = "fusionkit.metadata_encoder"
@@ -187,15 +186,7 @@ class MetadataEncoder:
         """Write the fitted state as JSON, atomically (temporary file, then ``os.replace``)."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> MetadataEncoder:

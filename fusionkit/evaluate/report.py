@@ -22,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch

@@ -10,7 +10,6 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
