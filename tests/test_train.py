@@ -120,3 +120,16 @@ def test_gloo_ddp_two_processes_agree(tmp_path: Path, cache_dir: Path) -> None:
     for key in r0:
         assert torch.equal(last[f"model.{key}"], r0[key]), key
     assert len(json.loads((run_dir / "history.json").read_text())) == 1
+
+
+def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+    """step_mode=compile: one compilation serves every batch (nothing in the batch is guarded on)."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    config = RunConfig.model_validate(tiny_run_config(
+        cache_dir, epochs=1, n_lesions=40, step_mode="compile", compile_mode="default", max_batches_per_epoch=3))
+    trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False, evaluate_at_end=False)
+    assert np.isfinite(trainer.history[0]["train_loss"])
+    torch._dynamo.reset()

@@ -214,7 +214,8 @@ class Trainer:
             self.model.check_presence(batch)
             size = len(batch["lesion_id"])
             batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
-            loss = self.step(batch)
+            # tensors only: strings (lesion ids) would make torch.compile guard on their values
+            loss = self.step({k: v for k, v in batch.items() if k != "lesion_id"})
             losses += loss * size
             seen += size
             batch_index += 1
