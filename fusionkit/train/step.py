@@ -104,7 +104,6 @@ class CudaGraphStep(EagerStep):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         saved = [p.detach().clone() for p in params]
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -128,7 +127,6 @@ class CudaGraphStep(EagerStep):
                 for value in state.values():
                     if isinstance(value, torch.Tensor):
                         value.zero_()
-        torch.cuda.set_rng_state(rng)
         self.batch_size = batch["label"].shape[0]
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
