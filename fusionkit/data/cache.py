@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusionkit.data.images import ImageSource, load_image
+from fusionkit.data.images import ImageSource, load_image, missing_image_error
 from fusionkit.utils.io import atomic_write_text
 from fusionkit.errors import DataError
 
@@ -48,12 +48,7 @@ def cache_key(sources: Sequence[ImageSource], image_size: int) -> str:
         try:
             stat = source.path.stat()
         except OSError as error:
-            raise DataError(
-                f"image file missing (listed on line {source.line} of {source.metadata_csv.name}); "
-                "expected the JPEG to exist",
-                path=source.path,
-                lesion_id=source.lesion_id,
-            ) from error
+            raise missing_image_error(source) from error
         entry = [source.isic_id, source.path.parent.name, stat.st_size, stat.st_mtime_ns]
         digest.update(json.dumps(entry).encode())
     return digest.hexdigest()

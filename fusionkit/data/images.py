@@ -70,6 +70,16 @@ def scan_images(image_dir: str | Path) -> dict[str, Path]:
     return found
 
 
+def missing_image_error(source: ImageSource) -> DataError:
+    """The error for an image the metadata lists but whose file is not there."""
+    return DataError(
+        f"image file missing (listed on line {source.line} of {source.metadata_csv.name}); "
+        "expected the JPEG to exist",
+        path=source.path,
+        lesion_id=source.lesion_id,
+    )
+
+
 def decode_image(source: ImageSource) -> torch.Tensor:
     """Decode one JPEG into a uint8 RGB tensor of shape ``(3, H, W)`` (channels-last strided).
 
@@ -84,12 +94,7 @@ def decode_image(source: ImageSource) -> torch.Tensor:
                 image = image.convert("RGB")
             array = np.array(image)
     except FileNotFoundError as error:
-        raise DataError(
-            f"image file missing (listed on line {source.line} of {source.metadata_csv.name}); "
-            "expected the JPEG to exist",
-            path=source.path,
-            lesion_id=source.lesion_id,
-        ) from error
+        raise missing_image_error(source) from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(
             f"cannot decode image {source.isic_id} ({error}) (listed on line {source.line} of "
