@@ -9,7 +9,7 @@ model should stay within a few percent of.
     python benchmarks/bench_train_step.py                       # GPU: the paper's setting
     python benchmarks/bench_train_step.py --model test_efficientnet --size 64 --batch 16   # CPU smoke
 
-Writes benchmarks/results/train_step-<device>-<date>.{json,md}.
+Writes benchmarks/results/train_step-<device>-<backbone>-<size>px-<date>.{json,md}.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main() -> None:
     meta = {"device": device_name(device), "date": date, "torch": torch.__version__,
             "backbone": args.model, "image_size": args.size, "steps": args.steps, "warmup": args.warmup}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"train_step-{device.type}-{date}"
+    stem = f"train_step-{device.type}-{args.model}-{args.size}px-{date}"
     (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# Training-step throughput ({meta['device']}, {date}, torch {torch.__version__})", "",
              f"Backbone `{args.model}` at {args.size}x{args.size}, random data, median of {args.steps} steps after {args.warmup} warm-up steps.", "",
