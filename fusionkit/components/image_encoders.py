@@ -26,10 +26,15 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
 
     kind: Literal["timm"] = "timm"
     model_name: str = "tf_efficientnetv2_s.in1k"
+    """A timm model name, optionally with a pretrained tag (e.g. tf_efficientnetv2_s.in1k)."""
     pretrained: bool = True
+    """Load the tag's pretrained weights from the Hugging Face hub (an error if they cannot be had)."""
     weights_file: Path | None = None
+    """A local .safetensors/.pth state dict to load instead of hub weights."""
     drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout before the backbone's (removed) classifier."""
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Stochastic depth rate of the backbone."""
     shared: bool = False
     combine: Literal["concat", "mean"] = "concat"
 

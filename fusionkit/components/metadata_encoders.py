@@ -24,10 +24,15 @@ class MLPMetadataEncoderSpec(MetadataEncoderSpec):
     kind: Literal["mlp"] = "mlp"
     in_dim: PositiveInt | None = None
     hidden_dims: tuple[PositiveInt, ...] = (128,)
+    """Widths of the hidden layers."""
     out_dim: PositiveInt = 256
+    """D_M, the metadata feature width (256 in the paper)."""
     activation: Activation = "relu"
+    """Nonlinearity after every layer."""
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Dropout after every layer."""
     layer_norm: bool = True
+    """LayerNorm after every Linear layer."""
 
 
 @register("metadata_encoder", MLPMetadataEncoderSpec)

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict
 class FrozenSpec(BaseModel):
     """A frozen pydantic model with ``extra="forbid"``: a typo'd key is an error naming its path."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
 
 class ComponentSpec(FrozenSpec):
@@ -48,7 +50,9 @@ class ImageEncoderSpec(ComponentSpec):
 
     slot_fields: ClassVar[frozenset[str]] = frozenset({"kind", "shared", "combine"})
     shared: bool = False
+    """One backbone for both images (True) or one per image (False, the paper)."""
     combine: str = "concat"
+    """How the two image features form f_I: concat (D_I = 2 x width) or mean."""
 
 
 class MetadataEncoderSpec(ComponentSpec):
@@ -60,6 +64,7 @@ class MetadataEncoderSpec(ComponentSpec):
     """
 
     in_dim: int | None = None
+    """Width of the encoded metadata vector; filled from the data, never typed by hand."""
 
 
 class FusionSpec(ComponentSpec):

@@ -43,15 +43,20 @@ class LossSpec(FrozenSpec):
     """
 
     lambda_joint: float = Field(default=0.5, ge=0.0)
+    """lambda_IM of eq 7: weight of the joint head's cross-entropy L_IM."""
     lambda_image: float = Field(default=0.25, ge=0.0)
+    """lambda_I of eq 7: weight of the image head's cross-entropy L_I."""
     lambda_meta: float = Field(default=0.25, ge=0.0)
+    """lambda_M of eq 7: weight of the metadata head's cross-entropy L_M."""
     class_weights: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
+    """One weight per class for every cross-entropy term; null = unweighted (the paper)."""
 
 
 class HeadSpec(FrozenSpec):
     """The branch classifiers C_I, C_M, C_IM of eq 3: dropout then one Linear layer each."""
 
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout before each branch classifier's Linear layer."""
 
 
 class ModalityDropoutSpec(FrozenSpec):
@@ -62,6 +67,7 @@ class ModalityDropoutSpec(FrozenSpec):
     """
 
     p: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Probability of dropping each present modality of a training sample."""
 
 
 def _slot_annotation(kind: str, optional: bool = False) -> Any:
@@ -83,16 +89,27 @@ class ModelSpec(FrozenSpec):
     """
 
     name: str | None = None
+    """A label for the variant (the preset name for presets)."""
     modalities: tuple[Modality, ...] = MODALITIES
+    """Inputs used: a subset of derm, clinical, meta (kept in that order)."""
     num_classes: PositiveInt = 11
+    """N, the number of classes (11 for MILK10k)."""
     image_size: PositiveInt = 384
+    """Square input size of both images (384 in the paper)."""
     image_encoder: ImageEncoderSpec = TimmImageEncoderSpec()
+    """M_I of eq 1, per image; chosen by kind."""
     metadata_encoder: MetadataEncoderSpec = MLPMetadataEncoderSpec()
+    """M_M of eq 1; chosen by kind."""
     fusion: FusionSpec | None = MMFASpec()
+    """FM of eq 2 (null: no joint branch); chosen by kind."""
     decision: DecisionSpec = ADFDecisionSpec()
+    """How the branch posteriors form P_final; chosen by kind."""
     heads: HeadSpec = HeadSpec()
+    """The branch classifiers C_I, C_IM, C_M of eq 3."""
     loss: LossSpec = LossSpec()
+    """Eq 7's auxiliary weights and optional class weights."""
     modality_dropout: ModalityDropoutSpec = ModalityDropoutSpec()
+    """Training-time modality dropout (beyond the paper)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -46,12 +46,18 @@ class TrainSpec(FrozenSpec):
     """
 
     epochs: PositiveInt = 50
+    """Epochs to train (50 in the paper)."""
     batch_size: PositiveInt = 16
+    """Training batch size per process (16 in the paper)."""
     eval_batch_size: PositiveInt | None = None
+    """Evaluation batch size (default: twice batch_size)."""
     lr: float = Field(default=1e-4, gt=0.0)
+    """AdamW learning rate (1e-4 in the paper)."""
     weight_decay: float = Field(default=1e-5, ge=0.0)
+    """AdamW weight decay (1e-5 in the paper)."""
     scheduler: SchedulerSpec = SchedulerSpec()
     seed: int = 0
+    """Seeds initialisation, sampling order, augmentation and dropout."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"
@@ -60,8 +66,11 @@ class TrainSpec(FrozenSpec):
     class_weighting: Literal["none", "inverse_frequency"] = "none"
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     max_batches_per_epoch: PositiveInt | None = None
+    """Cap on batches per epoch, for quick runs (null: the whole epoch)."""
     deterministic: bool = False
+    """torch.use_deterministic_algorithms (exact resume on the CPU; slower on CUDA)."""
     grad_clip: float | None = Field(default=None, gt=0.0)
+    """Clip the gradient norm to this value (null: no clipping)."""
 
 
 class SyntheticSpec(FrozenSpec):
@@ -80,13 +89,19 @@ class DataSpec(FrozenSpec):
     """
 
     root: Path | None = None
+    """A MILK10k folder (the command line's --data overrides it)."""
     synthetic: SyntheticSpec = SyntheticSpec()
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Share of lesions in the validation split (0.2 in the paper)."""
     split_seed: int = 0
     num_workers: int = Field(default=0, ge=0)
+    """DataLoader workers (0 is fastest for the cached uint8 pipeline without heavy augmentation)."""
     cache: bool = True
+    """Keep a memory-mapped uint8 cache of resized images (no JPEG decoding after the first epoch)."""
     cache_dir: Path | None = None
+    """Where the cache lives (default $FUSIONKIT_CACHE or ~/.cache/fusionkit)."""
     missing_image: Literal["error", "absent"] = "error"
+    """A lesion with one image: an error, or the image marked absent in the presence masks."""
     augment: AugmentConfig = AugmentConfig()
 
 

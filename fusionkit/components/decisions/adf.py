@@ -31,8 +31,11 @@ class ADFDecisionSpec(DecisionSpec):
 
     kind: Literal["adf"] = "adf"
     hidden_dim: PositiveInt = 64
+    """Width of the gate's hidden layer (W_1 in eq 5)."""
     activation: Activation = "relu"
+    """sigma of eq 5."""
     detach_logits: bool = False
+    """Stop the gate's gradient into the branch heads (the paper does not)."""
 
 
 @register("decision", ADFDecisionSpec)

@@ -20,6 +20,7 @@ class SingleDecisionSpec(DecisionSpec):
 
     kind: Literal["single"] = "single"
     branch: Literal["image", "joint", "meta"] = "joint"
+    """The branch whose posterior is final (joint by default)."""
     has_weights: ClassVar[bool] = False
 
     def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:

@@ -39,9 +39,13 @@ class MMFASpec(FusionSpec):
 
     kind: Literal["mmfa"] = "mmfa"
     heads: PositiveInt = 8
+    """H, the number of attention heads (eq 8)."""
     head_dim: PositiveInt = 64
+    """d_h, the width of each head's query, key and value (eq 8)."""
     out_dim: PositiveInt = 512
+    """D_IM, the width of f_IM (eq 10-11)."""
     activation: Activation = "gelu"
+    """The nonlinearity of g in eq 11."""
 
 
 class AttentionOnlySpec(MMFASpec):
@@ -55,6 +59,7 @@ class SkipOnlySpec(FusionSpec):
 
     kind: Literal["skip_only"] = "skip_only"
     out_dim: PositiveInt = 512
+    """D_IM, the width of f_IM."""
 
 
 class TwoTokenAttention(nn.Module):
