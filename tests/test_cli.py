@@ -134,3 +134,12 @@ def test_cuda_without_gpu(workspace, tmp_path, monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r",
                            "--set", "train.device=cuda")
     assert code == 2 and "no CUDA GPU" in err and "Traceback" not in err
+
+
+def test_cuda_graph_needs_a_gpu(workspace, tmp_path, monkeypatch, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU message")
+    _, config = workspace
+    code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r",
+                           "--set", "train.step_mode=cuda_graph", "--set", "train.device=cpu")
+    assert code == 2 and "cuda_graph" in err and "Traceback" not in err

@@ -104,14 +104,24 @@ class Trainer:
         self.channels_last = (
             self.device.type == "cuda" if train.channels_last == "auto" else bool(train.channels_last)
         )
+        graphed = train.step_mode == "cuda_graph"
+        if graphed and (self.device.type != "cuda" or self.dist.distributed):
+            raise ConfigError(
+                "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); "
+                "use 'eager' or 'compile'"
+            )
+        seed_everything(train.seed + self.dist.rank)
+        try:
+            self.data: RunData = prepare_data(
+                config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
+                resume=resume, dist_info=self.dist,
+            )
+        except BaseException:
+            shutdown(self.dist)
+            raise
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
         if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        seed_everything(train.seed + self.dist.rank)
-
-        self.data: RunData = prepare_data(
-            config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
-            resume=resume, dist_info=self.dist,
-        )
         self.config = self.data.config  # resolved: metadata width filled in
         self._setup_logging()
         spec = self.config.model
@@ -119,12 +129,6 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
-        graphed = train.step_mode == "cuda_graph"
-        if graphed and (self.device.type != "cuda" or self.dist.distributed):
-            raise ConfigError(
-                "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); "
-                "use 'eager' or 'compile'"
-            )
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -157,7 +161,11 @@ class Trainer:
         self.best_dice = -math.inf
         self.history: list[dict[str, Any]] = []
         if resume:
-            self._resume()
+            try:
+                self._resume()
+            except BaseException:
+                self.close()
+                raise
         self._interrupted = False
 
     # -- setup -----------------------------------------------------------------------------------
@@ -325,6 +333,7 @@ class Trainer:
     def close(self) -> None:
         """Release the process group and the log file."""
         shutdown(self.dist)
+        torch.use_deterministic_algorithms(self._was_deterministic)
         handler = getattr(self, "_log_handler", None)
         if handler is not None:
             logging.getLogger("fusionkit").removeHandler(handler)
