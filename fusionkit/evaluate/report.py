@@ -56,20 +56,30 @@ ABLATION_METRICS = (
 GATE_COLUMNS = ("mean alpha_I", "mean alpha_IM", "mean alpha_M")
 
 
-def modality_ablation(run: LoadedRun, dataset: Milk10kDataset, *, progress: bool = False) -> dict[str, dict[str, float]]:
+def modality_ablation(
+    run: LoadedRun,
+    dataset: Milk10kDataset,
+    *,
+    progress: bool = False,
+    baseline: Predictions | None = None,
+) -> dict[str, dict[str, float]]:
     """Macro metrics with all inputs, then with each modality masked out through the presence masks.
 
-    A masking that leaves a sample with nothing to decide on (a single-modality model) is skipped.
+    ``baseline``, when given, holds the predictions with all inputs (they are not recomputed). A
+    masking that leaves a sample with nothing to decide on (a single-modality model) is skipped.
     """
     results: dict[str, dict[str, float]] = {}
     names = {"derm": "without D", "clinical": "without C", "meta": "without M"}
     for absent in [(), *[(m,) for m in run.config.model.modalities]]:
         label = "all inputs" if not absent else names[absent[0]]
-        try:
-            preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}")
-        except FusionkitError as exc:
-            logger.info("modality ablation %s skipped: %s", label, exc)
-            continue
+        if not absent and baseline is not None:
+            preds = baseline
+        else:
+            try:
+                preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}")
+            except FusionkitError as exc:
+                logger.info("modality ablation %s skipped: %s", label, exc)
+                continue
         row = dict(isic_metrics(preds.labels, preds.probs, CLASS_NAMES)["macro"])
         if preds.weights is not None:
             for i, name in enumerate(("alpha_I", "alpha_IM", "alpha_M")):
@@ -82,8 +92,11 @@ def _gradcam_figure(run: LoadedRun, dataset: Milk10kDataset, preds: Predictions,
     images = run.config.model.image_modalities
     if n <= 0 or not images or len(dataset) == 0:
         return None
-    # the first n lesions in id order, preferring those with every image present
-    chosen = list(range(min(n, len(dataset))))
+    # the first n lesions in dataset order, those with every image present first
+    complete = [i for i, r in enumerate(dataset.records) if r.derm is not None and r.clinical is not None]
+    taken = set(complete)
+    rest = [i for i in range(len(dataset)) if i not in taken]
+    chosen = (complete + rest)[:n]
     items = [dataset[i] for i in chosen]
     batch = torch.utils.data.default_collate(items)
     transform = dataset.transform
@@ -167,7 +180,7 @@ def evaluate_run(
     if cam is not None:
         figures.append(("Grad-CAM on the first lesions (warmer: more weight in the decision)", "gradcam.png"))
 
-    ablation = modality_ablation(run, dataset, progress=progress)
+    ablation = modality_ablation(run, dataset, progress=progress, baseline=preds)
     columns = list(ABLATION_METRICS)
     if any(GATE_COLUMNS[0] in row for row in ablation.values()):
         columns += GATE_COLUMNS
