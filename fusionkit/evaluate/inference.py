@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from fusionkit.data import CLASS_NAMES, MetadataEncoder, Milk10kDataset, build_transforms, find_split, make_loader, normalize_batch
-from fusionkit.errors import ConfigError
+from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.evaluate.predict import Predictions, predict
 from fusionkit.metrics.submission import write_submission
 from fusionkit.model import FusionModel
@@ -91,7 +91,7 @@ def _auto_split(root: Path, split: str) -> str:
     try:
         find_split(root, "Test")
         return "Test"
-    except Exception:  # noqa: BLE001 - no Test split there: fall back to Training
+    except FusionkitError:  # no Test split there: fall back to Training
         return "Training"
 
 
