@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fusionkit.data import CLASS_NAMES
-from fusionkit.train.checkpoint import model_state, read_checkpoint
+from fusionkit.runtime.checkpoint import model_state, read_checkpoint
 from fusionkit.train.config import RunConfig
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.train.trainer import Trainer
@@ -56,7 +56,7 @@ def class_weights_of():
 
 def _trainer(run_dir: Path, cache_dir: Path, **train: Any) -> Trainer:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, n_lesions=40, **train))
-    return Trainer(config, run_dir=run_dir, synthetic=True, progress=False, evaluate_at_end=False)
+    return Trainer(config, run_dir=run_dir, synthetic=True, progress=False)
 
 
 @pytest.fixture(scope="module")
