@@ -223,6 +223,22 @@ def test_shuffle_sampler_visits_every_sample_once_per_epoch_in_a_seeded_order() 
     assert all(sorted(o) == list(range(10)) for o in orders)
     assert orders[0] == orders[1]  # a pure function of (seed, epoch)
     assert orders[0] != orders[2] and orders[0] != orders[3]
+    default = EpochSampler(labels, seed=0)  # shuffle is the default mode
+    assert list(default) == orders[0]
+    with pytest.raises(ValueError, match="'balance'"):
+        EpochSampler(labels, seed=0, mode="balance")
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_sampler_start_skips_indices_of_an_interrupted_epoch(world_size: int) -> None:
+    sampler = EpochSampler(list(range(10)), seed=2, mode="shuffle", rank=world_size - 1, world_size=world_size)
+    sampler.set_epoch(4)
+    whole = list(sampler)
+    assert len(sampler) == len(whole) == -(-10 // world_size)
+    for start in (1, 3, len(whole) + 2):
+        sampler.set_epoch(4, start=start)
+        assert list(sampler) == whole[start:]
+        assert len(sampler) == max(len(whole) - start, 0)
 
 
 # -- seed and eval_batch_size, through the trainer -----------------------------------------------------
