@@ -8,7 +8,7 @@ never stored in a spec.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,7 +51,7 @@ class ImageEncoderSpec(ComponentSpec):
     slot_fields: ClassVar[frozenset[str]] = frozenset({"kind", "shared", "combine"})
     shared: bool = False
     """One backbone for both images (True) or one per image (False, the paper)."""
-    combine: str = "concat"
+    combine: Literal["concat", "mean"] = "concat"
     """How the two image features form f_I: concat (D_I = 2 x width) or mean."""
 
 
@@ -81,10 +81,21 @@ class DecisionSpec(ComponentSpec):
     the paper's order ``image``, ``joint``, ``meta``). ``forward(logits, present)`` returns the log
     fusion weights (B, len(branches)); the model forms ``log P_final = logsumexp_k(log w_k +
     log_softmax(z_k))``.
+
+    A decision declares what it needs, and :class:`fusionkit.ModelSpec` checks the declarations of
+    every kind alike, built-in or plugin: :meth:`decision_branches` (the branches it combines, given
+    those the model has), ``required_branches`` (branches the model must have), ``min_branches``
+    (the fewest branches it can combine) and ``requirement`` (why, for the error message).
     """
 
     has_weights: ClassVar[bool] = True
     """Whether the decision has fusion weights worth reporting (``single`` has none)."""
+    required_branches: ClassVar[tuple[str, ...]] = ()
+    """Branches the model must have for this decision (``adf``: all three)."""
+    min_branches: ClassVar[int] = 1
+    """The fewest branches this decision can combine (``average``: two)."""
+    requirement: ClassVar[str] = ""
+    """Why it needs them: a phrase completing "the 'kind' decision ..." in an error message."""
 
     def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
         """The branches this decision combines, given those the model has."""
