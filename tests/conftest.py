@@ -87,7 +87,7 @@ def make_batch(
 def build_tiny(spec: fk.ModelSpec, *, seed: int = 0, meta_dim: int = META_DIM) -> fk.FusionModel:
     """``fk.build_model`` with a fixed seed, so parameters are the same on every run."""
     torch.manual_seed(seed)
-    return fk.build_model(spec, meta_dim=meta_dim)
+    return fk.build_model(spec, metadata_width=meta_dim)
 
 
 def unregister(kind: str, name: str) -> None:

@@ -89,7 +89,7 @@ def test_preset_matches_the_papers_structure(name):
 def test_preset_builds_and_one_adamw_step_lowers_the_loss(name):
     spec = _tiny_preset(name)
     torch.manual_seed(0)
-    model = fk.build_model(spec, meta_dim=META_DIM)
+    model = fk.build_model(spec, metadata_width=META_DIM)
     # the built model has the preset's structure
     assert tuple(model.heads) == spec.head_branches
     assert (model.fusion is None) == (spec.fusion is None)
@@ -180,6 +180,9 @@ EXPANDED_BEFORE_DELTAS = json.loads((Path(__file__).parent / "fixtures" / "prese
 @pytest.mark.parametrize("old_name", sorted(EXPANDED_BEFORE_DELTAS))
 def test_each_delta_preset_expands_to_the_full_spec_it_had(old_name):
     expected = dict(EXPANDED_BEFORE_DELTAS[old_name], name=OLD_NAMES.get(old_name, old_name))
+    # the one field removed since: the metadata input width, which comes from the data alone
+    expected["metadata_encoder"] = dict(expected["metadata_encoder"])
+    assert expected["metadata_encoder"].pop("in_dim") is None
     assert fk.load_preset(old_name).to_dict() == expected
     assert fk.load_preset(OLD_NAMES.get(old_name, old_name)).to_dict() == expected
 

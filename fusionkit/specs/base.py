@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class FrozenSpec(BaseModel):
@@ -56,21 +56,28 @@ class ImageEncoderSpec(ComponentSpec):
 
 
 class MetadataEncoderSpec(ComponentSpec):
-    """Base of metadata-encoder specs: (B, in_dim) -> (B, out_dim) = D_M.
+    """Base of metadata-encoder specs (M_M of eq 1): (B, in_dim) -> (B, out_dim) = D_M.
 
-    ``in_dim`` is the width of the encoded metadata vector. It is derived from the data (the fitted
-    :class:`fusionkit.data.MetadataEncoder`) and filled in by the trainer, or passed to
-    :func:`fusionkit.build_model` as ``meta_dim``; never typed by hand.
+    Constructor context passed by the builder: ``in_dim``, the width of the encoded metadata vector
+    M. It comes from the data alone (:attr:`fusionkit.data.MetadataEncoder.width`, passed to
+    :func:`fusionkit.build_model` as ``metadata_width``), so no spec stores it; an ``in_dim`` key
+    in a spec written by fusionkit 0.1.0 is ignored.
     """
 
-    in_dim: int | None = None
-    """Width of the encoded metadata vector; filled from the data, never typed by hand."""
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_in_dim(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "in_dim" in data:
+            data = {k: v for k, v in data.items() if k != "in_dim"}
+        return data
 
 
 class FusionSpec(ComponentSpec):
     """Base of fusion-block specs (eq 2): ``forward(f_image, f_meta) -> (B, out_dim)`` = D_IM.
 
-    Constructor context passed by the builder: ``image_dim`` (D_I) and ``meta_dim`` (D_M).
+    Constructor context passed by the builder: ``image_dim`` (D_I, the width of f_I) and
+    ``meta_dim`` (D_M, the width of f_M, the metadata encoder's ``out_dim``). A fusion block
+    takes both feature groups and yields the joint branch, so it needs an image and ``meta``.
     """
 
 
