@@ -6,7 +6,7 @@ Compose a model from a spec::
 
     spec = fk.load_preset("ji-adf", {"image_encoder": {"model_name": "test_efficientnet",
                                                         "pretrained": False}})
-    model = fk.build_model(spec, meta_dim=35)
+    model = fk.build_model(spec, metadata_width=35)
     out = model({"derm": derm, "clinical": clinical, "meta": meta})
     out.probs, out.logits["joint"], out.weights
 """

@@ -11,7 +11,7 @@ from PIL import Image
 
 import fusionkit as fk
 from fusionkit.evaluate.gradcam import gradcam
-from fusionkit.evaluate.predict import mask_modalities
+from fusionkit.runtime.predict import mask_modalities
 from fusionkit.evaluate.report import evaluate_run
 from fusionkit.train.config import RunConfig
 from fusionkit.train.trainer import train_run
@@ -25,7 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     config = RunConfig.model_validate(tiny_run_config(root / "cache", epochs=1, n_lesions=40))
-    train_run(config, run_dir=root / "run", synthetic=True, progress=False, evaluate_at_end=False)
+    train_run(config, run_dir=root / "run", synthetic=True, progress=False)
     return root / "run"
 
 
@@ -53,7 +53,7 @@ def test_report_writes_every_file_and_links_it(run_dir: Path) -> None:
 def _tiny_model(preset: str = "ji-adf") -> fk.FusionModel:
     torch.manual_seed(0)
     spec = fk.load_preset(preset, {"image_encoder": TINY_IMAGE_ENCODER})
-    return fk.build_model(spec, meta_dim=7).eval()
+    return fk.build_model(spec, metadata_width=7).eval()
 
 
 def _batch(n: int = 3, size: int = 48) -> dict:
@@ -70,7 +70,7 @@ def _batch(n: int = 3, size: int = 48) -> dict:
 def test_gradcam_maps_have_the_image_size_and_vary(modality: str, shared: bool) -> None:
     torch.manual_seed(0)
     spec = fk.load_preset("ji-adf", {"image_encoder": {**TINY_IMAGE_ENCODER, "shared": shared}})
-    model = fk.build_model(spec, meta_dim=7).eval()
+    model = fk.build_model(spec, metadata_width=7).eval()
     batch = _batch()
     maps = gradcam(model, batch, modality=modality)
     assert maps.shape == (3, 48, 48)

@@ -22,7 +22,6 @@ class MLPMetadataEncoderSpec(MetadataEncoderSpec):
     """
 
     kind: Literal["mlp"] = "mlp"
-    in_dim: PositiveInt | None = None
     hidden_dims: tuple[PositiveInt, ...] = (128,)
     """Widths of the hidden layers."""
     out_dim: PositiveInt = 256

@@ -25,7 +25,6 @@ from fusionkit.specs.model import (
     ModalityDropoutSpec,
     ModelSpec,
     spec_json_schema,
-    track_spec_model,
 )
 
 __all__ = [
@@ -34,5 +33,4 @@ __all__ = [
     "ImageEncoderSpec", "LossSpec", "MLPMetadataEncoderSpec", "MMFASpec", "MODALITIES",
     "MetadataEncoderSpec", "ModalityDropoutSpec", "ModelSpec", "SingleDecisionSpec",
     "SkipOnlySpec", "TimmImageEncoderSpec", "dump_spec", "load_spec", "spec_json_schema",
-    "track_spec_model",
 ]
