@@ -33,7 +33,7 @@ def main() -> None:
         decision=ADFDecisionSpec(hidden_dim=64),  # eq 5
         loss=LossSpec(lambda_joint=0.5, lambda_image=0.25, lambda_meta=0.25),  # eq 7
     )
-    model = fk.build_model(spec, meta_dim=35)
+    model = fk.build_model(spec, metadata_width=35)
     print("feature widths:", model.feature_dims)
 
     batch = {

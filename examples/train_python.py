@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from fusionkit.data.synthetic import make_synthetic_milk10k
-from fusionkit.evaluate.report import evaluate_run
+from fusionkit.evaluate import evaluate_run
 from fusionkit.train.trainer import train_run
 from fusionkit.train.config import DataSpec, RunConfig, TrainSpec
 
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         "train": TrainSpec(epochs=args.epochs, batch_size=16, lr=1e-3, device="cpu"),
         "data": DataSpec(num_workers=0),
     })
-    trainer = train_run(config, run_dir=args.out, data_root=data_root, progress=False, evaluate_at_end=False)
+    # fusionkit.evaluate.train_and_evaluate(...) does both steps in one call, as `fusionkit train` does
+    trainer = train_run(config, run_dir=args.out, data_root=data_root, progress=False)
     best = max(trainer.history, key=lambda r: r["val_dice"])
     print(f"best epoch {best['epoch']}: val macro Dice {best['val_dice']:.3f}, val macro AUC {best['val_auc']:.3f}")
 

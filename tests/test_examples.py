@@ -120,7 +120,7 @@ def test_plugin_package_installs_and_registers_its_fusion_block(tmp_path):
         "print(*fk.list_components('fusion'))\n"
         "spec = fk.load_preset('ji-adf', {'image_encoder': {'model_name': 'test_efficientnet', 'pretrained': False},"
         " 'fusion': {'kind': 'gated_sum', 'out_dim': 24}, 'image_size': 32})\n"
-        "m = fk.build_model(spec, meta_dim=35)\n"
+        "m = fk.build_model(spec, metadata_width=35)\n"
         "out = m({'derm': torch.zeros(2, 3, 32, 32), 'clinical': torch.zeros(2, 3, 32, 32), 'meta': torch.zeros(2, 35)})\n"
         "print(type(m.fusion).__module__, m.feature_dims['joint'], tuple(out.features['joint'].shape))\n"
     )

@@ -11,7 +11,7 @@ Outputs, all under ``docs/assets/`` (committed, embedded by the pages):
   the drawing changes when the code does.
 - ``quickstart/*.png`` and ``quickstart/*.md``: the figures and tables of the quick-start run's
   report (``fusionkit train examples/quickstart.yaml --synthetic``), for the evaluation how-to and
-  "Reading a report".
+  "Reading a report"; the same summary and tables go into README.md's ``quickstart-report`` block.
 - ``benchmarks/train_step.png``, ``benchmarks/loading.png``: throughput read from the JSON files in
   ``benchmarks/results/``, titled with the device and date each was measured on.
 
@@ -52,7 +52,7 @@ def _write_png(fig: Figure, path: Path) -> Path:
 # --- architecture -------------------------------------------------------------------------------
 
 
-def architecture_labels(preset: str = "ji-adf", meta_dim: int = 35) -> dict[str, str]:
+def architecture_labels(preset: str = "ji-adf", metadata_width: int = 35) -> dict[str, str]:
     """Box texts of the architecture figure, read off a model built from ``preset`` (random weights).
 
     Keys: ``derm``, ``clinical``, ``meta`` (inputs), ``enc_derm``, ``enc_clinical``, ``enc_meta``
@@ -62,20 +62,20 @@ def architecture_labels(preset: str = "ji-adf", meta_dim: int = 35) -> dict[str,
     import fusionkit as fk
 
     spec = fk.load_preset(preset, {"image_encoder": {"pretrained": False}})
-    model = fk.build_model(spec, meta_dim=meta_dim)
+    model = fk.build_model(spec, metadata_width=metadata_width)
     dims = model.feature_dims
     size = spec.image_size
     labels = {
         "derm": f"dermoscopic image D\n(B, 3, {size}, {size})",
         "clinical": f"clinical image C\n(B, 3, {size}, {size})",
-        "meta": f"metadata M\n(B, {meta_dim})",
+        "meta": f"metadata M\n(B, {metadata_width})",
     }
     for name, encoder in model.image_stream.encoders.items():
         labels[f"enc_{name}"] = (
             f"{type(encoder).__name__}\n{spec.image_encoder.model_name}\n-> {encoder.out_dim}  (eq 1)"
         )
     meta_encoder = model.meta_stream.encoder
-    hidden = " -> ".join(str(d) for d in (meta_dim, *spec.metadata_encoder.hidden_dims, meta_encoder.out_dim))
+    hidden = " -> ".join(str(d) for d in (metadata_width, *spec.metadata_encoder.hidden_dims, meta_encoder.out_dim))
     labels["enc_meta"] = f"{type(meta_encoder).__name__}\n{hidden}  (eq 1)"
     labels["f_I"] = f"f_I = [f_D || f_C]\n{spec.image_encoder.combine}, D_I = {dims['image']}"
     labels["f_M"] = f"f_M\nD_M = {dims['meta']}"
@@ -99,15 +99,13 @@ def architecture_labels(preset: str = "ji-adf", meta_dim: int = 35) -> dict[str,
     return labels
 
 
-# (x, y) centres and widths in data units; the canvas is 17.4 x 6.2
-_COLUMNS = {"input": (1.0, 1.9), "encoder": (3.45, 2.4), "feature": (5.75, 1.8), "fusion": (8.1, 2.5),
-            "head": (10.75, 2.5), "decision": (13.55, 2.4), "final": (16.2, 2.2)}
+# (x, y, width) of each box in inches, top to bottom along the data flow (fits a text column)
 _PLACES = {
-    "derm": ("input", 5.0), "clinical": ("input", 3.55), "meta": ("input", 1.0),
-    "enc_derm": ("encoder", 5.0), "enc_clinical": ("encoder", 3.55), "enc_meta": ("encoder", 1.0),
-    "f_I": ("feature", 4.3), "f_M": ("feature", 1.0), "fusion": ("fusion", 2.65),
-    "head_image": ("head", 4.6), "head_joint": ("head", 2.65), "head_meta": ("head", 0.7),
-    "decision": ("decision", 2.65), "final": ("final", 2.65),
+    "derm": (1.65, 10.9, 3.0), "clinical": (4.95, 10.9, 3.0), "meta": (8.25, 10.9, 2.6),
+    "enc_derm": (1.65, 9.55, 3.0), "enc_clinical": (4.95, 9.55, 3.0), "enc_meta": (8.25, 9.55, 2.6),
+    "f_I": (3.3, 8.05, 2.6), "f_M": (8.25, 8.05, 2.0), "fusion": (4.95, 6.45, 3.6),
+    "head_image": (1.7, 4.75, 3.1), "head_joint": (4.95, 4.75, 3.1), "head_meta": (8.2, 4.75, 3.1),
+    "decision": (4.95, 3.05, 3.7), "final": (4.95, 1.35, 2.6),
 }
 _COLOURS = {
     "derm": "#e8eef7", "clinical": "#e8eef7", "meta": "#e8eef7",
@@ -116,56 +114,57 @@ _COLOURS = {
     "head_image": "#ececec", "head_joint": "#ececec", "head_meta": "#ececec",
     "decision": "#f9d3d3", "final": "#fff2b3",
 }
-# (from, to, label, curvature): straight arrows along the data flow; P_k bypass the gate in arcs
+# (from, to, label, side): arrows go from a box's bottom to the next box's top; the P_I and P_M
+# arrows bypass the gate and enter the final box from the left ("l") or right ("r")
 _EDGES = [
-    ("derm", "enc_derm", "", 0.0), ("clinical", "enc_clinical", "", 0.0), ("meta", "enc_meta", "", 0.0),
-    ("enc_derm", "f_I", "", 0.0), ("enc_clinical", "f_I", "", 0.0), ("enc_meta", "f_M", "", 0.0),
-    ("f_I", "fusion", "", 0.0), ("f_M", "fusion", "", 0.0),
-    ("f_I", "head_image", "f_I", 0.0), ("fusion", "head_joint", "f_IM", 0.0), ("f_M", "head_meta", "f_M", 0.0),
-    ("head_image", "decision", "z_I", 0.0), ("head_joint", "decision", "z_IM", 0.0),
-    ("head_meta", "decision", "z_M", 0.0),
-    ("head_image", "final", "P_I = softmax(z_I)", -0.25), ("head_meta", "final", "P_M = softmax(z_M)", 0.25),
-    ("decision", "final", "alpha, P_IM", 0.0),
+    ("derm", "enc_derm", "", ""), ("clinical", "enc_clinical", "", ""), ("meta", "enc_meta", "", ""),
+    ("enc_derm", "f_I", "f_D", ""), ("enc_clinical", "f_I", "f_C", ""), ("enc_meta", "f_M", "", ""),
+    ("f_I", "fusion", "", ""), ("f_M", "fusion", "", ""),
+    ("f_I", "head_image", "f_I", ""), ("fusion", "head_joint", "f_IM", ""), ("f_M", "head_meta", "f_M", ""),
+    ("head_image", "decision", "z_I", ""), ("head_joint", "decision", "z_IM", ""),
+    ("head_meta", "decision", "z_M", ""),
+    ("head_image", "final", "P_I", "l"), ("head_meta", "final", "P_M", "r"),
+    ("decision", "final", "alpha;  P_IM", ""),
 ]
 
 
 def draw_architecture(labels: dict[str, str], path: Path) -> Path:
     """Boxes at fixed places, texts from :func:`architecture_labels`, arrows along the data flow."""
-    fig = Figure(figsize=(17.4, 6.2))
+    fig = Figure(figsize=(9.8, 12.0))
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(-0.1, 17.5)
-    ax.set_ylim(-0.2, 6.0)
+    ax.set_xlim(0, 9.8)
+    ax.set_ylim(0, 12.0)
     ax.set_axis_off()
     boxes: dict[str, tuple[float, float, float, float]] = {}
-    for key, (column, y) in _PLACES.items():
-        x, w = _COLUMNS[column]
+    for key, (x, y, w) in _PLACES.items():
         text = labels[key]
-        h = 0.26 * len(text.splitlines()) + 0.3
+        h = 0.2 * len(text.splitlines()) + 0.25
         boxes[key] = (x - w / 2, y - h / 2, w, h)
         ax.add_patch(FancyBboxPatch(
             (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
             facecolor=_COLOURS[key], edgecolor="#555555", linewidth=1.0,
         ))
-        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, family="DejaVu Sans")
-    for start, end, label, rad in _EDGES:
+        ax.text(x, y, text, ha="center", va="center", fontsize=10, family="DejaVu Sans")
+    for start, end, label, side in _EDGES:
         (x0, y0, w0, h0), (x1, y1, w1, h1) = boxes[start], boxes[end]
-        a, b = (x0 + w0, y0 + h0 / 2), (x1, y1 + h1 / 2)
-        if rad:  # arcs leave the head's right edge and enter the final box from above / below
-            b = (x1 + w1 / 2, y1 + h1) if rad < 0 else (x1 + w1 / 2, y1)
+        a, b = (x0 + w0 / 2, y0), (x1 + w1 / 2, y1 + h1)
+        style = "arc3,rad=0"
+        if side:
+            a = (x0 + w0 / 2, y0)
+            b = (x1, y1 + h1 / 2) if side == "l" else (x1 + w1, y1 + h1 / 2)
+            style = f"angle,angleA={-90},angleB={0 if side == 'l' else 180},rad=8"
         ax.add_patch(FancyArrowPatch(
-            a, b, arrowstyle="-|>", mutation_scale=11, linewidth=0.9, color="#333333",
-            shrinkA=2, shrinkB=2, connectionstyle=f"arc3,rad={rad}",
+            a, b, arrowstyle="-|>", mutation_scale=13, linewidth=1.0, color="#333333",
+            shrinkA=2, shrinkB=2, connectionstyle=style,
         ))
         if label:
-            mid = (a[0] + 0.5 * (b[0] - a[0]), a[1] + 0.5 * (b[1] - a[1]))
-            if rad:
-                mid = (mid[0] + 0.6, mid[1] + (0.75 if rad < 0 else -0.75))
-            ax.text(mid[0], mid[1] + 0.06, label, fontsize=7.5, color="#1f4e8c", ha="center", va="bottom",
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
-    ax.text(0.05, 5.85, "JI-ADF as fusionkit builds it (preset ji-adf; eq numbers are the paper's)",
-            fontsize=10, weight="bold", va="top")
-    ax.text(0.05, 0.0, "Loss (eq 7): CE(P_final, y) + 0.5 L_IM + 0.25 L_I + 0.25 L_M, with L_k the CE of each head (eq 4)",
-            fontsize=8, color="#444444")
+            mid = (a[0] + 0.5 * (b[0] - a[0]), a[1] + 0.5 * (b[1] - a[1])) if not side else (a[0], b[1] + 0.6)
+            ax.text(mid[0], mid[1], label, fontsize=9, color="#1f4e8c", ha="center", va="center",
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
+    ax.text(0.15, 11.85, "JI-ADF as fusionkit builds it (preset ji-adf; eq numbers are the paper's)",
+            fontsize=11, weight="bold", va="top")
+    ax.text(0.15, 0.3, "Loss (eq 7): CE(P_final, y) + 0.5 L_IM + 0.25 L_I + 0.25 L_M,\n"
+            "L_k the cross-entropy of head k (eq 4)", fontsize=9.5, color="#444444", va="bottom")
     return _write_png(fig, path)
 
 
@@ -180,18 +179,19 @@ def _section(markdown: str, title: str) -> str:
     return match.group(1).strip() + "\n"
 
 
-def quickstart_assets(run_dir: Path | None, out: Path) -> list[Path]:
-    """Copy the quick-start report's figures and tables into ``out``; train the run first if needed."""
+def quickstart_assets(run_dir: Path | None, out: Path, readme: Path | None = None) -> list[Path]:
+    """Copy the quick-start report's figures and tables into ``out``; train the run first if needed.
+
+    With ``readme``, also rewrite its ``quickstart-report`` block with the summary and tables.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         if run_dir is None:
-            from fusionkit.evaluate.report import evaluate_run
+            from fusionkit.evaluate import train_and_evaluate
             from fusionkit.train.config import load_run_config
-            from fusionkit.train.trainer import train_run
 
             run_dir = Path(tmp) / "quickstart"
             config = load_run_config(REPO / "examples" / "quickstart.yaml")
-            train_run(config, run_dir=run_dir, synthetic=True, progress=False, evaluate_at_end=False)
-            evaluate_run(run_dir)
+            train_and_evaluate(config, run_dir=run_dir, synthetic=True, progress=False)
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for name in QUICKSTART_FIGURES:
@@ -209,7 +209,21 @@ def quickstart_assets(run_dir: Path | None, out: Path) -> list[Path]:
         for name, text in pieces.items():
             (out / name).write_text(text)
             written.append(out / name)
+    if readme is not None:
+        block = "\n".join([pieces["summary.md"], pieces["metrics.md"], "Modality ablation at inference:\n",
+                           pieces["ablation.md"]])
+        written.append(_replace_block(readme, "quickstart-report", block))
     return written
+
+
+def _replace_block(path: Path, name: str, body: str) -> Path:
+    """Rewrite what lies between the ``<!-- NAME:start ... -->`` and ``<!-- NAME:end -->`` lines."""
+    text = path.read_text()
+    match = re.search(rf"(<!-- {name}:start[^\n]*-->\n).*?(<!-- {name}:end -->)", text, flags=re.S)
+    if match is None:
+        raise SystemExit(f"{path}: no '<!-- {name}:start -->' ... '<!-- {name}:end -->' block")
+    path.write_text(text[: match.start()] + match.group(1) + body.strip() + "\n" + match.group(2) + text[match.end():])
+    return path
 
 
 def _provenance() -> str:
@@ -317,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     if "architecture" in args.only:
         written.append(draw_architecture(architecture_labels(), args.assets / "architecture.png"))
     if "quickstart" in args.only:
-        written += quickstart_assets(args.quickstart_run, args.assets / "quickstart")
+        readme = REPO / "README.md" if args.assets == ASSETS else None
+        written += quickstart_assets(args.quickstart_run, args.assets / "quickstart", readme)
     if "benchmarks" in args.only:
         written += benchmark_figures(args.results, args.assets / "benchmarks")
     for path in written:
