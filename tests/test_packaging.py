@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,19 @@ def test_wheel_metadata_names_the_distribution_and_the_package_imports_from_it(t
     path, n_presets = out.stdout.split()
     assert Path(path).is_relative_to(tmp_path / "installed")
     assert int(n_presets) == len(list((REPO / "fusionkit" / "presets").glob("*.yaml")))
+
+
+def test_no_documented_command_installs_the_unrelated_fusionkit_project():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "examples").rglob("*.md"))]
+    tomls = sorted((REPO / "examples").rglob("pyproject.toml"))
+    bad = re.compile(r"pip\s+(install|download)\s+(-\S+\s+)*['\"]?fusionkit(?![-_\w./])|\"fusionkit(\[[^\]]*\])?\s*([<>=!~][^\"]*)?\"")
+    offenders = []
+    for path in pages:
+        for block in re.findall(r"```.*?\n(.*?)```", path.read_text(), flags=re.S):
+            offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in block.splitlines() if bad.search(line)]
+    for path in tomls:
+        offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in path.read_text().splitlines()
+                      if line.strip().startswith("dependencies") and bad.search(line.split("#")[0])]
+    assert not offenders, "\n".join(offenders)
+    assert bad.search("pip install fusionkit") and bad.search('dependencies = ["fusionkit>=0.1"]')
+    assert not bad.search("pip install ./examples/plugin-gated-sum") and not bad.search("pip install jiadf-fusion")
