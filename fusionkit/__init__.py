@@ -21,7 +21,7 @@ from fusionkit.errors import (
 )
 from fusionkit.losses import JointIndividualLoss, LossBreakdown
 from fusionkit.model import FusionModel, FusionOutput, build_model
-from fusionkit.presets import list_presets, load_preset
+from fusionkit.presets import list_presets, load_preset, load_spec
 from fusionkit.registry import (
     COMPONENT_KINDS,
     PluginWarning,
@@ -30,7 +30,7 @@ from fusionkit.registry import (
     register,
     registry,
 )
-from fusionkit.specs import ModelSpec, dump_spec, load_spec, spec_json_schema
+from fusionkit.specs import ModelSpec, dump_spec, spec_json_schema
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from fusionkit.errors import PretrainedWeightsError
 from fusionkit.registry import register
-from fusionkit.specs.base import ImageEncoderSpec
+from fusionkit.components.base import ImageEncoderSpec
 
 
 class TimmImageEncoderSpec(ImageEncoderSpec):

@@ -10,7 +10,7 @@ from torch import nn
 
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.specs.base import MetadataEncoderSpec
+from fusionkit.components.base import MetadataEncoderSpec
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):

@@ -17,11 +17,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fusionkit.errors import ConfigError
+from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
 
 
@@ -131,3 +133,20 @@ def load_preset(
 ) -> ModelSpec:
     """The validated :class:`ModelSpec` of a preset, with ``overrides`` merged in."""
     return ModelSpec.model_validate(apply_overrides(preset_dict(name), overrides))
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Load a :class:`~fusionkit.specs.ModelSpec` from a ``.yaml``/``.yml``/``.json`` file.
+
+    A file holding a whole run config (a ``model:`` key) yields its model spec; a spec written as
+    ``{preset: name, overrides: {...}}`` is expanded from the preset.
+    """
+    data = read_mapping(path)
+    if "model" in data and isinstance(data["model"], dict):
+        data = data["model"]
+    if "preset" in data:
+        extra = set(data) - {"preset", "overrides"}
+        if extra:
+            raise ConfigError(f"{path}: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
+        data = apply_overrides(preset_dict(data["preset"]), data.get("overrides"))
+    return ModelSpec.model_validate(data)

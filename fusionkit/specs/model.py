@@ -26,7 +26,7 @@ from fusionkit.components.fusion.mmfa import MMFASpec
 from fusionkit.components.image_encoders import TimmImageEncoderSpec
 from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
 from fusionkit.registry import REGISTRIES
-from fusionkit.specs.base import (
+from fusionkit.components.base import (
     ComponentSpec,
     DecisionSpec,
     FrozenSpec,

@@ -15,7 +15,7 @@ from pydantic import Field, PositiveInt, model_validator
 from fusionkit.data.transforms import AugmentConfig
 from fusionkit.errors import ConfigError
 from fusionkit.presets import apply_overrides, preset_dict
-from fusionkit.specs.base import FrozenSpec
+from fusionkit.components.base import FrozenSpec
 from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
 

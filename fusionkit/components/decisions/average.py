@@ -12,7 +12,7 @@ from torch import nn
 
 from fusionkit.components.decisions._masking import masked_log_softmax
 from fusionkit.registry import register
-from fusionkit.specs.base import DecisionSpec
+from fusionkit.components.base import DecisionSpec
 
 
 class AverageDecisionSpec(DecisionSpec):
