@@ -31,6 +31,7 @@ VIEWPORT = {"width": 1280, "height": 900}
 PAGES = {
     "": 1,                                  # home: the architecture figure
     "tutorials/compose-in-python/": 0,      # a tutorial: long code blocks
+    "how-to/evaluate/": 4,                  # the quick-start figures, in tabs
     "how-to/reading-a-report/": 3,          # gate, Grad-CAM, history
     "benchmarks/": 2,                       # throughput figures
     "reference/model/": 0,                  # an API page (mkdocstrings)
