@@ -127,3 +127,8 @@ def test_plugin_package_installs_and_registers_its_fusion_block(tmp_path):
     listing, built = run_ok([sys.executable, "-c", code], _env(tmp_path, target), tmp_path).splitlines()
     assert listing.split() == ["attention_only", "concat", "gated_sum", "mmfa", "skip_only"]
     assert built.split() == ["jiadf_gated_sum", "24", "(2,", "24)"]
+    # the command line sees it too, through the installed console script (as the how-to shows)
+    script = Path(sys.executable).with_name("fusionkit")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "fusionkit.cli"]
+    cli = run_ok([*command, "components", "fusion"], _env(tmp_path, target), tmp_path)
+    assert cli.strip() == "fusion: attention_only, concat, gated_sum, mmfa, skip_only"
