@@ -298,13 +298,16 @@ def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_di
 
 
 def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path, cache_dir: Path) -> None:
-    exe = [sys.executable, "-m", "fusionkit.cli"]
-    help_text = subprocess.run([*exe, "train", "--help"], capture_output=True, text=True, check=True).stdout
+    from typer.testing import CliRunner
+
+    from fusionkit.cli import app
+
+    help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=120).output
     for option in ("ema_decay", "scheduler.kind", "backbone_lr", "mixup", "init_from", "tracking"):
         assert option in help_text, option
     config = write_config(tmp_path / "c.yaml", tiny_run_config(cache_dir, epochs=1, n_lesions=24))
     proc = subprocess.run(
-        [*exe, "train", str(config), "--synthetic", "--quiet", "--out", str(tmp_path / "run"),
+        [sys.executable, "-m", "fusionkit.cli", "train", str(config), "--synthetic", "--quiet", "--out", str(tmp_path / "run"),
          "--set", f"train.init_from={tmp_path / 'missing'}"],
         capture_output=True, text=True,
     )
