@@ -235,8 +235,18 @@ def test_tensorboard_tracker_writes_event_files(tmp_path: Path) -> None:
     tracker = Tracker(backends=("tensorboard",), run_dir=tmp_path)
     tracker.log_scalars({"train/loss": 1.5, "val/dice": 0.25}, step=1)
     tracker.log_scalars({"train/loss": 0.5, "val/dice": 0.75}, step=2)
+    from PIL import Image
+
+    Image.new("RGB", (5, 4), (255, 0, 0)).save(tmp_path / "roc.png")
+    tracker.log_figures([tmp_path / "roc.png"], step=2)
     tracker.close()
     assert _scalars(tmp_path) == {"train/loss": [1.5, 0.5], "val/dice": [0.25, 0.75]}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    image = acc.Images("report/roc")[0]
+    assert (image.step, image.width, image.height) == (2, 5, 4)
     assert not Tracker(backends=(), run_dir=tmp_path / "off").active
     assert not (tmp_path / "off").exists()
 
