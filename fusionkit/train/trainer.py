@@ -109,7 +109,7 @@ class Trainer:
         self.config = self.data.config  # resolved: metadata width filled in
         self._setup_logging()
         spec = self.config.model
-        self.model = FusionModel(spec, meta_dim=self.data.meta_dim).to(self.device)
+        self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if train.init_from is not None and not resume:  # options of issue 13 (training-options.md)
