@@ -97,7 +97,7 @@ def test_plateau_is_the_default_and_moves_only_per_epoch() -> None:
 @pytest.fixture(scope="module")
 def tiny_model() -> fk.FusionModel:
     torch.manual_seed(0)
-    return fk.FusionModel(fk.load_preset("ji-adf", TINY), meta_dim=6)
+    return fk.FusionModel(fk.load_preset("ji-adf", TINY), metadata_width=6)
 
 
 def test_param_groups_split_backbone_and_norms(tiny_model: fk.FusionModel) -> None:
@@ -203,10 +203,10 @@ def test_mixing_off_gives_one_hot_targets_and_draws_no_random_numbers() -> None:
 # -- warm start ------------------------------------------------------------------------------------
 def test_warm_start_loads_matching_tensors_and_lists_the_rest(tmp_path: Path, tiny_model) -> None:
     torch.manual_seed(1)
-    derm_only = fk.FusionModel(fk.load_preset("ji-adf-d", TINY), meta_dim=6)
+    derm_only = fk.FusionModel(fk.load_preset("derm-only", TINY), metadata_width=6)
     path = save_checkpoint(tmp_path / "derm.safetensors", model=derm_only, include_rng=False)
     torch.manual_seed(2)
-    trimodal = fk.FusionModel(fk.load_preset("ji-adf", TINY), meta_dim=6)
+    trimodal = fk.FusionModel(fk.load_preset("ji-adf", TINY), metadata_width=6)
     before = model_state(trimodal)
     report = warm_start(trimodal, path)
     source, after = model_state(derm_only), model_state(trimodal)
