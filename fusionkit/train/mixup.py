@@ -54,8 +54,9 @@ def mix_batch(
     Beta(mixup_alpha, mixup_alpha)``. Cutmix: one box of area ``1 - lam`` (``lam ~
     Beta(cutmix_alpha, cutmix_alpha)``) is pasted from the partner into both images at the same
     relative place; ``lam`` is then corrected to the pasted share of the pixels, and the metadata
-    stays. Targets are ``lam onehot(y) + (1 - lam) onehot(y[perm])``; a modality counts as present
-    only when both lesions have it. Unmixed batches still get one-hot soft targets, so a graphed
+    stays. Targets are ``lam onehot(y) + (1 - lam) onehot(y[perm])``. A mixed modality counts as
+    present when either lesion has it (an absent image is zeros after normalisation, so the present
+    one shows through), so a mixed lesion keeps every input the decision needs. Unmixed batches still get one-hot soft targets, so a graphed
     step sees one label shape.
     """
     label = batch["label"]
@@ -87,6 +88,6 @@ def mix_batch(
     out["label"] = lam * target + (1.0 - lam) * target[perm]
     mixed = images if cutmix else [*images, "meta"]
     out["present"] = {
-        k: (v & v[perm]) if k in mixed else v for k, v in batch["present"].items()
+        k: (v | v[perm]) if k in mixed else v for k, v in batch["present"].items()
     }
     return out, MixInfo(kind="cutmix" if cutmix else "mixup", lam=lam, perm=perm, box=box)
