@@ -56,7 +56,7 @@ def test_ema_update_rule_averages_floats_and_copies_integer_buffers() -> None:
 def _lrs(schedule: LrSchedule, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
     seen = []
     for _ in range(steps):
-        seen.append(optimizer.param_groups[0]["lr"])
+        seen.append(float(optimizer.param_groups[0]["lr"]))
         optimizer.step()
         schedule.after_step()
     return seen
@@ -79,6 +79,12 @@ def test_warmup_cosine_curve_and_resume() -> None:
     assert _lrs(resumed, opt2, 3) == pytest.approx(curve[3:])
     schedule.after_epoch(0.0)  # the cosine schedule ignores the epoch's Dice
     assert opt.param_groups[0]["lr"] == pytest.approx(curve[3])
+    # a graphed step's lr is a tensor the graph reads: the schedule fills it in place
+    lr = torch.tensor(1.0)
+    opt3 = torch.optim.SGD([param], lr=lr)
+    graphed = LrSchedule(spec=spec, optimizer=opt3, epochs=3, steps_per_epoch=2)
+    assert _lrs(graphed, opt3, 2) == pytest.approx(curve[:2])
+    assert opt3.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(curve[2])
 
 
 def test_plateau_is_the_default_and_moves_only_per_epoch() -> None:

@@ -77,6 +77,8 @@ class LrSchedule:
                     for group in optimizer.param_groups
                 ],
             )
+            # a graphed step's lr is a device tensor: float bases keep each step free of host syncs
+            self.scheduler.base_lrs = [float(lr) for lr in self.scheduler.base_lrs]
 
     def after_step(self) -> None:
         """Called after every optimizer step (moves the cosine schedule)."""
