@@ -226,7 +226,7 @@ def test_warm_start_loads_matching_tensors_and_lists_the_rest(tmp_path: Path, ti
     assert any(k.startswith(BACKBONE_PREFIX + "clinical.") for k in report.missing)
     assert set(report.loaded) | set(report.missing) | {m.split(":")[0] for m in report.mismatched} == set(before)
     assert "missing" in report.summary()
-    with pytest.raises(fk.errors.ConfigError, match="no checkpoint there"):
+    with pytest.raises(fk.errors.ConfigError, match="init_from: .*nothing.safetensors: no such"):
         warm_start(trimodal, tmp_path / "nothing.safetensors")
 
 
@@ -330,4 +330,4 @@ def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path,
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "missing" in proc.stderr and "no checkpoint there" in proc.stderr
+    assert "train.init_from" in proc.stderr and "no such run directory" in proc.stderr

@@ -112,8 +112,16 @@ class Trainer:
         self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if train.init_from is not None and not resume:  # options of issue 13 (training-options.md)
-            logger.info(warm_start(self.model, train.init_from).summary())
+        try:  # options of issue 13 (docs/how-to/training-options.md)
+            if train.init_from is not None and not resume:
+                logger.info(warm_start(self.model, train.init_from).summary())
+            self.tracker = Tracker(
+                backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
+                params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
+            )
+        except BaseException:
+            self.close()
+            raise
         self.ema = None if train.ema_decay is None else ModelEma(model=self.model, decay=train.ema_decay)
         self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
         fused = self.device.type == "cuda"
@@ -132,10 +140,6 @@ class Trainer:
             steps = min(steps, train.max_batches_per_epoch or steps)
         self.scheduler = LrSchedule(
             spec=train.scheduler, optimizer=self.optimizer, epochs=train.epochs, steps_per_epoch=steps
-        )
-        self.tracker = Tracker(
-            backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
-            params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
         )
         self.net: torch.nn.Module = self.model
         if self.dist.distributed:

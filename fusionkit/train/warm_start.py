@@ -44,6 +44,8 @@ def source_weights(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """The weights at ``path``: a run directory (its best checkpoint), a fusionkit checkpoint
     (its ``model.*`` tensors) or a plain safetensors state dict."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"train.init_from: {path}: no such run directory or weights file")
     if path.is_dir():
         path = RunFiles(path).checkpoint("best")
         if not path.is_file():
