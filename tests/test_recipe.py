@@ -118,7 +118,8 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_score(scripted
 def test_scheduler_halves_the_lr_only_after_patience_epochs_without_improvement(scripted) -> None:
     trainer, history = scripted["trainer"], scripted["history"]
     assert [r["lr"] for r in history] == pytest.approx(list(EXPECTED_LR), rel=1e-9)
-    scheduler = trainer.scheduler
+    assert trainer.scheduler.kind == "plateau"
+    scheduler = trainer.scheduler.scheduler  # the torch scheduler behind fusionkit's LrSchedule
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler.mode == "max" and scheduler.factor == 0.5 and scheduler.patience == 1
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(
@@ -141,6 +142,7 @@ def test_recipe_defaults_are_appendix_a2() -> None:
     train = RunConfig.model_validate({"model": {"preset": "ji-adf"}}).train
     assert (train.epochs, train.batch_size, train.lr, train.weight_decay) == (50, 16, 1e-4, 1e-5)
     assert (train.class_weighting, train.sampler, train.grad_clip) == ("none", "shuffle", None)
+    assert train.scheduler.kind == "plateau"
 
 
 # -- max_batches_per_epoch and grad_clip --------------------------------------------------------------
