@@ -226,7 +226,7 @@ def test_shuffle_sampler_visits_every_sample_once_per_epoch_in_a_seeded_order() 
     assert orders[0] == orders[1]  # a pure function of (seed, epoch)
     assert orders[0] != orders[2] and orders[0] != orders[3]
     default = EpochSampler(labels, seed=0)  # shuffle is the default mode
-    assert list(default) == orders[0]
+    assert list(default) == orders[0] and len(default) == 10
     with pytest.raises(ValueError, match="'balance'"):
         EpochSampler(labels, seed=0, mode="balance")
 
@@ -308,3 +308,17 @@ def test_trainer_with_balanced_sampler_draws_its_classes_uniformly(seeded) -> No
     assert set(drawn) == set(present)
     for c in present:
         assert abs(drawn[c] / total - 1 / k) < 5 * sd, (c, drawn, Counter(labels))
+
+
+def test_ranks_take_every_world_size_th_index_of_the_padded_order() -> None:
+    labels = list(range(10))
+    whole = EpochSampler(labels, seed=2)
+    whole.set_epoch(4)
+    order = list(whole)
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(labels, seed=2, rank=rank, world_size=3)
+        sampler.set_epoch(4)
+        shards.append(list(sampler))
+    padded = order + order[:2]  # 10 -> 12, a multiple of the world size
+    assert [shards[i % 3][i // 3] for i in range(12)] == padded
