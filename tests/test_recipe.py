@@ -227,6 +227,9 @@ def test_shuffle_sampler_visits_every_sample_once_per_epoch_in_a_seeded_order() 
     assert orders[0] != orders[2] and orders[0] != orders[3]
     default = EpochSampler(labels, seed=0)  # shuffle is the default mode
     assert list(default) == orders[0] and len(default) == 10
+    sequential = EpochSampler(labels, seed=3, mode="sequential")  # evaluation: the dataset order
+    sequential.set_epoch(7)
+    assert list(sequential) == list(range(10))
     with pytest.raises(ValueError, match="'balance'"):
         EpochSampler(labels, seed=0, mode="balance")
 
