@@ -137,6 +137,14 @@ def _class_weights(labels: tuple[int, ...]) -> tuple[float, ...]:
     return tuple(n / (k * counts[c]) if counts.get(c) else 1.0 for c in range(k))
 
 
+def _class_prior(labels: tuple[int, ...]) -> tuple[float, ...]:
+    """pi of logit adjustment: the training class frequencies, Laplace-smoothed ((count + 1) / (n + N))
+    so a class absent from the training split keeps a finite log prior."""
+    counts = Counter(labels)
+    n, k = len(labels), len(CLASS_NAMES)
+    return tuple((counts.get(c, 0) + 1) / (n + k) for c in range(k))
+
+
 def prepare_data(
     config: RunConfig,
     *,
@@ -147,7 +155,7 @@ def prepare_data(
     dist_info: DistInfo,
 ) -> RunData:
     """Check the run directory, locate or generate the data, split it, fit the metadata encoder,
-    resolve the config (metadata width, class weights) and write the run's files (rank 0).
+    resolve the config (metadata width, class weights, class prior) and write the run's files (rank 0).
     """
     saved = _check_run_dir(run_dir, resume) if dist_info.is_main else None
     barrier(dist_info)
@@ -202,6 +210,9 @@ def prepare_data(
         updates["metadata_encoder"] = model.metadata_encoder.model_copy(update={"in_dim": train_set.encoder.width})
     if config.train.class_weighting == "inverse_frequency" and model.loss.class_weights is None:
         updates["loss"] = model.loss.model_copy(update={"class_weights": _class_weights(train_set.labels)})
+    if model.loss.logit_adjustment > 0 and model.loss.class_prior is None:
+        loss = updates.get("loss", model.loss)
+        updates["loss"] = loss.model_copy(update={"class_prior": _class_prior(train_set.labels)})
     resolved = config.model_copy(update={"model": model.model_copy(update=updates)})
     resolved = RunConfig.model_validate(resolved.model_dump(mode="json"))
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from fusionkit.errors import ConfigError
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics
+from fusionkit.metrics.decision import macro_f1_argmax
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
@@ -224,6 +225,7 @@ class Trainer:
             batch_transform=self.data.to_model_batch,
         )
         metrics = isic_metrics(preds.labels, preds.probs, self.data.class_names)
+        metrics["macro"]["f1"] = macro_f1_argmax(preds.labels, preds.probs)
         nll = float(-preds.log_probs[np.arange(len(preds)), preds.labels].mean())
         return metrics, nll
 
@@ -266,8 +268,9 @@ class Trainer:
                 seconds = time.perf_counter() - began
                 metrics, val_loss = self.validate()
                 dice = float(metrics["macro"]["dice"])
-                self.scheduler.step(dice)
-                is_best = dice > self.best_dice
+                score = float(metrics["macro"][train.selection_metric])  # best_dice holds this score
+                self.scheduler.step(score)
+                is_best = score > self.best_dice
                 record = EpochRecord(
                     epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
                     val_auc=float(metrics["macro"]["auc"]), lr=self.optimizer.param_groups[0]["lr"],
@@ -276,7 +279,7 @@ class Trainer:
                 )
                 self.history.append(record.__dict__)
                 if is_best:
-                    self.best_dice = dice
+                    self.best_dice = score
                     if self.dist.is_main:
                         save_checkpoint(
                             self.ckpt_dir / "best.safetensors", model=self.model, include_rng=False,
