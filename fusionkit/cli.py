@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from fusionkit.errors import FusionkitError
+from fusionkit.errors import ConfigError, FusionkitError
 
 app = typer.Typer(
     name="fusionkit",
@@ -113,7 +113,7 @@ def export(
     from fusionkit.evaluate.export import EXPORT_FORMATS, export_onnx
 
     if format_ not in EXPORT_FORMATS:
-        _fail(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+        raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     path = export_onnx(run, out=out, checkpoint=checkpoint)
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 

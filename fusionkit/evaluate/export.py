@@ -12,6 +12,7 @@ interpolation, mean, std), the fitted metadata encoder and the vocabularies it e
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,15 @@ def export_onnx(run_dir: str | Path, *, out: str | Path, checkpoint: str = "best
     tmp = out.with_name(out.name + ".tmp")
     dynamic = {name: {0: "batch"} for name in [*wrapper.input_names, *wrapper.output_names]}
     try:
-        torch.onnx.export(
-            wrapper, example_inputs(model), str(tmp), input_names=wrapper.input_names,
-            output_names=wrapper.output_names, dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # the legacy exporter's deprecation notice, and the tracer noting that the presence
+            # masks pass through torch.as_tensor (an identity on tensors: they stay graph inputs)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                wrapper, example_inputs(model), str(tmp), input_names=wrapper.input_names,
+                output_names=wrapper.output_names, dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False,
+            )
         tmp.replace(out)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"ONNX export needs the 'onnx' package ({exc}); pip install 'fusionkit[export]'") from None
