@@ -89,16 +89,24 @@ def predict(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    runs: Annotated[list[Path], typer.Argument(help="A run directory written by 'fusionkit train'; several (or a sweep folder): an ensemble, evaluated on the validation split they share.")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Labelled MILK10k folder (default: the run's validation split).")] = None,
     gradcam: Annotated[int, typer.Option(help="How many lesions get Grad-CAM overlays.")] = 4,
     tta: Annotated[str, typer.Option("--tta", help=TTA_HELP + " The report shows the metrics with and without it.")] = "none",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
+    from fusionkit.evaluate.ensemble import evaluate_ensemble, find_runs
     from fusionkit.evaluate.report import evaluate_run
 
-    path = evaluate_run(run, data_root=data, gradcam_lesions=gradcam, progress=not quiet, tta=tta)
+    found = find_runs(runs)
+    if len(found) == 1 and out is None:
+        path = evaluate_run(found[0], data_root=data, gradcam_lesions=gradcam, progress=not quiet, tta=tta)
+    elif out is None:
+        raise ConfigError(f"evaluating an ensemble of {len(found)} runs: pass --out DIR for its report")
+    else:
+        path = evaluate_ensemble(found, out=out, data_root=data, tta=tta, progress=not quiet)
     typer.echo(f"report: {path}")
 
 

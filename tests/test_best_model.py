@@ -18,10 +18,11 @@ import yaml
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.ensemble import ensemble_predict, load_runs
+from fusionkit.evaluate.ensemble import ensemble_predict, evaluate_ensemble, load_runs
 from fusionkit.evaluate.export import ExportWrapper, example_inputs, export_onnx
 from fusionkit.evaluate.inference import load_run
 from fusionkit.evaluate.report import evaluate_run
+from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
 from fusionkit.train.config import RunConfig
 from fusionkit.train.trainer import train_run
@@ -110,6 +111,11 @@ def test_ensemble_of_identical_runs_equals_one_run(run_dir: Path, tmp_path: Path
     both = ensemble_predict(runs, lesion_ids=ids, tta="flips")
     assert both.lesion_ids == one.lesion_ids and np.allclose(both.probs, one.probs, atol=1e-7)
     assert np.allclose(both.weights, one.weights, atol=1e-7)
+    report = evaluate_ensemble([tmp_path / "sweep"], out=tmp_path / "ens")
+    assert "fusionkit ensemble report (2 runs)" in report.read_text()
+    ens = json.loads((tmp_path / "ens" / "metrics.json").read_text())["metrics"]["macro"]
+    single = isic_metrics(one.labels, ensemble_predict(runs[:1], lesion_ids=ids).probs, CLASS_NAMES)["macro"]
+    assert ens["dice"] == pytest.approx(single["dice"]) and ens["auc"] == pytest.approx(single["auc"])
 
 
 def _preset_run(trained: Path, preset: str, dest: Path) -> Path:
@@ -187,6 +193,7 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
         (["export", run_dir, "--format", "tflite"], "unknown export format 'tflite'"),
         (["export", bare], "no best checkpoint"),
         (["predict", run_dir, other, "--data", data], "an ensemble needs one class list"),
+        (["evaluate", run_dir, run_dir], "pass --out DIR"),
     ]
     results = fusionkit_cli(
         ["predict", run_dir, run_dir, "--data", data, "--split", "Training", "--tta", "flips", "--decision", "argmax",
