@@ -67,8 +67,11 @@ def modality_ablation(
     *,
     progress: bool = False,
     baseline: Predictions | None = None,
+    tta: str = "none",
 ) -> dict[str, dict[str, float]]:
     """Macro metrics with all inputs, then with each modality masked out through the presence masks.
+
+    ``tta`` is the test-time augmentation of every row (that of ``baseline``, when given).
 
     ``baseline``, when given, holds the predictions with all inputs (they are not recomputed). A
     masking that leaves a sample with nothing to decide on (a single-modality model) is skipped.
@@ -81,7 +84,7 @@ def modality_ablation(
             preds = baseline
         else:
             try:
-                preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}")
+                preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}", tta=tta)
             except FusionkitError as exc:
                 logger.info("modality ablation %s skipped: %s", label, exc)
                 continue
@@ -202,7 +205,7 @@ def evaluate_run(
     if cam is not None:
         figures.append(("Grad-CAM on the first lesions (warmer: more weight in the decision)", "gradcam.png"))
 
-    ablation = modality_ablation(run, dataset, progress=progress, baseline=preds)
+    ablation = modality_ablation(run, dataset, progress=progress, baseline=preds, tta=tta)
     columns = list(ABLATION_METRICS)
     if any(GATE_COLUMNS[0] in row for row in ablation.values()):
         columns += GATE_COLUMNS
