@@ -126,10 +126,10 @@ def _preset_run(trained: Path, preset: str, dest: Path) -> Path:
     config = yaml.safe_load((trained / "config.yaml").read_text())
     width = fk.data.MetadataEncoder.load(trained / "metadata_encoder.json").width
     spec = fk.load_preset(preset, {"image_size": 32, "image_encoder": dict(TINY_IMAGE_ENCODER)})
-    config["model"] = spec.model_copy(update={"metadata_encoder": spec.metadata_encoder.model_copy(update={"in_dim": width})}).to_dict()
+    config["model"] = spec.to_dict()
     (dest / "config.yaml").write_text(yaml.safe_dump(config))
     torch.manual_seed(1)
-    save_checkpoint(dest / "checkpoints" / "best.safetensors", model=fk.build_model(config["model"], meta_dim=width), include_rng=False)
+    save_checkpoint(dest / "checkpoints" / "best.safetensors", model=fk.build_model(config["model"], metadata_width=width), include_rng=False)
     return dest
 
 
@@ -185,7 +185,7 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
     config["model"]["loss"]["class_prior"] = None
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     torch.manual_seed(0)
-    save_checkpoint(other / "checkpoints" / "best.safetensors", include_rng=False, model=fk.build_model(config["model"], meta_dim=35))
+    save_checkpoint(other / "checkpoints" / "best.safetensors", include_rng=False, model=fk.build_model(config["model"], metadata_width=35))
     bad = [
         (["predict", run_dir, "--data", data, "--tta", "d8"], "unknown test-time augmentation 'd8'"),
         (["predict", run_dir, "--data", data, "--decision", "vote"], "unknown decision rule 'vote'"),

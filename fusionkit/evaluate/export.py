@@ -61,7 +61,7 @@ def example_inputs(model: FusionModel, batch_size: int = 2, *, seed: int = 0) ->
     size = model.spec.image_size
     tensors = []
     for m in model.modalities:
-        shape = (batch_size, model.meta_dim) if m == "meta" else (batch_size, 3, size, size)
+        shape = (batch_size, model.metadata_width) if m == "meta" else (batch_size, 3, size, size)
         tensors.append(torch.randn(shape, generator=g))
     tensors += [torch.ones(batch_size, dtype=torch.bool) for _ in model.modalities]
     return tuple(tensors)

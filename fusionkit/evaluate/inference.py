@@ -85,7 +85,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | tor
     config = load_run_config(files.config)
     encoder = MetadataEncoder.load(files.metadata_encoder)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = FusionModel(config.model, meta_dim=encoder.width)
+    model = FusionModel(config.model, metadata_width=encoder.width)
     if not files.checkpoint(checkpoint).is_file():
         raise ConfigError(f"{run_dir}: the run has no {checkpoint} checkpoint ({files.checkpoint(checkpoint)} is missing)")
     info = load_checkpoint(files.checkpoint(checkpoint), model=model)
