@@ -25,7 +25,7 @@ from fusionkit.evaluate.report import evaluate_run
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
 from fusionkit.train.config import RunConfig
-from fusionkit.train.trainer import train_run
+from fusionkit.train.trainer import selection_score, train_run
 
 from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 
@@ -81,6 +81,11 @@ def test_long_tail_run_records_its_prior_and_selects_by_auc(run_dir: Path) -> No
     best_epoch = load_run(run_dir, device="cpu").checkpoint_info["epoch"]
     assert best_epoch == 1 + int(np.argmax(aucs))
     assert [h["best"] for h in history] == [True, aucs[1] > aucs[0]]
+
+
+def test_selection_score_reads_the_named_metric() -> None:
+    metrics = {"macro": {"dice": 0.1, "auc": 0.2}, "macro_f1_argmax": 0.3}
+    assert [selection_score(metrics, m) for m in ("dice", "auc", "f1")] == [0.1, 0.2, 0.3]
 
 
 def test_report_shows_tta_and_each_decision_rule(run_dir: Path) -> None:

@@ -53,6 +53,11 @@ class EpochRecord:
     best: bool
 
 
+def selection_score(metrics: dict[str, Any], metric: str) -> float:
+    """The validation score ``train.selection_metric`` names, from :meth:`Trainer.validate`'s metrics."""
+    return float(metrics["macro_f1_argmax"] if metric == "f1" else metrics["macro"][metric])
+
+
 class Trainer:
     """Trains one run; see the module docstring for what the run directory holds.
 
@@ -225,7 +230,7 @@ class Trainer:
             batch_transform=self.data.to_model_batch,
         )
         metrics = isic_metrics(preds.labels, preds.probs, self.data.class_names)
-        metrics["macro"]["f1"] = macro_f1_argmax(preds.labels, preds.probs)
+        metrics["macro_f1_argmax"] = macro_f1_argmax(preds.labels, preds.probs)  # train.selection_metric f1
         nll = float(-preds.log_probs[np.arange(len(preds)), preds.labels].mean())
         return metrics, nll
 
@@ -268,7 +273,7 @@ class Trainer:
                 seconds = time.perf_counter() - began
                 metrics, val_loss = self.validate()
                 dice = float(metrics["macro"]["dice"])
-                score = float(metrics["macro"][train.selection_metric])  # best_dice holds this score
+                score = selection_score(metrics, train.selection_metric)  # best_dice holds this score
                 self.scheduler.step(score)
                 is_best = score > self.best_dice
                 record = EpochRecord(
