@@ -52,11 +52,12 @@ def cross_entropy(
     - logit adjustment (Menon et al. 2021): scores ``log_softmax(log_probs + tau log pi)``;
     - label smoothing: ``t = (1 - epsilon) t + epsilon / N``;
     - focal loss (Lin et al. 2017): per sample ``-sum_c t_c (1 - p_c)^gamma log p_c``;
-    - ``class_weights`` w weight each sample by ``sum_c w_c t_c`` of its (unsmoothed) target, and
-      the result is the weighted mean over the samples in ``mask``.
+    - ``class_weights`` w weight class c's term by ``w_c``; the sum over the samples in ``mask`` is
+      divided by ``sum_i sum_c w_c t_ic`` of the unsmoothed targets (mixup/cutmix: class k weighted
+      by ``t_k w_k``).
 
     With every option off and index targets this is ``F.nll_loss(log_probs, target,
-    weight=class_weights)`` over the masked rows. Written without data-dependent shapes or host
+    weight=class_weights)`` over the masked rows; a one-hot soft target gives the index loss. Written without data-dependent shapes or host
     syncs (no boolean indexing, no ``.item()``), so the training step can be captured in a CUDA
     graph; a batch where no sample is in ``mask`` contributes 0.
     """
@@ -73,13 +74,14 @@ def cross_entropy(
     per_class = -log_probs
     if focal_gamma:
         per_class = per_class * (-log_probs.exp().clamp(max=1.0)).add(1.0).pow(focal_gamma)
-    per_sample = (smoothed * per_class).sum(dim=-1)
-    weight = torch.ones_like(per_sample)
     if class_weights is not None:
-        weight = target @ class_weights.to(per_sample.dtype)
+        w = class_weights.to(log_probs.dtype)
+        smoothed, target = smoothed * w, target * w
+    per_sample, weight = (smoothed * per_class).sum(dim=-1), target.sum(dim=-1)
     if mask is not None:
-        weight = weight * mask.to(per_sample.dtype)
-    return (weight * per_sample).sum() / weight.sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
+        mask = mask.to(per_sample.dtype)
+        per_sample, weight = per_sample * mask, weight * mask
+    return per_sample.sum() / weight.sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
 
 
 class JointIndividualLoss(nn.Module):
