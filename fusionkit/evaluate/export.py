@@ -111,7 +111,7 @@ def export_onnx(run_dir: str | Path, *, out: str | Path, checkpoint: str = "best
             )
         tmp.replace(out)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"ONNX export needs the 'onnx' package ({exc}); pip install 'fusionkit[export]'") from None
+        raise ConfigError(f"ONNX export needs the 'onnx' package ({exc}); install the export extra: pip install '.[export]' in the fusionkit checkout, or pip install onnx") from None
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar(run, wrapper), indent=2))
