@@ -18,7 +18,7 @@ import yaml
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.ensemble import ensemble_predict, evaluate_ensemble, load_runs
+from fusionkit.evaluate.ensemble import ensemble_predict, evaluate_ensemble, fit_ensemble_thresholds, load_runs, predict_split
 from fusionkit.evaluate.export import ExportWrapper, example_inputs, export_onnx
 from fusionkit.evaluate.inference import load_run
 from fusionkit.evaluate.report import evaluate_run
@@ -218,3 +218,12 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
     for (code, err), (args, message) in zip(results[2:], bad, strict=True):
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_thresholds_read_the_validation_lesions_from_data_when_the_training_folder_moved(run_dir: Path, tmp_path: Path) -> None:
+    moved = shutil.copytree(run_dir, tmp_path / "moved", ignore=shutil.ignore_patterns("synthetic"))
+    split = json.loads((moved / "split.json").read_text())
+    (moved / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "gone")}))
+    predict_split(moved, data_root=run_dir / "synthetic", split="Training", out=tmp_path / "s.csv", progress=False)
+    thresholds = json.loads((tmp_path / "s.json").read_text())["thresholds"]
+    assert tuple(thresholds.values()) == pytest.approx(fit_ensemble_thresholds(load_runs([run_dir], device="cpu")))

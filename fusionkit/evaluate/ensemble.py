@@ -99,21 +99,24 @@ def ensemble_predict(
     ])
 
 
-def fit_ensemble_thresholds(runs: Sequence[LoadedRun], *, tta: str = "none", progress: bool = False) -> tuple[float, ...]:
+def fit_ensemble_thresholds(
+    runs: Sequence[LoadedRun], *, tta: str = "none", progress: bool = False, fallback_root: str | Path | None = None
+) -> tuple[float, ...]:
     """Per-class thresholds of the ``thresholds`` rule, fitted on validation data the runs never trained on.
 
     When every run has the same validation split (seeds), they are fitted on the ensemble's posterior
     over it; otherwise (folds) each run's thresholds are fitted on its own validation split and
-    averaged.
+    averaged. The validation lesions are read from the folder each run trained on, or from
+    ``fallback_root`` where that folder is gone (a moved MILK10k copy).
     """
-    shared = all(r.split["val"] == runs[0].split["val"] for r in runs)
-    if shared:
-        preds = ensemble_predict(runs, lesion_ids=runs[0].split["val"], tta=tta, progress=progress)
+    def root(run: LoadedRun) -> Path | None:
+        return None if run.data_root.is_dir() or fallback_root is None else Path(fallback_root)
+
+    parts = [r.predict(r.dataset(data_root=root(r), lesion_ids=r.split["val"]), tta=tta, progress=progress) for r in runs]
+    if all(r.split["val"] == runs[0].split["val"] for r in runs):
+        preds = mean_predictions(parts)
         return fit_thresholds(preds.labels, preds.probs)
-    fitted = [
-        fit_thresholds(p.labels, p.probs)
-        for p in (r.predict(r.validation_dataset(), tta=tta, progress=progress) for r in runs)
-    ]
+    fitted = [fit_thresholds(p.labels, p.probs) for p in parts]
     return tuple(float(t) for t in np.mean(fitted, axis=0))
 
 
@@ -154,7 +157,9 @@ def predict_split(
     runs = load_runs(run_dirs, checkpoint=checkpoint)
     split = _auto_split(Path(data_root), split)
     preds = ensemble_predict(runs, data_root=data_root, split=split, tta=tta, progress=progress)
-    thresholds = fit_ensemble_thresholds(runs, tta=tta, progress=progress) if decision == "thresholds" else None
+    thresholds = (
+        fit_ensemble_thresholds(runs, tta=tta, progress=progress, fallback_root=data_root) if decision == "thresholds" else None
+    )
     values = apply_decision(preds.probs, decision, thresholds=thresholds)
     path = write_submission(out, preds.lesion_ids, values, CLASS_NAMES)
     record: dict[str, Any] = {
