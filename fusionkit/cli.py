@@ -22,6 +22,7 @@ app = typer.Typer(
     help="Multimodal fusion models (JI-ADF) for skin-lesion classification on MILK10k.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: boolean options show as flags, not "<bool>"
     add_completion=False,
 )
 
@@ -159,33 +160,81 @@ def synthesize(
     typer.echo(f"wrote a synthetic MILK10k set of {n_lesions} lesions to {root}")
 
 
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
+    errors, no_args, aborts = [], [], []
+    modules = []
+    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    modules.append(sys.modules[base.__module__])
+    try:
+        import click.exceptions
+
+        modules.append(click.exceptions)
+    except ImportError:  # pragma: no cover - click is typer's dependency only in older typers
+        pass
+    for module in modules:
+        for found, name in ((errors, "ClickException"), (no_args, "NoArgsIsHelpError"), (aborts, "Abort")):
+            if isinstance(getattr(module, name, None), type):
+                found.append(getattr(module, name))
+    aborts.append(typer.Abort)
+    return tuple(errors), tuple(no_args), tuple(aborts)
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Every command gets the same treatment: a :class:`~fusionkit.errors.FusionkitError` or a pydantic
+    ``ValidationError`` prints one line and returns its ``exit_code`` (2); a usage error prints the
+    usage line and returns 2; ``fusionkit`` alone prints the help and returns 0; an interrupt returns
+    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 1.
+    Anything else is a bug and keeps its traceback.
+    """
+    from fusionkit.errors import RunInterrupted
+
+    click_errors, no_args_errors, aborts = _click_classes()
+    try:
+        result = app(args=args, standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except RunInterrupted as exc:
+        name = "SIGTERM" if exc.exit_code == 143 else "interrupt"
+        where = f" in {exc.run_dir}" if exc.run_dir is not None else ""
+        typer.echo(
+            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
+            err=True,
+        )
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("fusionkit: interrupted", err=True)
+        return 130
+    except FusionkitError as exc:
+        typer.echo(f"fusionkit: error: {exc}", err=True)
+        return exc.exit_code
+    except ValidationError as exc:
+        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
+        return 2
+    except no_args_errors as exc:  # bare ``fusionkit``: the help is the answer
+        typer.echo(exc.format_message())
+        return 0
+    except click_errors as exc:  # usage errors: unknown command or option, bad value, missing argument
+        exc.show()
+        return exc.exit_code
+    except aborts:
+        typer.echo("fusionkit: interrupted", err=True)
+        return 130
+    except OSError as exc:  # the file system said no (permissions, disk full, ...)
+        typer.echo(f"fusionkit: error: {exc}", err=True)
+        return 1
+    # with standalone_mode=False, click returns Ctrl-C inside a prompt as 1 and Exit(code) as code
+    return result if isinstance(result, int) else 0
+
+
 def main() -> None:
-    """Entry point of the ``fusionkit`` script: user errors become one line and exit status 2."""
+    """Entry point of the ``fusionkit`` script: :func:`run_app`, its status as the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
-    try:
-        app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("fusionkit: interrupted (a resumable checkpoint was saved where training had started)", err=True)
-        sys.exit(130)
-    except FusionkitError as exc:
-        typer.echo(f"fusionkit: error: {exc}", err=True)
-        sys.exit(2)
-    except ValidationError as exc:
-        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    sys.exit(run_app())
 
 
 if __name__ == "__main__":
