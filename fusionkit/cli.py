@@ -46,7 +46,8 @@ def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (from the beginning if it has none).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the run in --out and start it over.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -58,7 +59,10 @@ def train(
         _fail("give either --data DIR or --synthetic, not both")
     cfg = load_run_config(config, set_ or [])
     run_dir = out or Path("runs") / config.stem
-    trainer = train_and_evaluate(cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume, progress=not quiet)
+    trainer = train_and_evaluate(
+        cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume,
+        overwrite=overwrite, progress=not quiet,
+    )
     if trainer.dist.is_main:
         typer.echo(f"run directory: {run_dir}  (best val macro Dice {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
 
