@@ -88,13 +88,17 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | tor
 
 
 def _auto_split(root: Path, split: str) -> str:
+    """``auto`` is the Test split; never a silent fall-back to Training (a submission of the wrong lesions)."""
     if split != "auto":
         return split
     try:
         find_split(root, "Test")
-        return "Test"
-    except FusionkitError:  # no Test split there: fall back to Training
-        return "Training"
+    except FusionkitError as exc:
+        raise ConfigError(
+            f"--split auto predicts the Test split, but {exc}; "
+            "pass --split Training to predict the training lesions"
+        ) from exc
+    return "Test"
 
 
 def predict_split(

@@ -138,9 +138,20 @@ def load_checkpoint(
     scheduler: Any = None,
     restore_rng: bool = False,
 ) -> dict[str, Any]:
-    """Load a checkpoint into the given objects; returns its ``info`` dict."""
+    """Load a checkpoint into the given objects; returns its ``info`` dict.
+
+    Raises:
+        ConfigError: no such file, not a checkpoint, weights that do not fit ``model``, or weights
+            that are NaN or infinite (named).
+    """
     tensors, meta = read_checkpoint(path)
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(
+            f"{path}: the checkpoint holds NaN or infinite weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); it comes from a diverged run and cannot be used"
+        )
     target = model
     for attr in ("module", "_orig_mod"):
         while hasattr(target, attr) and isinstance(getattr(target, attr), torch.nn.Module):

@@ -94,7 +94,7 @@ class RunData:
         info = self.dist_info
         self._train_sampler = EpochSampler(
             self.train_set.labels, seed=train.seed, mode=train.sampler,
-            rank=info.rank, world_size=info.world_size,
+            rank=info.rank, world_size=info.world_size, batch_size=train.batch_size,
         )
         self._train_loader = make_loader(
             self.train_set, batch_size=train.batch_size, sampler=self._train_sampler,
