@@ -6,6 +6,7 @@ line on stderr and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -184,6 +185,32 @@ def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ..
     return tuple(errors), tuple(no_args), tuple(aborts)
 
 
+class _Interrupted(BaseException):
+    """Carries a KeyboardInterrupt past typer, which would turn it into a bare exit status 130."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+
+def _trap_interrupts() -> None:
+    """Wrap every registered command so its interrupt reaches :func:`run_app` with its details."""
+    for info in app.registered_commands:
+        callback = info.callback
+        if callback is None or getattr(callback, "_traps_interrupts", False):
+            continue
+
+        @functools.wraps(callback)
+        def trapped(*args, __callback=callback, **kwargs):
+            try:
+                return __callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise _Interrupted(exc) from exc
+
+        trapped._traps_interrupts = True
+        info.callback = trapped
+
+
 def run_app(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -196,21 +223,23 @@ def run_app(args: list[str] | None = None) -> int:
     from fusionkit.errors import RunInterrupted
 
     click_errors, no_args_errors, aborts = _click_classes()
+    _trap_interrupts()
     try:
-        result = app(args=args, standalone_mode=False)
+        result = app(args=args, prog_name="fusionkit", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
-    except RunInterrupted as exc:
-        name = "SIGTERM" if exc.exit_code == 143 else "interrupt"
-        where = f" in {exc.run_dir}" if exc.run_dir is not None else ""
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
+        if not isinstance(interrupt, RunInterrupted):
+            typer.echo("fusionkit: interrupted", err=True)
+            return 130
+        name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
+        where = f" in {interrupt.run_dir}" if interrupt.run_dir is not None else ""
         typer.echo(
             f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
             err=True,
         )
-        return exc.exit_code
-    except KeyboardInterrupt:
-        typer.echo("fusionkit: interrupted", err=True)
-        return 130
+        return interrupt.exit_code
     except FusionkitError as exc:
         typer.echo(f"fusionkit: error: {exc}", err=True)
         return exc.exit_code

@@ -199,3 +199,68 @@ def test_interrupted_run_resumes_with_applied_changes_recorded(tmp_path: Path, c
     assert "resume: train.lr: 0.003 -> 0.001 (applied)" in (run / "train.log").read_text()
     saved = load_run_config(run / "config.yaml")
     assert saved.train.lr == 1e-3 and saved.train.epochs == 2  # config.yaml says what now runs
+
+
+# -- smaller faults -------------------------------------------------------------------------------
+def test_atomic_writes_respect_the_umask_keep_a_replaced_mode_and_refuse_a_directory(tmp_path: Path) -> None:
+    from fusionkit.errors import FusionkitError
+    from fusionkit.utils.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.txt", "a")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "new.txt").chmod(0o640)
+        atomic_write_text(tmp_path / "new.txt", "b")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.txt", "c")
+        assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    with pytest.raises(FusionkitError, match=f"{tmp_path} is a directory"):
+        atomic_write_text(tmp_path, "d")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(tmp_path: Path) -> None:
+    from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].bias[1] = math.inf
+    path = save_checkpoint(tmp_path / "bad.safetensors", model=model)
+    with pytest.raises(ConfigError, match=r"bad.safetensors: .*NaN or infinite weights \(0.bias\)"):
+        load_checkpoint(path, model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_an_unreachable_hub_fails_at_once_with_one_clear_sentence(tmp_path: Path, monkeypatch) -> None:
+    import timm
+
+    from fusionkit.components.image_encoders import TimmImageEncoder
+    from fusionkit.errors import PretrainedWeightsError
+
+    def unreachable(address, timeout):
+        assert timeout <= 5
+        raise OSError("Network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("went on to download"))
+    with pytest.raises(PretrainedWeightsError) as caught:
+        TimmImageEncoder(model_name="test_efficientnet", pretrained=True)
+    message = str(caught.value)
+    assert "huggingface.co:443 cannot be reached (Network is unreachable)" in message
+    assert ".." not in message and message.endswith("set pretrained: false or give weights_file")
+
+
+def test_the_report_states_the_loss_as_trained() -> None:
+    from fusionkit.evaluate.report import loss_text
+    from fusionkit.specs.model import LossSpec
+
+    assert loss_text(LossSpec()) == "CE(P_final) + 0.5 L_IM + 0.25 L_I + 0.25 L_M"
+    none = LossSpec(lambda_joint=0.0, lambda_image=0.0, lambda_meta=0.0)
+    assert loss_text(none) == "CE(P_final) only (no auxiliary branch losses)"
+    assert loss_text(LossSpec(lambda_image=0.0, class_weights=(1.0,) * 11)) == (
+        "CE(P_final) + 0.5 L_IM + 0.25 L_M (class-weighted)"
+    )
