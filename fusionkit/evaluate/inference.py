@@ -105,6 +105,8 @@ def predict_split(
     run_dir: str | Path, *, data_root: str | Path, out: str | Path, split: str = "auto", checkpoint: str = "best"
 ) -> Path:
     """Predict a split with a trained run and write the submission CSV (official MILK10k format)."""
+    if Path(out).is_dir():
+        raise ConfigError(f"{out} is a directory; give a file name")
     run = load_run(run_dir, checkpoint=checkpoint)
     split = _auto_split(Path(data_root), split)
     preds = run.predict(run.dataset(data_root=data_root, split=split), progress=True)

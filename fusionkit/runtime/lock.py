@@ -18,11 +18,12 @@ import socket
 from pathlib import Path
 
 from fusionkit.errors import RunLockedError
+from fusionkit.runtime.rundir import RunFiles
 
 logger = logging.getLogger("fusionkit.train")
 
-LOCK_NAME = "run.lock"
-"""File name of the lock in a run directory."""
+LOCK_NAME = RunFiles(".").lock.name
+"""File name of the lock in a run directory (``run.lock``)."""
 
 
 def _alive(pid: int) -> bool:

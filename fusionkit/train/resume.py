@@ -84,7 +84,7 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> RunStart:
             raise ConfigError(f"{run_dir}: --resume, but there is no run there (no config.yaml)")
         if files.checkpoint("last").is_file():
             return RunStart(saved=load_run_config(files.config))
-        _clear(run_dir, keep=SCRATCH | {files.log.name, "resumes.json"})
+        _clear(run_dir, keep=SCRATCH | {files.log.name, files.resumes.name})
         return RunStart(saved=None, restarted=True)
     if is_run:
         raise ConfigError(
@@ -133,7 +133,7 @@ def resume_changes(saved: RunConfig, new: RunConfig, *, run_dir: Path, synthetic
 
 def record_resume(run_dir: Path, *, epoch: int, batch: int, changes: list[str], restarted: bool) -> None:
     """Append one record to ``resumes.json`` (time, where the run continued, what changed)."""
-    path = Path(run_dir) / "resumes.json"
+    path = RunFiles(run_dir).resumes
     records = json.loads(path.read_text()) if path.is_file() else []
     records.append({
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
