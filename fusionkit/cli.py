@@ -185,6 +185,10 @@ def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ..
     return tuple(errors), tuple(no_args), tuple(aborts)
 
 
+_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
+"""File-system errors about a path the user named: user errors (exit status 2)."""
+
+
 class _Interrupted(BaseException):
     """Carries a KeyboardInterrupt past typer, which would turn it into a bare exit status 130."""
 
@@ -217,7 +221,8 @@ def run_app(args: list[str] | None = None) -> int:
     Every command gets the same treatment: a :class:`~fusionkit.errors.FusionkitError` or a pydantic
     ``ValidationError`` prints one line and returns its ``exit_code`` (2); a usage error prints the
     usage line and returns 2; ``fusionkit`` alone prints the help and returns 0; an interrupt returns
-    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 1.
+    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 2
+    when it is about a path the user named (a directory for a file, no permission), else 1.
     Anything else is a bug and keeps its traceback.
     """
     from fusionkit.errors import RunInterrupted
@@ -255,9 +260,10 @@ def run_app(args: list[str] | None = None) -> int:
     except aborts:
         typer.echo("fusionkit: interrupted", err=True)
         return 130
-    except OSError as exc:  # the file system said no (permissions, disk full, ...)
-        typer.echo(f"fusionkit: error: {exc}", err=True)
-        return 1
+    except OSError as exc:  # the file system said no: a path the user named (2), or full, broken (1)
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
+        return 2 if isinstance(exc, _PATH_ERRORS) else 1
     # with standalone_mode=False, click returns Ctrl-C inside a prompt as 1 and Exit(code) as code
     return result if isinstance(result, int) else 0
 

@@ -85,7 +85,8 @@ def test_help_shows_boolean_options_as_flags(capsys) -> None:
         (RunInterrupted(signal.SIGTERM, Path("runs/x")), 143, "fusionkit: SIGTERM: stopped;"),
         (KeyboardInterrupt(), 130, "fusionkit: interrupted"),
         (DivergenceError("training diverged in epoch 3: ...", epoch=3), 1, "fusionkit: error: training diverged in epoch 3"),
-        (PermissionError(13, "Permission denied", "runs/x/config.yaml"), 1, "fusionkit: error: [Errno 13] Permission denied"),
+        (PermissionError(13, "Permission denied", "runs/x/config.yaml"), 2, "fusionkit: error: runs/x/config.yaml: Permission denied"),
+        (OSError(28, "No space left on device", "runs/x/last.safetensors"), 1, "fusionkit: error: runs/x/last.safetensors: No space"),
     ],
 )
 def test_every_way_a_run_ends_has_its_exit_status(tmp_path, monkeypatch, capsys, error, code, line) -> None:
@@ -124,3 +125,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path: Path) -> N
     assert last.is_file() and not (run / "run.lock").exists()
     assert "\r" not in err and "it/s" not in err  # no progress bars when stderr is not a terminal
     assert "epoch 1/200  train loss" in out
+
+
+def test_out_naming_a_directory_is_a_one_line_user_error(tmp_path, capsys) -> None:
+    assert run_app(["schema", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"fusionkit: error: {tmp_path}: is a directory; give a file name\n"

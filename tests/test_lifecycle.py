@@ -203,7 +203,6 @@ def test_interrupted_run_resumes_with_applied_changes_recorded(tmp_path: Path, c
 
 # -- smaller faults -------------------------------------------------------------------------------
 def test_atomic_writes_respect_the_umask_keep_a_replaced_mode_and_refuse_a_directory(tmp_path: Path) -> None:
-    from fusionkit.errors import FusionkitError
     from fusionkit.utils.io import atomic_write_text
 
     old = os.umask(0o022)
@@ -218,8 +217,9 @@ def test_atomic_writes_respect_the_umask_keep_a_replaced_mode_and_refuse_a_direc
         assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
-    with pytest.raises(FusionkitError, match=f"{tmp_path} is a directory"):
+    with pytest.raises(IsADirectoryError, match="is a directory; give a file name") as caught:
         atomic_write_text(tmp_path, "d")
+    assert caught.value.filename == str(tmp_path)
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(tmp_path: Path) -> None:

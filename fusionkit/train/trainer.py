@@ -104,7 +104,7 @@ class Trainer:
                 config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
                 dist_info=self.dist, saved=start.saved,
             )
-            self.config = self.data.config  # resolved: metadata width, data root filled in
+            self.config = self.data.config  # resolved: class weights, data root filled in
             self._setup_determinism()
             self._setup_logging()
             self._build_model()
@@ -170,7 +170,7 @@ class Trainer:
     def _build_model(self) -> None:
         """The model (eq 5-11 as the spec says), its loss (eq 7), the DDP and compile wrappers."""
         spec, train = self.config.model, self.config.train
-        self.model = FusionModel(spec, meta_dim=self.data.meta_dim).to(self.device)
+        self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # masks are checked on the CPU (check_presence) so device steps never wait on the host

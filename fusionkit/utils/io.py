@@ -7,13 +7,12 @@ its mode, a new one gets ``0o666`` less the umask (``mkstemp`` alone would make 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
-
-from fusionkit.errors import FusionkitError
 
 
 def file_mode(path: str | Path) -> int:
@@ -34,7 +33,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     """
     path = Path(path)
     if path.is_dir():
-        raise FusionkitError(f"{path} is a directory; give a file name")
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode_ = file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
