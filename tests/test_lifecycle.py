@@ -229,7 +229,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(tmp_path: Path)
     with torch.no_grad():
         model[0].bias[1] = math.inf
     path = save_checkpoint(tmp_path / "bad.safetensors", model=model)
-    with pytest.raises(ConfigError, match=r"bad.safetensors: .*NaN or infinite weights \(0.bias\)"):
+    with pytest.raises(ConfigError, match=r"bad.safetensors: .*NaN or infinite weights \(model.0.bias\)"):
         load_checkpoint(path, model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
@@ -264,3 +264,11 @@ def test_the_report_states_the_loss_as_trained() -> None:
     assert loss_text(LossSpec(lambda_image=0.0, class_weights=(1.0,) * 11)) == (
         "CE(P_final) + 0.5 L_IM + 0.25 L_M (class-weighted)"
     )
+
+
+def test_a_cosine_schedule_fixes_epochs_and_lr_on_resume(tmp_path: Path) -> None:
+    cosine = {"scheduler": {"kind": "cosine"}}
+    base = RunConfig.model_validate(tiny_run_config(tmp_path, **cosine))
+    longer = RunConfig.model_validate(tiny_run_config(tmp_path, epochs=4, **cosine))
+    with pytest.raises(ConfigError, match=r"cannot change train.epochs \(2 -> 4\)"):
+        resume_changes(base, longer, run_dir=tmp_path, synthetic=True)

@@ -5,8 +5,9 @@
 - ``resume`` continues from ``checkpoints/last.safetensors``; when the run stopped before its
   first checkpoint there is nothing to continue, and the run starts from the beginning (logged).
 - On resume, the fields in :data:`APPLIED_ON_RESUME` may change and take effect from the resumed
-  batch (``train.lr`` is set on the optimizer; the scheduler reduces from there); any other changed
-  field is refused with a line naming it. ``config.yaml`` is rewritten with what now runs and
+  batch (``train.lr``: every param group's lr is set as the new config gives it, and the plateau
+  schedule reduces from there); any other changed field is refused with a line naming it (under a
+  cosine schedule also :data:`FIXED_BY_COSINE`). ``config.yaml`` is rewritten with what now runs and
   ``resumes.json`` records each resume (when, where, what changed).
 """
 
@@ -28,10 +29,17 @@ from fusionkit.utils.io import atomic_write_text
 APPLIED_ON_RESUME = frozenset({
     "train.epochs", "train.lr", "train.max_batches_per_epoch", "train.eval_batch_size",
     "train.device", "train.precision", "train.channels_last", "train.step_mode", "train.compile_mode",
-    "train.grad_clip", "train.deterministic",
+    "train.grad_clip", "train.deterministic", "train.tracking",
     "data.root", "data.num_workers", "data.cache", "data.cache_dir",
 })
-"""Fields a resumed run may change (dotted paths): they are read afresh when the run resumes."""
+"""Fields a resumed run may change (dotted paths): they are read afresh when the run resumes.
+
+With ``train.scheduler.kind: cosine`` the schedule's length and base lrs are fixed at the start
+(:data:`FIXED_BY_COSINE` are refused on resume).
+"""
+
+FIXED_BY_COSINE = frozenset({"train.epochs", "train.lr", "train.max_batches_per_epoch"})
+"""Fields that set a cosine schedule's length or base lrs, so they cannot change mid-run."""
 
 SCRATCH = frozenset({LOCK_NAME, "synthetic"})
 """Names in a run directory that do not make it a run (the lock; the generated data set)."""
@@ -122,11 +130,14 @@ def resume_changes(saved: RunConfig, new: RunConfig, *, run_dir: Path, synthetic
             f"{run_dir}: --resume with a different model spec ({'; '.join(model[:3])}); "
             "resume with the run's own config or start a new --out"
         )
-    refused = [f"{p} ({a!r} -> {b!r})" for p, a, b in changes if p not in APPLIED_ON_RESUME]
+    applied = APPLIED_ON_RESUME
+    if saved.train.scheduler.kind == "cosine":
+        applied = applied - FIXED_BY_COSINE
+    refused = [f"{p} ({a!r} -> {b!r})" for p, a, b in changes if p not in applied]
     if refused:
         raise ConfigError(
             f"{run_dir}: --resume cannot change {', '.join(refused)}; resume with the run's own "
-            f"value or start a new --out (changeable on resume: {', '.join(sorted(APPLIED_ON_RESUME))})"
+            f"value or start a new --out (changeable on resume: {', '.join(sorted(applied))})"
         )
     return [f"{p}: {a!r} -> {b!r}" for p, a, b in changes]
 

@@ -34,8 +34,14 @@ from fusionkit.runtime.lock import RunLock
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.config import RunConfig, TrainSpec, load_run_config
 from fusionkit.train.data_setup import RunData, prepare_data
+from fusionkit.train.ema import ModelEma
+from fusionkit.train.mixup import mix_batch
+from fusionkit.train.param_groups import param_groups
 from fusionkit.train.resume import RunStart, claim_run_dir, record_resume
+from fusionkit.train.schedules import LrSchedule
 from fusionkit.train.step import CudaGraphStep, EagerStep
+from fusionkit.train.tracking import Tracker
+from fusionkit.train.warm_start import warm_start
 from fusionkit.utils.io import atomic_write_text
 from fusionkit.utils.progress import bars_enabled
 
@@ -62,7 +68,8 @@ class Trainer:
 
     The constructor runs the setup steps in order (each a method below): device and process group,
     run directory (lock, start/resume/overwrite), seeding, data, determinism, logging, model,
-    optimizer and scheduler, step, and the resume of a checkpoint. ``fit()`` returns the history and
+    training options (warm start, tracking, weight average), optimizer and scheduler, step, and the
+    resume of a checkpoint. ``fit()`` returns the history and
     then calls ``after_fit(run_dir)`` when one was given.
 
     SIGINT (Ctrl-C) and SIGTERM finish the current batch, write a resumable ``last`` checkpoint that
@@ -93,6 +100,8 @@ class Trainer:
         self._partial = (0.0, 0)  # loss sum and samples of an interrupted epoch's finished batches
         self._interrupted: int | bool = False
         self._lock: RunLock | None = None
+        self.tracker: Tracker | None = None
+        self.ema: ModelEma | None = None
         self._log_handler: logging.Handler | None = None
         self._created_dir = False
         self._was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -108,6 +117,7 @@ class Trainer:
             self._setup_determinism()
             self._setup_logging()
             self._build_model()
+            self._setup_options(start)
             self._build_optimizer()
             self._build_step()
             self._begin(start)
@@ -185,21 +195,42 @@ class Trainer:
         if train.step_mode == "compile":
             self.step_net = torch.compile(self.net, mode=train.compile_mode)
 
+    def _setup_options(self, start: RunStart) -> None:
+        """The options of docs/how-to/training-options.md: warm start (a fresh run only), the
+        trackers (rank 0), the weight average."""
+        train = self.config.train
+        if train.init_from is not None and not start.from_checkpoint:
+            logger.info(warm_start(self.model, train.init_from).summary())
+        self.tracker = Tracker(
+            backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
+            params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
+        )
+        self.ema = None if train.ema_decay is None else ModelEma(model=self.model, decay=train.ema_decay)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        train = self.config.train
+        return param_groups(
+            self.model, lr=train.lr, weight_decay=train.weight_decay, backbone_lr=train.backbone_lr,
+            backbone_weight_decay=train.backbone_weight_decay, no_decay_norm_bias=train.no_decay_norm_bias,
+        )
+
     def _build_optimizer(self) -> None:
-        """AdamW and ReduceLROnPlateau on the validation macro Dice (Appendix A.2)."""
+        """AdamW on the param groups; the schedule (Appendix A.2's ReduceLROnPlateau by default)."""
         train = self.config.train
         graphed = train.step_mode == "cuda_graph"
+        groups = self._param_groups()
+        for group in groups:  # a graphed step reads the lr from a tensor
+            group["lr"] = torch.tensor(group["lr"], device=self.device) if graphed else group["lr"]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=torch.tensor(train.lr, device=self.device) if graphed else train.lr,
-            weight_decay=train.weight_decay,
-            fused=(self.device.type == "cuda") or None,
+            groups, lr=train.lr, weight_decay=train.weight_decay, fused=(self.device.type == "cuda") or None,
             capturable=graphed,
         )
-        sched = train.scheduler
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=sched.factor, patience=sched.patience,
-            min_lr=sched.min_lr,
+        steps = 0
+        if train.scheduler.kind == "cosine":
+            steps = len(self.data.train_loader(epoch=0))
+            steps = min(steps, train.max_batches_per_epoch or steps)
+        self.scheduler = LrSchedule(
+            spec=train.scheduler, optimizer=self.optimizer, epochs=train.epochs, steps_per_epoch=steps
         )
 
     def _build_step(self) -> None:
@@ -217,25 +248,26 @@ class Trainer:
             for change in self.data.changes:
                 logger.warning("resume: %s (applied)", change)
             if any(c.startswith("train.lr:") for c in self.data.changes):
-                self._set_lr(self.config.train.lr)
+                self._reset_lr()
         if self.dist.is_main and (start.from_checkpoint or start.restarted):
             record_resume(
                 self.run_dir, epoch=self.start_epoch, batch=self.start_batch,
                 changes=list(self.data.changes), restarted=start.restarted,
             )
 
-    def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
+    def _reset_lr(self) -> None:
+        """Every param group's lr as the (changed) config gives it; plateau reductions start afresh."""
+        for group, fresh in zip(self.optimizer.param_groups, self._param_groups(), strict=True):
             if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
+                group["lr"].fill_(fresh["lr"])
             else:
-                group["lr"] = lr
+                group["lr"] = fresh["lr"]
 
     def _resume(self) -> None:
         last = self.files.checkpoint("last")
         info = load_checkpoint(
             last, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            restore_rng=True,
+            restore_rng=True, modules=self._extra_modules(),
         )
         self.start_epoch = int(info["epoch"])
         self.start_batch = int(info.get("batch", 0))
@@ -246,6 +278,15 @@ class Trainer:
             if self.config.train.step_mode == "cuda_graph" and not isinstance(group["lr"], torch.Tensor):
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         logger.info("resumed from %s at epoch %d batch %d", last, self.start_epoch + 1, self.start_batch)
+
+    def _extra_modules(self) -> dict[str, torch.nn.Module]:
+        """Models saved beside the trained one in ``last`` (the weight average)."""
+        return {} if self.ema is None else {"ema": self.ema.module}
+
+    @property
+    def eval_model(self) -> FusionModel:
+        """What is validated and kept as ``best``: the weight average when ``train.ema_decay`` is set."""
+        return self.model if self.ema is None else self.ema.module
 
     # -- one epoch ---------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, start_batch: int) -> tuple[float, int, int]:
@@ -260,6 +301,7 @@ class Trainer:
         if train.max_batches_per_epoch is not None:
             total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
         self.net.train()
+        self._term_sums: dict[str, torch.Tensor] = {}
         loss_sum, seen = self._partial if start_batch else (0.0, 0)
         self._partial = (0.0, 0)
         losses = torch.full((), loss_sum, device=self.device)
@@ -274,8 +316,16 @@ class Trainer:
             self.model.check_presence(batch)
             size = len(batch["lesion_id"])
             batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
+            if train.mixup.enabled:
+                batch, _ = mix_batch(batch, spec=train.mixup, num_classes=len(self.data.class_names))
             # tensors only: strings (lesion ids) would make torch.compile guard on their values
             loss = self.step({k: v for k, v in batch.items() if k != "lesion_id"})
+            self.scheduler.after_step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            if self.tracker.active:
+                for key, value in self.step.terms.items():
+                    self._term_sums[key] = self._term_sums.get(key, 0.0) + value * size
             losses += loss * size
             seen += size
             batch_index += 1
@@ -313,7 +363,7 @@ class Trainer:
     def validate(self) -> tuple[dict[str, Any], float]:
         """Macro metrics and the eq-7 loss (of P_final) on the validation split."""
         preds = predict(
-            self.model, self.data.val_loader(), device=self.device, bf16=self.bf16,
+            self.eval_model, self.data.val_loader(), device=self.device, bf16=self.bf16,
             channels_last=self.channels_last, dist_info=self.dist,
             batch_transform=self.data.to_model_batch,
         )
@@ -328,7 +378,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(
                 self.files.checkpoint("last"), model=self.model, optimizer=self.optimizer,
-                scheduler=self.scheduler,
+                scheduler=self.scheduler, modules=self._extra_modules(),
                 info={
                     "epoch": epoch, "batch": batch, "best_dice": self.best_dice, "history": self.history,
                     "epoch_loss_sum": partial[0], "epoch_seen": partial[1],
@@ -348,15 +398,16 @@ class Trainer:
         raise RunInterrupted(int(signum), self.run_dir)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def _train_and_check(self, epoch: int) -> EpochRecord:
-        """One epoch, its validation, the scheduler step and the checkpoints; returns its record."""
+    def _train_and_check(self, epoch: int) -> tuple[EpochRecord, dict[str, Any], int]:
+        """One epoch, its validation, the scheduler step and the checkpoints; returns its record,
+        the validation metrics and the number of training samples."""
         start_batch = self.start_batch if epoch == self.start_epoch else 0
         began = time.perf_counter()
         train_loss, seen, _ = self._train_epoch(epoch, start_batch)
         seconds = time.perf_counter() - began
         metrics, val_loss = self.validate()
         dice = float(metrics["macro"]["dice"])
-        self.scheduler.step(dice)
+        self.scheduler.after_epoch(dice)
         is_best = dice > self.best_dice
         lr = self.optimizer.param_groups[0]["lr"]
         record = EpochRecord(
@@ -370,14 +421,14 @@ class Trainer:
             self.best_dice = dice
             if self.dist.is_main:
                 save_checkpoint(
-                    self.files.checkpoint("best"), model=self.model, include_rng=False,
+                    self.files.checkpoint("best"), model=self.eval_model, include_rng=False,
                     info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
                 )
         self._save_last(epoch + 1)
-        return record
+        return record, metrics, seen
 
-    def _report(self, record: EpochRecord) -> None:
-        """One line per epoch on stdout and in train.log; history.json rewritten."""
+    def _report(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
+        """One line per epoch on stdout and in train.log; history.json rewritten; the trackers."""
         if not self.dist.is_main:
             return
         line = (
@@ -389,6 +440,18 @@ class Trainer:
         tqdm.write(line)
         logger.info(line)
         atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
+        self._track_epoch(record, metrics, seen)
+
+    def _track_epoch(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
+        """Send one epoch to the trackers: each eq-7 term, the validation metrics, each group's lr."""
+        if not self.tracker.active:
+            return
+        values = {"train/loss": record.train_loss, "val/loss": record.val_loss}
+        values |= {f"train/loss_{k}": float(v) / max(seen, 1) for k, v in self._term_sums.items()}
+        values |= {f"val/{k}": v for k, v in metrics["macro"].items() if not math.isnan(v)}
+        values |= {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
+        values["train/samples_per_s"] = record.samples_per_s
+        self.tracker.log_scalars(values, step=record.epoch)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train from the start (or where ``resume`` left off) to ``train.epochs``."""
@@ -405,7 +468,7 @@ class Trainer:
                 desc="training", unit="epoch", disable=not (self.progress and self.dist.is_main),
             )
             for epoch in epochs:
-                self._report(self._train_and_check(epoch))
+                self._report(*self._train_and_check(epoch))
                 if self._interrupted:  # the signal came during validation: the epoch is saved
                     epochs.close()
                     self._raise_interrupted()
@@ -415,12 +478,16 @@ class Trainer:
                 signal.signal(signum, handler)
         if self.after_fit is not None and self.dist.is_main:
             self.after_fit(self.run_dir)
+            self.tracker.log_figures(sorted(self.run_dir.glob("*.png")), step=train.epochs)
         barrier(self.dist)
         return self.history
 
     def close(self) -> None:
-        """Release the process group, the log file and the run lock (safe on a half-built trainer)."""
+        """Release the process group, the trackers, the log file and the run lock (safe on a
+        half-built trainer)."""
         shutdown(self.dist)
+        if self.tracker is not None:
+            self.tracker.close()
         torch.use_deterministic_algorithms(self._was_deterministic)
         if self._log_handler is not None:
             logging.getLogger("fusionkit").removeHandler(self._log_handler)
