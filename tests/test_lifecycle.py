@@ -25,6 +25,7 @@ from fusionkit.runtime.lock import LOCK_NAME, RunLock
 from fusionkit.train.config import RunConfig, load_run_config
 from fusionkit.train.resume import claim_run_dir, resume_changes
 from fusionkit.train.sampler import EpochSampler
+import fusionkit.train.trainer as trainer_module
 from fusionkit.train.trainer import Trainer, train_run
 
 from train_helpers import tiny_run_config, write_config
@@ -141,7 +142,9 @@ def test_the_training_sampler_never_yields_a_batch_of_one(n: int, batch: int, wo
 
 
 # -- divergence and a last batch of one, end to end -----------------------------------------------
-def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, cache_dir: Path, monkeypatch
+) -> None:
     data = tmp_path / "milk"
     make_synthetic_milk10k(data, n_lesions=60, image_size=(40, 30), seed=3)
     # 45 training lesions in batches of 4: the epoch would end in a batch of one (BatchNorm refuses it)
@@ -157,6 +160,17 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_p
     trainer.step = nan_in_epoch_two
     with pytest.raises(DivergenceError, match="diverged in epoch 2.*end of epoch 1") as caught:
         trainer.fit()
+    # finite weights can still overflow to NaN posteriors: the same error, not a ValueError
+    real_predict = trainer_module.predict
+
+    def nan_probs(*args, **kwargs):
+        preds = real_predict(*args, **kwargs)
+        preds.probs[0, 0] = math.nan
+        return preds
+
+    monkeypatch.setattr(trainer_module, "predict", nan_probs)
+    with pytest.raises(DivergenceError, match="in epoch 2: the validation probabilities became NaN"):
+        trainer.validate()
     trainer.close()
     assert caught.value.epoch == 2 and caught.value.exit_code == 1
     tensors, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")

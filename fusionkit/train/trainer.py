@@ -348,14 +348,16 @@ class Trainer:
         finite = math.isfinite(loss)
         if finite:  # a finite loss can still have left non-finite weights (the last step's update)
             finite = bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
-        if finite:
-            return
+        if not finite:
+            raise self._divergence(epoch, "the loss or the weights")
+
+    def _divergence(self, epoch: int, what: str) -> DivergenceError:
         kept = (
             f"the last good checkpoint is {self.files.checkpoint('last')} (end of epoch {epoch})"
             if epoch > 0 else "no checkpoint was saved"
         )
-        raise DivergenceError(
-            f"training diverged in epoch {epoch + 1}: the loss or the weights became NaN or infinite "
+        return DivergenceError(
+            f"training diverged in epoch {epoch + 1}: {what} became NaN or infinite "
             f"(train.lr {self.config.train.lr:g} may be too high); {kept}",
             epoch=epoch + 1,
         )
@@ -367,6 +369,8 @@ class Trainer:
             channels_last=self.channels_last, dist_info=self.dist,
             batch_transform=self.data.to_model_batch,
         )
+        if not np.isfinite(preds.probs).all():  # finite but huge weights can still overflow
+            raise self._divergence(len(self.history), "the validation probabilities")
         metrics = isic_metrics(preds.labels, preds.probs, self.data.class_names)
         nll = float(-preds.log_probs[np.arange(len(preds)), preds.labels].mean())
         return metrics, nll
