@@ -37,9 +37,3 @@ def broken_register() -> None:
     """An entry point that names a callable which fails while registering."""
     raise RuntimeError("plugin_fixture.broken_register fails on purpose")
 
-
-def exiting_register() -> None:
-    """An entry point that calls ``sys.exit()`` (as a script-like plugin module might at import)."""
-    import sys
-
-    sys.exit(3)

@@ -82,7 +82,10 @@ def _hub_unreachable(model_name: str) -> str | None:
 
     repo = cfg.hf_hub_id.split("@")[0]
     for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        if isinstance(try_to_load_from_cache(repo, name), str):
+        try:
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return None
+        except Exception:  # noqa: BLE001 - an odd repo id: let timm report it
             return None
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host = endpoint.hostname or "huggingface.co"
