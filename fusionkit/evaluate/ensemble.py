@@ -121,13 +121,17 @@ def fit_ensemble_thresholds(
 
 
 def _auto_split(root: Path, split: str) -> str:
+    """``auto`` is the Test split; never a silent fall-back to Training (a submission of the wrong lesions)."""
     if split != "auto":
         return split
     try:
         find_split(root, "Test")
-        return "Test"
-    except FusionkitError:  # no Test split there: fall back to Training
-        return "Training"
+    except FusionkitError as exc:
+        raise ConfigError(
+            f"--split auto predicts the Test split, but {exc}; "
+            "pass --split Training to predict the training lesions"
+        ) from exc
+    return "Test"
 
 
 def predict_split(
@@ -152,6 +156,8 @@ def predict_split(
         check_decision(decision)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if Path(out).is_dir():
+        raise ConfigError(f"{out} is a directory; give a file name")
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
     runs = load_runs(run_dirs, checkpoint=checkpoint)
