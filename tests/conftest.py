@@ -34,6 +34,9 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+settings.register_profile("mutation", settings.get_profile("fusionkit"), max_examples=20)
+"""Fewer examples per property for mutmut runs (``HYPOTHESIS_PROFILE=mutation``): each mutant
+reruns its tests, and the first examples find nearly every kill."""
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fusionkit"))
 
 import fusionkit as fk  # noqa: E402

@@ -220,3 +220,87 @@ def test_partial_auc_of_an_uninformative_score_is_the_area_right_of_fpr_08():
 def test_rejects_bad_inputs(y_true, probs, names, match):
     with pytest.raises(ValueError, match=match):
         isic_metrics(y_true, probs, names)
+
+
+def _probs_with_bad_rows(bad: list[int], value: float, n: int = 14) -> np.ndarray:
+    """Valid (n, 2) probabilities, exactly 0 and 1 in the good rows, ``value`` in the ``bad`` rows."""
+    probs = np.tile([0.0, 1.0], (n, 1))
+    probs[bad, 0] = value
+    return probs
+
+
+@pytest.mark.parametrize(
+    ("y_true", "probs", "names", "message"),
+    [
+        ([0, 1], np.ones((2, 2)) / 2, "AB",
+         "class_names must be a sequence of names, not a single string"),
+        ([0, 1], np.ones((2, 2)) / 2, [], "class_names is empty"),
+        ([0, 1], np.ones((2, 2)) / 2, ["", "B"], "class_names must be non-empty strings, got ['', 'B']"),
+        ([0, 1], np.ones((2, 2)) / 2, [5, "B"], "class_names must be non-empty strings, got [5, 'B']"),
+        ([0, 1], np.array([["a", "b"], ["c", "d"]]), ["A", "B"], "probs must be numeric, got dtype <U1"),
+        ([], np.zeros((0, 2)), ["A", "B"], "probs has no rows: cannot score an empty set"),
+        (np.zeros(14, int), _probs_with_bad_rows([3], np.nan), ["A", "B"],
+         "probs holds NaN or infinite values (rows [3])"),
+        (np.zeros(14, int), _probs_with_bad_rows(list(range(1, 14)), np.inf), ["A", "B"],
+         "probs holds NaN or infinite values (rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])"),
+        (np.zeros(14, int), _probs_with_bad_rows([2], 1.5), ["A", "B"],
+         "probs outside [0, 1] (rows [2]); pass probabilities, not logits"),
+        (np.zeros(14, int), _probs_with_bad_rows(list(range(1, 14)), -0.5), ["A", "B"],
+         "probs outside [0, 1] (rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]); pass probabilities, "
+         "not logits"),
+        (np.array([0.0, 1.0]), np.ones((2, 2)) / 2, ["A", "B"],
+         "1-D y_true must hold integer class indices, got dtype float64; "
+         "pass a 2-D one-hot or soft matrix for probabilities"),
+        (np.array([0, 2, -1, 1]), np.ones((4, 2)) / 2, ["A", "B"],
+         "class index out of range [0, 2): [2, -1]"),
+        (np.array([0] + [2] * 12), np.ones((13, 2)) / 2, ["A", "B"],
+         "class index out of range [0, 2): [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]"),
+        (np.zeros((2, 2, 1)), np.ones((2, 2)) / 2, ["A", "B"],
+         "y_true must be 1-D indices or 2-D (n, k), got shape (2, 2, 1)"),
+        (np.array([["a", "b"], ["c", "d"]]), np.ones((2, 2)) / 2, ["A", "B"],
+         "y_true must be numeric, got dtype <U1"),
+        (np.array([[0.0, np.nan], [1.0, 0.0]]), np.ones((2, 2)) / 2, ["A", "B"],
+         "y_true holds NaN or infinite values"),
+        (np.array([[0.0, 2.0], [1.0, 0.0]]), np.ones((2, 2)) / 2, ["A", "B"],
+         "y_true (2-D) must hold values in [0, 1]"),
+    ],
+)
+def test_bad_input_message_is_exact(y_true, probs, names, message):
+    """The whole message, rows listed (at most 10): a caller shows it as the one error line."""
+    with pytest.raises(ValueError) as info:
+        isic_metrics(np.asarray(y_true), probs, names)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "truth",
+    [np.eye(3, dtype=np.int64)[[0, 1, 2, 0]], np.eye(3, dtype=bool)[[0, 1, 2, 0]],
+     np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]],
+    ids=["int", "bool", "float32"],
+)
+def test_truth_matrices_and_probabilities_of_any_numeric_dtype_score_alike(truth):
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3]])
+    reference = isic_metrics(np.array([0, 1, 2, 0]), probs, ["A", "B", "C"])
+    assert isic_metrics(truth, probs, ["A", "B", "C"]) == reference
+    assert isic_metrics(truth, probs.astype(np.float32), ["A", "B", "C"]) == isic_metrics(
+        truth, probs.astype(np.float32).astype(np.float64), ["A", "B", "C"])
+    hard = isic_metrics(truth, (probs > 0.5).astype(np.int64), ["A", "B", "C"])  # 0/1 integers
+    assert hard["per_class"]["sensitivity"] == {"A": 0.5, "B": 1.0, "C": 0.0}
+
+
+def test_multiclass_accuracy_is_the_share_of_rows_whose_argmax_is_the_truths():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3],
+                      [0.4, 0.4, 0.2]])
+    out = isic_metrics(np.array([0, 1, 2, 0, 0]), probs, ["A", "B", "C"])
+    assert out["macro"]["multiclass_accuracy"] == 2 / 5  # rows 0 and 1; the tie in row 4 is wrong
+    # A tied truth row is left out; a set of only tied truth rows has no accuracy.
+    truth = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    assert isic_metrics(truth, probs[:3], ["A", "B", "C"])["macro"]["multiclass_accuracy"] == 1.0
+    tied = isic_metrics(np.full((2, 3), 0.5), probs[:2], ["A", "B", "C"])
+    assert math.isnan(tied["macro"]["multiclass_accuracy"])
+
+
+def test_a_class_whose_truth_never_exceeds_half_is_empty():
+    truth = np.array([[1.0, 0.5], [1.0, 0.0]])  # class B reaches 0.5, never more
+    out = isic_metrics(truth, np.array([[0.9, 0.1], [0.8, 0.2]]), ["A", "B"])
+    assert out["empty_classes"] == ["B"]
