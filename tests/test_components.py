@@ -204,6 +204,7 @@ def test_mmfa_equals_eqs_8_to_11(dims):
     assert att.query_image.weight.shape == (inner, dims["image_dim"])
     assert att.value_meta.weight.shape == (inner, dims["meta_dim"])
     assert att.out_proj.weight.shape == (dims["out_dim"], 2 * inner)
+    assert (att.heads, att.head_dim, att.out_dim) == (dims["heads"], dims["head_dim"], dims["out_dim"])
     assert module.skip.weight.shape == (dims["out_dim"], dims["image_dim"] + dims["meta_dim"])
     for layer in (att.query_image, att.key_meta, att.value_image, att.out_proj, module.skip):
         assert layer.bias is None
@@ -260,7 +261,7 @@ def test_mmfa_is_its_skip_path_plus_its_attention_path():
 
 
 def test_mmfa_needs_a_path():
-    with pytest.raises(ValueError, match="attention path, the skip path, or both"):
+    with pytest.raises(ValueError, match="^MMFA needs the attention path, the skip path, or both$"):
         MMFAFusion(image_dim=3, meta_dim=3, use_attention=False, use_skip=False)
 
 
@@ -615,6 +616,44 @@ def test_constructor_defaults_equal_the_spec_defaults(kind, name):
         if isinstance(spec_default, list):
             spec_default = tuple(spec_default)
         assert param.default == spec_default, (kind, name, param.name)
+
+
+def _plain_attributes(module: torch.nn.Module) -> dict:
+    """Every submodule's public int/float/str/bool/tuple/None attributes, by dotted name."""
+    plain = (int, float, str, bool, tuple, type(None))
+    return {
+        f"{prefix}.{key}": value
+        for prefix, sub in module.named_modules()
+        for key, value in vars(sub).items()
+        if not key.startswith("_") and isinstance(value, plain)
+    }
+
+
+@pytest.mark.parametrize(("kind", "name"), _all_components())
+def test_constructor_defaults_build_the_default_spec_component(kind, name):
+    """Built with only its required arguments, a component equals the one its default spec builds.
+
+    The signature check above reads the declared defaults; this one builds with them, so a default
+    that the constructor body overrides or passes on wrongly is caught too.
+    """
+    import inspect
+
+    torch.manual_seed(0)
+    from_spec, spec, context = _build(kind, name)
+    entry = fk.registry(kind).get(name)
+    kwargs = {**spec.component_kwargs(), **context}
+    if kind == "image_encoder":
+        kwargs["model_name"] = "test_efficientnet"
+    params = inspect.signature(entry.component.__init__).parameters.values()
+    required = {p.name: kwargs[p.name] for p in params
+                if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
+    torch.manual_seed(0)
+    from_python = entry.component(**required)
+    assert repr(from_python) == repr(from_spec)
+    assert _plain_attributes(from_python) == _plain_attributes(from_spec)
+    python_state, spec_state = from_python.state_dict(), from_spec.state_dict()
+    assert list(python_state) == list(spec_state)
+    assert all(torch.equal(python_state[k], spec_state[k]) for k in spec_state)
 
 
 @pytest.mark.parametrize("name", fk.list_components("decision"))
