@@ -191,7 +191,7 @@ class FusionModel(nn.Module):
             if m not in batch:
                 raise MissingModalityError(
                     f"the batch has no {m!r} tensor; this model uses {list(self.modalities)} "
-                    "(send a zero tensor with present[{m!r}] = False for absent inputs)"
+                    f"(send a zero tensor with present[{m!r}] = False for absent inputs)"
                 )
             mask = given.get(m)
             if mask is None:

@@ -326,3 +326,114 @@ def test_modality_dropout_forward_in_train_mode_and_off_by_default():
     plain = build_tiny(tiny_spec()).train()
     batch = make_batch(spec, 6)
     assert all(v.all() for v in plain.presence(batch).values())
+
+
+# -- pinned details (each closes a mutant of the 2026-11-27 mutmut run; tests/README.md) -------
+def _meta_device_batch(spec: fk.ModelSpec, size: int, present: dict | None = None) -> dict:
+    batch = {m: torch.empty(size, 3, 32, 32, device="meta") for m in spec.image_modalities}
+    batch["meta"] = torch.empty(size, META_DIM, device="meta")
+    if present is not None:
+        batch["present"] = {m: torch.as_tensor(v, device="meta") for m, v in present.items()}
+    return batch
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+@pytest.mark.parametrize("given", [False, True])
+def test_presence_masks_live_on_the_batch_device(p, given):
+    model = build_tiny(tiny_spec(modality_dropout={"p": p})).train()
+    present = {m: [True, False] for m in model.modalities} if given else None
+    masks = model.presence(_meta_device_batch(model.spec, 2, present))
+    assert [(m.device.type, m.dtype, m.shape) for m in masks.values()] == [
+        ("meta", torch.bool, (2,))
+    ] * 3
+
+
+def test_presence_draws_random_numbers_only_for_modality_dropout():
+    """p = 0 and check_presence leave the global random stream alone (reproducible runs)."""
+    batch = make_batch(tiny_spec(), 4)
+    for model, call in [
+        (build_tiny(tiny_spec()).train(), lambda m: m.presence(batch)),
+        (build_tiny(tiny_spec(modality_dropout={"p": 0.9})).train(), lambda m: m.check_presence(batch)),
+    ]:
+        torch.manual_seed(0)
+        call(model)
+        drawn = torch.rand(3)
+        torch.manual_seed(0)
+        assert torch.equal(drawn, torch.rand(3))
+
+
+def test_modality_dropout_never_revives_a_sample_without_inputs_nor_an_unused_modality():
+    model = build_tiny(tiny_spec(modality_dropout={"p": 0.9})).train()
+    given = {"derm": [True, False, True, False], "clinical": [True, False, False, True],
+             "meta": [False] * 4}  # no sample has metadata, sample 1 has nothing at all
+    torch.manual_seed(0)
+    for _ in range(20):
+        present = model.presence({**make_batch(model.spec, 4), "present": given})
+        assert not present["meta"].any()
+        assert not present["derm"][1] and not present["clinical"][1]
+        assert (present["derm"] | present["clinical"])[[0, 2, 3]].all()
+
+
+def test_a_single_image_model_names_its_backbone_after_the_image_whether_shared_or_not():
+    """Checkpoint keys of a one-image model do not depend on ``shared`` (nothing to share)."""
+    keys = []
+    for shared in (False, True):
+        spec = tiny_spec(modalities=["derm", "meta"],
+                         image_encoder={**TINY_BACKBONE, "shared": shared})
+        model = build_tiny(spec)
+        assert model.image_stream.shared is False
+        keys.append(list(model.state_dict()))
+    assert keys[0] == keys[1] and any(k.startswith("image_stream.encoders.derm.") for k in keys[0])
+
+
+def test_heads_apply_the_spec_dropout_and_report_their_width():
+    model = build_tiny(tiny_spec(heads={"dropout": 0.5}))
+    assert model.num_classes == 5
+    for branch, head in model.heads.items():
+        assert head.out_dim == 5, branch
+        x = torch.ones(64, head.linear.in_features)
+        head.train()
+        torch.manual_seed(0)
+        dropped = head(x)
+        head.eval()
+        plain = head(x)
+        assert not torch.allclose(dropped, plain), branch
+    default = fk.model.ClassifierHead(in_dim=4, num_classes=2).train()
+    x = torch.randn(8, 4)
+    assert torch.equal(default(x), default.eval()(x))  # no dropout unless asked
+
+
+def test_model_error_messages_are_exact():
+    with pytest.raises(fk.ConfigError) as info:
+        fk.build_model(tiny_spec())
+    assert str(info.value) == (
+        "the metadata encoder's input width is unknown: pass metadata_width= to build_model (the "
+        "width of the encoded metadata, fusionkit.data.MetadataEncoder.width)")
+    model = build_tiny(tiny_spec()).eval()
+    batch = make_batch(model.spec, 12, present={"derm": [0] * 12, "clinical": [0] * 12,
+                                                "meta": [0] * 12})
+    with pytest.raises(fk.MissingModalityError) as info:
+        model.check_presence(batch)
+    assert str(info.value) == (
+        "samples [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] of the batch have none of the inputs the decision "
+        "uses (['image', 'joint', 'meta'] from ['derm', 'clinical', 'meta']); every sample needs "
+        "at least one present modality")
+    del batch["clinical"]
+    with pytest.raises(fk.MissingModalityError) as info:
+        model.presence(batch)
+    assert str(info.value) == (
+        "the batch has no 'clinical' tensor; this model uses ['derm', 'clinical', 'meta'] "
+        "(send a zero tensor with present['clinical'] = False for absent inputs)")
+
+
+def test_learned_embeddings_follow_the_autocast_feature_dtype():
+    """Under bf16 autocast an absent input's embedding is cast to the features' dtype, so f_I and
+    f_M stay bf16 (a float32 embedding would promote the whole batch to float32)."""
+    spec = tiny_spec()
+    model = build_tiny(spec).eval()
+    batch = make_batch(spec, 2, present={"derm": [1, 0], "clinical": [0, 1], "meta": [0, 1]})
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    assert {k: v.dtype for k, v in out.features.items()} == dict.fromkeys(
+        ("image", "meta", "joint"), torch.bfloat16)
+    assert out.probs.dtype == torch.float32
