@@ -331,3 +331,57 @@ def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train.init_from" in proc.stderr and "no such run directory" in proc.stderr
+
+
+# -- pinned details (each closes mutants of the 2026-11-27 mutmut run; tests/README.md) -------------
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        return scale * self.linear(x)
+
+
+def test_ema_decay_bounds_mismatch_and_forward() -> None:
+    model = _Scaled()
+    assert ModelEma(model=model, decay=0.0).decay == 0.0  # 0 is allowed: the copy follows the model
+    for decay in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError) as info:
+            ModelEma(model=model, decay=decay)
+        assert str(info.value) == f"EMA decay must be in [0, 1); got {decay}"
+    ema = ModelEma(model=model, decay=0.5)
+    x = torch.randn(3, 2)
+    assert torch.equal(ema(x, scale=3.0), 3.0 * model.linear(x).detach())
+    with pytest.raises(ValueError) as info:
+        ema.update(nn.Linear(2, 1, bias=False))
+    assert str(info.value) == "the EMA copy and the model have different tensors"
+
+
+def test_warm_start_from_a_run_folder_and_from_a_plain_state_dict(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = nn.Linear(2, 3)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(fk.errors.ConfigError) as info:
+        warm_start(nn.Linear(2, 3), run)
+    assert str(info.value) == (
+        f"train.init_from: {run} is a folder without {run / 'checkpoints' / 'best.safetensors'}")
+    save_checkpoint(run / "checkpoints" / "best.safetensors", model=source, include_rng=False)
+    target = nn.Linear(2, 3)
+    report = warm_start(target, run)
+    assert report.source == run / "checkpoints" / "best.safetensors"
+    assert torch.equal(target.weight, source.weight)
+    assert report.summary() == f"warm start from {report.source}: loaded 2 tensors"
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"weight": torch.ones(3, 2), "extra": torch.zeros(1), "extra2": torch.zeros(1), "bias": torch.zeros(4),
+               "optim.state": torch.zeros(1), "rng.torch": torch.zeros(1), "ema.weight": torch.zeros(1)},
+              str(plain))
+    report = warm_start(target, plain)
+    assert torch.equal(target.weight, torch.ones(3, 2))
+    assert (report.loaded, report.unexpected) == (["weight"], ["extra", "extra2"])
+    assert report.summary() == (
+        f"warm start from {plain}: loaded 1 tensors; mismatched 1: bias: (4,) -> (3,); unexpected 2: extra, extra2")
