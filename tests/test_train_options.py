@@ -385,3 +385,79 @@ def test_warm_start_from_a_run_folder_and_from_a_plain_state_dict(tmp_path: Path
     assert (report.loaded, report.unexpected) == (["weight"], ["extra", "extra2"])
     assert report.summary() == (
         f"warm start from {plain}: loaded 1 tensors; mismatched 1: bias: (4,) -> (3,); unexpected 2: extra, extra2")
+
+
+def test_warmup_cosine_edges_and_floors() -> None:
+    from fusionkit.train.schedules import WarmupCosine, _plain
+
+    f = WarmupCosine(warmup_steps=3, total_steps=2, floor=0.2)  # T is raised to W + 1
+    assert [f(s) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 0.2, 0.2, 0.2])
+    assert _plain({"a": torch.tensor(2.5), "b": (torch.tensor(1.0), 3)}) == {"a": 2.5, "b": [1.0, 3]}
+    param = nn.Parameter(torch.zeros(1))
+    for lr, min_lr, last in [(0.5, 0.1, 0.1), (0.5, 0.8, 0.5)]:  # a floor above lr keeps lr flat
+        opt = torch.optim.SGD([param], lr=lr)
+        spec = SchedulerSpec(kind="cosine", min_lr=min_lr)
+        schedule = LrSchedule(spec=spec, optimizer=opt, epochs=2, steps_per_epoch=2)
+        assert _lrs(schedule, opt, 6)[-1] == pytest.approx(last)
+    opt = torch.optim.SGD([param], lr=1.0)
+    plateau = LrSchedule(spec=SchedulerSpec(patience=0, min_lr=0.3), optimizer=opt, epochs=1,
+                         steps_per_epoch=1)
+    lrs = []
+    for _ in range(4):
+        plateau.after_epoch(0.1)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 0.5, 0.3, 0.3]
+
+
+def test_sampler_drops_a_last_batch_of_one_and_balanced_orders_are_seeded() -> None:
+    from fusionkit.train.sampler import EpochSampler
+
+    for n, world_size, batch_size, expected in [(5, 1, 2, 4), (5, 1, 3, 5), (6, 2, 2, 2),
+                                                (7, 1, 3, 6), (5, 1, None, 5), (5, 1, 1, 5)]:
+        for rank in range(world_size):
+            sampler = EpochSampler(list(range(n)), seed=0, rank=rank, world_size=world_size,
+                                   batch_size=batch_size)
+            assert len(sampler) == len(list(sampler)) == expected, (n, world_size, batch_size)
+    labels = [0, 0, 0, 1, 1, 2]
+    first = list(EpochSampler(labels, seed=4, mode="balanced"))
+    torch.rand(5)  # the global random stream plays no part
+    assert list(EpochSampler(labels, seed=4, mode="balanced")) == first
+
+
+def test_cutmix_box_and_its_pixels_are_exact() -> None:
+    from fusionkit.train.mixup import _pixels, cutmix_box
+
+    assert cutmix_box(0.75, (0.5, 0.5)) == pytest.approx((0.25, 0.75, 0.25, 0.75))  # side 0.5
+    assert cutmix_box(0.75, (0.9, 0.8)) == pytest.approx((0.65, 1.0, 0.55, 1.0))  # clipped
+    assert cutmix_box(0.84, (0.1, 0.05)) == pytest.approx((0.0, 0.3, 0.0, 0.25))
+    assert _pixels((0.25, 0.75, 0.5, 1.0), 8, 10) == (2, 6, 5, 10)
+
+
+def test_mix_batch_choice_box_and_presence_per_method() -> None:
+    batch = _batch()
+    batch["present"]["meta"] = torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool)
+    out, info = mix_batch(batch, spec=MixupSpec(), num_classes=11)
+    assert out["label"].dtype == torch.float32 and info.box is None
+    for seed in range(4):
+        torch.manual_seed(seed)
+        both = MixupSpec(mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=1.0)
+        out, info = mix_batch(batch, spec=both, num_classes=11)
+        assert info.kind == "cutmix" and torch.equal(out["present"]["meta"], batch["present"]["meta"])
+        top, bottom, left, right = (round(info.box[0] * 8), round(info.box[1] * 8),
+                                    round(info.box[2] * 10), round(info.box[3] * 10))
+        inside = torch.zeros(8, 10, dtype=torch.bool)
+        inside[top:bottom, left:right] = True
+        for key in ("derm", "clinical"):
+            torch.testing.assert_close(out[key][..., inside], batch[key][info.perm][..., inside])
+            torch.testing.assert_close(out[key][..., ~inside], batch[key][..., ~inside])
+        assert info.lam == pytest.approx(1 - float(inside.float().mean()))
+        only_cutmix = MixupSpec(cutmix_alpha=1.0, switch_prob=0.0)
+        assert mix_batch(batch, spec=only_cutmix, num_classes=11)[1].kind == "cutmix"
+        out, info = mix_batch(batch, spec=MixupSpec(mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=0.0),
+                              num_classes=11)
+        assert info.kind == "mixup" and info.box is None
+        meta = batch["present"]["meta"]
+        assert torch.equal(out["present"]["meta"], meta | meta[info.perm])
+    no_images = {k: v for k, v in batch.items() if k not in ("derm", "clinical")}
+    out, info = mix_batch(no_images, spec=MixupSpec(cutmix_alpha=1.0), num_classes=11)
+    assert info.kind == "cutmix" and 0 < info.lam < 1 and torch.equal(out["meta"], batch["meta"])
