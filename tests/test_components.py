@@ -432,7 +432,7 @@ def test_mlp_metadata_encoder_shapes(batch, in_dim, hidden, out_dim, layer_norm,
     module.eval()
     x = torch.randn(batch, in_dim)
     out = module(x)
-    assert out.shape == (batch, out_dim) and module.out_dim == out_dim
+    assert out.shape == (batch, out_dim) and (module.in_dim, module.out_dim) == (in_dim, out_dim)
     perm = torch.randperm(batch)
     torch.testing.assert_close(module(x[perm]), out[perm])
 
