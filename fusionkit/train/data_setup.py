@@ -22,6 +22,7 @@ from fusionkit.data import (
     Split,
     build_transforms,
     find_split,
+    kfold_splits,
     lesion_labels,
     make_loader,
     make_synthetic_milk10k,
@@ -172,7 +173,10 @@ def prepare_data(
         split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]))
     else:
         ids, labels = lesion_labels(files)
-        split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
+        if data.folds is not None:
+            split = kfold_splits(ids, labels, k=data.folds, seed=data.split_seed)[data.fold]
+        else:
+            split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
 
     size = config.model.image_size
     name = preprocessing_model(config)
