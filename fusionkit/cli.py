@@ -159,6 +159,75 @@ def synthesize(
     typer.echo(f"wrote a synthetic MILK10k set of {n_lesions} lesions to {root}")
 
 
+@app.command()
+def sweep(
+    config: Annotated[Optional[Path], typer.Argument(help="Run config (YAML) whose model section names a preset; each run swaps in its own.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Variants: table2, table3, figure3 or all (default all).")] = None,
+    presets: Annotated[Optional[str], typer.Option(help="Variants as comma-separated presets (instead of --group).")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each seed's variants share split and data order.")] = "0,1,2",
+    folds: Annotated[Optional[int], typer.Option(help="Lesion-level stratified k-fold cross-validation (k >= 2).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every run.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder: runs/<preset>/seed<k>[/fold<j>], summary.*, figure3.png.")] = Path("runs/sweep"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="key.path=value for every run, or PRESET:key.path=value for one variant (repeatable).")] = None,
+    reference: Annotated[str, typer.Option(help="Variant the others are compared against (paired bootstrap).")] = "ji-adf",
+    devices: Annotated[Optional[str], typer.Option(help="Run one subprocess per device at a time, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES); 'cpu' entries hide the GPUs.")] = None,
+    launcher: Annotated[str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'fusionkit[cluster]').")] = "local",
+    cluster: Annotated[Optional[str], typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition (submitit).")] = None,
+    time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,
+    gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
+    bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap replicates.")] = 1000,
+    report_only: Annotated[Optional[Path], typer.Option("--report-only", help="Rebuild the summary of the sweep in this folder from its runs; run nothing.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
+    from fusionkit.errors import ConfigError
+    from fusionkit.sweep import (
+        device_queue, in_process, parse_seeds, plan_sweep, prepare_data_root, run_sweep, select_presets,
+        submitit_engine, write_summary,
+    )
+
+    if bootstrap < 1:
+        raise ConfigError("--bootstrap must be at least 1")
+    if report_only is not None:
+        plan_file = report_only / "sweep.json"
+        if not plan_file.is_file():
+            raise ConfigError(f"{report_only}: not a sweep folder (no sweep.json)")
+        ref = json.loads(plan_file.read_text())["reference"] if reference == "ji-adf" else reference
+        summary = write_summary(report_only, reference=ref, n_boot=bootstrap)
+        typer.echo(f"summary: {report_only / 'summary.md'} ({len(summary['runs'])} runs)")
+        return
+    if config is None:
+        raise ConfigError("give a CONFIG (or --report-only OUT)")
+    if data is not None and synthetic:
+        raise ConfigError("give either --data DIR or --synthetic, not both")
+    if launcher not in ("local", "submitit"):
+        raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
+    chosen = select_presets(group=group, presets=presets)
+    jobs = plan_sweep(config, presets=chosen, seeds=parse_seeds(seeds), folds=folds, out=out,
+                      data_root=data or Path("."), sets=set_ or [])
+    root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
+    jobs = [type(j)(**{**j.__dict__, "data_root": str(root.resolve())}) for j in jobs]
+    progress = not quiet and sys.stderr.isatty()
+    if launcher == "submitit":
+        engine = submitit_engine(folder=out / "submitit", cluster=cluster, partition=partition,
+                                 timeout_min=time_min, gpus_per_job=gpus_per_job)
+    elif devices:
+        engine = device_queue([d.strip() for d in devices.split(",") if d.strip()], log_dir=out / "logs")
+    else:
+        engine = in_process(progress=progress)
+    summary = run_sweep(jobs, out=out, data_root=root, reference=reference, engine=engine, n_boot=bootstrap,
+                        echo=lambda line: typer.echo(line, err=True))
+    failed = [r for r in summary["runs"] if r["status"] != "ok"]
+    typer.echo(f"summary: {out / 'summary.md'} ({len(summary['runs'])} runs, {len(failed)} failed)")
+    if failed:
+        for r in failed:
+            typer.echo(f"failed: {r['preset']} seed {r['seed']}" + ("" if r["fold"] is None else f" fold {r['fold']}")
+                       + f": {r.get('reason')}", err=True)
+        raise SystemExit(1)  # runs failed: not a user error (2), and not hidden by standalone_mode
+
+
 def main() -> None:
     """Entry point of the ``fusionkit`` script: user errors become one line and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -115,8 +115,7 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
     """
     import torch
 
-    from fusionkit.evaluate.report import evaluate_run
-    from fusionkit.train.trainer import train_run
+    from fusionkit.evaluate import train_and_evaluate
 
     run_dir = Path(job.run_dir)
     record: dict[str, Any] = {
@@ -131,12 +130,12 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
         torch.cuda.reset_peak_memory_stats()
     try:
         resume = _prepare_run_dir(job)
-        trainer = train_run(
+        trainer = train_and_evaluate(
             job.run_config(), run_dir=run_dir, data_root=job.data_root, resume=resume,
-            progress=progress, evaluate_at_end=False,
+            progress=progress, gradcam_lesions=gradcam_lesions,
         )
-        record["device"] = str(trainer.device) + (f" ({torch.cuda.get_device_name(trainer.device)})" if trainer.device.type == "cuda" else "")
-        evaluate_run(run_dir, gradcam_lesions=gradcam_lesions, progress=progress)
+        device = trainer.device
+        record["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         record.update(_outcome(run_dir))
         record["status"] = "ok"
     except KeyboardInterrupt:
@@ -149,8 +148,7 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
         record["seconds"] = round(time.perf_counter() - started, 3)
         if cuda:
             record["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        if run_dir.is_dir():
-            atomic_write_text(run_dir / RECORD_FILE, json.dumps(record, indent=1))
+        atomic_write_text(run_dir / RECORD_FILE, json.dumps(record, indent=1))
     return record
 
 
@@ -161,7 +159,7 @@ def _outcome(run_dir: Path) -> dict[str, Any]:
     history = json.loads((run_dir / "history.json").read_text())
     best = [h["epoch"] for h in history if h.get("best")]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    macro = metrics["macro"] if "macro" in metrics else metrics
+    macro = metrics["metrics"]["macro"]
     split = json.loads((run_dir / "split.json").read_text())
     ids, labels = lesion_labels(find_split(split["root"], "Training"))
     label_of = dict(zip(ids, labels, strict=True))
