@@ -170,7 +170,7 @@ def sweep(
     synthetic: Annotated[bool, typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every run.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Sweep folder: runs/<preset>/seed<k>[/fold<j>], summary.*, figure3.png.")] = Path("runs/sweep"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key.path=value for every run, or PRESET:key.path=value for one variant (repeatable).")] = None,
-    reference: Annotated[str, typer.Option(help="Variant the others are compared against (paired bootstrap).")] = "ji-adf",
+    reference: Annotated[Optional[str], typer.Option(help="Variant the others are compared against (paired bootstrap; default ji-adf when it runs, else the first).")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Run one subprocess per device at a time, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES); 'cpu' entries hide the GPUs.")] = None,
     launcher: Annotated[str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'fusionkit[cluster]').")] = "local",
     cluster: Annotated[Optional[str], typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")] = None,
@@ -184,7 +184,8 @@ def sweep(
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
     from fusionkit.errors import ConfigError
     from fusionkit.sweep import (
-        device_queue, in_process, parse_seeds, plan_sweep, prepare_data_root, run_sweep, select_presets,
+        device_queue, in_process, parse_seeds, plan_sweep, prepare_data_root, resolve_reference, run_sweep,
+        select_presets,
         submitit_engine, write_summary,
     )
 
@@ -194,7 +195,7 @@ def sweep(
         plan_file = report_only / "sweep.json"
         if not plan_file.is_file():
             raise ConfigError(f"{report_only}: not a sweep folder (no sweep.json)")
-        ref = json.loads(plan_file.read_text())["reference"] if reference == "ji-adf" else reference
+        ref = reference or json.loads(plan_file.read_text())["reference"]
         summary = write_summary(report_only, reference=ref, n_boot=bootstrap)
         typer.echo(f"summary: {report_only / 'summary.md'} ({len(summary['runs'])} runs)")
         return
@@ -205,6 +206,7 @@ def sweep(
     if launcher not in ("local", "submitit"):
         raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
     chosen = select_presets(group=group, presets=presets)
+    reference = resolve_reference(chosen, reference)
     jobs = plan_sweep(config, presets=chosen, seeds=parse_seeds(seeds), folds=folds, out=out,
                       data_root=data or Path("."), sets=set_ or [])
     root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)

@@ -112,7 +112,7 @@ def test_interrupted_sweep_resumes(config) -> None:
     assert json.loads((run / "sweep_run.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints" / "last.safetensors").is_file() and not (run / "report.md").exists()
     result = sweep_cli(config, "--presets", "ji-adf-m", "--seeds", "0", "--synthetic", "--out", out,
-                       "--set", "train.epochs=4", "--reference", "ji-adf-m")
+                       "--set", "train.epochs=4")
     assert result.returncode == 0, result.stderr
     assert "resumed from" in (run / "train.log").read_text()
     assert len(json.loads((run / "history.json").read_text())) == 4
@@ -122,7 +122,7 @@ def test_submitit_local_executor(config) -> None:
     pytest.importorskip("submitit")
     out = config.parent / "submitit"
     result = sweep_cli(config, "--presets", "ji-adf-m", "--seeds", "0", "--synthetic", "--out", out,
-                       "--reference", "ji-adf-m", "--launcher", "submitit", "--cluster", "local")
+                       "--launcher", "submitit", "--cluster", "local")
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "runs" / "ji-adf-m" / "seed0" / "sweep_run.json").read_text())
     assert record["status"] == "ok" and record["device"] == "cpu"

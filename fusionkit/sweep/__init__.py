@@ -7,7 +7,7 @@ reference (:mod:`~fusionkit.sweep.stats`), and the summary files (:mod:`~fusionk
 """
 
 from fusionkit.sweep.execute import device_queue, execute_job, in_process, is_finished, submitit_engine
-from fusionkit.sweep.plan import GROUPS, SweepJob, parse_seeds, plan_sweep, select_presets
+from fusionkit.sweep.plan import GROUPS, SweepJob, parse_seeds, plan_sweep, resolve_reference, select_presets
 from fusionkit.sweep.runner import build_image_caches, prepare_data_root, run_sweep
 from fusionkit.sweep.stats import PairedRun, mean_std_ci, paired_difference
 from fusionkit.sweep.summary import collect_records, summarize, write_summary
@@ -27,6 +27,7 @@ __all__ = [
     "parse_seeds",
     "plan_sweep",
     "prepare_data_root",
+    "resolve_reference",
     "run_sweep",
     "select_presets",
     "submitit_engine",

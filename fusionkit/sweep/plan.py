@@ -125,6 +125,16 @@ def select_presets(*, group: str | None, presets: str | None) -> tuple[str, ...]
     return GROUPS[group]
 
 
+def resolve_reference(presets: tuple[str, ...], reference: str | None) -> str:
+    """The variant others are compared against: ``reference`` (must be in the sweep), else
+    ``ji-adf`` when it runs, else the first preset."""
+    if reference is None:
+        return "ji-adf" if "ji-adf" in presets else presets[0]
+    if reference not in presets:
+        raise ConfigError(f"--reference {reference!r} is not one of the sweep's presets ({', '.join(presets)})")
+    return reference
+
+
 def split_overrides(sets: list[str], presets: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
     """Separate ``key=value`` overrides for every run from ``PRESET:key=value`` ones for one variant."""
     common: list[str] = []

@@ -9,6 +9,7 @@ over the bootstrap replicates and equal :func:`fusionkit.metrics.isic_metrics` o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,8 +67,8 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             out.append(np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan))
     stacked = np.stack(out, axis=-1)
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicate: NaN, as isic_metrics
         return np.nanmean(stacked, axis=-1)
 
 

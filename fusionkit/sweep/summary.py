@@ -73,6 +73,7 @@ def paired_runs(variant: list[dict[str, Any]], reference: list[dict[str, Any]]) 
 
 def summarize(records: Sequence[dict[str, Any]], *, reference: str, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The summary.json mapping (see the module docstring) from run records."""
+    records = sorted(records, key=lambda r: (r["preset"], r["seed"], -1 if r["fold"] is None else r["fold"]))
     ok: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["status"] == "ok":
