@@ -236,7 +236,9 @@ def main() -> None:
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns (not raises) Exit codes and 130 for Ctrl-C here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
