@@ -200,3 +200,12 @@ def test_mean_std_ci_is_student_t() -> None:
     assert s["mean"] == pytest.approx(0.4) and s["std"] == pytest.approx(0.2)
     assert s["ci95"] == pytest.approx([0.4 - 4.302653 * 0.2 / 3**0.5, 0.4 + 4.302653 * 0.2 / 3**0.5], abs=1e-6)
     assert mean_std_ci([0.5]) == {"mean": 0.5, "std": None, "ci95": None}
+
+
+def test_device_queue_runs_subprocesses(config) -> None:
+    out = config.parent / "devices"
+    result = sweep_cli(config, "--presets", "ji-adf-m", "--seeds", "0", "--synthetic", "--out", out, "--devices", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert (out / "logs" / "ji-adf-m-seed0.log").is_file()  # ran in a worker process
+    record = json.loads((out / "runs" / "ji-adf-m" / "seed0" / "sweep_run.json").read_text())
+    assert record["status"] == "ok" and record["device"] == "cpu"

@@ -200,8 +200,8 @@ def plot_figure3(summary: dict[str, Any], path: Path, *, metrics: Sequence[str] 
     from matplotlib.figure import Figure
 
     variants = summary["variants"]
-    bars = [(label, p) for label, p in FIGURE3_BARS if p in variants] if all(p in variants for _, p in FIGURE3_BARS) \
-        else [(p, p) for p in variants]
+    paper = all(p in variants for _, p in FIGURE3_BARS)
+    bars = list(FIGURE3_BARS) if paper else [(p, p) for p in variants]
     fig = Figure(figsize=(2.0 + 1.6 * len(metrics), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -214,7 +214,7 @@ def plot_figure3(summary: dict[str, Any], path: Path, *, metrics: Sequence[str] 
     ax.set_xticks(x, [COLUMN_TITLES[k] for k in metrics])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("macro score (mean ± std over runs)")
-    ax.set_title("Fusion architecture ablation: multimetric comparison")
+    ax.set_title("Fusion architecture ablation: multimetric comparison" if paper else "Variants: multimetric comparison")
     ax.legend(fontsize=7, ncols=min(len(bars), 3), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
