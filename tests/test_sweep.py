@@ -21,7 +21,7 @@ from fusionkit.sweep.stats import macro_auc, macro_dice, mean_std_ci
 
 from train_helpers import tiny_run_config, write_config
 
-PRESETS = "ji-adf,ji-adf-d,ji-adf-m,jf-concat"
+PRESETS = "ji-adf,derm-only,meta-only,jf-concat"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
@@ -53,7 +53,7 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
     assert "Traceback" not in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reference"] == "ji-adf"
-    assert set(summary["variants"]) == {"ji-adf", "ji-adf-d", "ji-adf-m"}
+    assert set(summary["variants"]) == {"ji-adf", "derm-only", "meta-only"}
     failed = [r for r in summary["runs"] if r["status"] != "ok"]
     assert [(r["preset"], r["seed"]) for r in failed] == [("jf-concat", 0), ("jf-concat", 1)]
     assert all("cuda_graph" in r["reason"] for r in failed)
@@ -75,10 +75,10 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
     assert len({tuple(v) for v in splits.values()}) == 1
     # the trimodal model beats each unimodal one on the generated set
     dice = {p: v["metrics"]["dice"]["mean"] for p, v in summary["variants"].items()}
-    assert dice["ji-adf"] > dice["ji-adf-d"] and dice["ji-adf"] > dice["ji-adf-m"]
-    assert summary["variants"]["ji-adf-d"]["vs_reference"]["dice_diff"] == pytest.approx(dice["ji-adf-d"] - dice["ji-adf"])
+    assert dice["ji-adf"] > dice["derm-only"] and dice["ji-adf"] > dice["meta-only"]
+    assert summary["variants"]["derm-only"]["vs_reference"]["dice_diff"] == pytest.approx(dice["derm-only"] - dice["ji-adf"])
     assert (out / "figure3.png").stat().st_size > 1000
-    assert "start ji-adf-m seed 1" in result.stderr and "ETA" in result.stderr
+    assert "start meta-only seed 1" in result.stderr and "ETA" in result.stderr
 
 
 def test_rerun_skips_finished_runs_and_report_only_rebuilds(swept, config) -> None:
@@ -99,7 +99,7 @@ def test_rerun_skips_finished_runs_and_report_only_rebuilds(swept, config) -> No
 
 def test_interrupted_sweep_resumes(config) -> None:
     out = config.parent / "interrupted"
-    args = [sys.executable, "-m", "fusionkit.cli", "sweep", config, "--presets", "ji-adf-m", "--seeds", "0",
+    args = [sys.executable, "-m", "fusionkit.cli", "sweep", config, "--presets", "meta-only", "--seeds", "0",
             "--synthetic", "--out", out, "--set", "train.epochs=4"]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     for line in proc.stdout:
@@ -108,10 +108,10 @@ def test_interrupted_sweep_resumes(config) -> None:
             break
     proc.communicate(timeout=120)
     assert proc.returncode == 130
-    run = out / "runs" / "ji-adf-m" / "seed0"
+    run = out / "runs" / "meta-only" / "seed0"
     assert json.loads((run / "sweep_run.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints" / "last.safetensors").is_file() and not (run / "report.md").exists()
-    result = sweep_cli(config, "--presets", "ji-adf-m", "--seeds", "0", "--synthetic", "--out", out,
+    result = sweep_cli(config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out,
                        "--set", "train.epochs=4")
     assert result.returncode == 0, result.stderr
     assert "resumed from" in (run / "train.log").read_text()
@@ -121,10 +121,10 @@ def test_interrupted_sweep_resumes(config) -> None:
 def test_submitit_local_executor(config) -> None:
     pytest.importorskip("submitit")
     out = config.parent / "submitit"
-    result = sweep_cli(config, "--presets", "ji-adf-m", "--seeds", "0", "--synthetic", "--out", out,
+    result = sweep_cli(config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out,
                        "--launcher", "submitit", "--cluster", "local")
     assert result.returncode == 0, result.stderr
-    record = json.loads((out / "runs" / "ji-adf-m" / "seed0" / "sweep_run.json").read_text())
+    record = json.loads((out / "runs" / "meta-only" / "seed0" / "sweep_run.json").read_text())
     assert record["status"] == "ok" and record["device"] == "cpu"
     assert list((out / "submitit").glob("*_result.pkl"))
 
@@ -148,10 +148,10 @@ def test_bad_input_is_one_line_exit_2_before_any_run(config, tmp_path, args, mes
 
 
 def test_plan_pairs_variants_and_folds(config, tmp_path) -> None:
-    jobs = plan_sweep(config, presets=("ji-adf", "ji-adf-d"), seeds=(3,), folds=2, out=tmp_path, data_root=tmp_path)
-    assert [(j.preset, j.fold) for j in jobs] == [("ji-adf", 0), ("ji-adf-d", 0), ("ji-adf", 1), ("ji-adf-d", 1)]
+    jobs = plan_sweep(config, presets=("ji-adf", "derm-only"), seeds=(3,), folds=2, out=tmp_path, data_root=tmp_path)
+    assert [(j.preset, j.fold) for j in jobs] == [("ji-adf", 0), ("derm-only", 0), ("ji-adf", 1), ("derm-only", 1)]
     assert {(j.config["train"]["seed"], j.config["data"]["split_seed"], j.config["data"]["folds"]) for j in jobs} == {(3, 3, 2)}
-    assert jobs[3].run_dir == str(tmp_path / "runs" / "ji-adf-d" / "seed3" / "fold1")
+    assert jobs[3].run_dir == str(tmp_path / "runs" / "derm-only" / "seed3" / "fold1")
     assert select_presets(group="table3", presets=None) == ("skip-only", "attention-only", "ji-adf")
     assert len(select_presets(group=None, presets=None)) == 14
     assert parse_seeds(" 0, 1,2") == (0, 1, 2)
@@ -204,8 +204,8 @@ def test_mean_std_ci_is_student_t() -> None:
 
 def test_device_queue_runs_subprocesses(config) -> None:
     out = config.parent / "devices"
-    result = sweep_cli(config, "--presets", "ji-adf-m", "--seeds", "0", "--synthetic", "--out", out, "--devices", "cpu")
+    result = sweep_cli(config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out, "--devices", "cpu")
     assert result.returncode == 0, result.stderr
-    assert (out / "logs" / "ji-adf-m-seed0.log").is_file()  # ran in a worker process
-    record = json.loads((out / "runs" / "ji-adf-m" / "seed0" / "sweep_run.json").read_text())
+    assert (out / "logs" / "meta-only-seed0.log").is_file()  # ran in a worker process
+    record = json.loads((out / "runs" / "meta-only" / "seed0" / "sweep_run.json").read_text())
     assert record["status"] == "ok" and record["device"] == "cpu"

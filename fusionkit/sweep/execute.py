@@ -53,15 +53,13 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
 def same_config(requested: dict[str, Any], saved: dict[str, Any]) -> bool:
     """Whether a saved (resolved) run config is the requested one.
 
-    The trainer fills in ``model.metadata_encoder.in_dim`` and, with inverse-frequency weighting,
-    ``model.loss.class_weights``; those count as equal when the request leaves them unset.
+    With inverse-frequency weighting the trainer fills in ``model.loss.class_weights``; they count
+    as equal when the request leaves them unset.
     """
     requested = json.loads(json.dumps(requested))
-    model, saved_model = requested.get("model", {}), saved.get("model", {})
-    for section, key in (("metadata_encoder", "in_dim"), ("loss", "class_weights")):
-        part, saved_part = model.get(section), saved_model.get(section)
-        if isinstance(part, dict) and isinstance(saved_part, dict) and part.get(key) is None:
-            part[key] = saved_part.get(key)
+    loss, saved_loss = requested.get("model", {}).get("loss"), saved.get("model", {}).get("loss")
+    if isinstance(loss, dict) and isinstance(saved_loss, dict) and loss.get("class_weights") is None:
+        loss["class_weights"] = saved_loss.get("class_weights")
     return requested == saved
 
 

@@ -16,10 +16,10 @@ from fusionkit.presets import list_presets
 from fusionkit.train.config import RunConfig, load_run_config
 
 TABLE2_ROWS: tuple[tuple[str, str], ...] = (
-    ("C", "ji-adf-c"),
-    ("D", "ji-adf-d"),
-    ("M", "ji-adf-m"),
-    ("C+D", "ji-adf-cd"),
+    ("C", "clinical-only"),
+    ("D", "derm-only"),
+    ("M", "meta-only"),
+    ("C+D", "derm-clinical"),
     ("C+M", "ji-adf-cm"),
     ("D+M", "ji-adf-dm"),
     ("C+D+M", "ji-adf"),
