@@ -136,14 +136,24 @@ def test_submitit_local_executor(config) -> None:
         (["--group", "table9"], "unknown group 'table9'"),
         (["--seeds", "0,x"], "--seeds '0,x'"),
         (["--folds", "1"], "--folds 1"),
-        (["--data", "."], "MILK10k"),
+        (["--presets", "ji-adf", "--reference", "skip-only"], "--reference 'skip-only'"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_before_any_run(config, tmp_path, args, message) -> None:
-    result = sweep_cli(config, *args, "--out", tmp_path / "o")
+def test_bad_input_is_one_line_exit_2_before_any_run(config, tmp_path, monkeypatch, capsys, args, message) -> None:
+    from fusionkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fusionkit", "sweep", str(config), *args, "--synthetic", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing generated, nothing run
+
+
+def test_data_folder_not_in_layout_through_the_entry_point(config, tmp_path) -> None:
+    result = sweep_cli(config, "--data", tmp_path, "--out", tmp_path / "o")
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "runs").exists()
 
 
@@ -178,16 +188,23 @@ def test_paired_bootstrap_equals_direct_computation() -> None:
         pairs.append(PairedRun(labels=labels, variant=rng.dirichlet(np.full(11, 0.3), n),
                                reference=rng.dirichlet(np.full(11, 0.3), n)))
     diff, ci = paired_difference(pairs, "dice", n_boot=300, seed=7)
-    # direct: one replicate at a time, same draws, isic_metrics for the scores
-    names = [str(i) for i in range(11)]
+    # direct: one replicate at a time with the same draws, per-class Dice counted in a loop (the
+    # vectorised metric itself is checked against isic_metrics above)
+    def dice(labels, probs):
+        scores = []
+        for c in range(11):
+            tp = sum(1 for y, p in zip(labels, probs) if y == c and p[c] > 0.5)
+            fp = sum(1 for y, p in zip(labels, probs) if y != c and p[c] > 0.5)
+            fn = sum(1 for y, p in zip(labels, probs) if y == c and not p[c] > 0.5)
+            scores.append(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+        return sum(scores) / 11
+
     draws = np.random.default_rng(7)
     idx = [draws.integers(0, len(p.labels), size=(300, len(p.labels))) for p in pairs]
-    boot = []
-    for b in range(300):
-        d = [isic_metrics(p.labels[i[b]], p.variant[i[b]], names)["macro"]["dice"]
-             - isic_metrics(p.labels[i[b]], p.reference[i[b]], names)["macro"]["dice"] for p, i in zip(pairs, idx)]
-        boot.append(np.mean(d))
+    boot = [np.mean([dice(p.labels[i[b]], p.variant[i[b]]) - dice(p.labels[i[b]], p.reference[i[b]])
+                     for p, i in zip(pairs, idx)]) for b in range(300)]
     assert ci == pytest.approx(list(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
+    names = [str(i) for i in range(11)]
     direct = np.mean([isic_metrics(p.labels, p.variant, names)["macro"]["dice"]
                       - isic_metrics(p.labels, p.reference, names)["macro"]["dice"] for p in pairs])
     assert diff == pytest.approx(direct, abs=1e-12)
