@@ -1,4 +1,4 @@
-"""The ``fusionkit`` command line: train, predict, evaluate, and look at what is available.
+"""The ``fusionkit`` command line: train, predict, evaluate, export, and look at what is available.
 
 User errors (a bad config, a folder not in the MILK10k layout, CUDA without a GPU, ...) print one
 line on stderr and exit with status 2, without a traceback.
@@ -6,6 +6,7 @@ line on stderr and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -15,13 +16,14 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from fusionkit.errors import FusionkitError
+from fusionkit.errors import ConfigError, FusionkitError
 
 app = typer.Typer(
     name="fusionkit",
     help="Multimodal fusion models (JI-ADF) for skin-lesion classification on MILK10k.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: boolean options show as flags, not "<bool>"
     add_completion=False,
 )
 
@@ -45,11 +47,25 @@ def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (from the beginning if it has none).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the run in --out and start it over.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Train a model; leaves checkpoints, logs and the evaluation report in the run directory."""
+    """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
+
+    The paper's recipe is the default; training options are off until set in the
+    config's train section or with --set (docs: how-to/training-options):
+
+    \b
+    train.ema_decay=0.999          validate and save an EMA of the weights
+    train.scheduler.kind=cosine    warmup (scheduler.warmup_epochs), cosine
+    train.backbone_lr=1e-5         backbone lr (and backbone_weight_decay)
+    train.no_decay_norm_bias=true  no weight decay on norms and biases
+    train.mixup.mixup_alpha=0.4    mixup (mixup.cutmix_alpha: cutmix)
+    train.init_from=RUN            warm start from matching tensors
+    train.tracking=\\[tensorboard]   event files in RUN/tensorboard (or mlflow)
+    """
     from fusionkit.evaluate.pipeline import train_and_evaluate
     from fusionkit.train.config import load_run_config
 
@@ -57,38 +73,76 @@ def train(
         _fail("give either --data DIR or --synthetic, not both")
     cfg = load_run_config(config, set_ or [])
     run_dir = out or Path("runs") / config.stem
-    trainer = train_and_evaluate(cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume, progress=not quiet)
+    trainer = train_and_evaluate(
+        cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume,
+        overwrite=overwrite, progress=not quiet,
+    )
     if trainer.dist.is_main:
-        typer.echo(f"run directory: {run_dir}  (best val macro Dice {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
+        metric = {"dice": "macro Dice", "f1": "macro F1", "auc": "macro AUC"}[cfg.train.selection_metric]
+        typer.echo(f"run directory: {run_dir}  (best val {metric} {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
+
+
+TTA_HELP = "Test-time augmentation: none, flips (4 views) or d4 (8 dihedral views) of both images; the posterior is their mean."
 
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).")],
     data: Annotated[Path, typer.Option("--data", help="MILK10k folder holding the split to predict.")],
-    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write.")] = Path("submission.csv"),
-    split: Annotated[str, typer.Option(help="Split to read: Test, Training, or auto (Test when present).")] = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (its settings go to the same name with .json).")] = Path("submission.csv"),
+    split: Annotated[str, typer.Option(help="Split to read: Test, Training, or auto (the Test split).")] = "auto",
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    tta: Annotated[str, typer.Option("--tta", help=TTA_HELP)] = "none",
+    decision: Annotated[str, typer.Option("--decision", help="What the CSV holds: probs (posteriors), argmax (one-hot top class) or thresholds (per-class thresholds fitted on the validation split for macro Dice at > 0.5).")] = "thresholds",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Write a submission CSV in the official MILK10k format (lesion_id + 11 class probabilities)."""
-    from fusionkit.evaluate.inference import predict_split
+    """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
+    from fusionkit.evaluate.ensemble import predict_split
 
-    path = predict_split(run, data_root=data, out=out, split=split, checkpoint=checkpoint)
+    path = predict_split(
+        runs, data_root=data, out=out, split=split, checkpoint=checkpoint, tta=tta, decision=decision,
+        progress=not quiet,
+    )
     typer.echo(f"wrote {path}")
 
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    runs: Annotated[list[Path], typer.Argument(help="A run directory written by 'fusionkit train'; several (or a sweep folder): an ensemble, evaluated on the validation split they share.")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Labelled MILK10k folder (default: the run's validation split).")] = None,
     gradcam: Annotated[int, typer.Option(help="How many lesions get Grad-CAM overlays.")] = 4,
+    tta: Annotated[str, typer.Option("--tta", help=TTA_HELP + " The report shows the metrics with and without it.")] = "none",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Write the evaluation report (Table 5 metrics, figures, ablation) into the run directory."""
+    """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
+    from fusionkit.evaluate.ensemble import evaluate_ensemble, find_runs
     from fusionkit.evaluate.report import evaluate_run
 
-    path = evaluate_run(run, data_root=data, gradcam_lesions=gradcam, progress=not quiet)
+    found = find_runs(runs)
+    if len(found) == 1 and out is None:
+        path = evaluate_run(found[0], data_root=data, gradcam_lesions=gradcam, progress=not quiet, tta=tta)
+    elif out is None:
+        raise ConfigError(f"evaluating an ensemble of {len(found)} runs: pass --out DIR for its report")
+    else:
+        path = evaluate_ensemble(found, out=out, data_root=data, tta=tta, progress=not quiet)
     typer.echo(f"report: {path}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Path, typer.Option("--out", help="File to write; the preprocessing and metadata encoder go beside it as .json.")] = Path("model.onnx"),
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+) -> None:
+    """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
+    from fusionkit.evaluate.export import EXPORT_FORMATS, export_onnx
+
+    if format_ not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    path = export_onnx(run, out=out, checkpoint=checkpoint)
+    typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 
 @app.command()
@@ -210,7 +264,9 @@ def sweep(
     jobs = plan_sweep(config, presets=chosen, seeds=parse_seeds(seeds), folds=folds, out=out,
                       data_root=data or Path("."), sets=set_ or [])
     root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
-    jobs = [type(j)(**{**j.__dict__, "data_root": str(root.resolve())}) for j in jobs]
+    root = root.expanduser().resolve()
+    jobs = [type(j)(**{**j.__dict__, "data_root": str(root), "config": {**j.config, "data": {**j.config["data"], "root": str(root)}}})
+            for j in jobs]
     progress = not quiet and sys.stderr.isatty()
     if launcher == "submitit":
         engine = submitit_engine(folder=out / "submitit", cluster=cluster, partition=partition,
@@ -230,35 +286,116 @@ def sweep(
         raise SystemExit(1)  # runs failed: not a user error (2), and not hidden by standalone_mode
 
 
+
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
+    errors, no_args, aborts = [], [], []
+    modules = []
+    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    modules.append(sys.modules[base.__module__])
+    try:
+        import click.exceptions
+
+        modules.append(click.exceptions)
+    except ImportError:  # pragma: no cover - click is typer's dependency only in older typers
+        pass
+    for module in modules:
+        for found, name in ((errors, "ClickException"), (no_args, "NoArgsIsHelpError"), (aborts, "Abort")):
+            if isinstance(getattr(module, name, None), type):
+                found.append(getattr(module, name))
+    aborts.append(typer.Abort)
+    return tuple(errors), tuple(no_args), tuple(aborts)
+
+
+_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
+"""File-system errors about a path the user named: user errors (exit status 2)."""
+
+
+class _Interrupted(BaseException):
+    """Carries a KeyboardInterrupt past typer, which would turn it into a bare exit status 130."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+
+def _trap_interrupts() -> None:
+    """Wrap every registered command so its interrupt reaches :func:`run_app` with its details."""
+    for info in app.registered_commands:
+        callback = info.callback
+        if callback is None or getattr(callback, "_traps_interrupts", False):
+            continue
+
+        @functools.wraps(callback)
+        def trapped(*args, __callback=callback, **kwargs):
+            try:
+                return __callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise _Interrupted(exc) from exc
+
+        trapped._traps_interrupts = True
+        info.callback = trapped
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Every command gets the same treatment: a :class:`~fusionkit.errors.FusionkitError` or a pydantic
+    ``ValidationError`` prints one line and returns its ``exit_code`` (2); a usage error prints the
+    usage line and returns 2; ``fusionkit`` alone prints the help and returns 0; an interrupt returns
+    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 2
+    when it is about a path the user named (a directory for a file, no permission), else 1.
+    Anything else is a bug and keeps its traceback.
+    """
+    from fusionkit.errors import RunInterrupted
+
+    click_errors, no_args_errors, aborts = _click_classes()
+    _trap_interrupts()
+    try:
+        result = app(args=args, prog_name="fusionkit", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
+        if not isinstance(interrupt, RunInterrupted):
+            typer.echo("fusionkit: interrupted", err=True)
+            return 130
+        name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
+        where = f" in {interrupt.run_dir}" if interrupt.run_dir is not None else ""
+        typer.echo(
+            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
+            err=True,
+        )
+        return interrupt.exit_code
+    except FusionkitError as exc:
+        typer.echo(f"fusionkit: error: {exc}", err=True)
+        return exc.exit_code
+    except ValidationError as exc:
+        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
+        return 2
+    except no_args_errors as exc:  # bare ``fusionkit``: the help is the answer
+        typer.echo(exc.format_message())
+        return 0
+    except click_errors as exc:  # usage errors: unknown command or option, bad value, missing argument
+        exc.show()
+        return exc.exit_code
+    except aborts:
+        typer.echo("fusionkit: interrupted", err=True)
+        return 130
+    except OSError as exc:  # the file system said no: a path the user named (2), or full, broken (1)
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
+        return 2 if isinstance(exc, _PATH_ERRORS) else 1
+    # with standalone_mode=False, click returns Ctrl-C inside a prompt as 1 and Exit(code) as code
+    return result if isinstance(result, int) else 0
+
+
 def main() -> None:
-    """Entry point of the ``fusionkit`` script: user errors become one line and exit status 2."""
+    """Entry point of the ``fusionkit`` script: :func:`run_app`, its status as the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
-    try:
-        code = app(standalone_mode=False)  # typer returns (not raises) Exit codes and 130 for Ctrl-C here
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("fusionkit: interrupted (a resumable checkpoint was saved where training had started)", err=True)
-        sys.exit(130)
-    except FusionkitError as exc:
-        typer.echo(f"fusionkit: error: {exc}", err=True)
-        sys.exit(2)
-    except ValidationError as exc:
-        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    sys.exit(run_app())
 
 
 if __name__ == "__main__":

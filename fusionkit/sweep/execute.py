@@ -50,17 +50,21 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def _fill_unset(requested: Any, saved: Any) -> Any:
+    if isinstance(requested, dict) and isinstance(saved, dict):
+        out = {k: _fill_unset(v, saved.get(k)) for k, v in requested.items()}
+        return {**{k: v for k, v in saved.items() if k not in out}, **out}
+    return saved if requested is None else requested
+
+
 def same_config(requested: dict[str, Any], saved: dict[str, Any]) -> bool:
     """Whether a saved (resolved) run config is the requested one.
 
-    With inverse-frequency weighting the trainer fills in ``model.loss.class_weights``; they count
-    as equal when the request leaves them unset.
+    The trainer resolves what the request leaves unset (the class weights of inverse-frequency
+    weighting, the class prior, fields added by resolution); those count as equal. Every value
+    the request sets must be saved unchanged.
     """
-    requested = json.loads(json.dumps(requested))
-    loss, saved_loss = requested.get("model", {}).get("loss"), saved.get("model", {}).get("loss")
-    if isinstance(loss, dict) and isinstance(saved_loss, dict) and loss.get("class_weights") is None:
-        loss["class_weights"] = saved_loss.get("class_weights")
-    return requested == saved
+    return _fill_unset(json.loads(json.dumps(requested)), saved) == saved
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
