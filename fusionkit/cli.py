@@ -238,7 +238,7 @@ def sweep(
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
     from fusionkit.errors import ConfigError
     from fusionkit.sweep import (
-        device_queue, in_process, parse_seeds, plan_sweep, prepare_data_root, resolve_reference, run_sweep,
+        bind_data_root, device_queue, in_process, parse_seeds, plan_sweep, prepare_data_root, resolve_reference, run_sweep,
         select_presets,
         submitit_engine, write_summary,
     )
@@ -264,9 +264,7 @@ def sweep(
     jobs = plan_sweep(config, presets=chosen, seeds=parse_seeds(seeds), folds=folds, out=out,
                       data_root=data or Path("."), sets=set_ or [])
     root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
-    root = root.expanduser().resolve()
-    jobs = [type(j)(**{**j.__dict__, "data_root": str(root), "config": {**j.config, "data": {**j.config["data"], "root": str(root)}}})
-            for j in jobs]
+    jobs = bind_data_root(jobs, root)
     progress = not quiet and sys.stderr.isatty()
     if launcher == "submitit":
         engine = submitit_engine(folder=out / "submitit", cluster=cluster, partition=partition,
@@ -284,7 +282,6 @@ def sweep(
             typer.echo(f"failed: {r['preset']} seed {r['seed']}" + ("" if r["fold"] is None else f" fold {r['fold']}")
                        + f": {r.get('reason')}", err=True)
         raise SystemExit(1)  # runs failed: not a user error (2), and not hidden by standalone_mode
-
 
 
 def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

@@ -151,6 +151,20 @@ def split_overrides(sets: list[str], presets: tuple[str, ...]) -> tuple[list[str
     return common, per_preset
 
 
+def bind_data_root(jobs: list[SweepJob], root: Path) -> list[SweepJob]:
+    """The jobs reading ``root``: it becomes ``data.root`` of each requested config, and
+    ``data.synthetic`` is dropped (the runs read the folder; a generated set is made once by the
+    sweep), so the request matches what each run records as having run."""
+    root = Path(root).expanduser().resolve()
+    out = []
+    for job in jobs:
+        data = {k: v for k, v in job.config["data"].items() if k != "synthetic"}
+        config = {**job.config, "data": {**data, "root": str(root)}}
+        out.append(SweepJob(preset=job.preset, seed=job.seed, fold=job.fold, run_dir=job.run_dir,
+                            data_root=str(root), config=config))
+    return out
+
+
 def run_dir_of(out: Path, preset: str, seed: int, fold: int | None) -> Path:
     """``OUT/runs/<preset>/seed<k>[/fold<j>]``."""
     path = out / "runs" / preset / f"seed{seed}"
