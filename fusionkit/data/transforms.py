@@ -126,14 +126,24 @@ class ColorJitterUint8(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Return the jittered uint8 image."""
+        order = torch.randperm(3).tolist()
+        factors = [1.0, 1.0, 1.0]
+        for op in order:
+            spread = self.ranges[op]
+            if spread > 0:
+                factors[op] = float(torch.empty(()).uniform_(max(0.0, 1.0 - spread), 1.0 + spread))
+        return self.apply(image, order=order, factors=factors)
+
+    def apply(self, image: torch.Tensor, *, order: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
+        """Jitter with given parameters: ``order`` of brightness (0), contrast (1), saturation (2),
+        and their ``factors`` (1 leaves a step out)."""
         pixels = image.reshape(3, -1).float()
         matrix, offset = torch.eye(3), torch.zeros(3)
         means = None
-        for op in torch.randperm(3).tolist():
-            spread = self.ranges[op]
-            if spread <= 0:
+        for op in order:
+            factor = float(factors[op])
+            if factor == 1.0:
                 continue
-            factor = float(torch.empty(()).uniform_(max(0.0, 1.0 - spread), 1.0 + spread))
             if op == 0:  # brightness: x * f
                 matrix, offset = factor * matrix, factor * offset
             elif op == 1:  # contrast: f * x + (1 - f) * mean grey of the current image

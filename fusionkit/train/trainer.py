@@ -221,7 +221,9 @@ class Trainer:
                 break
             self.model.check_presence(batch)
             size = len(batch["lesion_id"])
-            batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
+            batch = self.data.to_model_batch(
+                move_batch(batch, self.device, channels_last=self.channels_last), epoch=epoch, batch_index=batch_index
+            )
             # tensors only: strings (lesion ids) would make torch.compile guard on their values
             loss = self.step({k: v for k, v in batch.items() if k != "lesion_id"})
             losses += loss * size
