@@ -127,3 +127,32 @@ def test_bad_batches_are_rejected():
         augment(torch.zeros(2, 3, 4, 4), generator=torch.Generator())
     with pytest.raises(ValueError, match="square"):
         augment(torch.zeros(2, 3, 4, 5, dtype=torch.uint8), generator=torch.Generator())
+
+
+@pytest.mark.parametrize("augment_on", ["device", "cpu"])
+def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augment_on):
+    from fusionkit.train.config import RunConfig
+    from fusionkit.train.data_setup import prepare_data
+    from fusionkit.train.distributed import DistInfo
+
+    from train_helpers import tiny_run_config
+
+    raw = tiny_run_config(tmp_path / "cache", n_lesions=24)
+    raw["data"]["augment_on"] = augment_on
+    data = prepare_data(
+        RunConfig.model_validate(raw), run_dir=tmp_path / "run", data_root=None, synthetic=True,
+        resume=False, dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
+    )
+    assert (data.train_set.transform.augment is None) == (augment_on == "device")
+    batch = data.train_set.collate(range(8))
+    plain = data.to_model_batch(batch)
+    first = data.to_model_batch(batch, epoch=0, batch_index=0)
+    again = data.to_model_batch(batch, epoch=0, batch_index=0)
+    other = data.to_model_batch(batch, epoch=0, batch_index=1)
+    assert torch.equal(first["derm"], again["derm"]) and torch.equal(first["clinical"], again["clinical"])
+    if augment_on == "device":
+        assert not torch.equal(first["derm"], plain["derm"]), "training batches are augmented"
+        assert not torch.equal(first["derm"], other["derm"]), "each batch index draws its own augmentation"
+        assert not torch.equal(first["clinical"], plain["clinical"])
+    else:  # augmented in the loader already; to_model_batch only normalises
+        assert torch.equal(first["derm"], plain["derm"]) and torch.equal(other["derm"], plain["derm"])
