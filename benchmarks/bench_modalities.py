@@ -50,7 +50,7 @@ def main() -> None:
                          "cache_dir": str(Path(tmp) / "cache")},
             })
             began = time.perf_counter()
-            trainer = train_run(config, run_dir=Path(tmp) / preset, synthetic=True, progress=False, evaluate_at_end=False)
+            trainer = train_run(config, run_dir=Path(tmp) / preset, synthetic=True, progress=False)
             best = max(trainer.history, key=lambda r: r["val_dice"])
             rows.append({"preset": preset, "modalities": "+".join(config.model.modalities),
                          "val_macro_dice": round(best["val_dice"], 4), "val_macro_auc": round(best["val_auc"], 4),

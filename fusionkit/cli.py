@@ -50,14 +50,14 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train a model; leaves checkpoints, logs and the evaluation report in the run directory."""
+    from fusionkit.evaluate.pipeline import train_and_evaluate
     from fusionkit.train.config import load_run_config
-    from fusionkit.train.trainer import train_run
 
     if data is not None and synthetic:
         _fail("give either --data DIR or --synthetic, not both")
     cfg = load_run_config(config, set_ or [])
     run_dir = out or Path("runs") / config.stem
-    trainer = train_run(cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume, progress=not quiet)
+    trainer = train_and_evaluate(cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume, progress=not quiet)
     if trainer.dist.is_main:
         typer.echo(f"run directory: {run_dir}  (best val macro Dice {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
 

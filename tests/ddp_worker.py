@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import save_file
 
-from fusionkit.train.checkpoint import model_state
+from fusionkit.runtime.checkpoint import model_state
 from fusionkit.train.config import RunConfig
 from fusionkit.train.trainer import train_run
 
@@ -18,7 +18,7 @@ def main() -> None:
     """``ddp_worker.py CONFIG RUN_DIR``: train, then write RUN_DIR/rank<r>.safetensors."""
     config = RunConfig.model_validate(yaml.safe_load(Path(sys.argv[1]).read_text()))
     run_dir = Path(sys.argv[2])
-    trainer = train_run(config, run_dir=run_dir, synthetic=True, progress=False, evaluate_at_end=False)
+    trainer = train_run(config, run_dir=run_dir, synthetic=True, progress=False)
     rank = int(os.environ.get("RANK", "0"))
     save_file(model_state(trainer.model), str(run_dir / f"rank{rank}.safetensors"))
 

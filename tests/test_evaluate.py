@@ -11,7 +11,7 @@ from PIL import Image
 
 import fusionkit as fk
 from fusionkit.evaluate.gradcam import gradcam
-from fusionkit.evaluate.predict import mask_modalities
+from fusionkit.runtime.predict import mask_modalities
 from fusionkit.evaluate.report import evaluate_run
 from fusionkit.train.config import RunConfig
 from fusionkit.train.trainer import train_run
@@ -25,7 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     config = RunConfig.model_validate(tiny_run_config(root / "cache", epochs=1, n_lesions=40))
-    train_run(config, run_dir=root / "run", synthetic=True, progress=False, evaluate_at_end=False)
+    train_run(config, run_dir=root / "run", synthetic=True, progress=False)
     return root / "run"
 
 

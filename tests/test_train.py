@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from fusionkit.data import CLASS_NAMES
 from fusionkit.evaluate.inference import load_run
 from fusionkit.metrics import isic_metrics
-from fusionkit.train.checkpoint import model_state, read_checkpoint
+from fusionkit.runtime.checkpoint import model_state, read_checkpoint
 from fusionkit.train.config import RunConfig
 from fusionkit.train.trainer import Trainer, train_run
 
@@ -36,7 +36,7 @@ def trained(tmp_path_factory, cache_dir) -> Trainer:
     """One 3-epoch run shared by the tests that only read it."""
     run = tmp_path_factory.mktemp("run") / "jiadf"
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=3))
-    return train_run(config, run_dir=run, synthetic=True, progress=False, evaluate_at_end=False)
+    return train_run(config, run_dir=run, synthetic=True, progress=False)
 
 
 def test_training_lowers_the_loss(trained: Trainer) -> None:
@@ -76,9 +76,9 @@ def test_best_checkpoint_reproduces_its_validation_metrics(trained: Trainer) -> 
 def test_resume_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
     full = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=40))
     half = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
-    a = train_run(full, run_dir=tmp_path / "a", synthetic=True, progress=False, evaluate_at_end=False)
-    train_run(half, run_dir=tmp_path / "b", synthetic=True, progress=False, evaluate_at_end=False)
-    b = train_run(full, run_dir=tmp_path / "b", synthetic=True, resume=True, progress=False, evaluate_at_end=False)
+    a = train_run(full, run_dir=tmp_path / "a", synthetic=True, progress=False)
+    train_run(half, run_dir=tmp_path / "b", synthetic=True, progress=False)
+    b = train_run(full, run_dir=tmp_path / "b", synthetic=True, resume=True, progress=False)
     sa, sb = model_state(a.model), model_state(b.model)
     assert sa.keys() == sb.keys()
     for key in sa:
@@ -88,14 +88,14 @@ def test_resume_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
-    trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False, evaluate_at_end=False)
+    trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
     trainer._interrupted = True  # as if Ctrl-C arrived during the first batch
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     trainer.close()
     _, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert meta["info"]["epoch"] == 0 and meta["info"]["batch"] == 1
-    resumed = train_run(config, run_dir=tmp_path / "run", synthetic=True, resume=True, progress=False, evaluate_at_end=False)
+    resumed = train_run(config, run_dir=tmp_path / "run", synthetic=True, resume=True, progress=False)
     assert len(resumed.history) == 1
 
 
@@ -130,6 +130,6 @@ def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Pat
     torch._dynamo.reset()
     config = RunConfig.model_validate(tiny_run_config(
         cache_dir, epochs=1, n_lesions=40, step_mode="compile", compile_mode="default", max_batches_per_epoch=3))
-    trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False, evaluate_at_end=False)
+    trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
     assert np.isfinite(trainer.history[0]["train_loss"])
     torch._dynamo.reset()

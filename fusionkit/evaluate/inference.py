@@ -11,10 +11,11 @@ import torch
 
 from fusionkit.data import CLASS_NAMES, MetadataEncoder, Milk10kDataset, build_transforms, find_split, make_loader, normalize_batch
 from fusionkit.errors import ConfigError, FusionkitError
-from fusionkit.evaluate.predict import Predictions, predict
+from fusionkit.runtime.predict import Predictions, predict
+from fusionkit.runtime.rundir import RunFiles
 from fusionkit.metrics.submission import write_submission
 from fusionkit.model import FusionModel
-from fusionkit.train.checkpoint import load_checkpoint
+from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.train.config import RunConfig, load_run_config
 from fusionkit.train.data_setup import default_cache_dir, preprocessing_model
 
@@ -71,17 +72,18 @@ class LoadedRun:
 def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | torch.device | None = None) -> LoadedRun:
     """Load a run directory written by the trainer; ``checkpoint`` is ``best`` or ``last``."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    files = RunFiles(run_dir)
+    if not files.config.is_file():
         raise ConfigError(f"{run_dir}: not a fusionkit run directory (no config.yaml)")
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
-    config = load_run_config(run_dir / "config.yaml")
-    encoder = MetadataEncoder.load(run_dir / "metadata_encoder.json")
+    config = load_run_config(files.config)
+    encoder = MetadataEncoder.load(files.metadata_encoder)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = FusionModel(config.model, meta_dim=encoder.width)
-    info = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.safetensors", model=model)
+    info = load_checkpoint(files.checkpoint(checkpoint), model=model)
     model.to(device).eval()
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads(files.split.read_text())
     return LoadedRun(run_dir, config, model, encoder, info, split, device)
 
 

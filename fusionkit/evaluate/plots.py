@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fusionkit.metrics.calibration import reliability_curve
-from fusionkit.metrics.isic import _check_class_names, _check_probs
+from fusionkit.metrics.isic import check_class_names, check_probs
 from fusionkit.utils.io import atomic_write_bytes
 
 __all__ = [
@@ -63,7 +63,7 @@ def plot_confusion_matrix(
             shows a row of zeros); otherwise raw counts.
         title: figure title (default: "Confusion matrix", with "(row-normalised)" if normalised).
     """
-    names = _check_class_names(class_names)
+    names = check_class_names(class_names)
     k = len(names)
     t = _indices(y_true, k, "y_true")
     p = _indices(y_pred, k, "y_pred")
@@ -141,8 +141,8 @@ def plot_roc_curves(
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    names = _check_class_names(class_names)
-    p = _check_probs(probs, len(names))
+    names = check_class_names(class_names)
+    p = check_probs(probs, len(names))
     t = _indices(y_true, len(names), "y_true")
     _same_length(t, p)
 
@@ -191,7 +191,7 @@ def gate_weight_table(
         mean of each weight as Python floats (NaN for a group without samples). Classes are
         grouped by their true label.
     """
-    names = _check_class_names(class_names)
+    names = check_class_names(class_names)
     w = _check_weights(weights)
     t = _indices(y_true, len(names), "y_true")
     p = _indices(y_pred, len(names), "y_pred")
@@ -219,7 +219,7 @@ def plot_gate_weights(
     when the weights are a softmax); a class without samples is marked ``n=0``. Right panel: box
     plots of each branch's weight for correct and for wrong predictions.
     """
-    names = _check_class_names(class_names)
+    names = check_class_names(class_names)
     table = gate_weight_table(weights, y_true, y_pred, names)
     w = _check_weights(weights)
     t = _indices(y_true, len(names), "y_true")

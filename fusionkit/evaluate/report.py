@@ -35,7 +35,8 @@ from fusionkit.evaluate.plots import (
     plot_reliability_diagram,
     plot_roc_curves,
 )
-from fusionkit.evaluate.predict import Predictions
+from fusionkit.runtime.predict import Predictions
+from fusionkit.runtime.rundir import RunFiles
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.metrics import (
@@ -172,7 +173,7 @@ def evaluate_run(
         gate_md = _gate_markdown(table)
         figures.append(("Adaptive decision fusion weights (which modality the gate trusted)", "gate.png"))
 
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    history = json.loads(RunFiles(run_dir).history.read_text()) if RunFiles(run_dir).history.is_file() else []
     if history:
         plot_history(history, run_dir / "history.png")
         figures.append(("Training history", "history.png"))
@@ -189,7 +190,7 @@ def evaluate_run(
         atomic_write_text(run_dir / "ablation.md", ablation_md + "\n")
 
     report = _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, len(preds), data_root)
-    path = run_dir / "report.md"
+    path = RunFiles(run_dir).report
     atomic_write_text(path, report)
     return path
 

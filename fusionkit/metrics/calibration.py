@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from fusionkit.metrics.isic import _check_probs
+from fusionkit.metrics.isic import check_probs
 
 __all__ = [
     "ReliabilityCurve",
@@ -76,7 +76,7 @@ def reliability_curve(probs: Any, y_true: Any, *, n_bins: int = 15) -> Reliabili
     Raises:
         ValueError: on bad shapes or values, or ``n_bins < 1``.
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     labels = _labels(y_true, p.shape)
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")

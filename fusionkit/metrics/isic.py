@@ -86,8 +86,8 @@ def isic_metrics(y_true: Any, probs: Any, class_names: Sequence[str]) -> dict[st
         ValueError: on a shape mismatch, a NaN or infinite value, a probability or truth outside
             ``[0, 1]``, a class index out of range, an empty set, or bad class names.
     """
-    names = _check_class_names(class_names)
-    p = _check_probs(probs, len(names))
+    names = check_class_names(class_names)
+    p = check_probs(probs, len(names))
     t = _truth_matrix(y_true, p.shape)
 
     per_class: dict[str, dict[str, float]] = {key: {} for key in METRIC_KEYS}
@@ -197,7 +197,7 @@ def _nanmean(values: Any) -> float:
     return sum(kept) / len(kept) if kept else _NAN
 
 
-def _check_class_names(class_names: Sequence[str]) -> list[str]:
+def check_class_names(class_names: Sequence[str]) -> list[str]:
     """``class_names`` as a list of unique non-empty strings, or ValueError."""
     if isinstance(class_names, str):
         raise ValueError("class_names must be a sequence of names, not a single string")
@@ -211,7 +211,7 @@ def _check_class_names(class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_probs(probs: Any, n_classes: int | None = None) -> np.ndarray:
+def check_probs(probs: Any, n_classes: int | None = None) -> np.ndarray:
     """``probs`` as a float64 ``(n, k)`` array of finite probabilities, or ValueError."""
     p = np.asarray(probs)
     if p.ndim != 2:

@@ -32,8 +32,9 @@ from fusionkit.data import (
 )
 from fusionkit.data.layout import Milk10kFiles
 from fusionkit.errors import ConfigError
+from fusionkit.runtime.distributed import DistInfo, barrier
+from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.config import RunConfig
-from fusionkit.train.distributed import DistInfo, barrier
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.utils.io import atomic_write_text
 
@@ -124,7 +125,7 @@ class RunData:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> RunConfig | None:
-    saved = run_dir / "config.yaml"
+    saved = RunFiles(run_dir).config
     if resume:
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: --resume, but there is no run there (no config.yaml)")
@@ -185,7 +186,7 @@ def prepare_data(
     if files.ground_truth_csv is None:
         raise ConfigError(f"{root}: training needs MILK10k_Training_GroundTruth.csv")
 
-    split_file = run_dir / "split.json"
+    split_file = RunFiles(run_dir).split
     if resume and split_file.is_file():
         stored = json.loads(split_file.read_text())
         split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]))
@@ -197,7 +198,7 @@ def prepare_data(
     name = preprocessing_model(config)
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
     common = dict(files=files, image_size=size, missing_image=data.missing_image, cache_dir=cache_dir)
-    encoder = MetadataEncoder.load(run_dir / "metadata_encoder.json") if resume else None
+    encoder = MetadataEncoder.load(RunFiles(run_dir).metadata_encoder) if resume else None
     # rank 0 builds the image cache first; the others then open it
     if not dist_info.is_main:
         barrier(dist_info)
@@ -233,8 +234,8 @@ def prepare_data(
                 "resume with the run's own config or start a new --out"
             )
     if dist_info.is_main:
-        atomic_write_text(run_dir / "config.yaml", resolved.to_yaml())
-        train_set.encoder.save(run_dir / "metadata_encoder.json")
+        atomic_write_text(RunFiles(run_dir).config, resolved.to_yaml())
+        train_set.encoder.save(RunFiles(run_dir).metadata_encoder)
         atomic_write_text(split_file, json.dumps({"root": str(Path(root).resolve()), "train": list(split.train), "val": list(split.val)}, indent=1))
     barrier(dist_info)
     return RunData(

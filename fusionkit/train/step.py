@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.evaluate.predict import autocast_context
+from fusionkit.runtime.device import autocast_context
 from fusionkit.losses import JointIndividualLoss
 
 

@@ -1,14 +1,6 @@
 """The trainer: any ModelSpec, the paper's recipe (Appendix A.2), on CPU, one GPU, or many.
 
-A run directory holds::
-
-    config.yaml              the resolved run config (the model spec in full, metadata width set)
-    metadata_encoder.json    the metadata encoding fitted on the training split
-    split.json               the lesion ids of the training and validation splits
-    checkpoints/last.safetensors   model, optimizer, scheduler, RNG state (resumable)
-    checkpoints/best.safetensors   the weights with the best validation macro Dice
-    history.json / train.log       one record/line per epoch
-    report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate)
+What the run directory holds is listed in :mod:`fusionkit.runtime.rundir`.
 """
 
 from __future__ import annotations
@@ -16,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -30,34 +21,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fusionkit.errors import ConfigError
-from fusionkit.evaluate.predict import move_batch, predict
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics
 from fusionkit.model import FusionModel
-from fusionkit.train.checkpoint import load_checkpoint, save_checkpoint
+from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
+from fusionkit.runtime.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
+from fusionkit.runtime.predict import predict
+from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.config import RunConfig
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.step import CudaGraphStep, EagerStep
-from fusionkit.train.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.train")
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is a :class:`ConfigError`."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA GPU is available here; use 'auto' or 'cpu'")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -78,7 +55,7 @@ class EpochRecord:
 class Trainer:
     """Trains one run; see the module docstring for what the run directory holds.
 
-    ``fit()`` returns the history. Ctrl-C (SIGINT) finishes the current batch, writes a resumable
+    ``fit()`` returns the history and then calls ``after_fit(run_dir)`` when one was given. Ctrl-C (SIGINT) finishes the current batch, writes a resumable
     ``last`` checkpoint that records how far the epoch got, and re-raises ``KeyboardInterrupt``.
     """
 
@@ -91,11 +68,12 @@ class Trainer:
         synthetic: bool = False,
         resume: bool = False,
         progress: bool = True,
-        evaluate_at_end: bool = True,
+        after_fit: Callable[[Path], object] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.files = RunFiles(self.run_dir)
         self.progress = progress
-        self.evaluate_at_end = evaluate_at_end
+        self.after_fit = after_fit
         train = config.train
         device = resolve_device(train.device)
         self.dist: DistInfo = init_distributed(device)
@@ -172,12 +150,12 @@ class Trainer:
     @property
     def ckpt_dir(self) -> Path:
         """Where checkpoints go."""
-        return self.run_dir / "checkpoints"
+        return self.files.checkpoints
 
     def _setup_logging(self) -> None:
         if not self.dist.is_main:
             return
-        handler = logging.FileHandler(self.run_dir / "train.log")
+        handler = logging.FileHandler(self.files.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("fusionkit")
         root.setLevel(logging.INFO)
@@ -316,21 +294,15 @@ class Trainer:
                     )
                     tqdm.write(line)
                     logger.info(line)
-                    atomic_write_text(self.run_dir / "history.json", json.dumps(self.history, indent=2))
+                    atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
             epochs.close()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        if self.evaluate_at_end and self.dist.is_main:
-            self.final_evaluation()
+        if self.after_fit is not None and self.dist.is_main:
+            self.after_fit(self.run_dir)
         barrier(self.dist)
         return self.history
-
-    def final_evaluation(self) -> Path | None:
-        """Evaluate the best checkpoint on the validation split and write the report."""
-        from fusionkit.evaluate.report import evaluate_run
-
-        return evaluate_run(self.run_dir, progress=self.progress)
 
     def close(self) -> None:
         """Release the process group and the log file."""
@@ -350,12 +322,17 @@ def train_run(
     synthetic: bool = False,
     resume: bool = False,
     progress: bool = True,
-    evaluate_at_end: bool = True,
+    after_fit: Callable[[Path], object] | None = None,
 ) -> Trainer:
-    """Train a run end to end; returns the trainer (its ``history``, ``model``, ``run_dir``)."""
+    """Train a run end to end; returns the trainer (its ``history``, ``model``, ``run_dir``).
+
+    ``after_fit(run_dir)`` runs on the main process once training ends (the evaluation layer passes
+    its report writer: :func:`fusionkit.evaluate.train_and_evaluate`); training itself imports
+    nothing from :mod:`fusionkit.evaluate`.
+    """
     trainer = Trainer(
         config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, resume=resume,
-        progress=progress, evaluate_at_end=evaluate_at_end,
+        progress=progress, after_fit=after_fit,
     )
     try:
         trainer.fit()
@@ -363,5 +340,3 @@ def train_run(
         trainer.close()
     return trainer
 
-
-ProgressCallback = Callable[[dict[str, Any]], None]

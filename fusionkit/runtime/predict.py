@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusionkit.train.distributed import DistInfo, gather_objects
+from fusionkit.runtime.device import autocast_context, move_batch
+from fusionkit.runtime.distributed import DistInfo, gather_objects
 
 
 @dataclass
@@ -34,22 +34,6 @@ class Predictions:
         return len(self.lesion_ids)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device, *, channels_last: bool = False) -> dict[str, Any]:
-    """The batch's tensors on ``device`` (images optionally channels_last), other values as they are."""
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if channels_last and value.ndim == 4:
-                value = value.contiguous(memory_format=torch.channels_last)
-            out[key] = value
-        elif isinstance(value, dict):
-            out[key] = move_batch(value, device)
-        else:
-            out[key] = value
-    return out
-
-
 def mask_modalities(batch: dict[str, Any], absent: Iterable[str]) -> dict[str, Any]:
     """A copy of the batch with the ``absent`` modalities marked missing and their tensors zeroed."""
     absent = list(absent)
@@ -64,13 +48,6 @@ def mask_modalities(batch: dict[str, Any], absent: Iterable[str]) -> dict[str, A
             present[m] = torch.zeros(size, dtype=torch.bool)
     batch["present"] = present
     return batch
-
-
-def autocast_context(device: torch.device, bf16: bool):
-    """bf16 autocast on ``device`` when asked, else a no-op context."""
-    if not bf16:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()

@@ -1,0 +1,66 @@
+"""The files of a run directory, named once for the trainer, the evaluation and the sweep.
+
+A run directory holds::
+
+    config.yaml                    the resolved run config (the model spec in full)
+    metadata_encoder.json          the metadata encoding fitted on the training split
+    split.json                     the lesion ids of the training and validation splits
+    checkpoints/last.safetensors   model, optimizer, scheduler, RNG state (resumable)
+    checkpoints/best.safetensors   the weights with the best validation score
+    history.json / train.log       one record/line per epoch
+    report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Paths of the files in the run directory ``root`` (see the module docstring)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        """The resolved run config (``config.yaml``)."""
+        return self.root / "config.yaml"
+
+    @property
+    def metadata_encoder(self) -> Path:
+        """The fitted metadata encoding (``metadata_encoder.json``)."""
+        return self.root / "metadata_encoder.json"
+
+    @property
+    def split(self) -> Path:
+        """The training and validation lesion ids (``split.json``)."""
+        return self.root / "split.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        """The checkpoint folder."""
+        return self.root / "checkpoints"
+
+    def checkpoint(self, name: str) -> Path:
+        """``checkpoints/<name>.safetensors`` (``best`` or ``last``)."""
+        return self.checkpoints / f"{name}.safetensors"
+
+    @property
+    def history(self) -> Path:
+        """One JSON record per epoch (``history.json``)."""
+        return self.root / "history.json"
+
+    @property
+    def log(self) -> Path:
+        """The training log (``train.log``)."""
+        return self.root / "train.log"
+
+    @property
+    def report(self) -> Path:
+        """The evaluation report (``report.md``)."""
+        return self.root / "report.md"
