@@ -133,7 +133,7 @@ def test_bad_batches_are_rejected():
 def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augment_on):
     from fusionkit.train.config import RunConfig
     from fusionkit.train.data_setup import prepare_data
-    from fusionkit.train.distributed import DistInfo
+    from fusionkit.runtime.distributed import DistInfo
 
     from train_helpers import tiny_run_config
 
