@@ -699,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sections"][name] = section
         log(f"{name}: {section.get('status', 'failed')}")
         flush()
+    flush()
     log(f"done: {args.out / stem}.md")
     print(markdown(report), flush=True)
     return 0 if all(sec.get("status") in ("ok", "skipped") for sec in report["sections"].values()) else 1
