@@ -1,7 +1,7 @@
 """Table 2 on synthetic data: does the trimodal model beat every unimodal and bimodal one?
 
-Trains each Table 2 preset (ji-adf-c, -d, -m, -cd, -cm, -dm and ji-adf) with the same recipe on
-one generated MILK10k-layout set, whose labels depend on the three modalities in a known,
+Trains each Table 2 preset (clinical-only, derm-only, meta-only, derm-clinical, ji-adf-cm,
+ji-adf-dm and ji-adf) with the same recipe on one generated MILK10k-layout set, whose labels depend on the three modalities in a known,
 complementary way (fusionkit.data.synthetic), and reports the validation macro Dice and AUC of
 each. A sanity check of the whole pipeline: the generator's design says C+D+M must win.
 
@@ -25,7 +25,7 @@ from fusionkit.train.config import RunConfig
 from fusionkit.train.trainer import train_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PRESETS = ("ji-adf-c", "ji-adf-d", "ji-adf-m", "ji-adf-cd", "ji-adf-cm", "ji-adf-dm", "ji-adf")
+PRESETS = ("clinical-only", "derm-only", "meta-only", "derm-clinical", "ji-adf-cm", "ji-adf-dm", "ji-adf")
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in PRESETS:
             overrides = {"image_size": args.size}
-            if preset != "ji-adf-m":
+            if preset != "meta-only":
                 overrides["image_encoder"] = {"model_name": args.model, "pretrained": False}
             config = RunConfig.model_validate({
                 "model": {"preset": preset, "overrides": overrides},

@@ -134,7 +134,7 @@ def main() -> None:
             cl = device.type == "cuda" and bf16
             for what in ("JI-ADF", "backbone only"):
                 torch.manual_seed(0)
-                model = fk.build_model(spec, meta_dim=meta_dim) if what == "JI-ADF" else BackboneOnly(args.model)
+                model = fk.build_model(spec, metadata_width=meta_dim) if what == "JI-ADF" else BackboneOnly(args.model)
                 rate, peak = measure(model, device=device, batch=batch, size=args.size, bf16=bf16,
                                      channels_last=cl, graphed=graphed, steps=args.steps,
                                      warmup=args.warmup, meta_dim=meta_dim)

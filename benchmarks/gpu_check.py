@@ -84,7 +84,7 @@ class Settings:
     predict_batch: int
     compile: bool
     in_process: bool = False
-    meta_dim: int = 35
+    metadata_width: int = 35
 
     @classmethod
     def make(cls, *, smoke: bool, compile: bool, workers: int | None, in_process: bool = False) -> Settings:
@@ -140,7 +140,7 @@ def _batches(s: Settings, count: int, batch: int, device, channels_last: bool, s
     """``count`` random normalised batches (labels depend on nothing: the loss falls by memorising)."""
     from bench_train_step import make_batch
 
-    return [make_batch(batch, s.size, s.meta_dim, device, channels_last, seed=seed + i) for i in range(count)]
+    return [make_batch(batch, s.size, s.metadata_width, device, channels_last, seed=seed + i) for i in range(count)]
 
 
 def _make_step(model, device, *, bf16: bool, graphed: bool, lr: float):
@@ -164,7 +164,7 @@ def _build(s: Settings, device, *, channels_last: bool):
     import fusionkit as fk
 
     torch.manual_seed(0)
-    model = fk.build_model(_spec(s), meta_dim=s.meta_dim)
+    model = fk.build_model(_spec(s), metadata_width=s.metadata_width)
     _no_dropout(model)
     model = model.to(device)
     if channels_last:
@@ -286,7 +286,7 @@ def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) 
             continue
         log(f"throughput: {what} {mode} batch {batch}")
         torch.manual_seed(0)
-        model = fk.build_model(spec, meta_dim=s.meta_dim) if what == "JI-ADF" else BackboneOnly(s.model)
+        model = fk.build_model(spec, metadata_width=s.metadata_width) if what == "JI-ADF" else BackboneOnly(s.model)
         if mode == "compile":
             model.validate_presence = False
             model = torch.compile(model, mode="max-autotune-no-cudagraphs")
@@ -297,7 +297,7 @@ def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) 
         try:
             rate, peak = measure(model, device=device, batch=batch, size=s.size, bf16=bf16,
                                  channels_last=bf16 and (cuda or mode == "bf16_cl"), graphed=mode == "graph",
-                                 steps=s.steps, warmup=s.warmup, meta_dim=s.meta_dim)
+                                 steps=s.steps, warmup=s.warmup, meta_dim=s.metadata_width)
             rows.append({"model": what, "mode": mode, "batch": batch, "samples_per_s": rate,
                          "step_ms": 1000 * batch / rate, "peak_gib": peak})
         except Exception as err:  # one configuration failing (e.g. out of memory) keeps the others

@@ -6,7 +6,7 @@ Compose a model from a spec::
 
     spec = fk.load_preset("ji-adf", {"image_encoder": {"model_name": "test_efficientnet",
                                                         "pretrained": False}})
-    model = fk.build_model(spec, meta_dim=35)
+    model = fk.build_model(spec, metadata_width=35)
     out = model({"derm": derm, "clinical": clinical, "meta": meta})
     out.probs, out.logits["joint"], out.weights
 """
@@ -21,7 +21,7 @@ from fusionkit.errors import (
 )
 from fusionkit.losses import JointIndividualLoss, LossBreakdown
 from fusionkit.model import FusionModel, FusionOutput, build_model
-from fusionkit.presets import list_presets, load_preset
+from fusionkit.presets import list_presets, load_preset, load_spec
 from fusionkit.registry import (
     COMPONENT_KINDS,
     PluginWarning,
@@ -30,7 +30,7 @@ from fusionkit.registry import (
     register,
     registry,
 )
-from fusionkit.specs import ModelSpec, dump_spec, load_spec, spec_json_schema
+from fusionkit.specs import ModelSpec, dump_spec, spec_json_schema
 
 __version__ = "0.1.0"
 

@@ -86,12 +86,11 @@ class ImageStream(nn.Module):
 class MetaStream(nn.Module):
     """M_M of eq 1: the metadata encoder, with a learned embedding for missing metadata."""
 
-    def __init__(self, spec: ModelSpec, meta_dim: int) -> None:
+    def __init__(self, spec: ModelSpec, metadata_width: int) -> None:
         super().__init__()
         enc_spec = spec.metadata_encoder
-        kwargs = enc_spec.component_kwargs()
-        kwargs["in_dim"] = meta_dim
-        self.encoder = registry("metadata_encoder").get(enc_spec.kind).component(**kwargs)
+        component = registry("metadata_encoder").get(enc_spec.kind).component
+        self.encoder = component(in_dim=metadata_width, **enc_spec.component_kwargs())
         self.out_dim = self.encoder.out_dim
         self.missing = nn.Parameter(torch.zeros(self.out_dim))
 
@@ -116,9 +115,13 @@ class ClassifierHead(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """A multimodal classifier assembled from a :class:`ModelSpec` (see :func:`build_model`)."""
+    """A multimodal classifier assembled from a :class:`ModelSpec` (see :func:`build_model`).
 
-    def __init__(self, spec: ModelSpec, *, meta_dim: int | None = None) -> None:
+    ``metadata_width`` is the width of the encoded metadata vector M (its encoder's input); the
+    feature widths D_I, D_M, D_IM of eqs 1-2 are ``feature_dims["image"|"meta"|"joint"]``.
+    """
+
+    def __init__(self, spec: ModelSpec, *, metadata_width: int | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.num_classes = spec.num_classes
@@ -129,16 +132,16 @@ class FusionModel(nn.Module):
             widths["image"] = self.image_stream.out_dim
         self.meta_stream = None
         if spec.uses_meta:
-            meta_dim = meta_dim if meta_dim is not None else spec.metadata_encoder.in_dim
-            if meta_dim is None:
+            if metadata_width is None:
                 raise ConfigError(
-                    "the metadata encoder's input width is unknown: pass meta_dim= to build_model "
-                    "(the width of the encoded metadata, e.g. fusionkit.data.MetadataEncoder.width) "
-                    "or set metadata_encoder.in_dim"
+                    "the metadata encoder's input width is unknown: pass metadata_width= to "
+                    "build_model (the width of the encoded metadata, "
+                    "fusionkit.data.MetadataEncoder.width)"
                 )
-            self.meta_stream = MetaStream(spec, meta_dim)
+            self.meta_stream = MetaStream(spec, metadata_width)
             widths["meta"] = self.meta_stream.out_dim
-        self.meta_dim = meta_dim
+        self.metadata_width = metadata_width
+        """Width of the encoded metadata vector M (None without metadata)."""
         self.fusion = None
         if spec.fusion is not None:
             entry = registry("fusion").get(spec.fusion.kind)
@@ -278,12 +281,15 @@ class FusionModel(nn.Module):
         )
 
 
-def build_model(spec: ModelSpec | dict[str, Any], *, meta_dim: int | None = None) -> FusionModel:
+def build_model(
+    spec: ModelSpec | dict[str, Any], *, metadata_width: int | None = None
+) -> FusionModel:
     """Assemble the model a spec describes.
 
-    ``meta_dim`` is the width of the encoded metadata vector (overrides
-    ``spec.metadata_encoder.in_dim``); it is needed when the model uses metadata.
+    ``metadata_width`` is the width of the encoded metadata vector M
+    (:attr:`fusionkit.data.MetadataEncoder.width`, 35 for MILK10k); it is needed when the model uses
+    metadata. (fusionkit 0.1.0 called it ``meta_dim``, the name the fusion blocks give D_M.)
     """
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.model_validate(spec)
-    return FusionModel(spec, meta_dim=meta_dim)
+    return FusionModel(spec, metadata_width=metadata_width)

@@ -37,7 +37,6 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fusionkit"))
 
 import fusionkit as fk  # noqa: E402
-from fusionkit.specs.model import rebuild_spec_unions  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 TINY_BACKBONE: dict[str, Any] = {
@@ -88,13 +87,12 @@ def make_batch(
 def build_tiny(spec: fk.ModelSpec, *, seed: int = 0, meta_dim: int = META_DIM) -> fk.FusionModel:
     """``fk.build_model`` with a fixed seed, so parameters are the same on every run."""
     torch.manual_seed(seed)
-    return fk.build_model(spec, meta_dim=meta_dim)
+    return fk.build_model(spec, metadata_width=meta_dim)
 
 
 def unregister(kind: str, name: str) -> None:
-    """Undo a registration made by a test and re-close the spec unions without it."""
+    """Undo a registration made by a test (the spec slots then reject its kind again)."""
     fk.registry(kind)._entries.pop(name, None)
-    rebuild_spec_unions()
 
 
 @contextmanager
@@ -110,7 +108,6 @@ def temporary_registrations() -> Iterator[list[tuple[str, str]]]:
                 fk.registry(kind)._entries.pop(name, None)
         for kind, name in added:
             fk.registry(kind)._entries.pop(name, None)
-        rebuild_spec_unions()
 
 
 # -- Hypothesis strategies ---------------------------------------------------------------------

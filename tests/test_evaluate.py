@@ -53,7 +53,7 @@ def test_report_writes_every_file_and_links_it(run_dir: Path) -> None:
 def _tiny_model(preset: str = "ji-adf") -> fk.FusionModel:
     torch.manual_seed(0)
     spec = fk.load_preset(preset, {"image_encoder": TINY_IMAGE_ENCODER})
-    return fk.build_model(spec, meta_dim=7).eval()
+    return fk.build_model(spec, metadata_width=7).eval()
 
 
 def _batch(n: int = 3, size: int = 48) -> dict:
@@ -70,7 +70,7 @@ def _batch(n: int = 3, size: int = 48) -> dict:
 def test_gradcam_maps_have_the_image_size_and_vary(modality: str, shared: bool) -> None:
     torch.manual_seed(0)
     spec = fk.load_preset("ji-adf", {"image_encoder": {**TINY_IMAGE_ENCODER, "shared": shared}})
-    model = fk.build_model(spec, meta_dim=7).eval()
+    model = fk.build_model(spec, metadata_width=7).eval()
     batch = _batch()
     maps = gradcam(model, batch, modality=modality)
     assert maps.shape == (3, 48, 48)

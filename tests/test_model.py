@@ -143,13 +143,13 @@ def test_default_model_forward_backward_reaches_every_parameter():
 
 def test_build_model_from_a_dict_and_the_structure_it_builds():
     data = tiny_spec().to_dict()
-    model = fk.build_model(data, meta_dim=META_DIM)
+    model = fk.build_model(data, metadata_width=META_DIM)
     assert isinstance(model, fk.FusionModel) and model.spec == fk.ModelSpec.model_validate(data)
     assert set(model.image_stream.encoders) == {"derm", "clinical"}  # one backbone per image
     width = model.image_stream.width
     assert model.feature_dims == {"image": 2 * width, "meta": 12, "joint": 16}
     assert set(model.heads) == set(BRANCHES)
-    assert model.meta_dim == META_DIM
+    assert model.metadata_width == META_DIM
 
 
 @pytest.mark.parametrize(("shared", "combine"), [(True, "concat"), (True, "mean"), (False, "mean")])
@@ -169,11 +169,16 @@ def test_shared_backbone_and_mean_combine(shared, combine):
 
 
 def test_metadata_width_must_be_known():
-    with pytest.raises(fk.ConfigError, match="meta_dim"):
+    with pytest.raises(fk.ConfigError, match="metadata_width"):
         fk.build_model(tiny_spec())
+    # the width is the data's alone: a 0.1.0 spec's in_dim is dropped, never used
     spec = tiny_spec(metadata_encoder={"kind": "mlp", "in_dim": 9, "out_dim": 4})
-    assert fk.build_model(spec).meta_dim == 9
-    assert fk.build_model(spec, meta_dim=3).meta_dim == 3  # the argument wins
+    assert spec == tiny_spec(metadata_encoder={"kind": "mlp", "out_dim": 4})
+    assert "in_dim" not in spec.to_dict()["metadata_encoder"]
+    with pytest.raises(fk.ConfigError, match="metadata_width"):
+        fk.build_model(spec)
+    model = fk.build_model(spec, metadata_width=3)
+    assert model.metadata_width == 3 and model.meta_stream.encoder.net[0].in_features == 3
 
 
 # -- missing modalities ------------------------------------------------------------------------

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+from pathlib import Path
+
 import pydantic
 import pytest
 import torch
+import yaml
 
 import fusionkit as fk
-from fusionkit.presets import parse_override, preset_description
+from fusionkit.presets import PRESET_ALIASES, parse_override, preset_description
 
 from conftest import META_DIM, TINY_OVERRIDES, make_batch
 
 PAPER_PRESETS = {
     "skip-only", "attention-only", "ji-adf", "late-concat", "jf-concat", "jf-mmfa", "ji-mmfa",
-    "ji-adf-noaux", "ji-adf-c", "ji-adf-d", "ji-adf-m", "ji-adf-cd", "ji-adf-cm", "ji-adf-dm",
+    "ji-adf-noaux", "clinical-only", "derm-only", "meta-only", "derm-clinical", "ji-adf-cm",
+    "ji-adf-dm",
 }
+OLD_NAMES = {"ji-adf-c": "clinical-only", "ji-adf-d": "derm-only", "ji-adf-m": "meta-only",
+             "ji-adf-cd": "derm-clinical"}
 PAPER_LAMBDAS = (0.5, 0.25, 0.25)  # (joint, image, meta), Section 2.1
 NO_AUX = (0.0, 0.0, 0.0)
 ALL = ("derm", "clinical", "meta")
@@ -29,10 +37,10 @@ STRUCTURE = {
     "late-concat": (ALL, "concat", "single:joint", NO_AUX, ("joint",)),
     "skip-only": (ALL, "skip_only", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
     "attention-only": (ALL, "attention_only", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
-    "ji-adf-c": (("clinical",), None, "single:image", NO_AUX, ("image",)),
-    "ji-adf-d": (("derm",), None, "single:image", NO_AUX, ("image",)),
-    "ji-adf-m": (("meta",), None, "single:meta", NO_AUX, ("meta",)),
-    "ji-adf-cd": (("derm", "clinical"), None, "single:image", NO_AUX, ("image",)),
+    "clinical-only": (("clinical",), None, "single:image", NO_AUX, ("image",)),
+    "derm-only": (("derm",), None, "single:image", NO_AUX, ("image",)),
+    "meta-only": (("meta",), None, "single:meta", NO_AUX, ("meta",)),
+    "derm-clinical": (("derm", "clinical"), None, "single:image", NO_AUX, ("image",)),
     "ji-adf-cm": (("clinical", "meta"), "mmfa", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
     "ji-adf-dm": (("derm", "meta"), "mmfa", "adf", PAPER_LAMBDAS, ("image", "joint", "meta")),
 }
@@ -46,7 +54,9 @@ def _tiny_preset(name: str) -> fk.ModelSpec:
 def test_list_presets_is_exactly_the_papers_variants():
     assert fk.list_presets() == sorted(PAPER_PRESETS)
     assert set(STRUCTURE) == PAPER_PRESETS
-    assert fk.list_presets("ji-adf-?") == ["ji-adf-c", "ji-adf-d", "ji-adf-m"]
+    assert fk.list_presets("ji-adf-?") == []
+    assert fk.list_presets("ji-adf-?", aliases=True) == ["ji-adf-c", "ji-adf-d", "ji-adf-m"]
+    assert fk.list_presets("*-only") == ["attention-only", "clinical-only", "derm-only", "meta-only", "skip-only"]
     assert fk.list_presets("*concat") == ["jf-concat", "late-concat"]
 
 
@@ -79,7 +89,7 @@ def test_preset_matches_the_papers_structure(name):
 def test_preset_builds_and_one_adamw_step_lowers_the_loss(name):
     spec = _tiny_preset(name)
     torch.manual_seed(0)
-    model = fk.build_model(spec, meta_dim=META_DIM)
+    model = fk.build_model(spec, metadata_width=META_DIM)
     # the built model has the preset's structure
     assert tuple(model.heads) == spec.head_branches
     assert (model.fusion is None) == (spec.fusion is None)
@@ -161,3 +171,38 @@ def test_bad_overrides():
         fk.load_preset("ji-adf", ["fusion.num_head=3"])
     with pytest.raises(pydantic.ValidationError, match="only uses images"):
         fk.load_preset("ji-adf", {"modalities": ["derm", "clinical"]})
+
+
+EXPANDED_BEFORE_DELTAS = json.loads((Path(__file__).parent / "fixtures" / "preset_specs.json").read_text())
+"""Every preset's full spec as fusionkit 0.1.0 expanded it, captured before the files became deltas."""
+
+
+@pytest.mark.parametrize("old_name", sorted(EXPANDED_BEFORE_DELTAS))
+def test_each_delta_preset_expands_to_the_full_spec_it_had(old_name):
+    expected = dict(EXPANDED_BEFORE_DELTAS[old_name], name=OLD_NAMES.get(old_name, old_name))
+    # the one field removed since: the metadata input width, which comes from the data alone
+    expected["metadata_encoder"] = dict(expected["metadata_encoder"])
+    assert expected["metadata_encoder"].pop("in_dim") is None
+    assert fk.load_preset(old_name).to_dict() == expected
+    assert fk.load_preset(OLD_NAMES.get(old_name, old_name)).to_dict() == expected
+
+
+def test_preset_files_are_deltas_from_ji_adf():
+    for name in fk.list_presets():
+        raw = yaml.safe_load(resources.files("fusionkit.presets").joinpath(f"{name}.yaml").read_text())
+        if name == "ji-adf":
+            assert "extends" not in raw
+            continue
+        assert raw["extends"] == "ji-adf"
+        assert len(raw) <= 6, f"{name} repeats JI-ADF's fields: {sorted(raw)}"
+        assert "image_encoder" not in raw and "num_classes" not in raw
+
+
+def test_old_preset_names_load_the_new_presets():
+    assert set(OLD_NAMES) == set(PRESET_ALIASES) and OLD_NAMES == PRESET_ALIASES
+    for old, new in OLD_NAMES.items():
+        assert fk.load_preset(old) == fk.load_preset(new)
+        assert fk.load_preset(old).name == new
+        assert preset_description(old) == preset_description(new)
+    with pytest.raises(fk.ConfigError, match="did you mean.*ji-adf-c"):
+        fk.load_preset("ji-adf-cc")

@@ -13,7 +13,7 @@ from torch import nn
 
 from fusionkit.errors import PretrainedWeightsError
 from fusionkit.registry import register
-from fusionkit.specs.base import ImageEncoderSpec
+from fusionkit.components.base import ImageEncoderSpec
 
 
 class TimmImageEncoderSpec(ImageEncoderSpec):
@@ -35,8 +35,6 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
     """Dropout before the backbone's (removed) classifier."""
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Stochastic depth rate of the backbone."""
-    shared: bool = False
-    combine: Literal["concat", "mean"] = "concat"
 
     @field_validator("model_name")
     @classmethod

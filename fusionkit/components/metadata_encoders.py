@@ -10,7 +10,7 @@ from torch import nn
 
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.specs.base import MetadataEncoderSpec
+from fusionkit.components.base import MetadataEncoderSpec
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):
@@ -22,7 +22,6 @@ class MLPMetadataEncoderSpec(MetadataEncoderSpec):
     """
 
     kind: Literal["mlp"] = "mlp"
-    in_dim: PositiveInt | None = None
     hidden_dims: tuple[PositiveInt, ...] = (128,)
     """Widths of the hidden layers."""
     out_dim: PositiveInt = 256

@@ -2,6 +2,12 @@
 
 A lesion's two images always travel together, because splits are made over lesion ids. The result
 depends only on the set of ``(lesion_id, label)`` pairs and the seed, not on the input order.
+
+Kept instead of scikit-learn's ``StratifiedShuffleSplit``/``StratifiedKFold`` because those break
+the guarantees tests/test_data_splits.py states: ``StratifiedShuffleSplit`` refuses a class with one
+lesion and can leave a two-lesion class out of validation (MAL_OTH, 2 of 216 lesions, got none at
+``val_fraction=0.2``, seed 0, scikit-learn 1.x, checked 2026-11-27), and both depend on the order
+of the input rows.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ For an image modality, the backbone's last spatial feature map ``A`` (the output
 to it give ``cam = ReLU(sum_k mean_ij(dL/dA_k) A_k)``, upsampled to the image size and scaled to
 [0, 1]. Works for any timm backbone whose ``forward_features`` returns a (B, C, h, w) map, with one
 backbone per image or a shared one.
+
+Kept instead of the ``grad-cam`` package because its ``ActivationsAndGradients`` calls the model
+with one input tensor and hooks each target layer once per forward, whereas a fusion model takes
+both images and the metadata and a shared backbone sees both images in one 2B batch (and the
+package would add opencv, ttach and matplotlib to the dependencies; grad-cam 1.5.7, 2026-11-27).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | tor
     config = load_run_config(files.config)
     encoder = MetadataEncoder.load(files.metadata_encoder)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = FusionModel(config.model, meta_dim=encoder.width)
+    model = FusionModel(config.model, metadata_width=encoder.width)
     info = load_checkpoint(files.checkpoint(checkpoint), model=model)
     model.to(device).eval()
     split = json.loads(files.split.read_text())

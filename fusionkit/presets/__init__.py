@@ -1,5 +1,12 @@
 """Named model specs shipped with fusionkit: every variant of the paper's Tables 2-3 and Figure 3.
 
+``ji-adf.yaml`` spells out the paper's model (Appendix A.2); every other preset file says
+``extends: ji-adf`` and lists only the fields in which its variant differs, merged over JI-ADF with
+:func:`merge`. The unimodal and C+D variants of Table 2 are not ADF models, so they are named by
+their inputs (``derm-only``, ``clinical-only``, ``meta-only``, ``derm-clinical``); their old names
+(``ji-adf-d``, ``ji-adf-c``, ``ji-adf-m``, ``ji-adf-cd``) still load, as aliases
+(:data:`PRESET_ALIASES`), and give the new name.
+
 ``load_preset("ji-adf", overrides={"image_encoder": {"model_name": "test_efficientnet",
 "pretrained": False}})`` deep-merges the overrides into the preset before validation; overrides may
 also be ``"dotted.key=value"`` strings (values parsed as YAML), as on the command line.
@@ -10,12 +17,23 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fusionkit.errors import ConfigError
+from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
+
+
+PRESET_ALIASES: dict[str, str] = {
+    "ji-adf-d": "derm-only",
+    "ji-adf-c": "clinical-only",
+    "ji-adf-m": "meta-only",
+    "ji-adf-cd": "derm-clinical",
+}
+"""Old preset names (fusionkit 0.1.0) and the preset each now loads."""
 
 
 def _preset_files() -> dict[str, Any]:
@@ -27,11 +45,13 @@ def _preset_files() -> dict[str, Any]:
     }
 
 
-def list_presets(pattern: str = "*") -> list[str]:
-    """Names of the shipped presets matching an fnmatch ``pattern``, sorted."""
+def list_presets(pattern: str = "*", *, aliases: bool = False) -> list[str]:
+    """Names of the shipped presets matching an fnmatch ``pattern``, sorted (with the old names too
+    when ``aliases``)."""
     import fnmatch
 
-    return sorted(n for n in _preset_files() if fnmatch.fnmatchcase(n, pattern))
+    names = set(_preset_files()) | (set(PRESET_ALIASES) if aliases else set())
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def preset_description(name: str) -> str:
@@ -42,16 +62,25 @@ def preset_description(name: str) -> str:
 
 def _read(name: str) -> str:
     files = _preset_files()
+    name = PRESET_ALIASES.get(name, name)
     if name not in files:
-        close = difflib.get_close_matches(name, files, n=3)
+        close = difflib.get_close_matches(name, [*files, *PRESET_ALIASES], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(sorted(files))})")
     return files[name].read_text()
 
 
 def preset_dict(name: str) -> dict[str, Any]:
-    """The raw mapping of a preset, before overrides and validation."""
-    return yaml.safe_load(_read(name))
+    """The full mapping of a preset (its ``extends`` chain merged), before overrides and validation."""
+    data = yaml.safe_load(_read(name))
+    seen = [PRESET_ALIASES.get(name, name)]
+    while "extends" in data:
+        base = data.pop("extends")
+        if base in seen:
+            raise ConfigError(f"preset {seen[0]!r}: 'extends' runs in a circle ({' -> '.join([*seen, base])})")
+        seen.append(base)
+        data = merge(yaml.safe_load(_read(base)), data)
+    return data
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -104,3 +133,20 @@ def load_preset(
 ) -> ModelSpec:
     """The validated :class:`ModelSpec` of a preset, with ``overrides`` merged in."""
     return ModelSpec.model_validate(apply_overrides(preset_dict(name), overrides))
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Load a :class:`~fusionkit.specs.ModelSpec` from a ``.yaml``/``.yml``/``.json`` file.
+
+    A file holding a whole run config (a ``model:`` key) yields its model spec; a spec written as
+    ``{preset: name, overrides: {...}}`` is expanded from the preset.
+    """
+    data = read_mapping(path)
+    if "model" in data and isinstance(data["model"], dict):
+        data = data["model"]
+    if "preset" in data:
+        extra = set(data) - {"preset", "overrides"}
+        if extra:
+            raise ConfigError(f"{path}: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
+        data = apply_overrides(preset_dict(data["preset"]), data.get("overrides"))
+    return ModelSpec.model_validate(data)

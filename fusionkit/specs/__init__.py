@@ -7,7 +7,7 @@ from fusionkit.components.fusion.concat import ConcatFusionSpec
 from fusionkit.components.fusion.mmfa import AttentionOnlySpec, MMFASpec, SkipOnlySpec
 from fusionkit.components.image_encoders import TimmImageEncoderSpec
 from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
-from fusionkit.specs.base import (
+from fusionkit.components.base import (
     ComponentSpec,
     DecisionSpec,
     FrozenSpec,
@@ -15,7 +15,7 @@ from fusionkit.specs.base import (
     ImageEncoderSpec,
     MetadataEncoderSpec,
 )
-from fusionkit.specs.io import dump_spec, load_spec
+from fusionkit.specs.io import dump_spec
 from fusionkit.specs.model import (
     BRANCHES,
     IMAGE_MODALITIES,
@@ -25,7 +25,6 @@ from fusionkit.specs.model import (
     ModalityDropoutSpec,
     ModelSpec,
     spec_json_schema,
-    track_spec_model,
 )
 
 __all__ = [
@@ -33,6 +32,5 @@ __all__ = [
     "ConcatFusionSpec", "DecisionSpec", "FrozenSpec", "FusionSpec", "HeadSpec", "IMAGE_MODALITIES",
     "ImageEncoderSpec", "LossSpec", "MLPMetadataEncoderSpec", "MMFASpec", "MODALITIES",
     "MetadataEncoderSpec", "ModalityDropoutSpec", "ModelSpec", "SingleDecisionSpec",
-    "SkipOnlySpec", "TimmImageEncoderSpec", "dump_spec", "load_spec", "spec_json_schema",
-    "track_spec_model",
+    "SkipOnlySpec", "TimmImageEncoderSpec", "dump_spec", "spec_json_schema",
 ]

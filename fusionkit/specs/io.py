@@ -27,26 +27,6 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_spec(path: str | Path):  # -> ModelSpec
-    """Load a :class:`~fusionkit.specs.ModelSpec` from a ``.yaml``/``.yml``/``.json`` file.
-
-    A file holding a whole run config (a ``model:`` key) yields its model spec; a spec written as
-    ``{preset: name, overrides: {...}}`` is expanded from the preset.
-    """
-    from fusionkit.presets import apply_overrides, preset_dict
-    from fusionkit.specs.model import ModelSpec
-
-    data = read_mapping(path)
-    if "model" in data and isinstance(data["model"], dict):
-        data = data["model"]
-    if "preset" in data:
-        extra = set(data) - {"preset", "overrides"}
-        if extra:
-            raise ConfigError(f"{path}: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
-        data = apply_overrides(preset_dict(data["preset"]), data.get("overrides"))
-    return ModelSpec.model_validate(data)
-
-
 def dump_spec(spec, path: str | Path) -> Path:
     """Write a spec to ``path`` as YAML (or JSON for ``.json``), atomically."""
     path = Path(path)

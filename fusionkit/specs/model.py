@@ -1,24 +1,33 @@
 """``ModelSpec``: everything needed to assemble any variant of the paper's Tables 2-3 and Figure 3.
 
-The component slots (``image_encoder``, ``metadata_encoder``, ``fusion``, ``decision``) are unions
-discriminated by ``kind`` over the registries' spec classes. The unions are rebuilt whenever a
-component registers, so plugins and components registered at run time are accepted; an unknown
-kind fails validation naming the slot and the registered kinds.
+The component slots (``image_encoder``, ``metadata_encoder``, ``fusion``, ``decision``) hold a
+spec chosen by its ``kind``: a validator looks the kind up in the slot's registry when a spec is
+validated, so components registered at any time (plugins included) are accepted with nothing to
+rebuild, and an unknown kind fails validation naming the slot and the registered kinds. The JSON
+schema is generated the same way, from the registries at the time it is asked for.
+
+The cross-field checks read what the components declare, never their kind names: a fusion block
+(eq 2) takes the image and metadata features and yields the joint branch; a decision declares the
+branches it combines (``decision_branches``), those it requires (``required_branches``) and the
+fewest it can combine (``min_branches``) on its spec class (see :class:`~fusionkit.specs.DecisionSpec`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from functools import cache
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, SerializeAsAny, TypeAdapter, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 import fusionkit.components  # noqa: F401  (registers the built-in components)
 from fusionkit.components.decisions.adf import ADFDecisionSpec
 from fusionkit.components.fusion.mmfa import MMFASpec
 from fusionkit.components.image_encoders import TimmImageEncoderSpec
 from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
-from fusionkit.registry import REGISTRIES, on_register
-from fusionkit.specs.base import (
+from fusionkit.registry import REGISTRIES
+from fusionkit.components.base import (
+    ComponentSpec,
     DecisionSpec,
     FrozenSpec,
     FusionSpec,
@@ -70,11 +79,51 @@ class ModalityDropoutSpec(FrozenSpec):
     """Probability of dropping each present modality of a training sample."""
 
 
-def _slot_annotation(kind: str, optional: bool = False) -> Any:
-    specs = tuple(REGISTRIES[kind].specs())
+def _slot_union(slot: str) -> Any:
+    """The union of the registered spec classes of ``slot``, discriminated by ``kind``."""
+    specs = tuple(REGISTRIES[slot].specs())
     union = Union[specs] if len(specs) > 1 else specs[0]  # noqa: UP007 - built at run time
-    annotated = Annotated[union, Field(discriminator="kind")]
-    return Optional[annotated] if optional else annotated  # noqa: UP007
+    return Annotated[union, Field(discriminator="kind")]
+
+
+class _RegisteredKinds:
+    """JSON-schema marker of a slot: the schema lists the kinds registered when it is generated."""
+
+    def __init__(self, slot: str) -> None:
+        self.slot = slot
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> Any:
+        return handler(TypeAdapter(_slot_union(self.slot)).core_schema)
+
+
+@cache
+def _adapter(spec: type) -> TypeAdapter:
+    # validating {kind: data} puts the kind in the error path, as in "fusion.mmfa.num_head"
+    return TypeAdapter(dict[str, spec])
+
+
+def _slot_spec(slot: str, value: Any, default_kind: str | None) -> Any:
+    """Validate a slot's value with the spec class its ``kind`` (or the slot's default) names."""
+    if not isinstance(value, dict | ComponentSpec):
+        return value  # None, or a wrong type that the slot's base class rejects
+    reg = REGISTRIES[slot]
+    kind = value.kind if isinstance(value, ComponentSpec) else value.get("kind", default_kind)
+    if kind not in reg:
+        raise PydanticCustomError(
+            "union_tag_invalid",
+            "Input tag '{tag}' found using 'kind' does not match any of the expected tags: "
+            "{expected_tags}",
+            {"tag": str(kind), "expected_tags": ", ".join(repr(n) for n in reg.names())},
+        )
+    spec = reg.get(kind).spec
+    if isinstance(value, spec):
+        return value
+    data = value.model_dump() if isinstance(value, ComponentSpec) else {**value, "kind": kind}
+    return _adapter(spec).validate_python({kind: data})[kind]
+
+
+def _slot(base: type, slot: str) -> Any:
+    return Annotated[SerializeAsAny[base], _RegisteredKinds(slot)]
 
 
 class ModelSpec(FrozenSpec):
@@ -96,13 +145,13 @@ class ModelSpec(FrozenSpec):
     """N, the number of classes (11 for MILK10k)."""
     image_size: PositiveInt = 384
     """Square input size of both images (384 in the paper)."""
-    image_encoder: ImageEncoderSpec = TimmImageEncoderSpec()
+    image_encoder: _slot(ImageEncoderSpec, "image_encoder") = TimmImageEncoderSpec()
     """M_I of eq 1, per image; chosen by kind."""
-    metadata_encoder: MetadataEncoderSpec = MLPMetadataEncoderSpec()
+    metadata_encoder: _slot(MetadataEncoderSpec, "metadata_encoder") = MLPMetadataEncoderSpec()
     """M_M of eq 1; chosen by kind."""
-    fusion: FusionSpec | None = MMFASpec()
+    fusion: _slot(FusionSpec, "fusion") | None = MMFASpec()
     """FM of eq 2 (null: no joint branch); chosen by kind."""
-    decision: DecisionSpec = ADFDecisionSpec()
+    decision: _slot(DecisionSpec, "decision") = ADFDecisionSpec()
     """How the branch posteriors form P_final; chosen by kind."""
     heads: HeadSpec = HeadSpec()
     """The branch classifiers C_I, C_IM, C_M of eq 3."""
@@ -111,22 +160,15 @@ class ModelSpec(FrozenSpec):
     modality_dropout: ModalityDropoutSpec = ModalityDropoutSpec()
     """Training-time modality dropout (beyond the paper)."""
 
-    @model_validator(mode="before")
+    @field_validator("image_encoder", "metadata_encoder", "fusion", "decision", mode="before")
     @classmethod
-    def _default_slot_kinds(cls, data: Any) -> Any:
-        """A slot given as a mapping without ``kind`` gets the default component's kind.
+    def _registered_kind(cls, value: Any, info: Any) -> Any:
+        """Look the slot's ``kind`` up in its registry; a mapping without ``kind`` gets the default's.
 
         ``image_encoder: {model_name: resnet50}`` means the ``timm`` encoder, as the defaults do.
         """
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for slot in _SLOTS:
-            value = out.get(slot)
-            default = cls.model_fields[slot].default
-            if isinstance(value, dict) and "kind" not in value and default is not None:
-                out[slot] = {"kind": default.kind, **value}
-        return out
+        default = cls.model_fields[info.field_name].default
+        return _slot_spec(info.field_name, value, default.kind if default is not None else None)
 
     @field_validator("modalities")
     @classmethod
@@ -184,21 +226,8 @@ class ModelSpec(FrozenSpec):
                 f"only uses {have} (modalities {list(self.modalities)}); set fusion: null or "
                 "use both an image and 'meta'"
             )
+        self._decision_fits(images=bool(images), meta=meta)
         available = self.available_branches
-        if self.fusion is None and images and meta and self.decision.kind == "single":
-            raise ValueError(
-                "with both images and metadata but no fusion block, a single head cannot see "
-                "both groups; add a fusion block or use the 'average' decision"
-            )
-        if self.decision.kind == "adf" and available != BRANCHES:
-            raise ValueError(
-                "the 'adf' decision (eq 5) weighs the image, joint and metadata branches, so it "
-                f"needs an image, 'meta' and a fusion block; this model has only {list(available)}"
-            )
-        if self.decision.kind == "average" and len(available) < 2:
-            raise ValueError(
-                f"the 'average' decision needs at least two branches; this model has {list(available)}"
-            )
         missing = [b for b in self.decision_branches if b not in available]
         if missing:
             raise ValueError(
@@ -223,6 +252,31 @@ class ModelSpec(FrozenSpec):
         if self.modality_dropout.p > 0 and len(self.modalities) < 2:
             raise ValueError("modality_dropout needs at least two modalities to drop between")
         return self
+
+    def _decision_fits(self, *, images: bool, meta: bool) -> None:
+        """The decision's declarations (:class:`~fusionkit.specs.DecisionSpec`) against the branches."""
+        decision, available = self.decision, self.available_branches
+        kind = decision.kind
+        needed = [b for b in type(decision).required_branches if b not in available]
+        if needed:
+            why = f" {type(decision).requirement}," if type(decision).requirement else ""
+            raise ValueError(
+                f"the {kind!r} decision{why} so it needs "
+                f"{_describe(type(decision).required_branches)}; this model has only {list(available)}"
+            )
+        least = type(decision).min_branches
+        if len(available) < least:
+            raise ValueError(
+                f"the {kind!r} decision needs at least {_NUMBERS.get(least, least)} branches; "
+                f"this model has {list(available)}"
+            )
+        used = decision.decision_branches(available)
+        if self.fusion is None and images and meta and len({*used} & {"image", "meta"}) < 2:
+            raise ValueError(
+                f"with both images and metadata but no fusion block, the {kind!r} decision uses "
+                f"only {list(used)}: a single head cannot see both groups; add a fusion block or "
+                "use the 'average' decision"
+            )
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -252,34 +306,14 @@ class ModelSpec(FrozenSpec):
         return cls.model_validate_json(text)
 
 
-_SLOTS = {
-    "image_encoder": ("image_encoder", False),
-    "metadata_encoder": ("metadata_encoder", False),
-    "fusion": ("fusion", True),
-    "decision": ("decision", False),
-}
-_DEPENDENTS: list[type] = []
+_NUMBERS = {2: "two", 3: "three"}
+_NEEDS = {"image": "an image", "joint": "a fusion block", "meta": "'meta'"}
 
 
-def track_spec_model(model: type) -> type:
-    """Rebuild ``model`` (a pydantic model embedding :class:`ModelSpec`) when a component registers."""
-    _DEPENDENTS.append(model)
-    return model
-
-
-def rebuild_spec_unions() -> None:
-    """Re-open the slot unions over every registered component (runs after each registration)."""
-    for field, (kind, optional) in _SLOTS.items():
-        if not REGISTRIES[kind].specs():
-            continue
-        ModelSpec.__pydantic_fields__[field].annotation = _slot_annotation(kind, optional)
-    ModelSpec.model_rebuild(force=True)
-    for model in _DEPENDENTS:
-        model.model_rebuild(force=True)
-
-
-rebuild_spec_unions()
-on_register(rebuild_spec_unions)
+def _describe(branches: tuple[str, ...]) -> str:
+    """``("image", "joint", "meta")`` -> "an image, 'meta' and a fusion block" (inputs first)."""
+    words = [_NEEDS[b] for b in ("image", "meta", "joint") if b in branches]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def spec_json_schema() -> dict[str, Any]:

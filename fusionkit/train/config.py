@@ -15,9 +15,9 @@ from pydantic import Field, PositiveInt, model_validator
 from fusionkit.data.transforms import AugmentConfig
 from fusionkit.errors import ConfigError
 from fusionkit.presets import apply_overrides, preset_dict
-from fusionkit.specs.base import FrozenSpec
+from fusionkit.components.base import FrozenSpec
 from fusionkit.specs.io import read_mapping
-from fusionkit.specs.model import ModelSpec, track_spec_model
+from fusionkit.specs.model import ModelSpec
 
 
 class SchedulerSpec(FrozenSpec):
@@ -135,9 +135,6 @@ class RunConfig(FrozenSpec):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-track_spec_model(RunConfig)
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

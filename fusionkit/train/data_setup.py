@@ -65,11 +65,6 @@ class RunData:
     dist_info: DistInfo
     class_names: tuple[str, ...] = CLASS_NAMES
 
-    @property
-    def meta_dim(self) -> int:
-        """Width of the encoded metadata vector."""
-        return self.encoder.width
-
     def to_model_batch(
         self, batch: dict[str, Any], *, epoch: int | None = None, batch_index: int | None = None
     ) -> dict[str, Any]:
@@ -219,8 +214,6 @@ def prepare_data(
 
     model = config.model
     updates: dict[str, Any] = {}
-    if model.uses_meta:
-        updates["metadata_encoder"] = model.metadata_encoder.model_copy(update={"in_dim": train_set.encoder.width})
     if config.train.class_weighting == "inverse_frequency" and model.loss.class_weights is None:
         updates["loss"] = model.loss.model_copy(update={"class_weights": _class_weights(train_set.labels)})
     resolved = config.model_copy(update={"model": model.model_copy(update=updates)})

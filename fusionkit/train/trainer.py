@@ -103,7 +103,7 @@ class Trainer:
         self.config = self.data.config  # resolved: metadata width filled in
         self._setup_logging()
         spec = self.config.model
-        self.model = FusionModel(spec, meta_dim=self.data.meta_dim).to(self.device)
+        self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)

@@ -10,7 +10,7 @@ is masked out of the softmax, which renormalises alpha over the branches present
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import PositiveInt
@@ -19,7 +19,7 @@ from torch import nn
 from fusionkit.components.decisions._masking import masked_log_softmax
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.specs.base import DecisionSpec
+from fusionkit.components.base import DecisionSpec
 
 
 class ADFDecisionSpec(DecisionSpec):
@@ -30,6 +30,8 @@ class ADFDecisionSpec(DecisionSpec):
     """
 
     kind: Literal["adf"] = "adf"
+    required_branches: ClassVar[tuple[str, ...]] = ("image", "joint", "meta")
+    requirement: ClassVar[str] = "(eq 5) weighs the image, joint and metadata branches"
     hidden_dim: PositiveInt = 64
     """Width of the gate's hidden layer (W_1 in eq 5)."""
     activation: Activation = "relu"

@@ -5,20 +5,22 @@ P_final = (1/K) sum_k P_k over the K branches a sample has (all three when nothi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from fusionkit.components.decisions._masking import masked_log_softmax
 from fusionkit.registry import register
-from fusionkit.specs.base import DecisionSpec
+from fusionkit.components.base import DecisionSpec
 
 
 class AverageDecisionSpec(DecisionSpec):
     """Equal weights over every branch the model has, renormalised over those present."""
 
     kind: Literal["average"] = "average"
+    min_branches: ClassVar[int] = 2
+    requirement: ClassVar[str] = "averages branch posteriors"
 
 
 @register("decision", AverageDecisionSpec)

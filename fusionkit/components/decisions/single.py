@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fusionkit.registry import register
-from fusionkit.specs.base import DecisionSpec
+from fusionkit.components.base import DecisionSpec
 
 
 class SingleDecisionSpec(DecisionSpec):

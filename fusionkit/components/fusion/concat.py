@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fusionkit.registry import register
-from fusionkit.specs.base import FusionSpec
+from fusionkit.components.base import FusionSpec
 
 
 class ConcatFusionSpec(FusionSpec):

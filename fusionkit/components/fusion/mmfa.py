@@ -27,7 +27,7 @@ from torch import nn
 
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.specs.base import FusionSpec
+from fusionkit.components.base import FusionSpec
 
 
 class MMFASpec(FusionSpec):

@@ -8,9 +8,9 @@ never stored in a spec.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class FrozenSpec(BaseModel):
@@ -51,26 +51,33 @@ class ImageEncoderSpec(ComponentSpec):
     slot_fields: ClassVar[frozenset[str]] = frozenset({"kind", "shared", "combine"})
     shared: bool = False
     """One backbone for both images (True) or one per image (False, the paper)."""
-    combine: str = "concat"
+    combine: Literal["concat", "mean"] = "concat"
     """How the two image features form f_I: concat (D_I = 2 x width) or mean."""
 
 
 class MetadataEncoderSpec(ComponentSpec):
-    """Base of metadata-encoder specs: (B, in_dim) -> (B, out_dim) = D_M.
+    """Base of metadata-encoder specs (M_M of eq 1): (B, in_dim) -> (B, out_dim) = D_M.
 
-    ``in_dim`` is the width of the encoded metadata vector. It is derived from the data (the fitted
-    :class:`fusionkit.data.MetadataEncoder`) and filled in by the trainer, or passed to
-    :func:`fusionkit.build_model` as ``meta_dim``; never typed by hand.
+    Constructor context passed by the builder: ``in_dim``, the width of the encoded metadata vector
+    M. It comes from the data alone (:attr:`fusionkit.data.MetadataEncoder.width`, passed to
+    :func:`fusionkit.build_model` as ``metadata_width``), so no spec stores it; an ``in_dim`` key
+    in a spec written by fusionkit 0.1.0 is ignored.
     """
 
-    in_dim: int | None = None
-    """Width of the encoded metadata vector; filled from the data, never typed by hand."""
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_in_dim(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "in_dim" in data:
+            data = {k: v for k, v in data.items() if k != "in_dim"}
+        return data
 
 
 class FusionSpec(ComponentSpec):
     """Base of fusion-block specs (eq 2): ``forward(f_image, f_meta) -> (B, out_dim)`` = D_IM.
 
-    Constructor context passed by the builder: ``image_dim`` (D_I) and ``meta_dim`` (D_M).
+    Constructor context passed by the builder: ``image_dim`` (D_I, the width of f_I) and
+    ``meta_dim`` (D_M, the width of f_M, the metadata encoder's ``out_dim``). A fusion block
+    takes both feature groups and yields the joint branch, so it needs an image and ``meta``.
     """
 
 
@@ -81,10 +88,21 @@ class DecisionSpec(ComponentSpec):
     the paper's order ``image``, ``joint``, ``meta``). ``forward(logits, present)`` returns the log
     fusion weights (B, len(branches)); the model forms ``log P_final = logsumexp_k(log w_k +
     log_softmax(z_k))``.
+
+    A decision declares what it needs, and :class:`fusionkit.ModelSpec` checks the declarations of
+    every kind alike, built-in or plugin: :meth:`decision_branches` (the branches it combines, given
+    those the model has), ``required_branches`` (branches the model must have), ``min_branches``
+    (the fewest branches it can combine) and ``requirement`` (why, for the error message).
     """
 
     has_weights: ClassVar[bool] = True
     """Whether the decision has fusion weights worth reporting (``single`` has none)."""
+    required_branches: ClassVar[tuple[str, ...]] = ()
+    """Branches the model must have for this decision (``adf``: all three)."""
+    min_branches: ClassVar[int] = 1
+    """The fewest branches this decision can combine (``average``: two)."""
+    requirement: ClassVar[str] = ""
+    """Why it needs them: a phrase completing "the 'kind' decision ..." in an error message."""
 
     def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
         """The branches this decision combines, given those the model has."""
