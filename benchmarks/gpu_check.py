@@ -19,7 +19,8 @@ they go). Sections:
   lr halves the update; lr 0 leaves the weights bit-identical).
 * ``throughput``: batch 16 and 64: samples/s, step time and peak memory for eager fp32, bf16 +
   channels_last eager, the graphed step, ``compile`` (with ``--compile``) and the backbone-only
-  ceiling (the same two timm backbones and one linear head on the same images).
+  ceiling (the same two timm backbones and one linear head on the same images); and the time
+  :class:`~fusionkit.data.DeviceAugment` takes per batch on the device.
 * ``end_to_end``: ``fusionkit train`` (the real CLI) on a generated set of 600 lesions at 384,
   2 epochs, graphed step, cache on, device-side augmentation, ``--workers`` DataLoader workers:
   epoch-2 samples/s including data loading, against the step-only rate.
@@ -305,7 +306,33 @@ def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) 
         log(f"throughput: {rows[-1]}")
         save()
         del model
+    out["device_augment"] = _augment_cost(s, device)
     out["ok"] = all("error" not in r for r in rows)
+
+
+def _augment_cost(s: Settings, device) -> list[dict[str, Any]]:
+    """Milliseconds of :class:`~fusionkit.data.DeviceAugment` (default config) per batch of both images."""
+    import torch
+
+    from fusionkit.data import AugmentConfig, DeviceAugment, batch_generator
+
+    augment = DeviceAugment(config=AugmentConfig())
+    rows = []
+    for batch in s.batches:
+        images = torch.randint(0, 256, (batch, 3, s.size, s.size), dtype=torch.uint8, device=device)
+        times = []
+        for index in range(s.warmup + s.steps):
+            generator = batch_generator(seed=0, epoch=0, batch_index=index)
+            began = time.perf_counter()
+            for _ in range(2):  # derm and clinical
+                augment(images, generator=generator)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - began)
+        median = sorted(times[s.warmup:])[len(times[s.warmup:]) // 2]
+        rows.append({"batch": batch, "ms_per_batch": 1000 * median, "samples_per_s": batch / median})
+        log(f"throughput: device augmentation at batch {batch}: {1000 * median:.1f} ms")
+    return rows
 
 
 def section_end_to_end(s: Settings, out: dict[str, Any], save, work: Path, deadline: float) -> None:
@@ -587,6 +614,9 @@ def markdown(report: dict[str, Any]) -> str:
             else:
                 peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
                 lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['step_ms']:.1f} | {peak} |")
+    for r in report["sections"].get("throughput", {}).get("device_augment", []):
+        lines.append(f"\nDevice augmentation (flips, rot90, colour jitter; both images): {r['ms_per_batch']:.1f} ms "
+                     f"per batch of {r['batch']} ({r['samples_per_s']:.0f} samples/s).")
     e2e, inf = report["sections"].get("end_to_end", {}), report["sections"].get("inference", {})
     if "epoch_samples_per_s" in e2e:
         lines += ["", f"End to end: {e2e['epoch_samples_per_s']:.1f} samples/s in the last epoch "

@@ -65,6 +65,7 @@ def test_cpu_smoke_figures_and_ratios(smoke):
         ("backbone only", "bf16_cl", 4), ("backbone only", "bf16_cl", 8),
     }
     assert all(r["samples_per_s"] > 0 and r["step_ms"] == pytest.approx(1000 * r["batch"] / r["samples_per_s"]) for r in rows)
+    assert [r["batch"] for r in report["sections"]["throughput"]["device_augment"]] == [4, 8]
     e2e = report["sections"]["end_to_end"]
     assert [r["epoch"] for r in e2e["epochs"]] == [1, 2] and e2e["config"]["data"]["augment_on"] == "device"
     assert report["sections"]["inference"]["lesions"] == 24
