@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in the main process")
+    parser.add_argument("--cases", nargs="+", default=None, metavar="NAME",
+                        help="run only the pipelines whose name is one of these (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--markdown-only", type=Path, default=None, metavar="JSON",
                         help="rewrite the .md next to this results .json")
@@ -177,6 +179,11 @@ def main() -> None:
             (DEVICE_AUG_CASE, loader_side, {}, None),
             ("cached, device aug run on this CPU", loader_side, {}, augment_on_cpu),
         ]
+        if args.cases:
+            unknown = sorted(set(args.cases) - {c[0] for c in cases})
+            if unknown:
+                parser.error(f"unknown case(s) {unknown}; expected some of {[c[0] for c in cases]}")
+            cases = [c for c in cases if c[0] in args.cases]
         rows = []
         for name, dataset, options, on_batch in cases:
             for workers in (0, 2):
@@ -193,8 +200,8 @@ def main() -> None:
         load = os.getloadavg()
     except OSError:
         load = (float("nan"),) * 3
-    cached_best = max(r["median"] for r in rows if r["pipeline"] == "cached")
-    device_aug_best = max(r["median"] for r in rows if r["pipeline"] == DEVICE_AUG_CASE)
+    cached_best = max((r["median"] for r in rows if r["pipeline"] == "cached"), default=float("nan"))
+    device_aug_best = max((r["median"] for r in rows if r["pipeline"] == DEVICE_AUG_CASE), default=float("nan"))
     now = dt.datetime.now(dt.UTC)
     report = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
@@ -247,7 +254,11 @@ def worker_gains(results: list[dict]) -> dict[str, float]:
     """Percent change of the median samples/s from 0 to 2 workers, per CPU-heavy pipeline."""
     by = {(r["pipeline"], r["num_workers"]): r["median"] for r in results}
     names = {"cold (decode + resize)": "cold decoding", "cached, train aug": "augmentation"}
-    return {label: 100 * (by[(name, 2)] / by[(name, 0)] - 1) for name, label in names.items()}
+    return {
+        label: 100 * (by[(name, 2)] / by[(name, 0)] - 1)
+        for name, label in names.items()
+        if (name, 0) in by and (name, 2) in by
+    }
 
 
 def markdown(report: dict) -> str:
