@@ -115,6 +115,19 @@ def test_absent_images_stay_zero_and_layout_is_kept():
     assert not torch.equal(out, images)
 
 
+def test_the_cuda_selection_equals_the_cpu_selection():
+    from fusionkit.data.device_augment import _where
+
+    images = _images(16, size=6)
+    mask = torch.rand(16, generator=torch.Generator().manual_seed(0)) < 0.5
+    for op in (lambda x: x.flip(-1), lambda x: torch.rot90(x, 3, dims=(-2, -1))):
+        by_index = _where(mask, op, images, batched=False)
+        by_where = _where(mask, op, images, batched=True)
+        assert torch.equal(by_index, by_where)
+        assert torch.equal(by_index[mask], op(images[mask])) and torch.equal(by_index[~mask], images[~mask])
+    assert _where(torch.zeros(16, dtype=torch.bool), lambda x: x.flip(-1), images) is images
+
+
 def test_rotation_and_hue_run_per_image():
     config = AugmentConfig(rotation_degrees=30.0, hue=0.1)
     out = DeviceAugment(config=config)(_images(4, size=10), generator=torch.Generator().manual_seed(0))

@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from fusionkit.data.transforms import AugmentConfig, ColorJitterUint8
+from fusionkit.data.transforms import AugmentConfig, ColorJitterUint8, upload
 
 _JITTER = ("brightness", "contrast", "saturation")
 
@@ -97,15 +97,12 @@ class DeviceAugment:
             raise ValueError(f"expected a uint8 (B, 3, S, S) batch, got {tuple(images.shape)} {images.dtype}")
         if images.shape[-1] != images.shape[-2]:
             raise ValueError(f"device augmentation needs square images, got {tuple(images.shape[-2:])}")
-        out = images.clone()
-        for mask, flip in ((params.hflip, F.horizontal_flip), (params.vflip, F.vertical_flip)):
-            index = mask.nonzero().flatten().tolist()
-            if index:
-                out[index] = flip(out[index])
-        for k in (1, 2, 3):
-            index = (params.rot90 == k).nonzero().flatten().tolist()
-            if index:
-                out[index] = torch.rot90(out[index], k, dims=(-2, -1))
+        out = images
+        steps = [(params.hflip, F.horizontal_flip), (params.vflip, F.vertical_flip)]
+        steps += [(params.rot90 == k, lambda x, k=k: torch.rot90(x, k, dims=(-2, -1))) for k in (1, 2, 3)]
+        for mask, op in steps:
+            out = _where(mask, op, out)
+        out = out.clone() if out is images else out
         if self.config.rotation_degrees > 0:
             for i, angle in enumerate(params.angle.tolist()):
                 out[i] = F.rotate(out[i], angle, interpolation=InterpolationMode.BILINEAR)
@@ -125,13 +122,13 @@ class DeviceAugment:
         count = images.shape[0]
         pixels = images.reshape(count, 3, -1).float()
         means = pixels.mean(dim=2)
-        gray = torch.tensor(ColorJitterUint8._GRAY, device=device)
+        gray = upload(ColorJitterUint8._GRAY, device)
         eye = torch.eye(3, device=device)
         to_gray = torch.outer(torch.ones(3, device=device), gray)
         matrix = eye.expand(count, 3, 3)
         offset = torch.zeros(count, 3, device=device)
-        order = params.order.to(device)
-        factors = params.factors.to(device)
+        order = upload(params.order, device)
+        factors = upload(params.factors, device)
         for step in range(3):
             op = order[:, step]
             f = factors.gather(1, op[:, None]).squeeze(1)
@@ -148,3 +145,20 @@ class DeviceAugment:
             offset = torch.where(is_sat[:, None], sat_o, scaled_o)
         out = torch.baddbmm(offset[:, :, None], matrix, pixels)
         return out.clamp_(0.0, 255.0).round_().to(torch.uint8).view(images.shape)
+
+
+def _where(mask: torch.Tensor, op, images: torch.Tensor, *, batched: bool | None = None) -> torch.Tensor:
+    """``op`` applied to the images where the CPU ``mask`` is True.
+
+    ``batched`` (default: on CUDA): the whole batch is transformed and selected with ``torch.where``
+    (no index upload, no host synchronisation); otherwise only the selected images are transformed
+    (less work on a CPU).
+    """
+    if not bool(mask.any()):
+        return images
+    if images.is_cuda if batched is None else batched:
+        return torch.where(upload(mask, images.device).view(-1, 1, 1, 1), op(images), images)
+    out = images.clone()
+    index = mask.nonzero().flatten()
+    out[index] = op(images[index])
+    return out

@@ -308,6 +308,20 @@ def build_transforms(
     )
 
 
+def upload(values: torch.Tensor | Sequence[float], device: torch.device | str) -> torch.Tensor:
+    """A small CPU tensor (or list of floats) on ``device`` without a host synchronisation.
+
+    ``torch.tensor(..., device="cuda")`` and a plain ``.to("cuda")`` from pageable memory wait for
+    the GPU to finish its queued work; going through pinned memory with ``non_blocking`` does not,
+    so per-batch constants never stall a training loop that runs ahead of the GPU.
+    """
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float32)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def normalize_batch(
     batch: Mapping[str, Any],
     *,
@@ -338,9 +352,9 @@ def normalize_batch(
             continue
         x = move(batch[key])
         if x.dtype == torch.uint8:
-            std_t = torch.tensor(std, dtype=torch.float32, device=x.device)
+            std_t = upload(std, x.device)
             scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
-            shift = (-torch.tensor(mean, dtype=torch.float32, device=x.device) / std_t).view(1, 3, 1, 1)
+            shift = (-upload(mean, x.device) / std_t).view(1, 3, 1, 1)
             x = torch.addcmul(shift, x.float(), scale)
             present = out.get("present", {}).get(key)
             if present is not None:
