@@ -152,7 +152,8 @@ def _make_step(model, device, *, bf16: bool, graphed: bool, lr: float):
 
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=torch.tensor(lr, device=device), weight_decay=1e-5,
+        # a tensor lr where the graph needs one (and on the CPU, for the lr check); a float as the trainer uses
+        model.parameters(), lr=torch.tensor(lr, device=device) if graphed or not cuda else lr, weight_decay=1e-5,
         fused=cuda or None, foreach=False if not cuda else None, capturable=graphed,
     )
     step_cls = CudaGraphStep if graphed else EagerStep
@@ -290,7 +291,9 @@ def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) 
         model = fk.build_model(spec, metadata_width=s.metadata_width) if what == "JI-ADF" else BackboneOnly(s.model)
         if mode == "compile":
             model.validate_presence = False
-            model = torch.compile(model, mode="max-autotune-no-cudagraphs")
+            from fusionkit.train.config import TrainSpec
+
+            model = torch.compile(model, mode=TrainSpec().compile_mode)  # what step_mode: compile does
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
