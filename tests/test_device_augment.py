@@ -169,3 +169,24 @@ def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augmen
         assert not torch.equal(first["clinical"], plain["clinical"])
     else:  # augmented in the loader already; to_model_batch only normalises
         assert torch.equal(first["derm"], plain["derm"]) and torch.equal(other["derm"], plain["derm"])
+
+
+def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
+    from fusionkit.runtime.checkpoint import model_state
+    from fusionkit.train.config import RunConfig
+    from fusionkit.train.trainer import Trainer, train_run
+
+    from train_helpers import tiny_run_config
+
+    config = RunConfig.model_validate(tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=30))
+    assert config.data.augment_on == "device"
+    whole = train_run(config, run_dir=tmp_path / "a", synthetic=True, progress=False)
+    trainer = Trainer(config, run_dir=tmp_path / "b", synthetic=True, progress=False)
+    trainer._interrupted = True  # Ctrl-C during the first batch: stops after it, mid-epoch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    trainer.close()
+    resumed = train_run(config, run_dir=tmp_path / "b", synthetic=True, resume=True, progress=False)
+    a, b = model_state(whole.model), model_state(resumed.model)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
