@@ -49,7 +49,20 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Train a model; leaves checkpoints, logs and the evaluation report in the run directory."""
+    """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
+
+    The paper's recipe is the default; training options are off until set in the
+    config's train section or with --set (docs: how-to/training-options):
+
+    \b
+    train.ema_decay=0.999          validate and save an EMA of the weights
+    train.scheduler.kind=cosine    warmup (scheduler.warmup_epochs), cosine
+    train.backbone_lr=1e-5         backbone lr (and backbone_weight_decay)
+    train.no_decay_norm_bias=true  no weight decay on norms and biases
+    train.mixup.mixup_alpha=0.4    mixup (mixup.cutmix_alpha: cutmix)
+    train.init_from=RUN            warm start from matching tensors
+    train.tracking=\\[tensorboard]   event files in RUN/tensorboard (or mlflow)
+    """
     from fusionkit.evaluate.pipeline import train_and_evaluate
     from fusionkit.train.config import load_run_config
 

@@ -57,22 +57,33 @@ class JointIndividualLoss(nn.Module):
     def _nll(
         self, log_probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Class-weighted mean of ``-log_probs[y]`` over the samples in ``mask``.
+        """Class-weighted mean of the cross-entropy over the samples in ``mask``.
 
-        Written without data-dependent shapes or host syncs (no boolean indexing, no ``.item()``),
-        so the whole training step can be captured in a CUDA graph. A batch where no sample has
-        the branch contributes 0. Equals ``F.nll_loss(..., weight=class_weights)`` on the masked rows.
+        ``target`` is class indices (n,) or soft targets (n, N) (mixup/cutmix:
+        ``-sum_k t_k w_k log p_k`` over ``sum_k t_k w_k``, ``w`` the class weights); a one-hot soft target
+        gives the index loss. Written without data-dependent shapes or host syncs (no boolean
+        indexing, no ``.item()``), so the whole training step can be captured in a CUDA graph. A
+        batch where no sample has the branch contributes 0. For indices this equals
+        ``F.nll_loss(..., weight=class_weights)`` on the masked rows.
         """
-        per_sample = -log_probs.gather(1, target[:, None])[:, 0]
-        weight = torch.ones_like(per_sample)
-        if self.class_weights is not None:
-            weight = self.class_weights.to(per_sample.dtype)[target]
+        if target.is_floating_point():  # soft targets: class k weighted by t_k w_k
+            t = target.to(log_probs.dtype)
+            if self.class_weights is not None:
+                t = t * self.class_weights.to(log_probs.dtype)
+            per_sample, weight = -(t * log_probs).sum(dim=1), t.sum(dim=1)
+        else:
+            per_sample = -log_probs.gather(1, target[:, None])[:, 0]
+            weight = torch.ones_like(per_sample)
+            if self.class_weights is not None:
+                weight = self.class_weights.to(per_sample.dtype)[target]
+            per_sample = weight * per_sample
         if mask is not None:
-            weight = weight * mask.to(per_sample.dtype)
-        return (weight * per_sample).sum() / weight.sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
+            mask = mask.to(per_sample.dtype)
+            per_sample, weight = per_sample * mask, weight * mask
+        return per_sample.sum() / weight.sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
 
     def forward(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown:
-        """The loss for a batch's output and its class-index targets (B,)."""
+        """The loss for a batch's output and its targets: class indices (B,) or soft targets (B, N)."""
         final = self._nll(output.log_probs, target)
         total = final
         terms = {}

@@ -27,7 +27,15 @@ def test_markdown_layout(metrics):
     lines = table5_markdown(metrics).splitlines()
     assert lines[0] == "| Metric | Mean | AKIEC | BCC | MEL |"
     assert lines[1] == "| --- | ---: | ---: | ---: | ---: |"
-    assert [line.split(" | ")[0][2:] for line in lines[2:]] == [label for _, label in TABLE5_ROWS]
+    assert [line.split(" | ")[0][2:] for line in lines[2:-2]] == [label for _, label in TABLE5_ROWS]
+    # what "Accuracy" is, with the multiclass (4 of 6 argmax right) and balanced (1/2, 3/4) ones
+    assert lines[-2:] == [
+        "",
+        "Accuracy (the official ISIC definition) is the mean over classes of each class's one-vs-rest "
+        "accuracy, not the share of lesions classified correctly: multiclass accuracy 0.667, "
+        "balanced accuracy 0.625.",
+    ]
+    assert metrics["macro"]["multiclass_accuracy"] == pytest.approx(4 / 6)
     auc = lines[2].split(" | ")
     assert auc[1] == f"{metrics['macro']['auc']:.3f}"
     assert auc[4] == "n/a |"  # MEL: no positives

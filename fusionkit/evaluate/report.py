@@ -52,7 +52,7 @@ logger = logging.getLogger("fusionkit.evaluate")
 
 ABLATION_METRICS = (
     "auc", "auc_sens_80", "ap", "accuracy", "sensitivity", "specificity", "dice", "ppv", "npv",
-    "balanced_accuracy",
+    "balanced_accuracy", "multiclass_accuracy",
 )
 GATE_COLUMNS = ("mean alpha_I", "mean alpha_IM", "mean alpha_M")
 
@@ -223,7 +223,9 @@ def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n
         f"({n} lesions).",
         "",
         f"**Macro Dice (the MILK10k headline metric) {macro['dice']:.3f}**, macro AUC {macro['auc']:.3f}, "
-        f"accuracy {macro['accuracy']:.3f}, balanced accuracy {macro['balanced_accuracy']:.3f}. "
+        f"multiclass accuracy {macro['multiclass_accuracy']:.3f}, balanced accuracy "
+        f"{macro['balanced_accuracy']:.3f}, mean one-vs-rest accuracy (Table 5 \"Accuracy\") "
+        f"{macro['accuracy']:.3f}. "
         f"ECE {calibration['ece']:.3f} ({calibration['ece_after_temperature']:.3f} after temperature "
         f"scaling, T = {calibration['temperature']:.2f}).",
         "",

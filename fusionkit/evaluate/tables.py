@@ -36,7 +36,16 @@ TABLE5_ROWS: tuple[tuple[str, str], ...] = (
     ("ppv", "PPV"),
     ("npv", "NPV"),
 )
-_LABELS = dict(TABLE5_ROWS) | {"balanced_accuracy": "Balanced Accuracy"}
+_LABELS = dict(TABLE5_ROWS) | {
+    "accuracy": "Accuracy (one-vs-rest mean)",
+    "balanced_accuracy": "Balanced Accuracy",
+    "multiclass_accuracy": "Multiclass Accuracy",
+}
+ACCURACY_NOTE = (
+    "Accuracy (the official ISIC definition) is the mean over classes of each class's one-vs-rest "
+    "accuracy, not the share of lesions classified correctly"
+)
+"""What the Table 5 "Accuracy" row is, written under the Markdown table."""
 
 
 def table5_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[float]]]]:
@@ -62,13 +71,22 @@ def table5_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
 
 
 def table5_markdown(metrics: Mapping[str, Any], *, digits: int = 3) -> str:
-    """Table 5 as a GitHub Markdown table with ``digits`` decimals (NaN written ``n/a``)."""
+    """Table 5 as a GitHub Markdown table with ``digits`` decimals (NaN written ``n/a``), then a
+    line saying what its "Accuracy" row is, with the multiclass and balanced accuracy beside it."""
     columns, rows = table5_rows(metrics)
     lines = [
         _md_row(["Metric", *columns]),
         _md_row(["---", *(["---:"] * len(columns))]),
         *(_md_row([label, *(_fmt(v, digits) for v in values)]) for label, values in rows),
     ]
+    macro = metrics["macro"]
+    note = ACCURACY_NOTE
+    if "multiclass_accuracy" in macro and "balanced_accuracy" in macro:
+        note += (
+            f": multiclass accuracy {_fmt(_float_or_nan(macro['multiclass_accuracy']), digits)}, "
+            f"balanced accuracy {_fmt(_float_or_nan(macro['balanced_accuracy']), digits)}"
+        )
+    lines += ["", f"{note}."]
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +138,7 @@ def ablation_table(
         results: ``{run name: macro metrics}``; a value may also be the full output of
             :func:`fusionkit.metrics.isic_metrics`, whose ``"macro"`` part is then used.
         metrics: metric keys to show as columns (default: the Table 5 metrics, plus
-            ``balanced_accuracy`` when every run has it).
+            ``multiclass_accuracy`` and ``balanced_accuracy`` when every run has them).
         digits: decimals shown.
         bold_best: bold the highest value of each column (every metric here is
             higher-is-better); ties are all bolded.
@@ -133,8 +151,7 @@ def ablation_table(
     macros = {name: (r["macro"] if "macro" in r else r) for name, r in results.items()}
     if metrics is None:
         keys = [key for key, _ in TABLE5_ROWS]
-        if all("balanced_accuracy" in m for m in macros.values()):
-            keys.append("balanced_accuracy")
+        keys += [k for k in ("multiclass_accuracy", "balanced_accuracy") if all(k in m for m in macros.values())]
     else:
         keys = list(metrics)
     values = {name: [_float_or_nan(m.get(key)) for key in keys] for name, m in macros.items()}

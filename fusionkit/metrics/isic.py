@@ -30,7 +30,10 @@ Undefined values
     binarisation. The classes without any positive are listed under ``"empty_classes"`` and every
     NaN under ``"undefined"``.
 
-``balanced_accuracy`` (reported in ``"macro"`` only) is not a Table 5 row: it is the scorer's
+``accuracy`` (the Table 5 "Accuracy" row) is the official per-class one-vs-rest accuracy, whose
+macro mean is dominated by true negatives and reads far higher than the share of lesions
+classified correctly; that share is ``multiclass_accuracy`` (``"macro"`` only, not a Table 5 row).
+``balanced_accuracy`` (reported in ``"macro"`` only) is not a Table 5 row either: it is the scorer's
 "aggregate" metric, the mean over classes present in the truth of the recall of the argmax
 prediction. As in the scorer, a row whose maximum is tied between classes gets no label: a tied
 prediction counts as wrong, a tied (soft) truth row is left out.
@@ -79,8 +82,8 @@ def isic_metrics(y_true: Any, probs: Any, class_names: Sequence[str]) -> dict[st
     Returns:
         ``{"per_class": {metric: {class: value}}, "macro": {metric: value},
         "empty_classes": [class, ...], "undefined": {metric: [class, ...]}}``, with ``metric``
-        one of :data:`METRIC_KEYS`; ``"macro"`` also holds ``"balanced_accuracy"`` (not an official
-        Table 5 row). All values are Python floats; see the module docstring for when they are NaN.
+        one of :data:`METRIC_KEYS`; ``"macro"`` also holds ``"balanced_accuracy"`` and
+        ``"multiclass_accuracy"`` (not official Table 5 rows). All values are Python floats; see the module docstring for when they are NaN.
 
     Raises:
         ValueError: on a shape mismatch, a NaN or infinite value, a probability or truth outside
@@ -98,6 +101,7 @@ def isic_metrics(y_true: Any, probs: Any, class_names: Sequence[str]) -> dict[st
 
     macro = {key: _nanmean(per_class[key].values()) for key in METRIC_KEYS}
     macro["balanced_accuracy"] = _balanced_multiclass_accuracy(t, p)
+    macro["multiclass_accuracy"] = _multiclass_accuracy(t, p)
     undefined = {
         key: [name for name in names if math.isnan(per_class[key][name])] for key in METRIC_KEYS
     }
@@ -189,6 +193,16 @@ def _balanced_multiclass_accuracy(truth: np.ndarray, probs: np.ndarray) -> float
         if support:
             recalls.append(float(np.sum((truth_labels == j) & (pred_labels == j))) / support)
     return _nanmean(recalls)
+
+
+def _multiclass_accuracy(truth: np.ndarray, probs: np.ndarray) -> float:
+    """Share of rows whose argmax prediction is the truth's (tied truth rows left out, tied
+    predictions wrong, as in :func:`_balanced_multiclass_accuracy`)."""
+    truth_labels = _argmax_labels(truth)
+    kept = truth_labels >= 0
+    if not kept.any():
+        return _NAN
+    return float(np.mean(_argmax_labels(probs)[kept] == truth_labels[kept]))
 
 
 def _nanmean(values: Any) -> float:

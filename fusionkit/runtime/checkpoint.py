@@ -1,7 +1,7 @@
 """Checkpoints as single safetensors files: tensors in the file, everything else as JSON metadata.
 
 A training checkpoint holds the model (``model.*``), the optimizer state (``optim.*``), the torch
-RNG states (``rng.*``) and, in the JSON metadata under ``"fusionkit"``, the epoch, the scheduler
+RNG states (``rng.*``), any further models such as the weight average (``ema.*``) and, in the JSON metadata under ``"fusionkit"``, the epoch, the scheduler
 state, the optimizer's param groups, Python/NumPy RNG states and the metrics. Files are written to
 a temporary file and renamed, so a crash never leaves a broken checkpoint.
 """
@@ -97,10 +97,17 @@ def save_checkpoint(
     scheduler: Any = None,
     info: dict[str, Any] | None = None,
     include_rng: bool = True,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; ``info`` (epoch, metrics, ...) goes into the JSON metadata."""
+    """Write a checkpoint atomically; ``info`` (epoch, metrics, ...) goes into the JSON metadata.
+
+    ``modules`` are further models saved under their key as prefix (``{"ema": averaged_model}``
+    gives ``ema.*`` tensors).
+    """
     path = Path(path)
     tensors = {f"model.{k}": v for k, v in model_state(model).items()}
+    for prefix, module in (modules or {}).items():
+        tensors.update({f"{prefix}.{k}": v for k, v in model_state(module).items()})
     meta: dict[str, Any] = {"info": info or {}}
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _optimizer_tensors(optimizer.state_dict())
@@ -137,18 +144,23 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     restore_rng: bool = False,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Load a checkpoint into the given objects; returns its ``info`` dict."""
+    """Load a checkpoint into the given objects (``modules`` as :func:`save_checkpoint` took
+    them); returns its ``info`` dict."""
     tensors, meta = read_checkpoint(path)
-    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    target = model
-    for attr in ("module", "_orig_mod"):
-        while hasattr(target, attr) and isinstance(getattr(target, attr), torch.nn.Module):
-            target = getattr(target, attr)
-    try:
-        target.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"{path}: the checkpoint does not fit this model: {exc}") from exc
+    for prefix, module in {"model": model, **(modules or {})}.items():
+        weights = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
+        if prefix != "model" and not weights:
+            raise ConfigError(f"{path}: the checkpoint holds no '{prefix}' weights")
+        target = module
+        for attr in ("module", "_orig_mod"):
+            while hasattr(target, attr) and isinstance(getattr(target, attr), torch.nn.Module):
+                target = getattr(target, attr)
+        try:
+            target.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"{path}: the checkpoint does not fit this model: {exc}") from exc
     if optimizer is not None and "optimizer" in meta:
         opt = {k: v for k, v in tensors.items() if k.startswith("optim.")}
         optimizer.load_state_dict(_optimizer_state(opt, meta["optimizer"]))

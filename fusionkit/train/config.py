@@ -21,14 +21,54 @@ from fusionkit.specs.model import ModelSpec
 
 
 class SchedulerSpec(FrozenSpec):
-    """``torch.optim.lr_scheduler.ReduceLROnPlateau`` on the validation macro Dice (mode max).
+    """The learning-rate schedule: the paper's ReduceLROnPlateau, or linear warmup then cosine.
 
-    The paper names the scheduler only; factor 0.5 and patience 3 are fusionkit's choices.
+    ``plateau`` (default): ``torch.optim.lr_scheduler.ReduceLROnPlateau`` on the validation macro
+    Dice (mode max), stepped per epoch; the paper names the scheduler only, factor 0.5 and
+    patience 3 are fusionkit's choices. ``cosine``: ``warmup_epochs`` of linear warmup, then a
+    cosine decay to ``min_lr`` over the rest of the run, stepped per optimizer step
+    (:mod:`fusionkit.train.schedules`).
     """
 
-    factor: float = Field(default=0.5, gt=0.0, lt=1.0)
-    patience: int = Field(default=3, ge=0)
-    min_lr: float = Field(default=1e-7, ge=0.0)
+    kind: Literal["plateau", "cosine"] = Field(
+        default="plateau",
+        description="plateau (the paper's ReduceLROnPlateau on val macro Dice, per epoch) or cosine "
+        "(linear warmup then cosine decay, per optimizer step).",
+    )
+    factor: float = Field(default=0.5, gt=0.0, lt=1.0, description="plateau: multiply the lr by this when Dice stalls.")
+    patience: int = Field(default=3, ge=0, description="plateau: epochs without improvement before the lr drops.")
+    min_lr: float = Field(default=1e-7, ge=0.0, description="plateau: lowest lr; cosine: the lr the decay ends at.")
+    warmup_epochs: float = Field(
+        default=0.0, ge=0.0, description="cosine: epochs (fractions allowed) of linear warmup from lr/W to lr."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_needs_cosine(self) -> SchedulerSpec:
+        if self.kind == "plateau" and self.warmup_epochs > 0:
+            raise ValueError("warmup_epochs needs kind: cosine (plateau has no warmup)")
+        return self
+
+
+class MixupSpec(FrozenSpec):
+    """Mixup and cutmix on whole lesions (:mod:`fusionkit.train.mixup`); off by default.
+
+    With probability ``prob`` a batch is mixed with a shuffled copy of itself: cutmix (when
+    ``cutmix_alpha > 0``, chosen with probability ``switch_prob`` if mixup is also on) pastes the
+    same box into both images of a lesion; mixup blends both images and the metadata. Labels
+    become soft targets weighted by the mixed share, and the eq-7 loss takes them.
+    """
+
+    mixup_alpha: float = Field(default=0.0, ge=0.0, description="Beta(alpha, alpha) for the mixup weight (0: no mixup).")
+    cutmix_alpha: float = Field(default=0.0, ge=0.0, description="Beta(alpha, alpha) for the cutmix area (0: no cutmix).")
+    prob: float = Field(default=1.0, ge=0.0, le=1.0, description="Probability that a batch is mixed.")
+    switch_prob: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="With both on: probability of cutmix rather than mixup."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any mixing happens."""
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
 class TrainSpec(FrozenSpec):
@@ -71,6 +111,31 @@ class TrainSpec(FrozenSpec):
     """torch.use_deterministic_algorithms (exact resume on the CPU; slower on CUDA)."""
     grad_clip: float | None = Field(default=None, gt=0.0)
     """Clip the gradient norm to this value (null: no clipping)."""
+    ema_decay: float | None = Field(
+        default=None, ge=0.0, lt=1.0,
+        description="Keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+        "validate, select and save the averaged weights (null: off).",
+    )
+    backbone_lr: float | None = Field(
+        default=None, gt=0.0, description="Learning rate of the image backbones (null: train.lr)."
+    )
+    backbone_weight_decay: float | None = Field(
+        default=None, ge=0.0, description="Weight decay of the image backbones (null: train.weight_decay)."
+    )
+    no_decay_norm_bias: bool = Field(
+        default=False, description="No weight decay on normalisation weights and biases (any 1-d tensor)."
+    )
+    mixup: MixupSpec = MixupSpec()
+    init_from: Path | None = Field(
+        default=None,
+        description="Warm start: a run directory (its best checkpoint), a checkpoint or a safetensors "
+        "weights file; tensors whose names and shapes match are loaded, the rest are listed in the log.",
+    )
+    tracking: tuple[Literal["tensorboard", "mlflow"], ...] = Field(
+        default=(),
+        description="Experiment trackers: tensorboard (event files in <run>/tensorboard) and/or mlflow "
+        "(the mlflow extra); per-epoch loss terms, validation metrics, lr and the report figures.",
+    )
 
 
 class SyntheticSpec(FrozenSpec):

@@ -41,6 +41,8 @@ class EagerStep:
         self.bf16 = bf16
         self.grad_clip = grad_clip
         self.clip_parameters = clip_parameters or model.parameters
+        self.terms: dict[str, torch.Tensor] = {}
+        """The last step's eq-7 terms (``final``, ``joint``, ``image``, ``meta``), detached."""
 
     def _forward_backward(self, batch: dict[str, Any], *, cache: bool = True) -> torch.Tensor:
         if self.bf16:
@@ -49,7 +51,10 @@ class EagerStep:
             context = autocast_context(self.device, False)
         with context:
             out = self.model(batch)
-        loss = self.loss_fn(out, batch["label"]).total
+        breakdown = self.loss_fn(out, batch["label"])
+        # the eq-7 terms of this step, detached (a graphed step's static outputs: read before the next)
+        self.terms = {"final": breakdown.final.detach(), **{k: v.detach() for k, v in breakdown.terms.items()}}
+        loss = breakdown.total
         loss.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.clip_parameters(), self.grad_clip)
@@ -117,6 +122,7 @@ class CudaGraphStep(EagerStep):
         with torch.cuda.graph(self.graph):
             self.static_loss = self._forward_backward(self.static_batch, cache=False)
             self.optimizer.step()
+        self.static_terms = self.terms
         # undo the warm-up: weights, buffers and the optimizer state back to where they were
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):
@@ -138,4 +144,5 @@ class CudaGraphStep(EagerStep):
             return super().__call__(batch)
         _copy_into(self.static_batch, batch)
         self.graph.replay()
+        self.terms = self.static_terms
         return self.static_loss.clone()

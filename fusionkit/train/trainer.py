@@ -31,7 +31,13 @@ from fusionkit.runtime.predict import predict
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.config import RunConfig
 from fusionkit.train.data_setup import RunData, prepare_data
+from fusionkit.train.ema import ModelEma
+from fusionkit.train.mixup import mix_batch
+from fusionkit.train.param_groups import param_groups
+from fusionkit.train.schedules import LrSchedule
 from fusionkit.train.step import CudaGraphStep, EagerStep
+from fusionkit.train.tracking import Tracker
+from fusionkit.train.warm_start import warm_start
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.train")
@@ -106,19 +112,34 @@ class Trainer:
         self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        try:  # options of issue 13 (docs/how-to/training-options.md)
+            if train.init_from is not None and not resume:
+                logger.info(warm_start(self.model, train.init_from).summary())
+            self.tracker = Tracker(
+                backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
+                params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.ema = None if train.ema_decay is None else ModelEma(model=self.model, decay=train.ema_decay)
         self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=torch.tensor(train.lr, device=self.device) if graphed else train.lr,
-            weight_decay=train.weight_decay,
-            fused=fused or None,
-            capturable=graphed,
+        groups = param_groups(
+            self.model, lr=train.lr, weight_decay=train.weight_decay, backbone_lr=train.backbone_lr,
+            backbone_weight_decay=train.backbone_weight_decay, no_decay_norm_bias=train.no_decay_norm_bias,
         )
-        sched = train.scheduler
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=sched.factor, patience=sched.patience,
-            min_lr=sched.min_lr,
+        for group in groups:  # a graphed step reads the lr from a tensor
+            group["lr"] = torch.tensor(group["lr"], device=self.device) if graphed else group["lr"]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None, capturable=graphed,
+        )
+        steps = 0
+        if train.scheduler.kind == "cosine":
+            steps = len(self.data.train_loader(epoch=0))
+            steps = min(steps, train.max_batches_per_epoch or steps)
+        self.scheduler = LrSchedule(
+            spec=train.scheduler, optimizer=self.optimizer, epochs=train.epochs, steps_per_epoch=steps
         )
         self.net: torch.nn.Module = self.model
         if self.dist.distributed:
@@ -169,7 +190,7 @@ class Trainer:
             raise ConfigError(f"{self.run_dir}: --resume but no checkpoint at {last}")
         info = load_checkpoint(
             last, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            restore_rng=True,
+            restore_rng=True, modules=self._extra_modules(),
         )
         self.start_epoch = int(info["epoch"])
         self.start_batch = int(info.get("batch", 0))
@@ -180,6 +201,15 @@ class Trainer:
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         logger.info("resumed from %s at epoch %d batch %d", last, self.start_epoch + 1, self.start_batch)
 
+    def _extra_modules(self) -> dict[str, torch.nn.Module]:
+        """Models saved beside the trained one in ``last`` (the weight average)."""
+        return {} if self.ema is None else {"ema": self.ema.module}
+
+    @property
+    def eval_model(self) -> FusionModel:
+        """What is validated and kept as ``best``: the weight average when ``train.ema_decay`` is set."""
+        return self.model if self.ema is None else self.ema.module
+
     # -- one epoch ---------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, start_batch: int) -> tuple[float, int, int]:
         train = self.config.train
@@ -188,6 +218,7 @@ class Trainer:
         if train.max_batches_per_epoch is not None:
             total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
         self.net.train()
+        self._term_sums: dict[str, torch.Tensor] = {}
         losses = torch.zeros((), device=self.device)
         seen, batch_index = 0, start_batch
         bar = tqdm(
@@ -203,7 +234,15 @@ class Trainer:
                 move_batch(batch, self.device, channels_last=self.channels_last), epoch=epoch, batch_index=batch_index
             )
             # tensors only: strings (lesion ids) would make torch.compile guard on their values
+            if train.mixup.enabled:
+                batch, _ = mix_batch(batch, spec=train.mixup, num_classes=len(self.data.class_names))
             loss = self.step({k: v for k, v in batch.items() if k != "lesion_id"})
+            self.scheduler.after_step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            if self.tracker.active:
+                for key, value in self.step.terms.items():
+                    self._term_sums[key] = self._term_sums.get(key, 0.0) + value * size
             losses += loss * size
             seen += size
             batch_index += 1
@@ -221,7 +260,7 @@ class Trainer:
     def validate(self) -> tuple[dict[str, Any], float]:
         """Macro metrics and the eq-7 loss (of P_final) on the validation split."""
         preds = predict(
-            self.model, self.data.val_loader(), device=self.device, bf16=self.bf16,
+            self.eval_model, self.data.val_loader(), device=self.device, bf16=self.bf16,
             channels_last=self.channels_last, dist_info=self.dist,
             batch_transform=self.data.to_model_batch,
         )
@@ -235,7 +274,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(
                 self.ckpt_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
-                scheduler=self.scheduler,
+                scheduler=self.scheduler, modules=self._extra_modules(),
                 info={"epoch": epoch, "batch": batch, "best_dice": self.best_dice, "history": self.history},
             )
         barrier(self.dist)
@@ -268,11 +307,11 @@ class Trainer:
                 seconds = time.perf_counter() - began
                 metrics, val_loss = self.validate()
                 dice = float(metrics["macro"]["dice"])
-                self.scheduler.step(dice)
+                self.scheduler.after_epoch(dice)
                 is_best = dice > self.best_dice
                 record = EpochRecord(
                     epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
-                    val_auc=float(metrics["macro"]["auc"]), lr=self.optimizer.param_groups[0]["lr"],
+                    val_auc=float(metrics["macro"]["auc"]), lr=float(self.optimizer.param_groups[0]["lr"]),
                     seconds=seconds, samples_per_s=seen * self.dist.world_size / max(seconds, 1e-9),
                     best=is_best,
                 )
@@ -281,7 +320,7 @@ class Trainer:
                     self.best_dice = dice
                     if self.dist.is_main:
                         save_checkpoint(
-                            self.ckpt_dir / "best.safetensors", model=self.model, include_rng=False,
+                            self.ckpt_dir / "best.safetensors", model=self.eval_model, include_rng=False,
                             info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
                         )
                 self._save_last(epoch + 1)
@@ -295,18 +334,34 @@ class Trainer:
                     tqdm.write(line)
                     logger.info(line)
                     atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
+                    self._track_epoch(record, metrics, seen)
             epochs.close()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         if self.after_fit is not None and self.dist.is_main:
             self.after_fit(self.run_dir)
+            self.tracker.log_figures(sorted(self.run_dir.glob("*.png")), step=train.epochs)
         barrier(self.dist)
         return self.history
 
+    def _track_epoch(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
+        """Send one epoch to the trackers: each eq-7 term, the validation metrics, each group's lr."""
+        if not self.tracker.active:
+            return
+        values = {"train/loss": record.train_loss, "val/loss": record.val_loss}
+        values |= {f"train/loss_{k}": float(v) / max(seen, 1) for k, v in self._term_sums.items()}
+        values |= {f"val/{k}": v for k, v in metrics["macro"].items() if not math.isnan(v)}
+        values |= {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
+        values["train/samples_per_s"] = record.samples_per_s
+        self.tracker.log_scalars(values, step=record.epoch)
+
     def close(self) -> None:
-        """Release the process group and the log file."""
+        """Release the process group, the trackers and the log file."""
         shutdown(self.dist)
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:
+            tracker.close()
         torch.use_deterministic_algorithms(self._was_deterministic)
         handler = getattr(self, "_log_handler", None)
         if handler is not None:

@@ -1,0 +1,81 @@
+"""Experiment tracking through TensorBoard (``torch.utils.tensorboard``) and, optionally, MLflow.
+
+One :class:`Tracker` fans each call out to the backends the run config names
+(``train.tracking``); with none named it does nothing. TensorBoard event files go to
+``<run>/tensorboard``; MLflow logs to its own tracking URI (``MLFLOW_TRACKING_URI``, default
+``./mlruns``), one MLflow run per fusionkit run, named after the run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fusionkit.errors import ConfigError
+
+
+class Tracker:
+    """Logs scalars per epoch and figures at the end; ``close()`` flushes every backend."""
+
+    def __init__(self, *, backends: Iterable[str], run_dir: str | Path, params: Mapping[str, Any] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.backends = tuple(backends)
+        self._tb = None
+        self._mlflow = None
+        if "tensorboard" in self.backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError(
+                    "train.tracking: tensorboard needs the tensorboard package (pip install 'fusionkit[tracking]')"
+                ) from exc
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        if "mlflow" in self.backends:
+            try:
+                import mlflow
+            except ImportError as exc:
+                raise ConfigError("train.tracking: mlflow is not installed (pip install 'fusionkit[mlflow]')") from exc
+            self._mlflow = mlflow
+            mlflow.start_run(run_name=self.run_dir.name)
+            if params:
+                mlflow.log_params(dict(params))
+
+    @property
+    def active(self) -> bool:
+        """Whether any backend is on."""
+        return bool(self.backends)
+
+    def log_scalars(self, values: Mapping[str, float], *, step: int) -> None:
+        """``{"train/loss": ..., "val/dice": ..., "lr/rest": ...}`` at ``step`` (the epoch)."""
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, float(value), step)
+            self._tb.flush()
+        if self._mlflow is not None:
+            self._mlflow.log_metrics({k.replace("/", "."): float(v) for k, v in values.items()}, step=step)
+
+    def log_figures(self, paths: Iterable[str | Path], *, step: int = 0) -> None:
+        """The report's figure files (PNG) as images / artifacts."""
+        paths = [Path(p) for p in paths]
+        if self._tb is not None:
+            import numpy as np
+            from PIL import Image
+
+            for path in paths:
+                with Image.open(path) as image:
+                    array = np.asarray(image.convert("RGB"))
+                self._tb.add_image(f"report/{path.stem}", array, step, dataformats="HWC")
+            self._tb.flush()
+        if self._mlflow is not None:
+            for path in paths:
+                self._mlflow.log_artifact(str(path), artifact_path="figures")
+
+    def close(self) -> None:
+        """Flush and close every backend."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+            self._mlflow = None

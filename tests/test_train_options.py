@@ -1,0 +1,333 @@
+"""Issue 13's training options: each unit pinned on its own, then one short run with all of them."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import fusionkit as fk
+from fusionkit.losses import JointIndividualLoss
+from fusionkit.model import FusionOutput
+from fusionkit.runtime.checkpoint import model_state, read_checkpoint, save_checkpoint
+from fusionkit.train.config import MixupSpec, RunConfig, SchedulerSpec
+from fusionkit.train.ema import ModelEma
+from fusionkit.train.mixup import mix_batch
+from fusionkit.train.param_groups import BACKBONE_PREFIX, param_groups
+from fusionkit.train.schedules import LrSchedule
+from fusionkit.train.tracking import Tracker
+from fusionkit.train.trainer import Trainer, train_run
+from fusionkit.train.warm_start import warm_start
+
+from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config, write_config
+
+TINY = {"image_encoder": dict(TINY_IMAGE_ENCODER), "image_size": 32}
+
+
+# -- EMA -------------------------------------------------------------------------------------------
+def test_ema_update_rule_averages_floats_and_copies_integer_buffers() -> None:
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+    ema = ModelEma(model=model, decay=0.9)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[11.0, -8.0]]))
+        model[1].running_mean.fill_(5.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(model)
+    # W_ema = 0.9 * W_ema + 0.1 * W
+    assert torch.allclose(ema.module[0].weight, torch.tensor([[2.0, 1.0]]))
+    assert torch.allclose(ema.module[1].running_mean, torch.tensor([0.5]))
+    assert int(ema.module[1].num_batches_tracked) == 7
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, torch.tensor([[2.9, 0.1]]))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+# -- schedules -------------------------------------------------------------------------------------
+def _lrs(schedule: LrSchedule, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    seen = []
+    for _ in range(steps):
+        seen.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()
+        schedule.after_step()
+    return seen
+
+
+def test_warmup_cosine_curve_and_resume() -> None:
+    param = nn.Parameter(torch.zeros(1))
+    spec = SchedulerSpec(kind="cosine", warmup_epochs=1, min_lr=0.1)
+    opt = torch.optim.SGD([param], lr=1.0)
+    schedule = LrSchedule(spec=spec, optimizer=opt, epochs=3, steps_per_epoch=2)
+    # W = 2 warmup steps (lr/2, lr), then a cosine over 4 steps from 1.0 to the floor 0.1
+    curve = [0.5, 1.0, 1.0, 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2, 0.55,
+             0.1 + 0.9 * (1 + math.cos(3 * math.pi / 4)) / 2]
+    assert _lrs(schedule, opt, 3) == pytest.approx(curve[:3])
+    state = json.loads(json.dumps(schedule.state_dict()))  # what the checkpoint stores
+    opt2 = torch.optim.SGD([param], lr=1.0)
+    resumed = LrSchedule(spec=spec, optimizer=opt2, epochs=3, steps_per_epoch=2)
+    opt2.load_state_dict(opt.state_dict())  # as load_checkpoint does: the optimizer, then the schedule
+    resumed.load_state_dict(state)
+    assert _lrs(resumed, opt2, 3) == pytest.approx(curve[3:])
+    schedule.after_epoch(0.0)  # the cosine schedule ignores the epoch's Dice
+    assert opt.param_groups[0]["lr"] == pytest.approx(curve[3])
+    # a graphed step's lr is a tensor the graph reads: the schedule fills it in place
+    lr = torch.tensor(1.0)
+    opt3 = torch.optim.SGD([param], lr=lr)
+    graphed = LrSchedule(spec=spec, optimizer=opt3, epochs=3, steps_per_epoch=2)
+    assert _lrs(graphed, opt3, 2) == pytest.approx(curve[:2])
+    assert opt3.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(curve[2])
+
+
+def test_plateau_is_the_default_and_moves_only_per_epoch() -> None:
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    schedule = LrSchedule(spec=SchedulerSpec(patience=0), optimizer=opt, epochs=3, steps_per_epoch=2)
+    assert _lrs(schedule, opt, 4) == [1.0] * 4
+    schedule.after_epoch(0.5)
+    schedule.after_epoch(0.4)  # no improvement, patience 0: halved
+    assert opt.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ValueError, match="warmup_epochs needs kind: cosine"):
+        SchedulerSpec(warmup_epochs=1)
+
+
+# -- parameter groups ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model() -> fk.FusionModel:
+    torch.manual_seed(0)
+    return fk.FusionModel(fk.load_preset("ji-adf", TINY), metadata_width=6)
+
+
+def test_param_groups_split_backbone_and_norms(tiny_model: fk.FusionModel) -> None:
+    default = param_groups(tiny_model, lr=1e-4, weight_decay=1e-5)
+    assert len(default) == 1 and default[0]["params"] == list(tiny_model.parameters())
+    groups = param_groups(
+        tiny_model, lr=1e-3, weight_decay=0.05, backbone_lr=1e-5, backbone_weight_decay=0.01,
+        no_decay_norm_bias=True,
+    )
+    opt = torch.optim.AdamW(groups)
+    by_name = {g["name"]: (g["lr"], g["weight_decay"], g["params"]) for g in opt.param_groups}
+    assert {k: v[:2] for k, v in by_name.items()} == {
+        "backbone": (1e-5, 0.01), "backbone_no_decay": (1e-5, 0.0),
+        "rest": (1e-3, 0.05), "rest_no_decay": (1e-3, 0.0),
+    }
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    for key, (_, _, params) in by_name.items():
+        for p in params:
+            assert names[id(p)].startswith(BACKBONE_PREFIX) == key.startswith("backbone")
+            assert (p.ndim <= 1) == key.endswith("no_decay")
+    assert sum(len(v[2]) for v in by_name.values()) == len(names)
+
+
+# -- soft targets in the eq-7 loss and mixup/cutmix --------------------------------------------------
+def _output(logits: torch.Tensor, present: torch.Tensor) -> FusionOutput:
+    return FusionOutput(
+        probs=logits.softmax(-1), log_probs=logits.log_softmax(-1), logits={"joint": logits * 2, "meta": -logits},
+        present={"meta": present}, weights=None,
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_one_hot_soft_targets_give_the_index_loss(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 4, generator=g) * 3
+    labels = torch.randint(0, 4, (6,), generator=g)
+    present = torch.rand(6, generator=g) > 0.4
+    loss = JointIndividualLoss(class_weights=(1.0, 2.0, 0.5, 3.0))
+    hard = loss(_output(logits, present), labels)
+    soft = loss(_output(logits, present), nn.functional.one_hot(labels, 4).float())
+    for a, b in [(hard.total, soft.total), *((hard.terms[k], soft.terms[k]) for k in hard.terms)]:
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_mixed_target_weights_each_class_by_its_share_and_class_weight() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    log_p = logits.log_softmax(-1)[0]
+    loss = JointIndividualLoss(lambda_joint=0, lambda_image=0, lambda_meta=0, class_weights=(1.0, 3.0, 1.0))
+    out = loss(_output(logits, torch.ones(1, dtype=torch.bool)), torch.tensor([[0.7, 0.3, 0.0]]))
+    expected = -(0.7 * 1 * log_p[0] + 0.3 * 3 * log_p[1]) / (0.7 + 0.9)
+    assert out.total.item() == pytest.approx(expected.item())
+
+
+def _batch(n: int = 6) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "derm": torch.randn(n, 3, 8, 10, generator=g), "clinical": torch.randn(n, 3, 8, 10, generator=g),
+        "meta": torch.randn(n, 5, generator=g), "label": torch.tensor([0, 1, 2, 3, 4, 5])[:n],
+        "present": {"derm": torch.ones(n, dtype=torch.bool), "clinical": torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool),
+                    "meta": torch.ones(n, dtype=torch.bool)},
+    }
+
+
+def test_mixup_blends_images_metadata_and_labels_alike() -> None:
+    torch.manual_seed(0)
+    batch = _batch()
+    out, info = mix_batch(batch, spec=MixupSpec(mixup_alpha=0.4), num_classes=11)
+    lam, perm = info.lam, info.perm
+    assert info.kind == "mixup" and 0 < lam < 1
+    for key in ("derm", "clinical", "meta"):
+        assert torch.allclose(out[key], lam * batch[key] + (1 - lam) * batch[key][perm])
+    expected = torch.zeros(6, 11)
+    expected[torch.arange(6), batch["label"]] += lam
+    expected[torch.arange(6), batch["label"][perm]] += 1 - lam
+    assert torch.allclose(out["label"], expected) and torch.allclose(out["label"].sum(1), torch.ones(6))
+    # a mixed clinical image counts as present when either lesion has one
+    has = batch["present"]["clinical"]
+    assert out["present"]["clinical"].tolist() == [bool(has[i] or has[perm[i]]) for i in range(6)]
+    assert out["present"]["clinical"].tolist() != has.tolist()
+
+
+def test_cutmix_pastes_one_box_into_both_images_and_weights_the_label_by_its_area() -> None:
+    torch.manual_seed(3)
+    batch = _batch()
+    out, info = mix_batch(batch, spec=MixupSpec(cutmix_alpha=1.0), num_classes=11)
+    assert info.kind == "cutmix"
+    changed = [(out[k] != batch[k]).any(dim=(0, 1)) for k in ("derm", "clinical")]
+    assert torch.equal(changed[0], changed[1])  # the same pixels in both images
+    area = float(changed[0].float().mean())
+    assert area > 0 and info.lam == pytest.approx(1 - area)
+    rows = torch.arange(6)
+    assert torch.allclose(out["label"][rows, batch["label"]], torch.full((6,), info.lam))
+    assert torch.equal(out["meta"], batch["meta"])
+
+
+def test_mixing_off_gives_one_hot_targets_and_draws_no_random_numbers() -> None:
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    out, info = mix_batch(_batch(), spec=MixupSpec(), num_classes=11)
+    assert info.kind == "none" and torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(out["label"].argmax(1), _batch()["label"]) and out["label"].sum().item() == 6
+
+
+# -- warm start ------------------------------------------------------------------------------------
+def test_warm_start_loads_matching_tensors_and_lists_the_rest(tmp_path: Path, tiny_model) -> None:
+    torch.manual_seed(1)
+    derm_only = fk.FusionModel(fk.load_preset("derm-only", TINY), metadata_width=6)
+    path = save_checkpoint(tmp_path / "derm.safetensors", model=derm_only, include_rng=False)
+    torch.manual_seed(2)
+    trimodal = fk.FusionModel(fk.load_preset("ji-adf", TINY), metadata_width=6)
+    before = model_state(trimodal)
+    report = warm_start(trimodal, path)
+    source, after = model_state(derm_only), model_state(trimodal)
+    derm = [k for k in before if k.startswith(BACKBONE_PREFIX + "derm.")]
+    assert derm and set(derm) <= set(report.loaded)
+    for key in after:
+        expected = source[key] if key in report.loaded else before[key]
+        assert torch.equal(after[key], expected), key
+    assert any(k.startswith(BACKBONE_PREFIX + "clinical.") for k in report.missing)
+    assert set(report.loaded) | set(report.missing) | {m.split(":")[0] for m in report.mismatched} == set(before)
+    assert "missing" in report.summary()
+    with pytest.raises(fk.errors.ConfigError, match="init_from: .*nothing.safetensors: no such"):
+        warm_start(trimodal, tmp_path / "nothing.safetensors")
+
+
+# -- tracking --------------------------------------------------------------------------------------
+def _scalars(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_tracker_writes_event_files(tmp_path: Path) -> None:
+    tracker = Tracker(backends=("tensorboard",), run_dir=tmp_path)
+    tracker.log_scalars({"train/loss": 1.5, "val/dice": 0.25}, step=1)
+    tracker.log_scalars({"train/loss": 0.5, "val/dice": 0.75}, step=2)
+    from PIL import Image
+
+    Image.new("RGB", (5, 4), (255, 0, 0)).save(tmp_path / "roc.png")
+    tracker.log_figures([tmp_path / "roc.png"], step=2)
+    tracker.close()
+    assert _scalars(tmp_path) == {"train/loss": [1.5, 0.5], "val/dice": [0.25, 0.75]}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    image = acc.Images("report/roc")[0]
+    assert (image.step, image.width, image.height) == (2, 5, 4)
+    assert not Tracker(backends=(), run_dir=tmp_path / "off").active
+    assert not (tmp_path / "off").exists()
+
+
+# -- the trainer -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("options-cache")
+
+
+def test_default_recipe_trains_as_before(tmp_path: Path, cache_dir: Path) -> None:
+    """No option set: the losses main gave before issue 13 (CPU, deterministic), to the last bit."""
+    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
+    trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
+    record = trainer.history[0]
+    assert [record["train_loss"], record["val_loss"]] == [4.526159286499023, 2.1636171340942383]
+    assert len(trainer.optimizer.param_groups) == 1 and trainer.ema is None
+
+
+OPTIONS = {
+    "ema_decay": 0.9, "scheduler": {"kind": "cosine", "warmup_epochs": 0.5},
+    "backbone_lr": 1e-3, "no_decay_norm_bias": True,
+    "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}, "tracking": ["tensorboard"],
+}
+
+
+def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_dir: Path) -> None:
+    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=24, **OPTIONS))
+    full = train_run(config, run_dir=tmp_path / "full", synthetic=True, progress=False)
+    interrupted = Trainer(config, run_dir=tmp_path / "cut", synthetic=True, progress=False)
+    interrupted._interrupted = True  # Ctrl-C during the first batch
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    interrupted.close()
+    resumed = train_run(config, run_dir=tmp_path / "cut", synthetic=True, resume=True, progress=False)
+    for a, b in [(full.model, resumed.model), (full.ema.module, resumed.ema.module)]:
+        sa, sb = model_state(a), model_state(b)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # (the interrupted epoch's train loss averages only the batches after the resume)
+    assert full.history[1]["train_loss"] == resumed.history[1]["train_loss"]
+    assert [(r["val_loss"], r["lr"]) for r in full.history] == [(r["val_loss"], r["lr"]) for r in resumed.history]
+    # the averaged weights are what is validated and kept as best, and last holds both
+    tensors, meta = read_checkpoint(tmp_path / "full" / "checkpoints" / "best.safetensors")
+    best_epoch = meta["info"]["epoch"]
+    assert best_epoch in (1, 2)
+    last, _ = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    ema_keys = [k for k in last if k.startswith("ema.")]
+    assert ema_keys and all(not torch.equal(last[k], last["model." + k[4:]]) for k in ema_keys if "weight" in k)
+    if best_epoch == 2:
+        assert all(torch.equal(tensors["model." + k[4:]], last[k]) for k in ema_keys)
+    lrs = {g["name"]: float(g["lr"]) for g in full.optimizer.param_groups}
+    assert set(lrs) == {"backbone", "backbone_no_decay", "rest", "rest_no_decay"}
+    scalars = _scalars(tmp_path / "full")
+    for tag in ("train/loss", "train/loss_final", "train/loss_joint", "train/loss_image", "train/loss_meta",
+                "val/dice", "val/multiclass_accuracy", "lr/backbone", "lr/rest"):
+        assert len(scalars[tag]) == 2, tag
+    assert scalars["train/loss"] == pytest.approx([r["train_loss"] for r in full.history])
+    assert scalars["lr/rest"][-1] < 3e-3  # the cosine has decayed from train.lr
+
+
+def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path, cache_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fusionkit.cli import app
+
+    help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=120).output
+    for option in ("ema_decay", "scheduler.kind", "backbone_lr", "mixup", "init_from", "tracking"):
+        assert option in help_text, option
+    config = write_config(tmp_path / "c.yaml", tiny_run_config(cache_dir, epochs=1, n_lesions=24))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusionkit.cli", "train", str(config), "--synthetic", "--quiet", "--out", str(tmp_path / "run"),
+         "--set", f"train.init_from={tmp_path / 'missing'}"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train.init_from" in proc.stderr and "no such run directory" in proc.stderr
