@@ -6,6 +6,7 @@ line on stderr and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ app = typer.Typer(
     help="Multimodal fusion models (JI-ADF) for skin-lesion classification on MILK10k.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: boolean options show as flags, not "<bool>"
     add_completion=False,
 )
 
@@ -45,7 +47,8 @@ def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (from the beginning if it has none).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the run in --out and start it over.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -70,7 +73,10 @@ def train(
         _fail("give either --data DIR or --synthetic, not both")
     cfg = load_run_config(config, set_ or [])
     run_dir = out or Path("runs") / config.stem
-    trainer = train_and_evaluate(cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume, progress=not quiet)
+    trainer = train_and_evaluate(
+        cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume,
+        overwrite=overwrite, progress=not quiet,
+    )
     if trainer.dist.is_main:
         typer.echo(f"run directory: {run_dir}  (best val macro Dice {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
 
@@ -172,33 +178,115 @@ def synthesize(
     typer.echo(f"wrote a synthetic MILK10k set of {n_lesions} lesions to {root}")
 
 
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
+    errors, no_args, aborts = [], [], []
+    modules = []
+    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    modules.append(sys.modules[base.__module__])
+    try:
+        import click.exceptions
+
+        modules.append(click.exceptions)
+    except ImportError:  # pragma: no cover - click is typer's dependency only in older typers
+        pass
+    for module in modules:
+        for found, name in ((errors, "ClickException"), (no_args, "NoArgsIsHelpError"), (aborts, "Abort")):
+            if isinstance(getattr(module, name, None), type):
+                found.append(getattr(module, name))
+    aborts.append(typer.Abort)
+    return tuple(errors), tuple(no_args), tuple(aborts)
+
+
+_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
+"""File-system errors about a path the user named: user errors (exit status 2)."""
+
+
+class _Interrupted(BaseException):
+    """Carries a KeyboardInterrupt past typer, which would turn it into a bare exit status 130."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+
+def _trap_interrupts() -> None:
+    """Wrap every registered command so its interrupt reaches :func:`run_app` with its details."""
+    for info in app.registered_commands:
+        callback = info.callback
+        if callback is None or getattr(callback, "_traps_interrupts", False):
+            continue
+
+        @functools.wraps(callback)
+        def trapped(*args, __callback=callback, **kwargs):
+            try:
+                return __callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise _Interrupted(exc) from exc
+
+        trapped._traps_interrupts = True
+        info.callback = trapped
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Every command gets the same treatment: a :class:`~fusionkit.errors.FusionkitError` or a pydantic
+    ``ValidationError`` prints one line and returns its ``exit_code`` (2); a usage error prints the
+    usage line and returns 2; ``fusionkit`` alone prints the help and returns 0; an interrupt returns
+    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 2
+    when it is about a path the user named (a directory for a file, no permission), else 1.
+    Anything else is a bug and keeps its traceback.
+    """
+    from fusionkit.errors import RunInterrupted
+
+    click_errors, no_args_errors, aborts = _click_classes()
+    _trap_interrupts()
+    try:
+        result = app(args=args, prog_name="fusionkit", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
+        if not isinstance(interrupt, RunInterrupted):
+            typer.echo("fusionkit: interrupted", err=True)
+            return 130
+        name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
+        where = f" in {interrupt.run_dir}" if interrupt.run_dir is not None else ""
+        typer.echo(
+            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
+            err=True,
+        )
+        return interrupt.exit_code
+    except FusionkitError as exc:
+        typer.echo(f"fusionkit: error: {exc}", err=True)
+        return exc.exit_code
+    except ValidationError as exc:
+        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
+        return 2
+    except no_args_errors as exc:  # bare ``fusionkit``: the help is the answer
+        typer.echo(exc.format_message())
+        return 0
+    except click_errors as exc:  # usage errors: unknown command or option, bad value, missing argument
+        exc.show()
+        return exc.exit_code
+    except aborts:
+        typer.echo("fusionkit: interrupted", err=True)
+        return 130
+    except OSError as exc:  # the file system said no: a path the user named (2), or full, broken (1)
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
+        return 2 if isinstance(exc, _PATH_ERRORS) else 1
+    # with standalone_mode=False, click returns Ctrl-C inside a prompt as 1 and Exit(code) as code
+    return result if isinstance(result, int) else 0
+
+
 def main() -> None:
-    """Entry point of the ``fusionkit`` script: user errors become one line and exit status 2."""
+    """Entry point of the ``fusionkit`` script: :func:`run_app`, its status as the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
-    try:
-        app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("fusionkit: interrupted (a resumable checkpoint was saved where training had started)", err=True)
-        sys.exit(130)
-    except FusionkitError as exc:
-        typer.echo(f"fusionkit: error: {exc}", err=True)
-        sys.exit(2)
-    except ValidationError as exc:
-        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    sys.exit(run_app())
 
 
 if __name__ == "__main__":

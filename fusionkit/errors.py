@@ -11,7 +11,12 @@ from pathlib import Path
 
 
 class FusionkitError(Exception):
-    """Base class of every user-facing fusionkit error (the CLI prints it without a traceback)."""
+    """Base class of every user-facing fusionkit error (the CLI prints it without a traceback).
+
+    ``exit_code`` is the command line's exit status for it: 2 (a user error) unless a subclass says.
+    """
+
+    exit_code: int = 2
 
 
 class DataError(FusionkitError):
@@ -53,3 +58,38 @@ class ConfigError(FusionkitError):
 
 class MissingModalityError(FusionkitError, ValueError):
     """A sample in a batch has no modality present at all, so no branch can decide for it."""
+
+
+class RunLockedError(ConfigError):
+    """Another live process holds the run directory's lock (``run.lock``)."""
+
+
+class DivergenceError(FusionkitError):
+    """Training diverged: the loss (or a weight) became NaN or infinite during ``epoch`` (1-based).
+
+    The run directory keeps the last good checkpoint (``last``: the end of epoch ``epoch - 1``; none
+    when ``epoch`` is 1). The command line exits with status 1.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, epoch: int) -> None:
+        self.epoch = epoch
+        super().__init__(message)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM after saving a resumable ``last`` checkpoint.
+
+    The command line exits with ``128 + signum``: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int, run_dir: Path | None = None) -> None:
+        self.signum = signum
+        self.run_dir = run_dir
+        super().__init__(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signum`` (the shell's convention for a process ended by a signal)."""
+        return 128 + self.signum

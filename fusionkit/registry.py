@@ -192,7 +192,7 @@ def load_plugins(*, force: bool = False) -> list[str]:
             target = ep.load()
             if callable(target) and not inspect.isclass(target) and not inspect.ismodule(target):
                 target()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must never break fusionkit
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must never break fusionkit
             warnings.warn(
                 f"fusionkit plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
                 f"{type(exc).__name__}: {exc}",

@@ -13,6 +13,7 @@ import torch
 
 from fusionkit.cli import main
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
+from fusionkit.train.config import load_run_config
 
 from train_helpers import tiny_run_config, write_config
 
@@ -110,6 +111,7 @@ def test_bad_run_inputs(workspace, trained_run, tmp_path, monkeypatch, capsys) -
     (tmp_path / "notmilk").mkdir()
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--data", tmp_path / "notmilk", "--out", tmp_path / "r1")
     assert code == 2 and "notmilk" in err and "Traceback" not in err
+    assert not (tmp_path / "r1").exists()  # a run that fails its data checks leaves no directory
     # an output folder holding another run
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", trained_run)
     assert code == 2 and "already holds a run" in err
@@ -143,3 +145,19 @@ def test_cuda_graph_needs_a_gpu(workspace, tmp_path, monkeypatch, capsys) -> Non
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r",
                            "--set", "train.step_mode=cuda_graph", "--set", "train.device=cpu")
     assert code == 2 and "cuda_graph" in err and "Traceback" not in err
+
+
+def test_predict_never_falls_back_to_the_training_split(trained_run, tmp_path, monkeypatch, capsys) -> None:
+    data = tmp_path / "train_only"
+    make_synthetic_milk10k(data, n_lesions=6, image_size=(40, 30), seed=4)
+    out = tmp_path / "submission.csv"
+    code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--split auto predicts the Test split" in err and "pass --split Training" in err
+    assert not out.exists()
+    # --out naming a folder: one line, nothing written
+    code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--split", "Training", "--out", tmp_path)
+    assert code == 2 and err.strip() == f"fusionkit: error: {tmp_path} is a directory; give a file name"
+    # the run records the folder it trained on
+    saved = load_run_config(trained_run / "config.yaml")
+    assert saved.data.root == (trained_run / "synthetic").resolve()

@@ -210,3 +210,16 @@ def test_open_or_build_is_keyed_by_size_and_files(files, tmp_path):
     c = ImageCache.open_or_build(cache_dir=tmp_path, name="x", sources=sources[:-1], image_size=8)
     assert c.built and len(c.rows) == len(sources) - 1
     assert time.perf_counter() - started < 30
+
+
+def test_a_truncated_cache_file_is_rebuilt_with_a_warning(files, tmp_path, caplog):
+    first = Milk10kDataset(files=files, image_size=SIZE, transform=_eval(normalize=False), cache_dir=tmp_path / "c")
+    expected = _all(first)
+    (npy,) = (tmp_path / "c").glob("*.npy")
+    with open(npy, "r+b") as handle:  # a disk filled up or a copy cut short
+        handle.truncate(npy.stat().st_size // 2)
+    with caplog.at_level("WARNING", logger="fusionkit.data"):
+        again = Milk10kDataset(files=files, image_size=SIZE, transform=_eval(normalize=False), cache_dir=tmp_path / "c")
+    assert again.cache.built
+    assert any("damaged" in r.getMessage() and str(npy) in r.getMessage() for r in caplog.records)
+    _equal(expected, _all(again))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 from typing import Literal
 
 import pydantic
@@ -253,3 +254,11 @@ def test_plugins_load_and_broken_ones_warn_and_are_skipped(monkeypatch, clean_pl
 
     # plugins load once unless forced
     assert fk.load_plugins() == []
+
+
+def test_a_plugin_calling_sys_exit_is_skipped_like_any_broken_plugin(monkeypatch, clean_plugin_module):
+    eps = [importlib.metadata.EntryPoint("exiting_plugin", "plugin_exits_at_import", PLUGIN_GROUP)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", _fake_entry_points(eps))
+    monkeypatch.delitem(sys.modules, "plugin_exits_at_import", raising=False)
+    with pytest.warns(fk.PluginWarning, match="exiting_plugin.*SystemExit: 3"):
+        assert fk.load_plugins(force=True) == []

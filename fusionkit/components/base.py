@@ -14,10 +14,14 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class FrozenSpec(BaseModel):
-    """A frozen pydantic model with ``extra="forbid"``: a typo'd key is an error naming its path."""
+    """A frozen pydantic model with ``extra="forbid"``: a typo'd key is an error naming its path.
+
+    Floats must be finite (``allow_inf_nan=False``): ``lr: .inf`` or ``nan`` is refused by name.
+    """
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+        frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Literal
 
 import timm
@@ -60,6 +62,41 @@ def _has_pretrained_source(model_name: str) -> bool:
     return bool(cfg.hf_hub_id or cfg.url or cfg.file)
 
 
+HUB_PROBE_SECONDS = 3.0
+"""How long a pretrained-weights download waits to reach the hub before giving up."""
+
+
+def _hub_unreachable(model_name: str) -> str | None:
+    """Why the Hugging Face hub cannot serve ``model_name``'s weights now, or ``None`` if it may.
+
+    Without ``HF_HUB_OFFLINE=1`` an unreachable hub makes ``huggingface_hub`` retry for about a
+    minute; one short connection attempt answers first. Weights already in the local hub cache,
+    and weights hosted elsewhere than the hub, are left to timm.
+    """
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return None
+    cfg = timm.models.get_pretrained_cfg(model_name, allow_unregistered=False)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = cfg.hf_hub_id.split("@")[0]
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        try:
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return None
+        except Exception:  # noqa: BLE001 - an odd repo id: let timm report it
+            return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"the hub {host}:{port} cannot be reached ({exc}); weights not in the local cache"
+    return None
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PretrainedWeightsError(f"{path}: weights file not found")
@@ -107,14 +144,21 @@ class TimmImageEncoder(nn.Module):
                 f"timm has no pretrained weights for {model_name!r}; "
                 "set pretrained: false, name a tag with weights, or give weights_file"
             )
+        unreachable = _hub_unreachable(model_name) if use_hub else None
+        if unreachable:
+            raise PretrainedWeightsError(
+                f"cannot load pretrained weights for {model_name!r}: {unreachable}; "
+                "set pretrained: false or give weights_file"
+            )
         try:
             self.backbone = timm.create_model(model_name, pretrained=use_hub, **kwargs)
         except Exception as exc:  # noqa: BLE001 - download/offline/hub errors all mean "cannot have it"
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
+            reason = str(exc).strip().rstrip(".")
             raise PretrainedWeightsError(
                 f"cannot load pretrained weights for {model_name!r}{hint}: "
-                f"{type(exc).__name__}: {exc}. Set pretrained: false or give weights_file"
+                f"{type(exc).__name__}: {reason}; set pretrained: false or give weights_file"
             ) from exc
         if weights_file is not None:
             self._load_weights_file(Path(weights_file))

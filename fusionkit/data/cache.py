@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from fusionkit.data.images import ImageSource, load_image, missing_image_error
-from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.io import atomic_write_text, file_mode
 from fusionkit.errors import DataError
 
 logger = logging.getLogger("fusionkit.data")
@@ -134,10 +134,13 @@ class ImageCache:
         data_path = cache_dir / f"{name}-{key[:16]}.npy"
         index = _read_index(index_path)
         if index is not None and index.get("key") == key and data_path.is_file():
-            logger.info(
-                "image cache hit: %s (%d images at %dx%d)", data_path, len(index["ids"]), image_size, image_size
-            )
-            return cls(data_path=data_path, image_size=image_size, ids=index["ids"])
+            problem = _check_array(data_path, (len(index["ids"]), 3, image_size, image_size))
+            if problem is None:
+                logger.info(
+                    "image cache hit: %s (%d images at %dx%d)", data_path, len(index["ids"]), image_size, image_size
+                )
+                return cls(data_path=data_path, image_size=image_size, ids=index["ids"])
+            logger.warning("image cache %s is damaged (%s); rebuilding it", data_path, problem)
         ids = [s.isic_id for s in sources]
         started = time.perf_counter()
         _build(data_path, sources, image_size, workers or os.cpu_count() or 1)
@@ -169,6 +172,17 @@ class ImageCache:
         return cls(data_path=data_path, image_size=image_size, ids=ids, built=True)
 
 
+def _check_array(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why the cached array at ``path`` is unusable (truncated, wrong shape or type), or ``None``."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:  # a truncated file fails to map
+        return str(error)
+    if array.shape != shape or array.dtype != np.uint8:
+        return f"holds {array.dtype} {array.shape}, expected uint8 {shape}"
+    return None
+
+
 def _read_index(path: Path) -> dict[str, Any] | None:
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
@@ -194,6 +208,7 @@ def _build(data_path: Path, sources: Sequence[ImageSource], image_size: int, wor
                 pass
         array.flush()
         del array
+        os.chmod(tmp, file_mode(data_path))
         os.replace(tmp, data_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -47,7 +47,7 @@ class AugmentConfig(BaseModel):
         hue: colour-jitter hue shift range ``[-h, h]`` (fraction of the colour circle).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     vflip: float = Field(0.5, ge=0.0, le=1.0)

@@ -88,19 +88,25 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | tor
 
 
 def _auto_split(root: Path, split: str) -> str:
+    """``auto`` is the Test split; never a silent fall-back to Training (a submission of the wrong lesions)."""
     if split != "auto":
         return split
     try:
         find_split(root, "Test")
-        return "Test"
-    except FusionkitError:  # no Test split there: fall back to Training
-        return "Training"
+    except FusionkitError as exc:
+        raise ConfigError(
+            f"--split auto predicts the Test split, but {exc}; "
+            "pass --split Training to predict the training lesions"
+        ) from exc
+    return "Test"
 
 
 def predict_split(
     run_dir: str | Path, *, data_root: str | Path, out: str | Path, split: str = "auto", checkpoint: str = "best"
 ) -> Path:
     """Predict a split with a trained run and write the submission CSV (official MILK10k format)."""
+    if Path(out).is_dir():
+        raise ConfigError(f"{out} is a directory; give a file name")
     run = load_run(run_dir, checkpoint=checkpoint)
     split = _auto_split(Path(data_root), split)
     preds = run.predict(run.dataset(data_root=data_root, split=split), progress=True)

@@ -16,6 +16,7 @@ def train_and_evaluate(
     data_root: str | Path | None = None,
     synthetic: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     gradcam_lesions: int = 4,
 ) -> Trainer:
@@ -26,6 +27,6 @@ def train_and_evaluate(
     """
     return train_run(
         config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, resume=resume,
-        progress=progress,
+        overwrite=overwrite, progress=progress,
         after_fit=lambda path: evaluate_run(path, gradcam_lesions=gradcam_lesions, progress=progress),
     )

@@ -57,6 +57,15 @@ ABLATION_METRICS = (
 GATE_COLUMNS = ("mean alpha_I", "mean alpha_IM", "mean alpha_M")
 
 
+
+def loss_text(loss: Any) -> str:
+    """Eq 7 as trained, with only its non-zero terms: ``CE(P_final) + 0.5 L_IM + 0.25 L_I + 0.25 L_M``."""
+    terms = [("L_IM", loss.lambda_joint), ("L_I", loss.lambda_image), ("L_M", loss.lambda_meta)]
+    text = "CE(P_final)" + "".join(f" + {w:g} {name}" for name, w in terms if w)
+    if not any(w for _, w in terms):
+        text += " only (no auxiliary branch losses)"
+    return text + (" (class-weighted)" if loss.class_weights is not None else "")
+
 def modality_ablation(
     run: LoadedRun,
     dataset: Milk10kDataset,
@@ -231,8 +240,8 @@ def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n
         "",
         f"Model: modalities {', '.join(spec.modalities)}; image encoder "
         f"`{getattr(spec.image_encoder, 'model_name', spec.image_encoder.kind)}`; fusion "
-        f"`{spec.fusion.kind if spec.fusion else 'none'}`; decision `{spec.decision.kind}`; loss weights "
-        f"IM {spec.loss.lambda_joint}, I {spec.loss.lambda_image}, M {spec.loss.lambda_meta}.",
+        f"`{spec.fusion.kind if spec.fusion else 'none'}`; decision `{spec.decision.kind}`; "
+        f"loss {loss_text(spec.loss)}.",
         "",
     ]
     if metrics.get("empty_classes"):

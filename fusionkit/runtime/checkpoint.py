@@ -147,8 +147,22 @@ def load_checkpoint(
     modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint into the given objects (``modules`` as :func:`save_checkpoint` took
-    them); returns its ``info`` dict."""
+    them); returns its ``info`` dict.
+
+    Raises:
+        ConfigError: no such file, not a checkpoint, weights that do not fit ``model``, or weights
+            that are NaN or infinite (named).
+    """
     tensors, meta = read_checkpoint(path)
+    bad = [
+        k for k, v in tensors.items()
+        if not k.startswith(("optim.", "rng.")) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise ConfigError(
+            f"{path}: the checkpoint holds NaN or infinite weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); it comes from a diverged run and cannot be used"
+        )
     for prefix, module in {"model": model, **(modules or {})}.items():
         weights = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
         if prefix != "model" and not weights:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
+from fusionkit.utils.progress import bars_enabled
 
 
 @dataclass
@@ -77,7 +78,7 @@ def predict(
     probs, log_probs, labels, weights = [], [], [], []
     present: dict[str, list[np.ndarray]] = {}
     try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for batch in tqdm(loader, desc=desc, disable=not bars_enabled(progress), leave=False):
             batch = move_batch(mask_modalities(batch, absent), device, channels_last=channels_last)
             if batch_transform is not None:
                 batch = batch_transform(batch)

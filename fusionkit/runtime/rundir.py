@@ -8,6 +8,8 @@ A run directory holds::
     checkpoints/last.safetensors   model, optimizer, scheduler, RNG state (resumable)
     checkpoints/best.safetensors   the weights with the best validation score
     history.json / train.log       one record/line per epoch
+    resumes.json                   one record per resume (when, from where, what changed)
+    run.lock                       pid and host of the process training it (while it trains)
     report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate)
 """
 
@@ -59,6 +61,16 @@ class RunFiles:
     def log(self) -> Path:
         """The training log (``train.log``)."""
         return self.root / "train.log"
+
+    @property
+    def resumes(self) -> Path:
+        """One record per resume (``resumes.json``)."""
+        return self.root / "resumes.json"
+
+    @property
+    def lock(self) -> Path:
+        """The run lock (``run.lock``), present while a process trains the run."""
+        return self.root / "run.lock"
 
     @property
     def report(self) -> Path:

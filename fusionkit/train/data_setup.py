@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from torch.utils.data import DataLoader
 
 from fusionkit.data import (
@@ -35,6 +36,7 @@ from fusionkit.errors import ConfigError
 from fusionkit.runtime.distributed import DistInfo, barrier
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.config import RunConfig
+from fusionkit.train.resume import resume_changes
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.utils.io import atomic_write_text
 
@@ -64,6 +66,8 @@ class RunData:
     val_set: Milk10kDataset
     dist_info: DistInfo
     class_names: tuple[str, ...] = CLASS_NAMES
+    changes: tuple[str, ...] = ()
+    """Settings a resumed run changed (``"path: old -> new"``); empty for a fresh run."""
 
     def to_model_batch(
         self, batch: dict[str, Any], *, epoch: int | None = None, batch_index: int | None = None
@@ -104,7 +108,7 @@ class RunData:
         self._device_augment = DeviceAugment(config=data.augment) if data.augment_on == "device" else None
         self._train_sampler = EpochSampler(
             self.train_set.labels, seed=train.seed, mode=train.sampler,
-            rank=info.rank, world_size=info.world_size,
+            rank=info.rank, world_size=info.world_size, batch_size=train.batch_size,
         )
         self._train_loader = make_loader(
             self.train_set, batch_size=train.batch_size, sampler=self._train_sampler,
@@ -119,36 +123,30 @@ class RunData:
         )
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> RunConfig | None:
-    saved = RunFiles(run_dir).config
-    if resume:
-        if not saved.is_file():
-            raise ConfigError(f"{run_dir}: --resume, but there is no run there (no config.yaml)")
-        from fusionkit.train.config import load_run_config
-
-        return load_run_config(saved)
-    if saved.is_file():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if run_dir.is_dir() and any(p for p in run_dir.iterdir() if p.name != "synthetic"):
-        raise ConfigError(f"{run_dir} is not empty and holds no fusionkit run; choose another --out")
-    return None
-
-
-def _diff(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-        return out
-    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
-
-
 def _class_weights(labels: tuple[int, ...]) -> tuple[float, ...]:
     counts = Counter(labels)
     n, k = len(labels), len(CLASS_NAMES)
     return tuple(n / (k * counts[c]) if counts.get(c) else 1.0 for c in range(k))
+
+
+def _data_root(
+    config: RunConfig, *, run_dir: Path, data_root: str | Path | None, synthetic: bool,
+    saved: RunConfig | None, dist_info: DistInfo,
+) -> Path:
+    """The MILK10k folder the run reads: generated into the run directory, given, or recorded."""
+    if synthetic:
+        root = run_dir / "synthetic"
+        if dist_info.is_main and not (root / "MILK10k_Training_GroundTruth.csv").is_file():
+            s = config.data.synthetic
+            make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
+        barrier(dist_info)
+        return root.resolve()
+    root = data_root if data_root is not None else config.data.root
+    if root is None and saved is not None:  # a resumed run reads the folder it recorded
+        root = saved.data.root
+    if root is None:
+        raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
+    return Path(root).expanduser().resolve()
 
 
 def prepare_data(
@@ -157,26 +155,18 @@ def prepare_data(
     run_dir: Path,
     data_root: str | Path | None,
     synthetic: bool,
-    resume: bool,
     dist_info: DistInfo,
+    saved: RunConfig | None = None,
 ) -> RunData:
-    """Check the run directory, locate or generate the data, split it, fit the metadata encoder,
-    resolve the config (metadata width, class weights) and write the run's files (rank 0).
+    """Locate or generate the data, split it, fit the metadata encoder, resolve the config
+    (metadata width, class weights, ``data.root``: the folder actually read) and write the run's
+    files (rank 0). ``saved`` is the run's own config when it resumes from a checkpoint: the split
+    and the encoder are read back, and the changed fields are checked
+    (:func:`fusionkit.train.resume.resume_changes`; listed in ``RunData.changes``).
     """
-    saved = _check_run_dir(run_dir, resume) if dist_info.is_main else None
-    barrier(dist_info)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = saved is not None
     data = config.data
-    if synthetic:
-        root = run_dir / "synthetic"
-        if dist_info.is_main and not (root / "MILK10k_Training_GroundTruth.csv").is_file():
-            s = data.synthetic
-            make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
-        barrier(dist_info)
-    else:
-        root = Path(data_root) if data_root is not None else data.root
-        if root is None:
-            raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
+    root = _data_root(config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, saved=saved, dist_info=dist_info)
     files = find_split(root, "Training")
     if files.ground_truth_csv is None:
         raise ConfigError(f"{root}: training needs MILK10k_Training_GroundTruth.csv")
@@ -216,22 +206,20 @@ def prepare_data(
     updates: dict[str, Any] = {}
     if config.train.class_weighting == "inverse_frequency" and model.loss.class_weights is None:
         updates["loss"] = model.loss.model_copy(update={"class_weights": _class_weights(train_set.labels)})
-    resolved = config.model_copy(update={"model": model.model_copy(update=updates)})
+    resolved = config.model_copy(update={
+        "model": model.model_copy(update=updates), "data": data.model_copy(update={"root": root}),
+    })
     resolved = RunConfig.model_validate(resolved.model_dump(mode="json"))
-
-    if saved is not None:
-        changes = _diff(saved.model.model_dump(mode="json"), resolved.model.model_dump(mode="json"))
-        if changes:
-            raise ConfigError(
-                f"{run_dir}: --resume with a different model spec ({'; '.join(changes[:3])}); "
-                "resume with the run's own config or start a new --out"
-            )
+    changes = resume_changes(saved, resolved, run_dir=run_dir, synthetic=synthetic) if resume else []
     if dist_info.is_main:
-        atomic_write_text(RunFiles(run_dir).config, resolved.to_yaml())
+        record = resolved.model_dump(mode="json")
+        if not synthetic:  # the generated set's block would read as if it had been used
+            record["data"].pop("synthetic")
+        atomic_write_text(RunFiles(run_dir).config, yaml.safe_dump(record, sort_keys=False))
         train_set.encoder.save(RunFiles(run_dir).metadata_encoder)
-        atomic_write_text(split_file, json.dumps({"root": str(Path(root).resolve()), "train": list(split.train), "val": list(split.val)}, indent=1))
+        atomic_write_text(split_file, json.dumps({"root": str(root), "train": list(split.train), "val": list(split.val)}, indent=1))
     barrier(dist_info)
     return RunData(
         config=resolved, files=files, split=split, encoder=train_set.encoder,
-        train_set=train_set, val_set=val_set, dist_info=dist_info,
+        train_set=train_set, val_set=val_set, dist_info=dist_info, changes=tuple(changes),
     )

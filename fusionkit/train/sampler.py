@@ -17,6 +17,9 @@ class EpochSampler(Sampler[int]):
     - Distributed: the epoch's order is padded to a multiple of ``world_size`` and rank ``r`` takes
       every ``world_size``-th index from ``r`` (like ``DistributedSampler``).
     - ``start`` skips the first ``start`` indices of this rank (resuming an interrupted epoch).
+    - ``batch_size`` (training): when this rank's epoch would end in a batch of one sample, that
+      sample is dropped, so BatchNorm never sees a training batch of one (which it refuses); the
+      order changes every epoch, so a different sample sits out each time.
     """
 
     def __init__(
@@ -27,12 +30,14 @@ class EpochSampler(Sampler[int]):
         mode: str = "shuffle",
         rank: int = 0,
         world_size: int = 1,
+        batch_size: int | None = None,
     ) -> None:
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.seed = seed
         self.mode = mode
         self.rank = rank
         self.world_size = world_size
+        self.batch_size = batch_size
         self.epoch = 0
         self.start = 0
 
@@ -52,9 +57,14 @@ class EpochSampler(Sampler[int]):
             return torch.multinomial(weights, n, replacement=True, generator=gen)
         return torch.randperm(n, generator=gen)
 
-    def __len__(self) -> int:
+    def _per_rank(self) -> int:
         per_rank = -(-len(self.labels) // self.world_size)
-        return max(per_rank - self.start, 0)
+        if self.batch_size is not None and self.batch_size > 1 and per_rank % self.batch_size == 1:
+            per_rank -= 1  # no last batch of one
+        return per_rank
+
+    def __len__(self) -> int:
+        return max(self._per_rank() - self.start, 0)
 
     def __iter__(self) -> Iterator[int]:
         order = self._order()
@@ -62,5 +72,5 @@ class EpochSampler(Sampler[int]):
         total = per_rank * self.world_size
         if total > len(order):
             order = torch.cat([order, order[: total - len(order)]])
-        mine = order[self.rank : total : self.world_size]
+        mine = order[self.rank : total : self.world_size][: self._per_rank()]
         return iter(mine[self.start :].tolist())

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from fusionkit.errors import ConfigError
+from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics
 from fusionkit.model import FusionModel
@@ -28,17 +30,20 @@ from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
 from fusionkit.runtime.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
 from fusionkit.runtime.predict import predict
+from fusionkit.runtime.lock import RunLock
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.train.config import RunConfig
+from fusionkit.train.config import RunConfig, TrainSpec, load_run_config
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.ema import ModelEma
 from fusionkit.train.mixup import mix_batch
 from fusionkit.train.param_groups import param_groups
+from fusionkit.train.resume import RunStart, claim_run_dir, record_resume
 from fusionkit.train.schedules import LrSchedule
 from fusionkit.train.step import CudaGraphStep, EagerStep
 from fusionkit.train.tracking import Tracker
 from fusionkit.train.warm_start import warm_start
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.progress import bars_enabled
 
 logger = logging.getLogger("fusionkit.train")
 
@@ -61,8 +66,16 @@ class EpochRecord:
 class Trainer:
     """Trains one run; see the module docstring for what the run directory holds.
 
-    ``fit()`` returns the history and then calls ``after_fit(run_dir)`` when one was given. Ctrl-C (SIGINT) finishes the current batch, writes a resumable
-    ``last`` checkpoint that records how far the epoch got, and re-raises ``KeyboardInterrupt``.
+    The constructor runs the setup steps in order (each a method below): device and process group,
+    run directory (lock, start/resume/overwrite), seeding, data, determinism, logging, model,
+    training options (warm start, tracking, weight average), optimizer and scheduler, step, and the
+    resume of a checkpoint. ``fit()`` returns the history and
+    then calls ``after_fit(run_dir)`` when one was given.
+
+    SIGINT (Ctrl-C) and SIGTERM finish the current batch, write a resumable ``last`` checkpoint that
+    records how far the epoch got, and raise :class:`~fusionkit.errors.RunInterrupted`. A non-finite
+    loss or weight raises :class:`~fusionkit.errors.DivergenceError` at the end of its epoch, before
+    that epoch's checkpoint, so ``last`` stays the last good one.
     """
 
     def __init__(
@@ -73,105 +86,85 @@ class Trainer:
         data_root: str | Path | None = None,
         synthetic: bool = False,
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool = True,
         after_fit: Callable[[Path], object] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.files = RunFiles(self.run_dir)
-        self.progress = progress
+        self.progress = bars_enabled(progress)
         self.after_fit = after_fit
-        train = config.train
-        device = resolve_device(train.device)
-        self.dist: DistInfo = init_distributed(device)
+        self.start_epoch, self.start_batch = 0, 0
+        self.best_dice = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self._partial = (0.0, 0)  # loss sum and samples of an interrupted epoch's finished batches
+        self._interrupted: int | bool = False
+        self._lock: RunLock | None = None
+        self.tracker: Tracker | None = None
+        self.ema: ModelEma | None = None
+        self._log_handler: logging.Handler | None = None
+        self._created_dir = False
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        self._setup_device(config.train)
+        try:
+            start = self._claim_run_dir(resume=resume, overwrite=overwrite)
+            seed_everything(config.train.seed + self.dist.rank)
+            self.data: RunData = prepare_data(
+                config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
+                dist_info=self.dist, saved=start.saved,
+            )
+            self.config = self.data.config  # resolved: class weights, data root filled in
+            self._setup_determinism()
+            self._setup_logging()
+            self._build_model()
+            self._setup_options(start)
+            self._build_optimizer()
+            self._build_step()
+            self._begin(start)
+        except BaseException:
+            self.close()
+            if self._created_dir and self.dist.is_main and not self.files.checkpoint("last").is_file():
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+            raise
+
+    # -- setup steps -------------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        """Where checkpoints go."""
+        return self.files.checkpoints
+
+    def _setup_device(self, train: TrainSpec) -> None:
+        """Device, process group, precision, memory format; a graphed step needs one CUDA GPU."""
+        self.dist: DistInfo = init_distributed(resolve_device(train.device))
         self.device = self.dist.device
         self.bf16 = train.precision == "bf16" or (train.precision == "auto" and self.device.type == "cuda")
         self.channels_last = (
             self.device.type == "cuda" if train.channels_last == "auto" else bool(train.channels_last)
         )
-        graphed = train.step_mode == "cuda_graph"
-        if graphed and (self.device.type != "cuda" or self.dist.distributed):
+        if train.step_mode == "cuda_graph" and (self.device.type != "cuda" or self.dist.distributed):
+            shutdown(self.dist)
             raise ConfigError(
                 "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); "
                 "use 'eager' or 'compile'"
             )
-        seed_everything(train.seed + self.dist.rank)
-        try:
-            self.data: RunData = prepare_data(
-                config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
-                resume=resume, dist_info=self.dist,
-            )
-        except BaseException:
-            shutdown(self.dist)
-            raise
-        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
-        if train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self.config = self.data.config  # resolved: metadata width filled in
-        self._setup_logging()
-        spec = self.config.model
-        self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        try:  # options of issue 13 (docs/how-to/training-options.md)
-            if train.init_from is not None and not resume:
-                logger.info(warm_start(self.model, train.init_from).summary())
-            self.tracker = Tracker(
-                backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
-                params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
-            )
-        except BaseException:
-            self.close()
-            raise
-        self.ema = None if train.ema_decay is None else ModelEma(model=self.model, decay=train.ema_decay)
-        self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
-        fused = self.device.type == "cuda"
-        groups = param_groups(
-            self.model, lr=train.lr, weight_decay=train.weight_decay, backbone_lr=train.backbone_lr,
-            backbone_weight_decay=train.backbone_weight_decay, no_decay_norm_bias=train.no_decay_norm_bias,
-        )
-        for group in groups:  # a graphed step reads the lr from a tensor
-            group["lr"] = torch.tensor(group["lr"], device=self.device) if graphed else group["lr"]
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None, capturable=graphed,
-        )
-        steps = 0
-        if train.scheduler.kind == "cosine":
-            steps = len(self.data.train_loader(epoch=0))
-            steps = min(steps, train.max_batches_per_epoch or steps)
-        self.scheduler = LrSchedule(
-            spec=train.scheduler, optimizer=self.optimizer, epochs=train.epochs, steps_per_epoch=steps
-        )
-        self.net: torch.nn.Module = self.model
-        if self.dist.distributed:
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.step_net = self.net
-        if train.step_mode == "compile":
-            self.step_net = torch.compile(self.net, mode=train.compile_mode)
-        # masks are checked on the CPU (check_presence) so device steps never wait on the host
-        self.model.validate_presence = False
-        step_cls = CudaGraphStep if graphed else EagerStep
-        self.step = step_cls(
-            model=self.step_net, loss_fn=self.loss_fn, optimizer=self.optimizer, device=self.device,
-            bf16=self.bf16, grad_clip=train.grad_clip, clip_parameters=self.model.parameters,
-        )
-        self.start_epoch, self.start_batch = 0, 0
-        self.best_dice = -math.inf
-        self.history: list[dict[str, Any]] = []
-        if resume:
-            try:
-                self._resume()
-            except BaseException:
-                self.close()
-                raise
-        self._interrupted = False
 
-    # -- setup -----------------------------------------------------------------------------------
-    @property
-    def ckpt_dir(self) -> Path:
-        """Where checkpoints go."""
-        return self.files.checkpoints
+    def _claim_run_dir(self, *, resume: bool, overwrite: bool) -> RunStart:
+        """Lock the run directory (rank 0) and decide how the run starts (:mod:`fusionkit.train.resume`)."""
+        start = RunStart(saved=None)
+        if self.dist.is_main:
+            self._created_dir = not self.run_dir.exists()
+            self._lock = RunLock(self.run_dir).acquire()
+            start = claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            if start.restarted:
+                logger.warning("%s: no checkpoint yet; starting the run from the beginning", self.run_dir)
+        barrier(self.dist)
+        if not self.dist.is_main and resume and self.files.checkpoint("last").is_file():
+            start = RunStart(saved=load_run_config(self.files.config))
+        return start
+
+    def _setup_determinism(self) -> None:
+        if self.config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
     def _setup_logging(self) -> None:
         if not self.dist.is_main:
@@ -184,10 +177,94 @@ class Trainer:
             root.addHandler(handler)
         self._log_handler = handler
 
+    def _build_model(self) -> None:
+        """The model (eq 5-11 as the spec says), its loss (eq 7), the DDP and compile wrappers."""
+        spec, train = self.config.model, self.config.train
+        self.model = FusionModel(spec, metadata_width=self.data.encoder.width).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # masks are checked on the CPU (check_presence) so device steps never wait on the host
+        self.model.validate_presence = False
+        self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
+        self.net: torch.nn.Module = self.model
+        if self.dist.distributed:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step_net = self.net
+        if train.step_mode == "compile":
+            self.step_net = torch.compile(self.net, mode=train.compile_mode)
+
+    def _setup_options(self, start: RunStart) -> None:
+        """The options of docs/how-to/training-options.md: warm start (a fresh run only), the
+        trackers (rank 0), the weight average."""
+        train = self.config.train
+        if train.init_from is not None and not start.from_checkpoint:
+            logger.info(warm_start(self.model, train.init_from).summary())
+        self.tracker = Tracker(
+            backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
+            params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
+        )
+        self.ema = None if train.ema_decay is None else ModelEma(model=self.model, decay=train.ema_decay)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        train = self.config.train
+        return param_groups(
+            self.model, lr=train.lr, weight_decay=train.weight_decay, backbone_lr=train.backbone_lr,
+            backbone_weight_decay=train.backbone_weight_decay, no_decay_norm_bias=train.no_decay_norm_bias,
+        )
+
+    def _build_optimizer(self) -> None:
+        """AdamW on the param groups; the schedule (Appendix A.2's ReduceLROnPlateau by default)."""
+        train = self.config.train
+        graphed = train.step_mode == "cuda_graph"
+        groups = self._param_groups()
+        for group in groups:  # a graphed step reads the lr from a tensor
+            group["lr"] = torch.tensor(group["lr"], device=self.device) if graphed else group["lr"]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=train.lr, weight_decay=train.weight_decay, fused=(self.device.type == "cuda") or None,
+            capturable=graphed,
+        )
+        steps = 0
+        if train.scheduler.kind == "cosine":
+            steps = len(self.data.train_loader(epoch=0))
+            steps = min(steps, train.max_batches_per_epoch or steps)
+        self.scheduler = LrSchedule(
+            spec=train.scheduler, optimizer=self.optimizer, epochs=train.epochs, steps_per_epoch=steps
+        )
+
+    def _build_step(self) -> None:
+        train = self.config.train
+        step_cls = CudaGraphStep if train.step_mode == "cuda_graph" else EagerStep
+        self.step = step_cls(
+            model=self.step_net, loss_fn=self.loss_fn, optimizer=self.optimizer, device=self.device,
+            bf16=self.bf16, grad_clip=train.grad_clip, clip_parameters=self.model.parameters,
+        )
+
+    def _begin(self, start: RunStart) -> None:
+        """Load the checkpoint when resuming, apply and record the changed settings."""
+        if start.from_checkpoint:
+            self._resume()
+            for change in self.data.changes:
+                logger.warning("resume: %s (applied)", change)
+            if any(c.startswith("train.lr:") for c in self.data.changes):
+                self._reset_lr()
+        if self.dist.is_main and (start.from_checkpoint or start.restarted):
+            record_resume(
+                self.run_dir, epoch=self.start_epoch, batch=self.start_batch,
+                changes=list(self.data.changes), restarted=start.restarted,
+            )
+
+    def _reset_lr(self) -> None:
+        """Every param group's lr as the (changed) config gives it; plateau reductions start afresh."""
+        for group, fresh in zip(self.optimizer.param_groups, self._param_groups(), strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(fresh["lr"])
+            else:
+                group["lr"] = fresh["lr"]
+
     def _resume(self) -> None:
-        last = self.ckpt_dir / "last.safetensors"
-        if not last.is_file():
-            raise ConfigError(f"{self.run_dir}: --resume but no checkpoint at {last}")
+        last = self.files.checkpoint("last")
         info = load_checkpoint(
             last, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             restore_rng=True, modules=self._extra_modules(),
@@ -196,6 +273,7 @@ class Trainer:
         self.start_batch = int(info.get("batch", 0))
         self.best_dice = float(info.get("best_dice", -math.inf))
         self.history = list(info.get("history", []))
+        self._partial = (float(info.get("epoch_loss_sum", 0.0)), int(info.get("epoch_seen", 0)))
         for group in self.optimizer.param_groups:  # a graphed step reads the lr from a tensor
             if self.config.train.step_mode == "cuda_graph" and not isinstance(group["lr"], torch.Tensor):
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
@@ -212,6 +290,11 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, start_batch: int) -> tuple[float, int, int]:
+        """Train one epoch from ``start_batch``; returns (mean loss, samples, batches done).
+
+        The loss sum stays on the device (no host sync per step) and is read once at the end; a
+        non-finite sum means some step's loss was NaN or infinite (:meth:`_check_finite`).
+        """
         train = self.config.train
         loader = self.data.train_loader(epoch=epoch, start_batch=start_batch)
         total = len(loader)
@@ -219,8 +302,10 @@ class Trainer:
             total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
         self.net.train()
         self._term_sums: dict[str, torch.Tensor] = {}
-        losses = torch.zeros((), device=self.device)
-        seen, batch_index = 0, start_batch
+        loss_sum, seen = self._partial if start_batch else (0.0, 0)
+        self._partial = (0.0, 0)
+        losses = torch.full((), loss_sum, device=self.device)
+        batch_index = start_batch
         bar = tqdm(
             total=total, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
             disable=not (self.progress and self.dist.is_main), leave=False,
@@ -233,9 +318,9 @@ class Trainer:
             batch = self.data.to_model_batch(
                 move_batch(batch, self.device, channels_last=self.channels_last), epoch=epoch, batch_index=batch_index
             )
-            # tensors only: strings (lesion ids) would make torch.compile guard on their values
             if train.mixup.enabled:
                 batch, _ = mix_batch(batch, spec=train.mixup, num_classes=len(self.data.class_names))
+            # tensors only: strings (lesion ids) would make torch.compile guard on their values
             loss = self.step({k: v for k, v in batch.items() if k != "lesion_id"})
             self.scheduler.after_step()
             if self.ema is not None:
@@ -251,11 +336,33 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             if self._interrupted:
                 bar.close()
-                self._save_last(epoch, batch=batch_index)
-                raise KeyboardInterrupt
+                self._check_finite(epoch, float(losses))
+                self._save_last(epoch, batch=batch_index, partial=(float(losses), seen))
+                self._raise_interrupted()
         bar.close()
         sync_buffers(self.dist, self.model)
-        return float(losses) / max(seen, 1), seen, batch_index
+        mean = float(losses) / max(seen, 1)
+        self._check_finite(epoch, mean)
+        return mean, seen, batch_index
+
+    def _check_finite(self, epoch: int, loss: float) -> None:
+        """Raise :class:`DivergenceError` if the epoch's loss or any weight is NaN or infinite."""
+        finite = math.isfinite(loss)
+        if finite:  # a finite loss can still have left non-finite weights (the last step's update)
+            finite = bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+        if not finite:
+            raise self._divergence(epoch, "the loss or the weights")
+
+    def _divergence(self, epoch: int, what: str) -> DivergenceError:
+        kept = (
+            f"the last good checkpoint is {self.files.checkpoint('last')} (end of epoch {epoch})"
+            if epoch > 0 else "no checkpoint was saved"
+        )
+        return DivergenceError(
+            f"training diverged in epoch {epoch + 1}: {what} became NaN or infinite "
+            f"(train.lr {self.config.train.lr:g} may be too high); {kept}",
+            epoch=epoch + 1,
+        )
 
     def validate(self) -> tuple[dict[str, Any], float]:
         """Macro metrics and the eq-7 loss (of P_final) on the validation split."""
@@ -264,86 +371,82 @@ class Trainer:
             channels_last=self.channels_last, dist_info=self.dist,
             batch_transform=self.data.to_model_batch,
         )
+        if not np.isfinite(preds.probs).all():  # finite but huge weights can still overflow
+            raise self._divergence(len(self.history), "the validation probabilities")
         metrics = isic_metrics(preds.labels, preds.probs, self.data.class_names)
         nll = float(-preds.log_probs[np.arange(len(preds)), preds.labels].mean())
         return metrics, nll
 
-    # -- checkpoints -------------------------------------------------------------------------------
-    def _save_last(self, epoch: int, *, batch: int = 0) -> None:
+    # -- checkpoints and signals -------------------------------------------------------------------
+    def _save_last(self, epoch: int, *, batch: int = 0, partial: tuple[float, int] = (0.0, 0)) -> None:
+        """The resumable checkpoint; mid-epoch it also holds the finished batches' loss sum."""
         barrier(self.dist)
         if self.dist.is_main:
             save_checkpoint(
-                self.ckpt_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
+                self.files.checkpoint("last"), model=self.model, optimizer=self.optimizer,
                 scheduler=self.scheduler, modules=self._extra_modules(),
-                info={"epoch": epoch, "batch": batch, "best_dice": self.best_dice, "history": self.history},
+                info={
+                    "epoch": epoch, "batch": batch, "best_dice": self.best_dice, "history": self.history,
+                    "epoch_loss_sum": partial[0], "epoch_seen": partial[1],
+                },
             )
         barrier(self.dist)
 
-    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
-        if self._interrupted:  # second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self._interrupted = True
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self._interrupted:  # a second signal: stop at once
+            raise RunInterrupted(signum, self.run_dir)
+        self._interrupted = signum
         if self.dist.is_main:
-            tqdm.write("interrupt: finishing this batch and saving a resumable checkpoint ...")
+            tqdm.write("interrupt: finishing this batch and saving a resumable checkpoint ...", file=sys.stderr)
+
+    def _raise_interrupted(self) -> None:
+        signum = signal.SIGINT if self._interrupted is True else int(self._interrupted)
+        raise RunInterrupted(int(signum), self.run_dir)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def fit(self) -> list[dict[str, Any]]:
-        """Train from the start (or where ``resume`` left off) to ``train.epochs``."""
-        train = self.config.train
-        previous = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread
-            previous = None
-        try:
-            epochs = tqdm(
-                range(self.start_epoch, train.epochs), initial=self.start_epoch, total=train.epochs,
-                desc="training", unit="epoch", disable=not (self.progress and self.dist.is_main),
-            )
-            for epoch in epochs:
-                start_batch = self.start_batch if epoch == self.start_epoch else 0
-                began = time.perf_counter()
-                train_loss, seen, _ = self._train_epoch(epoch, start_batch)
-                seconds = time.perf_counter() - began
-                metrics, val_loss = self.validate()
-                dice = float(metrics["macro"]["dice"])
-                self.scheduler.after_epoch(dice)
-                is_best = dice > self.best_dice
-                record = EpochRecord(
-                    epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
-                    val_auc=float(metrics["macro"]["auc"]), lr=float(self.optimizer.param_groups[0]["lr"]),
-                    seconds=seconds, samples_per_s=seen * self.dist.world_size / max(seconds, 1e-9),
-                    best=is_best,
+    def _train_and_check(self, epoch: int) -> tuple[EpochRecord, dict[str, Any], int]:
+        """One epoch, its validation, the scheduler step and the checkpoints; returns its record,
+        the validation metrics and the number of training samples."""
+        start_batch = self.start_batch if epoch == self.start_epoch else 0
+        began = time.perf_counter()
+        train_loss, seen, _ = self._train_epoch(epoch, start_batch)
+        seconds = time.perf_counter() - began
+        metrics, val_loss = self.validate()
+        dice = float(metrics["macro"]["dice"])
+        self.scheduler.after_epoch(dice)
+        is_best = dice > self.best_dice
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = EpochRecord(
+            epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
+            val_auc=float(metrics["macro"]["auc"]), lr=float(lr),
+            seconds=seconds, samples_per_s=seen * self.dist.world_size / max(seconds, 1e-9),
+            best=is_best,
+        )
+        self.history.append(record.__dict__)
+        if is_best:
+            self.best_dice = dice
+            if self.dist.is_main:
+                save_checkpoint(
+                    self.files.checkpoint("best"), model=self.eval_model, include_rng=False,
+                    info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
                 )
-                self.history.append(record.__dict__)
-                if is_best:
-                    self.best_dice = dice
-                    if self.dist.is_main:
-                        save_checkpoint(
-                            self.ckpt_dir / "best.safetensors", model=self.eval_model, include_rng=False,
-                            info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
-                        )
-                self._save_last(epoch + 1)
-                if self.dist.is_main:
-                    line = (
-                        f"epoch {epoch + 1}/{train.epochs}  train loss {train_loss:.4f}  "
-                        f"val loss {val_loss:.4f}  val dice {dice:.4f}  val auc {record.val_auc:.4f}  "
-                        f"lr {record.lr:.2e}  {record.samples_per_s:.1f} samples/s"
-                        + ("  *best*" if is_best else "")
-                    )
-                    tqdm.write(line)
-                    logger.info(line)
-                    atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
-                    self._track_epoch(record, metrics, seen)
-            epochs.close()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        if self.after_fit is not None and self.dist.is_main:
-            self.after_fit(self.run_dir)
-            self.tracker.log_figures(sorted(self.run_dir.glob("*.png")), step=train.epochs)
-        barrier(self.dist)
-        return self.history
+        self._save_last(epoch + 1)
+        return record, metrics, seen
+
+    def _report(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
+        """One line per epoch on stdout and in train.log; history.json rewritten; the trackers."""
+        if not self.dist.is_main:
+            return
+        line = (
+            f"epoch {record.epoch}/{self.config.train.epochs}  train loss {record.train_loss:.4f}  "
+            f"val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}  val auc {record.val_auc:.4f}  "
+            f"lr {record.lr:.2e}  {record.samples_per_s:.1f} samples/s"
+            + ("  *best*" if record.best else "")
+        )
+        tqdm.write(line)
+        logger.info(line)
+        atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
+        self._track_epoch(record, metrics, seen)
 
     def _track_epoch(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
         """Send one epoch to the trackers: each eq-7 term, the validation metrics, each group's lr."""
@@ -356,17 +459,49 @@ class Trainer:
         values["train/samples_per_s"] = record.samples_per_s
         self.tracker.log_scalars(values, step=record.epoch)
 
+    def fit(self) -> list[dict[str, Any]]:
+        """Train from the start (or where ``resume`` left off) to ``train.epochs``."""
+        train = self.config.train
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            epochs = tqdm(
+                range(self.start_epoch, train.epochs), initial=self.start_epoch, total=train.epochs,
+                desc="training", unit="epoch", disable=not (self.progress and self.dist.is_main),
+            )
+            for epoch in epochs:
+                self._report(*self._train_and_check(epoch))
+                if self._interrupted:  # the signal came during validation: the epoch is saved
+                    epochs.close()
+                    self._raise_interrupted()
+            epochs.close()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self.after_fit is not None and self.dist.is_main:
+            self.after_fit(self.run_dir)
+            self.tracker.log_figures(sorted(self.run_dir.glob("*.png")), step=train.epochs)
+        barrier(self.dist)
+        return self.history
+
     def close(self) -> None:
-        """Release the process group, the trackers and the log file."""
+        """Release the process group, the trackers, the log file and the run lock (safe on a
+        half-built trainer)."""
         shutdown(self.dist)
-        tracker = getattr(self, "tracker", None)
-        if tracker is not None:
-            tracker.close()
+        if self.tracker is not None:
+            self.tracker.close()
         torch.use_deterministic_algorithms(self._was_deterministic)
-        handler = getattr(self, "_log_handler", None)
-        if handler is not None:
-            logging.getLogger("fusionkit").removeHandler(handler)
-            handler.close()
+        if self._log_handler is not None:
+            logging.getLogger("fusionkit").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def train_run(
@@ -376,6 +511,7 @@ def train_run(
     data_root: str | Path | None = None,
     synthetic: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     after_fit: Callable[[Path], object] | None = None,
 ) -> Trainer:
@@ -387,7 +523,7 @@ def train_run(
     """
     trainer = Trainer(
         config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, resume=resume,
-        progress=progress, after_fit=after_fit,
+        overwrite=overwrite, progress=progress, after_fit=after_fit,
     )
     try:
         trainer.fit()

@@ -1,13 +1,28 @@
-"""Atomic file writes: write a temporary file in the same folder, then rename over the target."""
+"""Atomic file writes: write a temporary file in the same folder, then rename over the target.
+
+The written file gets the mode an ordinary ``open(path, "w")`` would give it: a replaced file keeps
+its mode, a new one gets ``0o666`` less the umask (``mkstemp`` alone would make every file 0600).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+
+def file_mode(path: str | Path) -> int:
+    """The mode a write to ``path`` should leave: the existing file's, else ``0o666 & ~umask``."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -17,13 +32,17 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode_ = file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode_)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
