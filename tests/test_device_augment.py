@@ -154,7 +154,7 @@ def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augmen
     raw["data"]["augment_on"] = augment_on
     data = prepare_data(
         RunConfig.model_validate(raw), run_dir=tmp_path / "run", data_root=None, synthetic=True,
-        resume=False, dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
+        dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
     )
     assert (data.train_set.transform.augment is None) == (augment_on == "device")
     batch = data.train_set.collate(range(8))
