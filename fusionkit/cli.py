@@ -1,4 +1,4 @@
-"""The ``fusionkit`` command line: train, predict, evaluate, and look at what is available.
+"""The ``fusionkit`` command line: train, predict, evaluate, export, and look at what is available.
 
 User errors (a bad config, a folder not in the MILK10k layout, CUDA without a GPU, ...) print one
 line on stderr and exit with status 2, without a traceback.
@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from fusionkit.errors import FusionkitError
+from fusionkit.errors import ConfigError, FusionkitError
 
 app = typer.Typer(
     name="fusionkit",
@@ -78,36 +78,71 @@ def train(
         overwrite=overwrite, progress=not quiet,
     )
     if trainer.dist.is_main:
-        typer.echo(f"run directory: {run_dir}  (best val macro Dice {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
+        metric = {"dice": "macro Dice", "f1": "macro F1", "auc": "macro AUC"}[cfg.train.selection_metric]
+        typer.echo(f"run directory: {run_dir}  (best val {metric} {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
+
+
+TTA_HELP = "Test-time augmentation: none, flips (4 views) or d4 (8 dihedral views) of both images; the posterior is their mean."
 
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).")],
     data: Annotated[Path, typer.Option("--data", help="MILK10k folder holding the split to predict.")],
-    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write.")] = Path("submission.csv"),
-    split: Annotated[str, typer.Option(help="Split to read: Test, Training, or auto (Test when present).")] = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (its settings go to the same name with .json).")] = Path("submission.csv"),
+    split: Annotated[str, typer.Option(help="Split to read: Test, Training, or auto (the Test split).")] = "auto",
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    tta: Annotated[str, typer.Option("--tta", help=TTA_HELP)] = "none",
+    decision: Annotated[str, typer.Option("--decision", help="What the CSV holds: probs (posteriors), argmax (one-hot top class) or thresholds (per-class thresholds fitted on the validation split for macro Dice at > 0.5).")] = "thresholds",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Write a submission CSV in the official MILK10k format (lesion_id + 11 class probabilities)."""
-    from fusionkit.evaluate.inference import predict_split
+    """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
+    from fusionkit.evaluate.ensemble import predict_split
 
-    path = predict_split(run, data_root=data, out=out, split=split, checkpoint=checkpoint)
+    path = predict_split(
+        runs, data_root=data, out=out, split=split, checkpoint=checkpoint, tta=tta, decision=decision,
+        progress=not quiet,
+    )
     typer.echo(f"wrote {path}")
 
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    runs: Annotated[list[Path], typer.Argument(help="A run directory written by 'fusionkit train'; several (or a sweep folder): an ensemble, evaluated on the validation split they share.")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Labelled MILK10k folder (default: the run's validation split).")] = None,
     gradcam: Annotated[int, typer.Option(help="How many lesions get Grad-CAM overlays.")] = 4,
+    tta: Annotated[str, typer.Option("--tta", help=TTA_HELP + " The report shows the metrics with and without it.")] = "none",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Write the evaluation report (Table 5 metrics, figures, ablation) into the run directory."""
+    """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
+    from fusionkit.evaluate.ensemble import evaluate_ensemble, find_runs
     from fusionkit.evaluate.report import evaluate_run
 
-    path = evaluate_run(run, data_root=data, gradcam_lesions=gradcam, progress=not quiet)
+    found = find_runs(runs)
+    if len(found) == 1 and out is None:
+        path = evaluate_run(found[0], data_root=data, gradcam_lesions=gradcam, progress=not quiet, tta=tta)
+    elif out is None:
+        raise ConfigError(f"evaluating an ensemble of {len(found)} runs: pass --out DIR for its report")
+    else:
+        path = evaluate_ensemble(found, out=out, data_root=data, tta=tta, progress=not quiet)
     typer.echo(f"report: {path}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory written by 'fusionkit train'.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Path, typer.Option("--out", help="File to write; the preprocessing and metadata encoder go beside it as .json.")] = Path("model.onnx"),
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+) -> None:
+    """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
+    from fusionkit.evaluate.export import EXPORT_FORMATS, export_onnx
+
+    if format_ not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    path = export_onnx(run, out=out, checkpoint=checkpoint)
+    typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 
 @app.command()

@@ -64,7 +64,7 @@ def test_predict_writes_a_submission_the_official_parser_accepts(trained_run, tm
     data = tmp_path / "data"
     make_synthetic_milk10k(data, n_lesions=12, image_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
     out = tmp_path / "submission.csv"
-    code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out, "--decision", "probs")
     assert code == 0, err
     text = out.read_text()
     header, *rows = text.splitlines()

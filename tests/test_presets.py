@@ -183,6 +183,9 @@ def test_each_delta_preset_expands_to_the_full_spec_it_had(old_name):
     # the one field removed since: the metadata input width, which comes from the data alone
     expected["metadata_encoder"] = dict(expected["metadata_encoder"])
     assert expected["metadata_encoder"].pop("in_dim") is None
+    # the fields added since: the long-tail loss options, off (the paper's plain CE)
+    expected["loss"] = {**expected["loss"], "focal_gamma": 0.0, "label_smoothing": 0.0, "logit_adjustment": 0.0,
+                        "class_prior": None}
     assert fk.load_preset(old_name).to_dict() == expected
     assert fk.load_preset(OLD_NAMES.get(old_name, old_name)).to_dict() == expected
 

@@ -1,4 +1,7 @@
-"""Loading a trained run back (spec, metadata encoder, weights) and predicting with it."""
+"""Loading a trained run back (spec, metadata encoder, weights) and predicting with it.
+
+Submissions from one run or an ensemble are written by :mod:`fusionkit.evaluate.ensemble`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,10 @@ from typing import Any
 
 import torch
 
-from fusionkit.data import CLASS_NAMES, MetadataEncoder, Milk10kDataset, build_transforms, find_split, make_loader, normalize_batch
-from fusionkit.errors import ConfigError, FusionkitError
+from fusionkit.data import MetadataEncoder, Milk10kDataset, build_transforms, find_split, make_loader, normalize_batch
+from fusionkit.errors import ConfigError
 from fusionkit.runtime.predict import Predictions, predict
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.metrics.submission import write_submission
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.train.config import RunConfig, load_run_config
@@ -58,14 +60,17 @@ class LoadedRun:
         """The run's own validation split."""
         return self.dataset(lesion_ids=self.split["val"])
 
-    def predict(self, dataset: Milk10kDataset, *, absent=(), progress: bool = False, desc: str = "predict") -> Predictions:
-        """Predictions for every lesion of ``dataset`` (``absent`` masks modalities out)."""
+    def predict(
+        self, dataset: Milk10kDataset, *, absent=(), progress: bool = False, desc: str = "predict", tta: str = "none"
+    ) -> Predictions:
+        """Predictions for every lesion of ``dataset`` (``absent`` masks modalities out; ``tta``:
+        ``none``, ``flips`` or ``d4``, see :mod:`fusionkit.runtime.tta`)."""
         loader = make_loader(dataset, batch_size=self.config.train.eval_batch_size or 2 * self.config.train.batch_size)
         transform = dataset.transform
         return predict(
             self.model, loader, device=self.device, absent=absent, progress=progress, desc=desc,
             batch_transform=lambda b: normalize_batch(b, mean=transform.mean, std=transform.std),
-            bf16=self.device.type == "cuda",
+            bf16=self.device.type == "cuda", tta=tta,
         )
 
 
@@ -81,33 +86,9 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | tor
     encoder = MetadataEncoder.load(files.metadata_encoder)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = FusionModel(config.model, metadata_width=encoder.width)
+    if not files.checkpoint(checkpoint).is_file():
+        raise ConfigError(f"{run_dir}: the run has no {checkpoint} checkpoint ({files.checkpoint(checkpoint)} is missing)")
     info = load_checkpoint(files.checkpoint(checkpoint), model=model)
     model.to(device).eval()
     split = json.loads(files.split.read_text())
     return LoadedRun(run_dir, config, model, encoder, info, split, device)
-
-
-def _auto_split(root: Path, split: str) -> str:
-    """``auto`` is the Test split; never a silent fall-back to Training (a submission of the wrong lesions)."""
-    if split != "auto":
-        return split
-    try:
-        find_split(root, "Test")
-    except FusionkitError as exc:
-        raise ConfigError(
-            f"--split auto predicts the Test split, but {exc}; "
-            "pass --split Training to predict the training lesions"
-        ) from exc
-    return "Test"
-
-
-def predict_split(
-    run_dir: str | Path, *, data_root: str | Path, out: str | Path, split: str = "auto", checkpoint: str = "best"
-) -> Path:
-    """Predict a split with a trained run and write the submission CSV (official MILK10k format)."""
-    if Path(out).is_dir():
-        raise ConfigError(f"{out} is a directory; give a file name")
-    run = load_run(run_dir, checkpoint=checkpoint)
-    split = _auto_split(Path(data_root), split)
-    preds = run.predict(run.dataset(data_root=data_root, split=split), progress=True)
-    return write_submission(out, preds.lesion_ids, preds.probs, CLASS_NAMES)

@@ -11,6 +11,8 @@ What it writes (all atomically):
 - ``ablation.md``: the macro metrics with each modality masked out at inference (Table 2's
   question answered without retraining);
 - ``calibration.json``: ECE before and after temperature scaling fitted on the validation split;
+- ``decision.json``: macro Dice and AUC under each decision rule (probs, argmax, fitted
+  thresholds), without and with the test-time augmentation asked for;
 - ``predictions.csv``: the evaluated posteriors in the MILK10k submission format;
 - ``report.md``: one page that shows all of the above.
 """
@@ -25,7 +27,8 @@ from typing import Any
 import torch
 
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
-from fusionkit.errors import FusionkitError
+from fusionkit.errors import ConfigError, FusionkitError
+from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.evaluate.inference import LoadedRun, load_run
 from fusionkit.evaluate.plots import (
@@ -37,6 +40,7 @@ from fusionkit.evaluate.plots import (
 )
 from fusionkit.runtime.predict import Predictions
 from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.tta import check_tta
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.metrics import (
@@ -72,8 +76,11 @@ def modality_ablation(
     *,
     progress: bool = False,
     baseline: Predictions | None = None,
+    tta: str = "none",
 ) -> dict[str, dict[str, float]]:
     """Macro metrics with all inputs, then with each modality masked out through the presence masks.
+
+    ``tta`` is the test-time augmentation of every row (that of ``baseline``, when given).
 
     ``baseline``, when given, holds the predictions with all inputs (they are not recomputed). A
     masking that leaves a sample with nothing to decide on (a single-modality model) is skipped.
@@ -86,7 +93,7 @@ def modality_ablation(
             preds = baseline
         else:
             try:
-                preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}")
+                preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}", tta=tta)
             except FusionkitError as exc:
                 logger.info("modality ablation %s skipped: %s", label, exc)
                 continue
@@ -134,19 +141,25 @@ def evaluate_run(
     gradcam_lesions: int = 4,
     progress: bool = False,
     checkpoint: str = "best",
+    tta: str = "none",
 ) -> Path:
     """Evaluate a run's checkpoint and write the report (see the module docstring); returns report.md.
 
     Without ``data_root`` the run's own validation split is evaluated; with it, the labelled
-    Training split of that MILK10k folder.
+    Training split of that MILK10k folder. ``tta`` (``none``, ``flips``, ``d4``) is the test-time
+    augmentation of the headline metrics; the decision table shows them without it as well.
     """
+    try:
+        check_tta(tta)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint=checkpoint)
     val_set = run.validation_dataset()
     dataset = val_set if data_root is None else run.dataset(data_root=data_root)
     if not dataset.labelled:
         raise FusionkitError(f"{dataset.files.metadata_csv}: evaluation needs a labelled split (ground truth)")
-    preds = run.predict(dataset, progress=progress, desc="evaluate")
+    preds = run.predict(dataset, progress=progress, desc="evaluate", tta=tta)
     labels = preds.labels
     metrics = isic_metrics(labels, preds.probs, CLASS_NAMES)
     write_table5(metrics, run_dir, stem="metrics")
@@ -162,7 +175,7 @@ def evaluate_run(
     figures.append(("ROC curves per class", "roc.png"))
 
     # calibration: temperature fitted on the run's validation split
-    val_preds = preds if data_root is None else run.predict(val_set, desc="validation")
+    val_preds = preds if data_root is None else run.predict(val_set, desc="validation", tta=tta)
     temperature = fit_temperature(val_preds.log_probs, val_preds.labels)
     calibrated = apply_temperature(preds.log_probs, temperature)
     calibration = {
@@ -173,6 +186,17 @@ def evaluate_run(
         "n_bins": 15,
     }
     atomic_write_text(run_dir / "calibration.json", json.dumps(calibration, indent=2))
+
+    evaluated, validation = {tta: preds}, {tta: val_preds}
+    if tta != "none":
+        plain = run.predict(dataset, progress=progress, desc="evaluate without TTA")
+        evaluated = {"none": plain, tta: preds}
+        validation = {"none": plain if data_root is None else run.predict(val_set, desc="validation"), tta: val_preds}
+    decisions = decision_rows(evaluated, validation)
+    atomic_write_text(run_dir / "decision.json", json.dumps({
+        "rows": decisions,
+        "thresholds_fitted_on": "validation split" + (" (the evaluated split itself)" if data_root is None else ""),
+    }, indent=2))
 
     gate_md = ""
     if preds.weights is not None:
@@ -190,7 +214,7 @@ def evaluate_run(
     if cam is not None:
         figures.append(("Grad-CAM on the first lesions (warmer: more weight in the decision)", "gradcam.png"))
 
-    ablation = modality_ablation(run, dataset, progress=progress, baseline=preds)
+    ablation = modality_ablation(run, dataset, progress=progress, baseline=preds, tta=tta)
     columns = list(ABLATION_METRICS)
     if any(GATE_COLUMNS[0] in row for row in ablation.values()):
         columns += GATE_COLUMNS
@@ -198,10 +222,24 @@ def evaluate_run(
     if ablation_md:
         atomic_write_text(run_dir / "ablation.md", ablation_md + "\n")
 
-    report = _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, len(preds), data_root)
+    report = _report_markdown(
+        run, metrics, calibration, gate_md, ablation_md, figures, len(preds), data_root,
+        decision_md=_decision_section(decisions, tta, data_root),
+    )
     path = RunFiles(run_dir).report
     atomic_write_text(path, report)
     return path
+
+
+def _decision_section(rows: list[dict[str, Any]], tta: str, data_root) -> str:
+    where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
+    return "\n".join([
+        "## Test-time augmentation and decision rule", "",
+        f"Headline metrics above use TTA `{tta}` and the posteriors (`probs`). Macro Dice counts a class "
+        "as predicted when its value is > 0.5; `argmax` submits the one-hot top class, `thresholds` "
+        f"rescales each class at a threshold fitted for Dice on {where}.", "",
+        decision_markdown(rows), "", "",
+    ])
 
 
 def _gate_markdown(table: dict[str, Any]) -> str:
@@ -220,7 +258,7 @@ def _gate_markdown(table: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n, data_root) -> str:
+def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n, data_root, *, decision_md="") -> str:
     spec = run.config.model
     info = run.checkpoint_info
     macro = metrics["macro"]
@@ -254,6 +292,8 @@ def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n
                   ablation_md, ""]
     if gate_md:
         lines += ["## What the fusion gate trusted", "", "Mean ADF weights by group.", "", gate_md, ""]
+    if decision_md:
+        lines.append(decision_md)
     lines += ["## Figures", ""]
     for title, name in figures:
         lines.append(_markdown_image(title, name))

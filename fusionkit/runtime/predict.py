@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
+from fusionkit.runtime.tta import tta_views, view_batch
 from fusionkit.utils.progress import bars_enabled
 
 
@@ -64,8 +65,13 @@ def predict(
     progress: bool = False,
     desc: str = "predict",
     batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    tta: str = "none",
 ) -> Predictions:
     """Predict every batch of ``loader`` in eval mode; ``absent`` masks modalities out.
+
+    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.runtime.tta`) averages the posterior
+    P_final and the fusion weights over dihedral views of both images of each lesion;
+    ``log_probs`` is then the log of that mean.
 
     Under torch.distributed each rank predicts its shard and the results are gathered on every
     rank; duplicates from padded shards are dropped. ``batch_transform`` runs on each batch once it
@@ -82,13 +88,22 @@ def predict(
             batch = move_batch(mask_modalities(batch, absent), device, channels_last=channels_last)
             if batch_transform is not None:
                 batch = batch_transform(batch)
-            with autocast_context(device, bf16):
-                out = model(batch)
+            views = tta_views(tta)
+            mean_probs, mean_weights = 0.0, 0.0
+            for view in views:
+                with autocast_context(device, bf16):
+                    out = model(view_batch(batch, view))
+                mean_probs = mean_probs + out.probs.float() / len(views)
+                if out.weights is not None:
+                    mean_weights = mean_weights + out.weights.float() / len(views)
             ids.extend(batch["lesion_id"])
-            probs.append(out.probs.float().cpu().numpy())
-            log_probs.append(out.log_probs.float().cpu().numpy())
+            probs.append(mean_probs.cpu().numpy())
+            if len(views) == 1:
+                log_probs.append(out.log_probs.float().cpu().numpy())
+            else:
+                log_probs.append(mean_probs.clamp_min(torch.finfo(torch.float32).tiny).log().cpu().numpy())
             if out.weights is not None:
-                weights.append(out.weights.float().cpu().numpy())
+                weights.append(mean_weights.cpu().numpy())
             if "label" in batch:
                 labels.append(batch["label"].cpu().numpy())
             for name, mask in out.present.items():

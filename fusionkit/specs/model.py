@@ -49,6 +49,11 @@ class LossSpec(FrozenSpec):
 
     The paper fixes lambda_IM = 0.5 and lambda_I = lambda_M = 0.25. ``class_weights`` (one per
     class) weight every cross-entropy term; ``None`` is the paper's unweighted loss.
+
+    Long-tail options (beyond the paper; all off by default, which is the paper's plain CE) apply
+    to every cross-entropy term of eq 7 alike: ``focal_gamma`` (focal loss, Lin et al. 2017),
+    ``label_smoothing`` and ``logit_adjustment`` (tau of Menon et al. 2021, with the training
+    class prior ``class_prior`` that the trainer resolves from the training split).
     """
 
     lambda_joint: float = Field(default=0.5, ge=0.0)
@@ -59,6 +64,14 @@ class LossSpec(FrozenSpec):
     """lambda_M of eq 7: weight of the metadata head's cross-entropy L_M."""
     class_weights: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
     """One weight per class for every cross-entropy term; null = unweighted (the paper)."""
+    focal_gamma: float = Field(default=0.0, ge=0.0)
+    """Focal loss exponent gamma: each term is ``-(1 - p_y)^gamma log p_y``; 0 is plain CE."""
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """epsilon: targets become ``(1 - epsilon) y + epsilon / N``; 0 is the paper's one-hot target."""
+    logit_adjustment: float = Field(default=0.0, ge=0.0)
+    """tau: every term scores ``log p + tau log pi`` (renormalised), pi the training class prior; 0 is off."""
+    class_prior: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
+    """pi, the training class frequencies (filled in from the training split when logit_adjustment > 0)."""
 
 
 class HeadSpec(FrozenSpec):
@@ -247,6 +260,11 @@ class ModelSpec(FrozenSpec):
         if self.loss.class_weights is not None and len(self.loss.class_weights) != self.num_classes:
             raise ValueError(
                 f"loss.class_weights has {len(self.loss.class_weights)} values; expected one per "
+                f"class ({self.num_classes})"
+            )
+        if self.loss.class_prior is not None and len(self.loss.class_prior) != self.num_classes:
+            raise ValueError(
+                f"loss.class_prior has {len(self.loss.class_prior)} values; expected one per "
                 f"class ({self.num_classes})"
             )
         if self.modality_dropout.p > 0 and len(self.modalities) < 2:

@@ -111,6 +111,11 @@ class TrainSpec(FrozenSpec):
     """torch.use_deterministic_algorithms (exact resume on the CPU; slower on CUDA)."""
     grad_clip: float | None = Field(default=None, gt=0.0)
     """Clip the gradient norm to this value (null: no clipping)."""
+    selection_metric: Literal["dice", "f1", "auc"] = Field(
+        default="dice",
+        description="Validation metric that picks the best checkpoint and drives ReduceLROnPlateau: dice (the "
+        "ISIC macro Dice at > 0.5, the paper's choice), f1 (macro F1 of the argmax) or auc (macro AUC).",
+    )
     ema_decay: float | None = Field(
         default=None, ge=0.0, lt=1.0,
         description="Keep an exponential moving average of the weights with this decay (e.g. 0.999) and "

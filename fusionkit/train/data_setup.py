@@ -129,6 +129,14 @@ def _class_weights(labels: tuple[int, ...]) -> tuple[float, ...]:
     return tuple(n / (k * counts[c]) if counts.get(c) else 1.0 for c in range(k))
 
 
+def _class_prior(labels: tuple[int, ...]) -> tuple[float, ...]:
+    """pi of logit adjustment: the training class frequencies, Laplace-smoothed ((count + 1) / (n + N))
+    so a class absent from the training split keeps a finite log prior."""
+    counts = Counter(labels)
+    n, k = len(labels), len(CLASS_NAMES)
+    return tuple((counts.get(c, 0) + 1) / (n + k) for c in range(k))
+
+
 def _data_root(
     config: RunConfig, *, run_dir: Path, data_root: str | Path | None, synthetic: bool,
     saved: RunConfig | None, dist_info: DistInfo,
@@ -159,7 +167,7 @@ def prepare_data(
     saved: RunConfig | None = None,
 ) -> RunData:
     """Locate or generate the data, split it, fit the metadata encoder, resolve the config
-    (metadata width, class weights, ``data.root``: the folder actually read) and write the run's
+    (metadata width, class weights, class prior, ``data.root``: the folder actually read) and write the run's
     files (rank 0). ``saved`` is the run's own config when it resumes from a checkpoint: the split
     and the encoder are read back, and the changed fields are checked
     (:func:`fusionkit.train.resume.resume_changes`; listed in ``RunData.changes``).
@@ -206,6 +214,9 @@ def prepare_data(
     updates: dict[str, Any] = {}
     if config.train.class_weighting == "inverse_frequency" and model.loss.class_weights is None:
         updates["loss"] = model.loss.model_copy(update={"class_weights": _class_weights(train_set.labels)})
+    if model.loss.logit_adjustment > 0 and model.loss.class_prior is None:
+        loss = updates.get("loss", model.loss)
+        updates["loss"] = loss.model_copy(update={"class_prior": _class_prior(train_set.labels)})
     resolved = config.model_copy(update={
         "model": model.model_copy(update=updates), "data": data.model_copy(update={"root": root}),
     })

@@ -86,7 +86,7 @@ class LrSchedule:
             self.scheduler.step()
 
     def after_epoch(self, val_dice: float) -> None:
-        """Called after every epoch with the validation macro Dice (moves the plateau schedule)."""
+        """Called after every epoch with the validation score of train.selection_metric (moves the plateau schedule)."""
         if self.kind == "plateau":
             self.scheduler.step(val_dice)
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics
+from fusionkit.metrics.decision import macro_f1_argmax
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
@@ -61,6 +62,11 @@ class EpochRecord:
     seconds: float
     samples_per_s: float
     best: bool
+
+
+def selection_score(metrics: dict[str, Any], metric: str) -> float:
+    """The validation score ``train.selection_metric`` names, from :meth:`Trainer.validate`'s metrics."""
+    return float(metrics["macro_f1_argmax"] if metric == "f1" else metrics["macro"][metric])
 
 
 class Trainer:
@@ -374,6 +380,7 @@ class Trainer:
         if not np.isfinite(preds.probs).all():  # finite but huge weights can still overflow
             raise self._divergence(len(self.history), "the validation probabilities")
         metrics = isic_metrics(preds.labels, preds.probs, self.data.class_names)
+        metrics["macro_f1_argmax"] = macro_f1_argmax(preds.labels, preds.probs)  # train.selection_metric f1
         nll = float(-preds.log_probs[np.arange(len(preds)), preds.labels].mean())
         return metrics, nll
 
@@ -413,8 +420,9 @@ class Trainer:
         seconds = time.perf_counter() - began
         metrics, val_loss = self.validate()
         dice = float(metrics["macro"]["dice"])
-        self.scheduler.after_epoch(dice)
-        is_best = dice > self.best_dice
+        score = selection_score(metrics, self.config.train.selection_metric)  # best_dice holds this score
+        self.scheduler.after_epoch(score)
+        is_best = score > self.best_dice
         lr = self.optimizer.param_groups[0]["lr"]
         record = EpochRecord(
             epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
@@ -424,7 +432,7 @@ class Trainer:
         )
         self.history.append(record.__dict__)
         if is_best:
-            self.best_dice = dice
+            self.best_dice = score
             if self.dist.is_main:
                 save_checkpoint(
                     self.files.checkpoint("best"), model=self.eval_model, include_rng=False,

@@ -1,0 +1,118 @@
+"""Export a trained run to ONNX, with a JSON sidecar that holds everything inference needs besides.
+
+The graph takes one tensor per modality (``derm``, ``clinical``: (B, 3, S, S) normalised float32;
+``meta``: (B, F) encoded metadata) and one bool presence mask per modality (``present_derm``, ...:
+(B,)), batch dynamic. It returns ``probs`` (the final posterior P_final of eq 6), ``weights`` (the
+fusion weights alpha of eq 5, for decisions that have them) and ``logits_<branch>`` (each branch's
+z_k of eq 3). The sidecar ``<out>.json`` holds the class names, the image preprocessing (size,
+interpolation, mean, std), the fitted metadata encoder and the vocabularies it encodes, so
+``examples/onnx_inference.py`` predicts from raw CSV values with numpy, Pillow and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusionkit.data import CLASS_NAMES, build_transforms
+from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
+from fusionkit.errors import ConfigError
+from fusionkit.evaluate.inference import LoadedRun, load_run
+from fusionkit.model import FusionModel
+from fusionkit.train.data_setup import preprocessing_model
+from fusionkit.utils.io import atomic_write_text
+
+EXPORT_FORMATS = ("onnx",)
+"""The formats ``fusionkit export`` writes."""
+
+ONNX_OPSET = 17
+"""The ONNX opset of exported graphs (onnxruntime >= 1.11 runs it)."""
+
+
+class ExportWrapper(nn.Module):
+    """A :class:`FusionModel` with positional tensor inputs and a tuple of named outputs (for tracing)."""
+
+    def __init__(self, model: FusionModel) -> None:
+        super().__init__()
+        self.model = model
+        self.modalities = tuple(model.modalities)
+        self.branches = tuple(model.heads)
+        self.input_names = [*self.modalities, *(f"present_{m}" for m in self.modalities)]
+        self.output_names = ["probs", *(["weights"] if model.has_weights else []), *(f"logits_{b}" for b in self.branches)]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs named by ``output_names`` for the inputs named by ``input_names``."""
+        k = len(self.modalities)
+        batch: dict[str, Any] = dict(zip(self.modalities, inputs[:k], strict=True))
+        batch["present"] = dict(zip(self.modalities, inputs[k:], strict=True))
+        out = self.model(batch)
+        extra = (out.weights,) if self.model.has_weights else ()
+        return (out.probs, *extra, *(out.logits[b] for b in self.branches))
+
+
+def example_inputs(model: FusionModel, batch_size: int = 2, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs in the exported graph's order (all modalities present)."""
+    g = torch.Generator().manual_seed(seed)
+    size = model.spec.image_size
+    tensors = []
+    for m in model.modalities:
+        shape = (batch_size, model.metadata_width) if m == "meta" else (batch_size, 3, size, size)
+        tensors.append(torch.randn(shape, generator=g))
+    tensors += [torch.ones(batch_size, dtype=torch.bool) for _ in model.modalities]
+    return tuple(tensors)
+
+
+def sidecar(run: LoadedRun, wrapper: ExportWrapper) -> dict[str, Any]:
+    """The JSON that travels beside the ONNX file (see the module docstring)."""
+    transform = build_transforms(
+        model_name=preprocessing_model(run.config), image_size=run.config.model.image_size, train=False
+    )
+    return {
+        "format": "fusionkit.onnx_sidecar",
+        "version": 1,
+        "inputs": wrapper.input_names,
+        "outputs": wrapper.output_names,
+        "class_names": list(CLASS_NAMES[: run.config.model.num_classes]),
+        "image": {
+            "size": run.config.model.image_size, "interpolation": transform.interpolation,
+            "mean": list(transform.mean), "std": list(transform.std),
+        },
+        "metadata_encoder": run.encoder.to_dict(),
+        "vocabularies": {
+            "sex": list(SEXES), "site": list(SITES), "skin_tone": list(SKIN_TONES), "monet": list(MONET_COLUMNS),
+        },
+    }
+
+
+def export_onnx(run_dir: str | Path, *, out: str | Path, checkpoint: str = "best") -> Path:
+    """Export a run's checkpoint to ONNX at ``out`` and its sidecar to ``out`` with suffix ``.json``."""
+    run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
+    model = run.model.float().eval()
+    model.validate_presence = False  # a data-dependent check: not part of the graph
+    wrapper = ExportWrapper(model).eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    dynamic = {name: {0: "batch"} for name in [*wrapper.input_names, *wrapper.output_names]}
+    try:
+        with warnings.catch_warnings():
+            # the legacy exporter's deprecation notice, and the tracer noting that the presence
+            # masks pass through torch.as_tensor (an identity on tensors: they stay graph inputs)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                wrapper, example_inputs(model), str(tmp), input_names=wrapper.input_names,
+                output_names=wrapper.output_names, dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False,
+            )
+        tmp.replace(out)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"ONNX export needs the 'onnx' package ({exc}); install the export extra: pip install '.[export]' in the fusionkit checkout, or pip install onnx") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar(run, wrapper), indent=2))
+    return out

@@ -1,0 +1,150 @@
+"""Long-tail loss options, decision rules and test-time augmentation, without training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+import fusionkit as fk
+from fusionkit.data import CLASS_NAMES
+from fusionkit.losses import cross_entropy
+from fusionkit.metrics import isic_metrics
+from fusionkit.metrics.decision import apply_decision, fit_thresholds, macro_f1_argmax, rescale
+from fusionkit.runtime.predict import predict
+from fusionkit.runtime.tta import tta_views, view_batch
+
+from conftest import build_tiny, make_batch, tiny_spec
+
+
+def _case(seed: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (3 * torch.randn(n, k, generator=g, dtype=torch.float64)).log_softmax(-1), torch.randint(0, k, (n,), generator=g)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 12), k=st.integers(2, 6), weighted=st.booleans())
+def test_focal_gamma_zero_and_one_hot_targets_equal_weighted_ce(seed, n, k, weighted):
+    log_probs, target = _case(seed, n, k)
+    w = torch.rand(k, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) + 0.1 if weighted else None
+    expected = F.nll_loss(log_probs, target, weight=w)
+    assert torch.allclose(cross_entropy(log_probs, target, class_weights=w, focal_gamma=0.0), expected)
+    soft = F.one_hot(target, k).double()
+    assert torch.allclose(cross_entropy(log_probs, soft, class_weights=w), expected)
+
+
+def test_label_smoothing_logit_adjustment_and_focal_match_their_definitions():
+    log_probs, target = _case(1, 7, 4)
+    assert torch.allclose(cross_entropy(log_probs, target, label_smoothing=0.2),
+                          F.cross_entropy(log_probs, target, label_smoothing=0.2))
+    prior = torch.tensor([0.7, 0.2, 0.05, 0.05], dtype=torch.float64)
+    assert torch.allclose(cross_entropy(log_probs, target, log_prior=prior.log(), logit_adjustment=1.5),
+                          F.cross_entropy(log_probs + 1.5 * prior.log(), target))
+    p = log_probs.exp()[torch.arange(7), target]
+    focal = (-(1 - p) ** 2 * p.log()).mean()
+    assert torch.allclose(cross_entropy(log_probs, target, focal_gamma=2.0), focal)
+    # a mask drops samples; soft targets mix the per-class losses
+    mask = torch.tensor([1, 0, 1, 0, 1, 0, 1], dtype=torch.bool)
+    assert torch.allclose(cross_entropy(log_probs, target, mask=mask), F.nll_loss(log_probs[mask], target[mask]))
+    soft = torch.full((7, 4), 0.25, dtype=torch.float64)
+    assert torch.allclose(cross_entropy(log_probs, soft), -log_probs.mean(1).mean())
+
+
+def test_loss_spec_options_reach_every_term():
+    spec = tiny_spec(loss={"focal_gamma": 2.0, "label_smoothing": 0.1, "logit_adjustment": 1.0,
+                           "class_prior": [0.5, 0.3, 0.2]}, num_classes=3)
+    model = build_tiny(spec).eval()
+    batch = make_batch(spec, 5)
+    label = torch.tensor([0, 2, 1, 1, 0])
+    out = model(batch)
+    loss = fk.JointIndividualLoss.from_spec(spec.loss)(out, label)
+    log_prior = torch.tensor([0.5, 0.3, 0.2]).log()
+    kw = dict(focal_gamma=2.0, label_smoothing=0.1, log_prior=log_prior, logit_adjustment=1.0)
+    assert torch.allclose(loss.final, cross_entropy(out.log_probs, label, **kw))
+    for branch, term in loss.terms.items():
+        expected = cross_entropy(out.logits[branch].log_softmax(-1), label, mask=out.present[branch], **kw)
+        assert torch.allclose(term, expected), branch
+    with pytest.raises(fk.ConfigError, match="class_prior"):
+        fk.JointIndividualLoss(logit_adjustment=1.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(5, 60), sharp=st.floats(0.3, 4.0))
+def test_fitted_thresholds_never_lower_macro_dice_and_keep_auc(seed, n, sharp):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASS_NAMES), n)
+    logits = sharp * rng.normal(size=(n, len(CLASS_NAMES)))
+    logits[np.arange(n), labels] += rng.normal(1.0, 1.0, n)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    thresholds = fit_thresholds(labels, probs)
+    plain = isic_metrics(labels, probs, CLASS_NAMES)["macro"]
+    fitted = isic_metrics(labels, apply_decision(probs, "thresholds", thresholds=thresholds), CLASS_NAMES)["macro"]
+    assert fitted["dice"] >= plain["dice"] - 1e-12
+    assert fitted["auc"] == pytest.approx(plain["auc"], nan_ok=True)
+    # the rescaling puts each threshold on the official 0.5
+    r = rescale(probs, thresholds)
+    assert np.array_equal(r > 0.5, probs > np.asarray(thresholds)[None, :]) and r.min() >= 0 and r.max() <= 1
+
+
+def test_fit_thresholds_pins_a_known_case_and_argmax_is_one_hot():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.45, 0.55], [0.40, 0.60], [0.30, 0.70], [0.10, 0.90]])
+    # class 0 needs a threshold below 0.4 to catch both positives; class 1 above 0.6
+    t = fit_thresholds(labels, probs)
+    assert t == pytest.approx((0.35, 0.65))
+    assert np.array_equal(apply_decision(probs, "argmax"), np.array([[0, 1], [0, 1], [0, 1], [0, 1.0]]))
+    assert macro_f1_argmax(labels, probs) == pytest.approx((0 + 2 / 3) / 2)
+    assert fit_thresholds(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]])) == (0.5, 0.5)  # 0.5 kept on ties
+    with pytest.raises(ValueError, match="unknown decision rule"):
+        apply_decision(probs, "vote")
+
+
+def test_tta_views_form_the_dihedral_group_and_move_both_images():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert len({tuple(view_batch({"derm": x}, v)["derm"].flatten().tolist()) for v in tta_views("d4")}) == 8
+    assert tta_views("flips") == ("identity", "hflip", "vflip", "rot180")
+    moved = view_batch({"derm": x, "clinical": x + 1, "meta": torch.ones(1, 2)}, "rot90")
+    assert torch.equal(moved["clinical"], moved["derm"] + 1) and torch.equal(moved["meta"], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        tta_views("d8")
+
+
+class _Symmetrised(torch.nn.Module):
+    """A model made invariant to the dihedral group: it sees the mean image over the 8 views."""
+
+    def __init__(self, model: fk.FusionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        sym = {m: torch.stack([view_batch(batch, v)[m] for v in tta_views("d4")]).mean(0) for m in ("derm", "clinical")}
+        return self.model({**batch, **sym})
+
+
+def test_tta_of_an_invariant_model_changes_nothing_and_averages_the_views():
+    spec = tiny_spec()
+    model = build_tiny(spec)
+    batch = make_batch(spec, 4)
+    batch["lesion_id"] = [f"IL_{i}" for i in range(4)]
+    run = lambda m, tta: predict(m, [batch], device=torch.device("cpu"), tta=tta)  # noqa: E731
+    invariant = _Symmetrised(model)
+    for tta in ("flips", "d4"):
+        assert np.allclose(run(invariant, tta).probs, run(invariant, "none").probs, atol=1e-6)
+    # a plain model: TTA is the mean posterior over the views (and differs from no TTA)
+    flips = run(model, "flips")
+    manual = np.mean([run(_Viewed(model, v), "none").probs for v in tta_views("flips")], axis=0)
+    assert np.allclose(flips.probs, manual, atol=1e-6)
+    assert not np.allclose(flips.probs, run(model, "none").probs, atol=1e-4)
+    assert np.allclose(np.exp(flips.log_probs), flips.probs, atol=1e-6)
+
+
+class _Viewed(torch.nn.Module):
+    def __init__(self, model: fk.FusionModel, view: str) -> None:
+        super().__init__()
+        self.model, self.view = model, view
+
+    def forward(self, batch):
+        return self.model(view_batch(batch, self.view))
