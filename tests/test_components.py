@@ -589,3 +589,41 @@ def test_weights_file_that_does_not_fit_names_the_file(tmp_path):
 
     with pytest.raises(fk.PretrainedWeightsError, match=r"absent\.pth: weights file not found"):
         TimmImageEncoder(model_name="test_efficientnet", weights_file=tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize(("kind", "name"), _all_components())
+def test_constructor_defaults_equal_the_spec_defaults(kind, name):
+    """A component built in Python without a spec gets the defaults its spec documents.
+
+    One documented exception: ``TimmImageEncoder(pretrained=False)`` follows timm's
+    ``create_model`` (no download unless asked), while the spec defaults to the paper's
+    ImageNet-pretrained backbone.
+    """
+    import inspect
+
+    exceptions = {("image_encoder", "timm", "pretrained")}
+
+    entry = fk.registry(kind).get(name)
+    fields = entry.spec.model_fields
+    for param in inspect.signature(entry.component.__init__).parameters.values():
+        field = fields.get(param.name)
+        if field is None or param.default is inspect.Parameter.empty or field.is_required():
+            continue
+        if (kind, name, param.name) in exceptions:
+            continue
+        spec_default = field.default
+        if isinstance(spec_default, list):
+            spec_default = tuple(spec_default)
+        assert param.default == spec_default, (kind, name, param.name)
+
+
+@pytest.mark.parametrize("name", fk.list_components("decision"))
+def test_decision_weights_follow_the_logits_dtype_and_device(name):
+    module, _, context = _build("decision", name)
+    k = len(context["branches"])
+    logits = {b: torch.randn(3, CONTEXT["num_classes"], dtype=torch.float64) for b in BRANCHES}
+    present = torch.ones(3, k, dtype=torch.bool)
+    assert module.double()(logits, present).dtype == torch.float64
+    meta = module.to("meta")(
+        {b: v.to("meta") for b, v in logits.items()}, present.to("meta"))
+    assert meta.device.type == "meta" and meta.shape == (3, k)

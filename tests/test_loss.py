@@ -216,8 +216,9 @@ def test_class_weights_weight_every_term():
     w = weights[target]
     rows = torch.arange(5)
     torch.testing.assert_close(loss.final, (w * -log_probs[rows, target]).sum() / w.sum())
-    ce_joint = (w * -logits["joint"].log_softmax(-1)[rows, target]).sum() / w.sum()
-    torch.testing.assert_close(loss.terms["joint"], ce_joint)
+    for branch in BRANCHES:  # every auxiliary CE term of eq 7 is weighted too
+        ce = (w * -logits[branch].log_softmax(-1)[rows, target]).sum() / w.sum()
+        torch.testing.assert_close(loss.terms[branch], ce)
 
 
 def test_from_spec_mirrors_the_loss_spec():
@@ -225,9 +226,11 @@ def test_from_spec_mirrors_the_loss_spec():
     loss = fk.JointIndividualLoss.from_spec(spec)
     assert loss.lambdas == {"joint": 0.1, "image": 0.0, "meta": 2.0}
     assert torch.equal(loss.class_weights, torch.tensor([1.0, 2.0]))
-    assert fk.JointIndividualLoss.from_spec(fk.specs.LossSpec()).lambdas == {
-        "joint": 0.5, "image": 0.25, "meta": 0.25  # the paper's weights
-    }
+    paper = {"joint": 0.5, "image": 0.25, "meta": 0.25}  # the paper's weights (eq 7)
+    assert fk.JointIndividualLoss.from_spec(fk.specs.LossSpec()).lambdas == paper
+    assert fk.JointIndividualLoss().lambdas == paper
+    # class weights are configuration (the spec), not state: checkpoints never carry them
+    assert loss.state_dict() == {}
 
 
 def test_single_decision_model_loss():

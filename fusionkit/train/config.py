@@ -179,6 +179,10 @@ class DataSpec(FrozenSpec):
     missing_image: Literal["error", "absent"] = "error"
     """A lesion with one image: an error, or the image marked absent in the presence masks."""
     augment: AugmentConfig = AugmentConfig()
+    augment_on: Literal["cpu", "device"] = "device"
+    """Where training augmentation runs: ``device`` (whole batches on the training device after the
+    uint8 batch arrives, seeded per (seed, epoch, batch); the loader only copies cached images) or
+    ``cpu`` (per image in the DataLoader). Both draw from the same distribution."""
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "DataSpec":

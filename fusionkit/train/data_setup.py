@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from fusionkit.data import (
     CLASS_NAMES,
+    DeviceAugment,
     MetadataEncoder,
     Milk10kDataset,
     Split,
@@ -28,6 +29,7 @@ from fusionkit.data import (
     make_loader,
     make_synthetic_milk10k,
     normalize_batch,
+    batch_generator,
     train_val_split,
 )
 from fusionkit.data.layout import Milk10kFiles
@@ -68,9 +70,25 @@ class RunData:
     changes: tuple[str, ...] = ()
     """Settings a resumed run changed (``"path: old -> new"``); empty for a fresh run."""
 
-    def to_model_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Normalise a device batch's uint8 images (absent images stay zero)."""
+    def to_model_batch(
+        self, batch: dict[str, Any], *, epoch: int | None = None, batch_index: int | None = None
+    ) -> dict[str, Any]:
+        """Normalise a device batch's uint8 images (absent images stay zero).
+
+        With ``epoch`` and ``batch_index`` (a training batch) and ``data.augment_on: device``, the
+        images are first augmented on their device (:class:`~fusionkit.data.DeviceAugment`) with a
+        generator seeded by ``(train.seed, epoch, batch_index, rank)``, so a resumed run repeats
+        them exactly.
+        """
         transform = self.train_set.transform
+        if self._device_augment is not None and epoch is not None and batch_index is not None:
+            generator = batch_generator(
+                seed=self.config.train.seed, epoch=epoch, batch_index=batch_index, rank=self.dist_info.rank
+            )
+            batch = dict(batch)
+            for key in ("derm", "clinical"):
+                if key in batch:
+                    batch[key] = self._device_augment(batch[key], generator=generator)
         return normalize_batch(batch, mean=transform.mean, std=transform.std)
 
     def train_loader(self, *, epoch: int, start_batch: int = 0) -> DataLoader:
@@ -88,6 +106,7 @@ class RunData:
     def __post_init__(self) -> None:
         train, data = self.config.train, self.config.data
         info = self.dist_info
+        self._device_augment = DeviceAugment(config=data.augment) if data.augment_on == "device" else None
         self._train_sampler = EpochSampler(
             self.train_set.labels, seed=train.seed, mode=train.sampler,
             rank=info.rank, world_size=info.world_size, batch_size=train.batch_size,
@@ -182,7 +201,9 @@ def prepare_data(
         barrier(dist_info)
     train_set = Milk10kDataset(
         lesion_ids=split.train, encoder=encoder,
-        transform=build_transforms(model_name=name, image_size=size, train=True, augment=data.augment, normalize=False),
+        transform=build_transforms(
+            model_name=name, image_size=size, train=data.augment_on == "cpu", augment=data.augment, normalize=False
+        ),
         **common,
     )
     val_set = Milk10kDataset(

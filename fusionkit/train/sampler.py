@@ -8,6 +8,10 @@ import torch
 from torch.utils.data import Sampler
 
 
+SAMPLER_MODES = ("shuffle", "balanced", "sequential")
+"""The orders :class:`EpochSampler` draws."""
+
+
 class EpochSampler(Sampler[int]):
     """Indices for one epoch, a pure function of ``(seed, epoch)``.
 
@@ -32,6 +36,8 @@ class EpochSampler(Sampler[int]):
         world_size: int = 1,
         batch_size: int | None = None,
     ) -> None:
+        if mode not in SAMPLER_MODES:
+            raise ValueError(f"sampler mode {mode!r}; expected one of {SAMPLER_MODES}")
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.seed = seed
         self.mode = mode

@@ -321,7 +321,9 @@ class Trainer:
                 break
             self.model.check_presence(batch)
             size = len(batch["lesion_id"])
-            batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
+            batch = self.data.to_model_batch(
+                move_batch(batch, self.device, channels_last=self.channels_last), epoch=epoch, batch_index=batch_index
+            )
             if train.mixup.enabled:
                 batch, _ = mix_batch(batch, spec=train.mixup, num_classes=len(self.data.class_names))
             # tensors only: strings (lesion ids) would make torch.compile guard on their values
