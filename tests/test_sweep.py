@@ -35,7 +35,7 @@ def sweep_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
-    return write_config(root / "cfg.yaml", tiny_run_config(root / "cache", n_lesions=80))
+    return write_config(root / "cfg.yaml", tiny_run_config(root / "cache", n_lesions=100, epochs=3))
 
 
 @pytest.fixture(scope="module")
