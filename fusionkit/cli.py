@@ -226,7 +226,7 @@ def sweep(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key.path=value for every run, or PRESET:key.path=value for one variant (repeatable).")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Variant the others are compared against (paired bootstrap; default ji-adf when it runs, else the first).")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Run one subprocess per device at a time, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES); 'cpu' entries hide the GPUs.")] = None,
-    launcher: Annotated[str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'fusionkit[cluster]').")] = "local",
+    launcher: Annotated[str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'jiadf-fusion[cluster]').")] = "local",
     cluster: Annotated[Optional[str], typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="SLURM partition (submitit).")] = None,
     time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,

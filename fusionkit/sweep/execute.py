@@ -255,13 +255,13 @@ def submitit_engine(
     cpus_per_job: int = 8,
 ) -> Engine:
     """Each job becomes a SLURM job through ``submitit.AutoExecutor`` (``cluster="local"``: local
-    processes, as in the tests). Needs the ``cluster`` extra (``pip install fusionkit[cluster]``)."""
+    processes, as in the tests). Needs the ``cluster`` extra (``pip install 'jiadf-fusion[cluster]'``)."""
     try:
         import submitit
     except ImportError:
         from fusionkit.errors import ConfigError
 
-        raise ConfigError("--launcher submitit needs the submitit package: pip install 'fusionkit[cluster]'") from None
+        raise ConfigError("--launcher submitit needs the submitit package: pip install 'jiadf-fusion[cluster]'") from None
 
     def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
