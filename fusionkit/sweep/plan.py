@@ -174,7 +174,7 @@ def run_dir_of(out: Path, preset: str, seed: int, fold: int | None) -> Path:
 def plan_sweep(
     config_path: str | Path,
     *,
-    presets: tuple[str, ...],
+    presets: tuple[str, ...] | None,
     seeds: tuple[int, ...],
     folds: int | None,
     out: Path,
@@ -185,7 +185,9 @@ def plan_sweep(
 
     The config's ``model`` section must name a preset (``preset:`` plus optional ``overrides:``):
     each job swaps in its own preset and keeps the overrides. ``sets`` apply to every run
-    (``key=value``) or to one variant (``PRESET:key=value``). Raises :class:`ConfigError` (or a
+    (``key=value``) or to one variant (``PRESET:key=value``). With ``presets=None`` the config's own
+    model is the one variant (named after its preset, or after the config file when its model is a
+    full spec): what ``fusionkit train CONFIG --folds K`` runs. Raises :class:`ConfigError` (or a
     pydantic ``ValidationError``) before anything runs.
     """
     if folds is not None and folds < 2:
@@ -196,7 +198,10 @@ def plan_sweep(
 
     raw = read_mapping(config_path)
     model = raw.get("model")
-    if not isinstance(model, dict) or "preset" not in model:
+    own = presets is None
+    if own:
+        presets = (model["preset"] if isinstance(model, dict) and "preset" in model else Path(config_path).stem,)
+    elif not isinstance(model, dict) or "preset" not in model:
         raise ConfigError(
             f"{config_path}: a sweep config's model section must be 'preset: NAME' with optional "
             "'overrides:' (each run swaps in its own preset)"
@@ -206,7 +211,7 @@ def plan_sweep(
     for seed in seeds:
         for fold in [None] if folds is None else range(folds):
             for preset in presets:
-                overrides = [f"model.preset={preset}", *common, *per_preset.get(preset, []),
+                overrides = [*([] if own else [f"model.preset={preset}"]), *common, *per_preset.get(preset, []),
                              f"train.seed={seed}", f"data.split_seed={seed}"]
                 if fold is not None:
                     overrides += [f"data.folds={folds}", f"data.fold={fold}"]
