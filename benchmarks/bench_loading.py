@@ -14,7 +14,7 @@ in a temporary folder and measures samples/s (one sample = one lesion = two imag
 * ``cached, train aug``: the default training augmentations (flips, rot90, colour jitter) on uint8,
   per image in the loader (``data.augment_on: cpu``);
 * ``cached, device aug (loader side)``: what the loader does with ``data.augment_on: device`` (the
-  default): the training dataset copies cached uint8 images only, augmentation waits for the
+  default on a GPU): the training dataset copies cached uint8 images only, augmentation waits for the
   device. This is the figure the 3,000 samples/s target of issue 15 names;
 * ``cached, device aug run on this CPU``: the same plus :class:`~fusionkit.data.DeviceAugment`
   applied to every batch in the main process on the CPU (what it costs without a GPU).
@@ -297,7 +297,7 @@ def markdown(report: dict) -> str:
             if "target_device_aug_loader_samples_per_s" in report else ""
         ),
         "",
-        "With `data.augment_on: device` (the default) the loader only copies cached uint8 images and "
+        "With `data.augment_on: device` (the default on a GPU) the loader only copies cached uint8 images and "
         "the flips, rot90 and colour jitter run on the whole batch on the training device "
         "(`DeviceAugment`); the last row is that augmentation run on this CPU instead, for reference "
         "(on a GPU it is a few batched kernels).",

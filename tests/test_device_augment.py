@@ -171,6 +171,23 @@ def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augmen
         assert torch.equal(first["derm"], plain["derm"]) and torch.equal(other["derm"], plain["derm"])
 
 
+def test_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tmp_path):
+    from fusionkit.train.config import RunConfig
+    from fusionkit.train.data_setup import augment_on
+
+    from train_helpers import tiny_run_config
+
+    raw = tiny_run_config(tmp_path / "cache")
+    config = RunConfig.model_validate(raw)
+    assert config.data.augment_on == "auto"
+    assert augment_on(config, torch.device("cpu")) == "cpu"
+    assert augment_on(config, torch.device("cuda", 0)) == "device"
+    for where in ("cpu", "device"):
+        raw["data"]["augment_on"] = where
+        explicit = RunConfig.model_validate(raw)
+        assert augment_on(explicit, torch.device("cpu")) == where == augment_on(explicit, torch.device("cuda"))
+
+
 def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
     from fusionkit.runtime.checkpoint import model_state
     from fusionkit.train.config import RunConfig
@@ -178,8 +195,9 @@ def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
 
     from train_helpers import tiny_run_config
 
-    config = RunConfig.model_validate(tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=30))
-    assert config.data.augment_on == "device"
+    raw = tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=30)
+    raw["data"]["augment_on"] = "device"
+    config = RunConfig.model_validate(raw)
     whole = train_run(config, run_dir=tmp_path / "a", synthetic=True, progress=False)
     trainer = Trainer(config, run_dir=tmp_path / "b", synthetic=True, progress=False)
     trainer._interrupted = True  # Ctrl-C during the first batch: stops after it, mid-epoch

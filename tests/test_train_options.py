@@ -268,7 +268,6 @@ def cache_dir(tmp_path_factory) -> Path:
 def test_default_recipe_trains_as_before(tmp_path: Path, cache_dir: Path) -> None:
     """No option set: the losses main gave before issue 13 (CPU, deterministic), to the last bit."""
     raw = tiny_run_config(cache_dir, epochs=1, n_lesions=40)
-    raw["data"]["augment_on"] = "cpu"  # the pinned losses predate device-side augmentation (the new default)
     config = RunConfig.model_validate(raw)
     trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
     record = trainer.history[0]

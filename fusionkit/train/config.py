@@ -179,10 +179,12 @@ class DataSpec(FrozenSpec):
     missing_image: Literal["error", "absent"] = "error"
     """A lesion with one image: an error, or the image marked absent in the presence masks."""
     augment: AugmentConfig = AugmentConfig()
-    augment_on: Literal["cpu", "device"] = "device"
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
     """Where training augmentation runs: ``device`` (whole batches on the training device after the
-    uint8 batch arrives, seeded per (seed, epoch, batch); the loader only copies cached images) or
-    ``cpu`` (per image in the DataLoader). Both draw from the same distribution."""
+    uint8 batch arrives, seeded per (seed, epoch, batch); the loader only copies cached images),
+    ``cpu`` (per image in the DataLoader), or ``auto``: ``device`` when training on a GPU, ``cpu``
+    otherwise (on a CPU the batched ops are slower than per-image ones: benchmarks/results/loading-*).
+    Both draw from the same distribution; train.log says which ran."""
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "DataSpec":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import torch
 from torch.utils.data import DataLoader
 
 from fusionkit.data import (
@@ -70,6 +71,11 @@ class RunData:
     changes: tuple[str, ...] = ()
     """Settings a resumed run changed (``"path: old -> new"``); empty for a fresh run."""
 
+    @property
+    def augment_on(self) -> str:
+        """Where training augmentation runs: ``data.augment_on`` with ``auto`` resolved (see :func:`augment_on`)."""
+        return augment_on(self.config, self.dist_info.device)
+
     def to_model_batch(
         self, batch: dict[str, Any], *, epoch: int | None = None, batch_index: int | None = None
     ) -> dict[str, Any]:
@@ -106,7 +112,7 @@ class RunData:
     def __post_init__(self) -> None:
         train, data = self.config.train, self.config.data
         info = self.dist_info
-        self._device_augment = DeviceAugment(config=data.augment) if data.augment_on == "device" else None
+        self._device_augment = DeviceAugment(config=data.augment) if self.augment_on == "device" else None
         self._train_sampler = EpochSampler(
             self.train_set.labels, seed=train.seed, mode=train.sampler,
             rank=info.rank, world_size=info.world_size, batch_size=train.batch_size,
@@ -158,6 +164,14 @@ def _data_root(
     return Path(root).expanduser().resolve()
 
 
+def augment_on(config: RunConfig, device: torch.device) -> str:
+    """``cpu`` or ``device``: ``data.augment_on``, with ``auto`` meaning the device on a GPU and the
+    loader (per image) otherwise."""
+    if config.data.augment_on != "auto":
+        return config.data.augment_on
+    return "device" if device.type == "cuda" else "cpu"
+
+
 def prepare_data(
     config: RunConfig,
     *,
@@ -202,7 +216,8 @@ def prepare_data(
     train_set = Milk10kDataset(
         lesion_ids=split.train, encoder=encoder,
         transform=build_transforms(
-            model_name=name, image_size=size, train=data.augment_on == "cpu", augment=data.augment, normalize=False
+            model_name=name, image_size=size, train=augment_on(config, dist_info.device) == "cpu",
+            augment=data.augment, normalize=False,
         ),
         **common,
     )

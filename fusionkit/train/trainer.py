@@ -122,6 +122,8 @@ class Trainer:
             self.config = self.data.config  # resolved: class weights, data root filled in
             self._setup_determinism()
             self._setup_logging()
+            logger.info("training on %s; augmentation on the %s (data.augment_on: %s)", self.device,
+                        "device" if self.data.augment_on == "device" else "loader (cpu)", self.config.data.augment_on)
             self._build_model()
             self._setup_options(start)
             self._build_optimizer()
