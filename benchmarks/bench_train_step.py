@@ -56,8 +56,9 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
-def make_batch(batch: int, size: int, meta_dim: int, device, channels_last: bool):
-    g = torch.Generator().manual_seed(0)
+def make_batch(batch: int, size: int, meta_dim: int, device, channels_last: bool, seed: int = 0):
+    """A random normalised batch (images, metadata, labels, all present) on ``device``."""
+    g = torch.Generator().manual_seed(seed)
     images = {m: torch.randn(batch, 3, size, size, generator=g) for m in ("derm", "clinical")}
     out = {
         **images,

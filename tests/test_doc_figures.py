@@ -42,6 +42,13 @@ def test_benchmark_figures_from_result_files(tmp_path):
         {"device": "test CPU", "date": "2026-11-27", "backbone": "x", "image_size": 64, "rows": rows}))
     written = make_figures.benchmark_figures(results, tmp_path / "out")
     assert [p.name for p in written] == ["train_step.png"]  # no loading.json, no loading figure
+    loading = {"results": [{"pipeline": "cached", "num_workers": 0, "median": 9.0}], "date": "2026-11-27",
+               "device": {"cpu": "test CPU", "cores": 2}, "setup": {"unit": "samples/s", "image_size": 64, "batch_size": 4}}
+    for day, median in (("2026-11-27", 9.0), ("2026-11-26", 5.0)):
+        rows = [{"pipeline": "cached", "num_workers": 0, "median": median}]
+        (results / f"loading-cpu-{day}.json").write_text(json.dumps({**loading, "results": rows, "date": day}))
+    written = make_figures.benchmark_figures(results, tmp_path / "out")
+    assert [p.name for p in written] == ["train_step.png", "loading.png"]  # the newest loading file
     assert written[0].read_bytes().startswith(PNG)
     with pytest.raises(SystemExit, match="no train_step"):
         make_figures.benchmark_figures(tmp_path / "out", tmp_path / "out2")

@@ -62,6 +62,10 @@ def test_no_documented_command_installs_the_unrelated_fusionkit_project():
     for path in tomls:
         offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in path.read_text().splitlines()
                       if line.strip().startswith("dependencies") and bad.search(line.split("#")[0])]
+    # an extra is always installed by the distribution name, in prose and in the package's own hints too
+    for path in [*pages, *sorted((REPO / "fusionkit").rglob("*.py"))]:
+        offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in path.read_text().splitlines()
+                      if re.search(r"(?<![-\w])fusionkit\[", line)]
     assert not offenders, "\n".join(offenders)
     assert bad.search("pip install fusionkit") and bad.search('dependencies = ["fusionkit>=0.1"]')
     assert not bad.search("pip install ./examples/plugin-gated-sum") and not bad.search("pip install jiadf-fusion")

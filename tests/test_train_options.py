@@ -267,7 +267,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def test_default_recipe_trains_as_before(tmp_path: Path, cache_dir: Path) -> None:
     """No option set: the losses main gave before issue 13 (CPU, deterministic), to the last bit."""
-    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
+    raw = tiny_run_config(cache_dir, epochs=1, n_lesions=40)
+    config = RunConfig.model_validate(raw)
     trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
     record = trainer.history[0]
     assert [record["train_loss"], record["val_loss"]] == [4.526159286499023, 2.1636171340942383]

@@ -12,7 +12,7 @@ Outputs, all under ``docs/assets/`` (committed, embedded by the pages):
 - ``quickstart/*.png`` and ``quickstart/*.md``: the figures and tables of the quick-start run's
   report (``fusionkit train examples/quickstart.yaml --synthetic``), for the evaluation how-to and
   "Reading a report"; the same summary and tables go into README.md's ``quickstart-report`` block.
-- ``benchmarks/train_step.png``, ``benchmarks/loading.png``: throughput read from the JSON files in
+- ``benchmarks/train_step.png``, ``benchmarks/loading.png`` (the newest ``loading-*.json``): throughput read from the JSON files in
   ``benchmarks/results/``, titled with the device and date each was measured on.
 
 Drawn with matplotlib on the Agg canvas (no pyplot, no display, no network): a hand-kept SVG would
@@ -312,9 +312,10 @@ def benchmark_figures(results_dir: Path, out: Path) -> list[Path]:
     if not step:
         raise SystemExit(f"{results_dir}: no train_step-*.json result files")
     written = [draw_train_step(step, out / "train_step.png")]
-    loading = results_dir / "loading.json"
-    if loading.is_file():
-        written.append(draw_loading(json.loads(loading.read_text()), out / "loading.png"))
+    # the newest dated loading-<device>-<date>.json (or an undated loading.json of older checkouts)
+    loading = sorted(results_dir.glob("loading-*.json"), key=lambda p: p.stem[-10:]) or sorted(results_dir.glob("loading.json"))
+    if loading:
+        written.append(draw_loading(json.loads(loading[-1].read_text()), out / "loading.png"))
     return written
 
 

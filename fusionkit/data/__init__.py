@@ -5,6 +5,7 @@ for the synthetic generator's label rule.
 """
 
 from fusionkit.data.cache import ImageCache
+from fusionkit.data.device_augment import AugmentParams, DeviceAugment, batch_generator
 from fusionkit.data.images import ImageSource, scan_images
 from fusionkit.data.layout import Milk10kFiles, find_split
 from fusionkit.data.loader import make_loader, seed_worker
@@ -49,6 +50,8 @@ __all__ = [
     "SYNTHETIC_METADATA_CLASSES",
     "SYNTHETIC_SITE_OF_CLASS",
     "AugmentConfig",
+    "AugmentParams",
+    "DeviceAugment",
     "ImageCache",
     "ImageRecord",
     "ImageSource",
@@ -62,6 +65,7 @@ __all__ = [
     "Split",
     "ToFloat",
     "backbone_preprocessing",
+    "batch_generator",
     "build_transforms",
     "find_split",
     "kfold_splits",

@@ -126,14 +126,24 @@ class ColorJitterUint8(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Return the jittered uint8 image."""
+        order = torch.randperm(3).tolist()
+        factors = [1.0, 1.0, 1.0]
+        for op in order:
+            spread = self.ranges[op]
+            if spread > 0:
+                factors[op] = float(torch.empty(()).uniform_(max(0.0, 1.0 - spread), 1.0 + spread))
+        return self.apply(image, order=order, factors=factors)
+
+    def apply(self, image: torch.Tensor, *, order: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
+        """Jitter with given parameters: ``order`` of brightness (0), contrast (1), saturation (2),
+        and their ``factors`` (1 leaves a step out)."""
         pixels = image.reshape(3, -1).float()
         matrix, offset = torch.eye(3), torch.zeros(3)
         means = None
-        for op in torch.randperm(3).tolist():
-            spread = self.ranges[op]
-            if spread <= 0:
+        for op in order:
+            factor = float(factors[op])
+            if factor == 1.0:
                 continue
-            factor = float(torch.empty(()).uniform_(max(0.0, 1.0 - spread), 1.0 + spread))
             if op == 0:  # brightness: x * f
                 matrix, offset = factor * matrix, factor * offset
             elif op == 1:  # contrast: f * x + (1 - f) * mean grey of the current image
@@ -298,6 +308,20 @@ def build_transforms(
     )
 
 
+def upload(values: torch.Tensor | Sequence[float], device: torch.device | str) -> torch.Tensor:
+    """A small CPU tensor (or list of floats) on ``device`` without a host synchronisation.
+
+    ``torch.tensor(..., device="cuda")`` and a plain ``.to("cuda")`` from pageable memory wait for
+    the GPU to finish its queued work; going through pinned memory with ``non_blocking`` does not,
+    so per-batch constants never stall a training loop that runs ahead of the GPU.
+    """
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float32)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def normalize_batch(
     batch: Mapping[str, Any],
     *,
@@ -328,9 +352,9 @@ def normalize_batch(
             continue
         x = move(batch[key])
         if x.dtype == torch.uint8:
-            std_t = torch.tensor(std, dtype=torch.float32, device=x.device)
+            std_t = upload(std, x.device)
             scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
-            shift = (-torch.tensor(mean, dtype=torch.float32, device=x.device) / std_t).view(1, 3, 1, 1)
+            shift = (-upload(mean, x.device) / std_t).view(1, 3, 1, 1)
             x = torch.addcmul(shift, x.float(), scale)
             present = out.get("present", {}).get(key)
             if present is not None:

@@ -157,7 +157,9 @@ class ModelSpec(FrozenSpec):
     num_classes: PositiveInt = 11
     """N, the number of classes (11 for MILK10k)."""
     image_size: PositiveInt = 384
-    """Square input size of both images (384 in the paper)."""
+    """Square input size of both images (384 in the paper). Kept on the model spec, not the data
+    section: the trained weights, the ONNX export's input signature and inference's preprocessing
+    must all agree with it, so it travels with the model."""
     image_encoder: _slot(ImageEncoderSpec, "image_encoder") = TimmImageEncoderSpec()
     """M_I of eq 1, per image; chosen by kind."""
     metadata_encoder: _slot(MetadataEncoderSpec, "metadata_encoder") = MLPMetadataEncoderSpec()

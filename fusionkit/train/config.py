@@ -164,6 +164,12 @@ class DataSpec(FrozenSpec):
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Share of lesions in the validation split (0.2 in the paper)."""
     split_seed: int = 0
+    """Seeds the lesion-level split (train/validation, or the k folds)."""
+    folds: int | None = Field(default=None, ge=2)
+    """k-fold cross-validation: the number of lesion-level stratified folds (null: one split by
+    ``val_fraction``). With it, ``fold`` picks the validation fold (``fusionkit.data.kfold_splits``)."""
+    fold: int = Field(default=0, ge=0)
+    """Which of the ``folds`` folds is the validation set (0-based; only with ``folds``)."""
     num_workers: int = Field(default=0, ge=0)
     """DataLoader workers (0 is fastest for the cached uint8 pipeline without heavy augmentation)."""
     cache: bool = True
@@ -173,6 +179,20 @@ class DataSpec(FrozenSpec):
     missing_image: Literal["error", "absent"] = "error"
     """A lesion with one image: an error, or the image marked absent in the presence masks."""
     augment: AugmentConfig = AugmentConfig()
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
+    """Where training augmentation runs: ``device`` (whole batches on the training device after the
+    uint8 batch arrives, seeded per (seed, epoch, batch); the loader only copies cached images),
+    ``cpu`` (per image in the DataLoader), or ``auto``: ``device`` when training on a GPU, ``cpu``
+    otherwise (on a CPU the batched ops are slower than per-image ones: benchmarks/results/loading-*).
+    Both draw from the same distribution; train.log says which ran."""
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "DataSpec":
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} is out of range for {self.folds} folds (0 to {self.folds - 1})")
+        if self.folds is None and self.fold != 0:
+            raise ValueError("fold is set but folds is not; set data.folds to use k-fold cross-validation")
+        return self
 
 
 class RunConfig(FrozenSpec):

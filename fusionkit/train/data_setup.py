@@ -14,19 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import torch
 from torch.utils.data import DataLoader
 
 from fusionkit.data import (
     CLASS_NAMES,
+    DeviceAugment,
     MetadataEncoder,
     Milk10kDataset,
     Split,
     build_transforms,
     find_split,
+    kfold_splits,
     lesion_labels,
     make_loader,
     make_synthetic_milk10k,
     normalize_batch,
+    batch_generator,
     train_val_split,
 )
 from fusionkit.data.layout import Milk10kFiles
@@ -67,9 +71,30 @@ class RunData:
     changes: tuple[str, ...] = ()
     """Settings a resumed run changed (``"path: old -> new"``); empty for a fresh run."""
 
-    def to_model_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Normalise a device batch's uint8 images (absent images stay zero)."""
+    @property
+    def augment_on(self) -> str:
+        """Where training augmentation runs: ``data.augment_on`` with ``auto`` resolved (see :func:`augment_on`)."""
+        return augment_on(self.config, self.dist_info.device)
+
+    def to_model_batch(
+        self, batch: dict[str, Any], *, epoch: int | None = None, batch_index: int | None = None
+    ) -> dict[str, Any]:
+        """Normalise a device batch's uint8 images (absent images stay zero).
+
+        With ``epoch`` and ``batch_index`` (a training batch) and ``data.augment_on: device``, the
+        images are first augmented on their device (:class:`~fusionkit.data.DeviceAugment`) with a
+        generator seeded by ``(train.seed, epoch, batch_index, rank)``, so a resumed run repeats
+        them exactly.
+        """
         transform = self.train_set.transform
+        if self._device_augment is not None and epoch is not None and batch_index is not None:
+            generator = batch_generator(
+                seed=self.config.train.seed, epoch=epoch, batch_index=batch_index, rank=self.dist_info.rank
+            )
+            batch = dict(batch)
+            for key in ("derm", "clinical"):
+                if key in batch:
+                    batch[key] = self._device_augment(batch[key], generator=generator)
         return normalize_batch(batch, mean=transform.mean, std=transform.std)
 
     def train_loader(self, *, epoch: int, start_batch: int = 0) -> DataLoader:
@@ -87,6 +112,7 @@ class RunData:
     def __post_init__(self) -> None:
         train, data = self.config.train, self.config.data
         info = self.dist_info
+        self._device_augment = DeviceAugment(config=data.augment) if self.augment_on == "device" else None
         self._train_sampler = EpochSampler(
             self.train_set.labels, seed=train.seed, mode=train.sampler,
             rank=info.rank, world_size=info.world_size, batch_size=train.batch_size,
@@ -138,6 +164,14 @@ def _data_root(
     return Path(root).expanduser().resolve()
 
 
+def augment_on(config: RunConfig, device: torch.device) -> str:
+    """``cpu`` or ``device``: ``data.augment_on``, with ``auto`` meaning the device on a GPU and the
+    loader (per image) otherwise."""
+    if config.data.augment_on != "auto":
+        return config.data.augment_on
+    return "device" if device.type == "cuda" else "cpu"
+
+
 def prepare_data(
     config: RunConfig,
     *,
@@ -166,7 +200,10 @@ def prepare_data(
         split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]))
     else:
         ids, labels = lesion_labels(files)
-        split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
+        if data.folds is not None:
+            split = kfold_splits(ids, labels, k=data.folds, seed=data.split_seed)[data.fold]
+        else:
+            split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
 
     size = config.model.image_size
     name = preprocessing_model(config)
@@ -178,7 +215,10 @@ def prepare_data(
         barrier(dist_info)
     train_set = Milk10kDataset(
         lesion_ids=split.train, encoder=encoder,
-        transform=build_transforms(model_name=name, image_size=size, train=True, augment=data.augment, normalize=False),
+        transform=build_transforms(
+            model_name=name, image_size=size, train=augment_on(config, dist_info.device) == "cpu",
+            augment=data.augment, normalize=False,
+        ),
         **common,
     )
     val_set = Milk10kDataset(

@@ -28,14 +28,14 @@ class Tracker:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
                 raise ConfigError(
-                    "train.tracking: tensorboard needs the tensorboard package (pip install 'fusionkit[tracking]')"
+                    "train.tracking: tensorboard needs the tensorboard package (pip install 'jiadf-fusion[tracking]')"
                 ) from exc
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if "mlflow" in self.backends:
             try:
                 import mlflow
             except ImportError as exc:
-                raise ConfigError("train.tracking: mlflow is not installed (pip install 'fusionkit[mlflow]')") from exc
+                raise ConfigError("train.tracking: mlflow is not installed (pip install 'jiadf-fusion[mlflow]')") from exc
             self._mlflow = mlflow
             mlflow.start_run(run_name=self.run_dir.name)
             if params:

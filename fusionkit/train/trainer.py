@@ -122,6 +122,8 @@ class Trainer:
             self.config = self.data.config  # resolved: class weights, data root filled in
             self._setup_determinism()
             self._setup_logging()
+            logger.info("training on %s; augmentation on the %s (data.augment_on: %s)", self.device,
+                        "device" if self.data.augment_on == "device" else "loader (cpu)", self.config.data.augment_on)
             self._build_model()
             self._setup_options(start)
             self._build_optimizer()
@@ -321,7 +323,9 @@ class Trainer:
                 break
             self.model.check_presence(batch)
             size = len(batch["lesion_id"])
-            batch = self.data.to_model_batch(move_batch(batch, self.device, channels_last=self.channels_last))
+            batch = self.data.to_model_batch(
+                move_batch(batch, self.device, channels_last=self.channels_last), epoch=epoch, batch_index=batch_index
+            )
             if train.mixup.enabled:
                 batch, _ = mix_batch(batch, spec=train.mixup, num_classes=len(self.data.class_names))
             # tensors only: strings (lesion ids) would make torch.compile guard on their values

@@ -1,0 +1,37 @@
+"""``fusionkit sweep``: the paper's ablations (Tables 2-3, Figure 3) as one resumable command.
+
+A plan of (variant, seed[, fold]) runs with paired splits (:mod:`~fusionkit.sweep.plan`), engines
+that run them in this process, on a local GPU queue or through submitit
+(:mod:`~fusionkit.sweep.execute`), statistics over seeds and paired bootstrap differences against a
+reference (:mod:`~fusionkit.sweep.stats`), and the summary files (:mod:`~fusionkit.sweep.summary`).
+"""
+
+from fusionkit.sweep.execute import device_queue, execute_job, in_process, is_finished, submitit_engine
+from fusionkit.sweep.plan import GROUPS, SweepJob, bind_data_root, parse_seeds, plan_sweep, resolve_reference, select_presets
+from fusionkit.sweep.runner import build_image_caches, prepare_data_root, run_sweep
+from fusionkit.sweep.stats import PairedRun, mean_std_ci, paired_difference
+from fusionkit.sweep.summary import collect_records, summarize, write_summary
+
+__all__ = [
+    "GROUPS",
+    "PairedRun",
+    "SweepJob",
+    "bind_data_root",
+    "build_image_caches",
+    "collect_records",
+    "device_queue",
+    "execute_job",
+    "in_process",
+    "is_finished",
+    "mean_std_ci",
+    "paired_difference",
+    "parse_seeds",
+    "plan_sweep",
+    "prepare_data_root",
+    "resolve_reference",
+    "run_sweep",
+    "select_presets",
+    "submitit_engine",
+    "summarize",
+    "write_summary",
+]

@@ -1,0 +1,290 @@
+"""Running one sweep job, and the engines that run many: in-process, a local GPU queue, submitit.
+
+Each job's run directory is an ordinary fusionkit run (``fusionkit evaluate/predict`` read it) plus
+``sweep_run.json``: status (``ok``, ``failed`` with a one-line reason, ``interrupted``), seconds,
+best epoch, samples/s, peak GPU memory, device, torch/timm versions, the macro metrics, and the
+validation labels (for the paired bootstrap). A run is *finished* when its report exists, its
+record says ``ok`` and its resolved config equals the requested one; an unfinished run with a
+``last`` checkpoint and the requested config is resumed; anything else in its folder is cleared.
+The queue and the cluster scheduling are ``concurrent.futures`` and ``submitit``: none of our own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from fusionkit.sweep.plan import SweepJob
+from fusionkit.utils.io import atomic_write_text
+
+logger = logging.getLogger("fusionkit.sweep")
+
+RECORD_FILE = "sweep_run.json"
+"""The sweep's record in each run directory."""
+MACRO_KEYS: tuple[str, ...] = ("auc", "ppv", "accuracy", "sensitivity", "specificity", "dice")
+"""The paper's Table 2-3 columns (AUC, Precision = PPV, Accuracy, Sensitivity, Specificity, Dice)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (what a failed run records)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``sweep_run.json``, or None."""
+    path = Path(run_dir) / RECORD_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fill_unset(requested: Any, saved: Any) -> Any:
+    if isinstance(requested, dict) and isinstance(saved, dict):
+        out = {k: _fill_unset(v, saved.get(k)) for k, v in requested.items()}
+        return {**{k: v for k, v in saved.items() if k not in out}, **out}
+    return saved if requested is None else requested
+
+
+def same_config(requested: dict[str, Any], saved: dict[str, Any]) -> bool:
+    """Whether a saved (resolved) run config is the requested one.
+
+    The trainer resolves what the request leaves unset (the class weights of inverse-frequency
+    weighting, the class prior, fields added by resolution); those count as equal. Every value
+    the request sets must be saved unchanged.
+    """
+    return _fill_unset(json.loads(json.dumps(requested)), saved) == saved
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    from fusionkit.train.config import load_run_config
+
+    try:
+        return load_run_config(run_dir / "config.yaml").model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - an unreadable config means: not this run
+        return None
+
+
+def is_finished(job: SweepJob) -> bool:
+    """Report written, record ``ok``, resolved config equal to the requested one."""
+    run_dir = Path(job.run_dir)
+    record = read_record(run_dir)
+    saved = _saved_config(run_dir)
+    return (
+        (run_dir / "report.md").is_file() and record is not None and record.get("status") == "ok"
+        and saved is not None and same_config(job.config, saved)
+    )
+
+
+def _prepare_run_dir(job: SweepJob) -> bool:
+    """Clear what cannot be continued; True when the run resumes from its last checkpoint."""
+    run_dir = Path(job.run_dir)
+    saved = _saved_config(run_dir)
+    if saved is not None and same_config(job.config, saved) and (run_dir / "checkpoints" / "last.safetensors").is_file():
+        return True
+    if run_dir.exists():
+        why = "its config differs from the requested one" if saved is not None and not same_config(job.config, saved) else "it has no checkpoint to resume"
+        logger.info("%s: starting over (%s)", run_dir, why)
+        shutil.rmtree(run_dir)
+    return False
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {"torch": torch.__version__, "timm": timm.__version__}
+
+
+def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int = 0) -> dict[str, Any]:
+    """Train (or resume) and evaluate one job in this process; writes and returns its record.
+
+    Any exception becomes a ``failed`` record with its one-line reason; ``KeyboardInterrupt``
+    (the trainer has saved a resumable checkpoint) is recorded as ``interrupted`` and re-raised.
+    """
+    import torch
+
+    from fusionkit.evaluate import train_and_evaluate
+
+    run_dir = Path(job.run_dir)
+    record: dict[str, Any] = {
+        "preset": job.preset, "seed": job.seed, "fold": job.fold, "run_dir": str(run_dir),
+        "status": "failed", "reason": None, "seconds": None, "best_epoch": None,
+        "samples_per_s": None, "peak_gpu_mem_gib": None, "device": None, **_versions(),
+        "metrics": None, "config": job.config,
+    }
+    started = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        resume = _prepare_run_dir(job)
+        trainer = train_and_evaluate(
+            job.run_config(), run_dir=run_dir, data_root=job.data_root, resume=resume,
+            progress=progress, gradcam_lesions=gradcam_lesions,
+        )
+        device = trainer.device
+        record["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        record.update(_outcome(run_dir))
+        record["status"] = "ok"
+    except KeyboardInterrupt:
+        record.update(status="interrupted", reason="interrupted (Ctrl-C); resumable from its last checkpoint")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        record["reason"] = one_line(exc)
+        logger.warning("%s failed: %s", job.label, record["reason"])
+    finally:
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        if cuda:
+            record["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        atomic_write_text(run_dir / RECORD_FILE, json.dumps(record, indent=1))
+    return record
+
+
+def _outcome(run_dir: Path) -> dict[str, Any]:
+    """Best epoch, mean samples/s, macro metrics (the run's metrics.json) and validation labels."""
+    from fusionkit.data import CLASS_NAMES, find_split, lesion_labels
+
+    history = json.loads((run_dir / "history.json").read_text())
+    best = [h["epoch"] for h in history if h.get("best")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    macro = metrics["metrics"]["macro"]
+    split = json.loads((run_dir / "split.json").read_text())
+    ids, labels = lesion_labels(find_split(split["root"], "Training"))
+    label_of = dict(zip(ids, labels, strict=True))
+    return {
+        "best_epoch": best[-1] if best else None,
+        "samples_per_s": sum(h["samples_per_s"] for h in history) / len(history) if history else None,
+        "metrics": {k: macro[k] for k in MACRO_KEYS},
+        "val_labels": {lesion: CLASS_NAMES[label_of[lesion]] for lesion in split["val"]},
+    }
+
+
+# -- engines ----------------------------------------------------------------------------------------
+OnStart = Callable[[SweepJob], None]
+Engine = Callable[[list[SweepJob], OnStart], Iterator[dict[str, Any]]]
+"""Takes the jobs to run and a callback called as each starts; yields each one's record as it
+finishes (in any order)."""
+
+
+def in_process(*, progress: bool = False) -> Engine:
+    """Run jobs one after the other in this process (imports, the model zoo and the mmapped
+    image cache stay warm between runs)."""
+
+    def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
+        for job in jobs:
+            on_start(job)
+            yield execute_job(job, progress=progress)
+
+    return run
+
+
+def _subprocess_job(job: SweepJob, device: str, log_dir: Path) -> dict[str, Any]:
+    job_file = log_dir / f"{job.slug}.json"
+    atomic_write_text(job_file, job.to_json())
+    (Path(job.run_dir) / RECORD_FILE).unlink(missing_ok=True)  # the record read below is this run's
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if device == "cpu" else device)
+    with open(job_file.with_suffix(".log"), "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusionkit.sweep.worker", str(job_file)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+        )
+    if proc.returncode == 130:
+        raise KeyboardInterrupt
+    record = read_record(job.run_dir)
+    if record is None:
+        tail = job_file.with_suffix(".log").read_text().strip().splitlines()
+        return {"preset": job.preset, "seed": job.seed, "fold": job.fold, "run_dir": job.run_dir,
+                "status": "failed", "reason": f"worker exited with status {proc.returncode}: {tail[-1] if tail else ''}",
+                "seconds": None, "metrics": None}
+    return record
+
+
+def device_queue(devices: Iterable[str], *, log_dir: Path) -> Engine:
+    """One subprocess per device at a time (``CUDA_VISIBLE_DEVICES=<device>``; ``cpu`` hides the
+    GPUs), fed from a queue by a thread pool; the workers' output goes to ``log_dir``."""
+    devices = list(devices)
+
+    def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        free: queue.Queue[str] = queue.Queue()
+        for d in devices:
+            free.put(d)
+
+        def task(job: SweepJob) -> dict[str, Any]:
+            device = free.get()
+            on_start(job)
+            try:
+                return _subprocess_job(job, device, log_dir)
+            finally:
+                free.put(device)
+
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            futures = [pool.submit(task, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    return run
+
+
+def submitit_engine(
+    *,
+    folder: Path,
+    cluster: str | None = None,
+    partition: str | None = None,
+    timeout_min: int = 240,
+    gpus_per_job: int = 1,
+    cpus_per_job: int = 8,
+) -> Engine:
+    """Each job becomes a SLURM job through ``submitit.AutoExecutor`` (``cluster="local"``: local
+    processes, as in the tests). Needs the ``cluster`` extra (``pip install 'jiadf-fusion[cluster]'``)."""
+    try:
+        import submitit
+    except ImportError:
+        from fusionkit.errors import ConfigError
+
+        raise ConfigError("--launcher submitit needs the submitit package: pip install 'jiadf-fusion[cluster]'") from None
+
+    def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        params: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_job,
+                                  "cpus_per_task": cpus_per_job, "name": "fusionkit-sweep"}
+        if partition:
+            params["slurm_partition"] = partition
+        executor.update_parameters(**params)
+        pending = []
+        for job in jobs:
+            pending.append((executor.submit(execute_job, job), job))
+            on_start(job)
+        while pending:
+            for item in list(pending):
+                sjob, job = item
+                if sjob.done():
+                    pending.remove(item)
+                    try:
+                        yield sjob.result()
+                    except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out)
+                        yield read_record(job.run_dir) or {
+                            "preset": job.preset, "seed": job.seed, "fold": job.fold, "run_dir": job.run_dir,
+                            "status": "failed", "reason": one_line(exc), "seconds": None, "metrics": None}
+            time.sleep(0.5)
+
+    return run
