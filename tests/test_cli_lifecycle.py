@@ -55,7 +55,7 @@ def test_usage_errors_through_the_real_entry_points(tmp_path: Path) -> None:
     "args, message",
     [
         (["trian"], "Error: No such command 'trian'. Did you mean 'train'?"),
-        (["train"], "Missing argument 'config'"),
+        (["train"], "Missing argument 'CONFIG'"),
         (["train", "x.yaml", "--bogus"], "No such option: --bogus"),
         (["evaluate", "run", "--gradcam", "many"], "Invalid value for '--gradcam'"),
         (["predict", "run"], "Missing option '--data'"),
