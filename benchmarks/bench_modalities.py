@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
 RESULTS = Path(__file__).resolve().parent / "results"

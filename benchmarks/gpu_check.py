@@ -291,7 +291,7 @@ def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) 
         model = fk.build_model(spec, metadata_width=s.metadata_width) if what == "JI-ADF" else BackboneOnly(s.model)
         if mode == "compile":
             model.validate_presence = False
-            from fusionkit.train.config import TrainSpec
+            from fusionkit.runtime.config import TrainSpec
 
             model = torch.compile(model, mode=TrainSpec().compile_mode)  # what step_mode: compile does
         if cuda:

@@ -16,7 +16,7 @@ from pathlib import Path
 from fusionkit.data.synthetic import make_synthetic_milk10k
 from fusionkit.evaluate import evaluate_run
 from fusionkit.train.trainer import train_run
-from fusionkit.train.config import DataSpec, RunConfig, TrainSpec
+from fusionkit.runtime.config import DataSpec, RunConfig, TrainSpec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

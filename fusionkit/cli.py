@@ -68,7 +68,7 @@ def train(
     train.tracking=[tensorboard]   event files in RUN/tensorboard (or mlflow)
     """
     from fusionkit.evaluate.pipeline import train_and_evaluate
-    from fusionkit.train.config import load_run_config
+    from fusionkit.runtime.config import load_run_config
 
     if data is not None and synthetic:
         _fail("give either --data DIR or --synthetic, not both")

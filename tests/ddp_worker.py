@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import save_file
 
 from fusionkit.runtime.checkpoint import model_state
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
 

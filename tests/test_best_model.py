@@ -24,7 +24,7 @@ from fusionkit.evaluate.inference import load_run
 from fusionkit.evaluate.report import evaluate_run
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import selection_score, train_run
 
 from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config

@@ -13,7 +13,7 @@ import torch
 
 from fusionkit.cli import main
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
-from fusionkit.train.config import load_run_config
+from fusionkit.runtime.config import load_run_config
 
 from train_helpers import tiny_run_config, write_config
 

@@ -144,7 +144,7 @@ def test_bad_batches_are_rejected():
 
 @pytest.mark.parametrize("augment_on", ["device", "cpu"])
 def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augment_on):
-    from fusionkit.train.config import RunConfig
+    from fusionkit.runtime.config import RunConfig
     from fusionkit.train.data_setup import prepare_data
     from fusionkit.runtime.distributed import DistInfo
 
@@ -172,7 +172,7 @@ def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augmen
 
 
 def test_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tmp_path):
-    from fusionkit.train.config import RunConfig
+    from fusionkit.runtime.config import RunConfig
     from fusionkit.train.data_setup import augment_on
 
     from train_helpers import tiny_run_config
@@ -190,7 +190,7 @@ def test_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tmp_path):
 
 def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
     from fusionkit.runtime.checkpoint import model_state
-    from fusionkit.train.config import RunConfig
+    from fusionkit.runtime.config import RunConfig
     from fusionkit.train.trainer import Trainer, train_run
 
     from train_helpers import tiny_run_config

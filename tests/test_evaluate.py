@@ -13,7 +13,7 @@ import fusionkit as fk
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.runtime.predict import mask_modalities
 from fusionkit.evaluate.report import evaluate_run
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
 from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config

@@ -22,7 +22,7 @@ from fusionkit.data import make_synthetic_milk10k
 from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted, RunLockedError
 from fusionkit.runtime.checkpoint import read_checkpoint
 from fusionkit.runtime.lock import LOCK_NAME, RunLock
-from fusionkit.train.config import RunConfig, load_run_config
+from fusionkit.runtime.config import RunConfig, load_run_config
 from fusionkit.train.resume import claim_run_dir, resume_changes
 from fusionkit.train.sampler import EpochSampler
 import fusionkit.train.trainer as trainer_module

@@ -12,7 +12,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 import fusionkit as fk
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 
 from conftest import build_tiny, make_batch, temporary_registrations, tiny_spec
 

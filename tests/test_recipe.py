@@ -21,7 +21,7 @@ import torch
 
 from fusionkit.data import CLASS_NAMES
 from fusionkit.runtime.checkpoint import model_state, read_checkpoint
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.train.trainer import Trainer
 

@@ -18,7 +18,7 @@ from fusionkit.data import CLASS_NAMES
 from fusionkit.evaluate.inference import load_run
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import model_state, read_checkpoint
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import Trainer, train_run
 
 from train_helpers import tiny_run_config, write_config

@@ -18,7 +18,7 @@ import fusionkit as fk
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.model import FusionOutput
 from fusionkit.runtime.checkpoint import model_state, read_checkpoint, save_checkpoint
-from fusionkit.train.config import MixupSpec, RunConfig, SchedulerSpec
+from fusionkit.runtime.config import MixupSpec, RunConfig, SchedulerSpec
 from fusionkit.train.ema import ModelEma
 from fusionkit.train.mixup import mix_batch
 from fusionkit.train.param_groups import BACKBONE_PREFIX, param_groups

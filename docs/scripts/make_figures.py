@@ -187,7 +187,7 @@ def quickstart_assets(run_dir: Path | None, out: Path, readme: Path | None = Non
     with tempfile.TemporaryDirectory() as tmp:
         if run_dir is None:
             from fusionkit.evaluate import train_and_evaluate
-            from fusionkit.train.config import load_run_config
+            from fusionkit.runtime.config import load_run_config
 
             run_dir = Path(tmp) / "quickstart"
             config = load_run_config(REPO / "examples" / "quickstart.yaml")

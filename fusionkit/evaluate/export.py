@@ -24,7 +24,7 @@ from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
 from fusionkit.errors import ConfigError
 from fusionkit.evaluate.inference import LoadedRun, load_run
 from fusionkit.model import FusionModel
-from fusionkit.train.data_setup import preprocessing_model
+from fusionkit.runtime.config import preprocessing_model
 from fusionkit.utils.io import atomic_write_text
 
 EXPORT_FORMATS = ("onnx",)

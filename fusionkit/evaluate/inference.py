@@ -18,8 +18,8 @@ from fusionkit.runtime.predict import Predictions, predict
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
-from fusionkit.train.config import RunConfig, load_run_config
-from fusionkit.train.data_setup import default_cache_dir, preprocessing_model
+from fusionkit.runtime.config import RunConfig, load_run_config
+from fusionkit.runtime.config import default_cache_dir, preprocessing_model
 
 
 @dataclass

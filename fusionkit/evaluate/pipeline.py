@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fusionkit.evaluate.report import evaluate_run
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import Trainer, train_run
 
 

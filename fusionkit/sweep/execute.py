@@ -70,7 +70,7 @@ def same_config(requested: dict[str, Any], saved: dict[str, Any]) -> bool:
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     if not (run_dir / "config.yaml").is_file():
         return None
-    from fusionkit.train.config import load_run_config
+    from fusionkit.runtime.config import load_run_config
 
     try:
         return load_run_config(run_dir / "config.yaml").model_dump(mode="json")

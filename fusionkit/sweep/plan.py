@@ -13,7 +13,7 @@ from typing import Any
 
 from fusionkit.errors import ConfigError
 from fusionkit.presets import list_presets
-from fusionkit.train.config import RunConfig, load_run_config
+from fusionkit.runtime.config import RunConfig, load_run_config
 
 TABLE2_ROWS: tuple[tuple[str, str], ...] = (
     ("C", "clinical-only"),

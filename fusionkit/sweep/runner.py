@@ -48,7 +48,7 @@ def prepare_data_root(jobs: list[SweepJob], *, out: Path, data_root: Path | None
 def build_image_caches(jobs: list[SweepJob], data_root: Path) -> None:
     """Build each image cache the runs need once, before the first run (later runs only open it)."""
     from fusionkit.data import Milk10kDataset, find_split
-    from fusionkit.train.data_setup import default_cache_dir
+    from fusionkit.runtime.config import default_cache_dir
 
     done = set()
     for job in jobs:

@@ -7,7 +7,6 @@ with the backbone's own mean and std (:func:`fusionkit.data.normalize_batch`).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,24 +36,10 @@ from fusionkit.data.layout import Milk10kFiles
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.distributed import DistInfo, barrier
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.train.config import RunConfig
+from fusionkit.runtime.config import RunConfig, default_cache_dir, preprocessing_model
 from fusionkit.train.resume import resume_changes
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.utils.io import atomic_write_text
-
-DEFAULT_PREPROCESSING_MODEL = "resnet18"
-"""Backbone whose preprocessing (ImageNet mean/std) is used when the image encoder names no timm model."""
-
-
-def default_cache_dir() -> Path:
-    """``$FUSIONKIT_CACHE`` or ``~/.cache/fusionkit``: where preprocessed image caches live."""
-    return Path(os.environ.get("FUSIONKIT_CACHE", "~/.cache/fusionkit")).expanduser()
-
-
-def preprocessing_model(config: RunConfig) -> str:
-    """The timm model whose preprocessing config (mean, std, interpolation) the images get."""
-    return getattr(config.model.image_encoder, "model_name", None) or DEFAULT_PREPROCESSING_MODEL
-
 
 @dataclass
 class RunData:

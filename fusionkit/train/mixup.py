@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fusionkit.train.config import MixupSpec
+from fusionkit.runtime.config import MixupSpec
 
 IMAGE_KEYS = ("derm", "clinical")
 """Batch keys holding images (mixed by both methods)."""

@@ -23,7 +23,7 @@ from typing import Any
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.lock import LOCK_NAME
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.train.config import RunConfig, load_run_config
+from fusionkit.runtime.config import RunConfig, load_run_config
 from fusionkit.utils.io import atomic_write_text
 
 APPLIED_ON_RESUME = frozenset({

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from fusionkit.train.config import SchedulerSpec
+from fusionkit.runtime.config import SchedulerSpec
 
 
 class WarmupCosine:

@@ -33,7 +33,7 @@ from fusionkit.runtime.distributed import DistInfo, barrier, init_distributed, s
 from fusionkit.runtime.predict import predict
 from fusionkit.runtime.lock import RunLock
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.train.config import RunConfig, TrainSpec, load_run_config
+from fusionkit.runtime.config import RunConfig, TrainSpec, load_run_config
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.ema import ModelEma
 from fusionkit.train.mixup import mix_batch

@@ -7,6 +7,7 @@ best validation macro Dice (the ISIC macro F1) kept.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,3 +240,17 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
         data = {**data, "model": RunConfig._resolve_preset({"model": model})["model"]}
     data = apply_overrides(data, late)
     return RunConfig.model_validate(data)
+
+
+DEFAULT_PREPROCESSING_MODEL = "resnet18"
+"""Backbone whose preprocessing (ImageNet mean/std) is used when the image encoder names no timm model."""
+
+
+def default_cache_dir() -> Path:
+    """``$FUSIONKIT_CACHE`` or ``~/.cache/fusionkit``: where preprocessed image caches live."""
+    return Path(os.environ.get("FUSIONKIT_CACHE", "~/.cache/fusionkit")).expanduser()
+
+
+def preprocessing_model(config: RunConfig) -> str:
+    """The timm model whose preprocessing config (mean, std, interpolation) the images get."""
+    return getattr(config.model.image_encoder, "model_name", None) or DEFAULT_PREPROCESSING_MODEL
