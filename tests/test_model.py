@@ -437,3 +437,36 @@ def test_learned_embeddings_follow_the_autocast_feature_dtype():
     assert {k: v.dtype for k, v in out.features.items()} == dict.fromkeys(
         ("image", "meta", "joint"), torch.bfloat16)
     assert out.probs.dtype == torch.float32
+
+
+def test_final_probabilities_never_exceed_one_when_logsumexp_rounds_up():
+    """eq 6 is computed as exp(logsumexp(log alpha + log P_k)), which can round to 1 + 1.2e-7.
+
+    The heads and the gate's last layer are set to constant outputs (zero weights, chosen biases),
+    so the model's own forward meets such a rounding; ``probs`` must still be clamped to 1.
+    """
+    spec = tiny_spec()
+    model = build_tiny(spec).eval()
+    k, n = len(spec.decision_branches), spec.num_classes
+    gen = torch.Generator().manual_seed(0)
+    gates = torch.randn(4096, k, generator=gen) * 3
+    logits = torch.randn(4096, k, n, generator=gen) * 3
+    logits[:, :, 0] += torch.rand(4096, 1, generator=gen) * 40  # near-certain heads
+    mixed = torch.logsumexp(gates.log_softmax(-1)[:, :, None] + logits.log_softmax(-1), dim=1)
+    candidates = (mixed.exp() > 1).any(-1).nonzero().flatten().tolist()
+    assert candidates, "no candidate rounds above 1"
+    batch = make_batch(spec, 1)
+    for i in candidates[:20]:
+        with torch.no_grad():
+            model.decision.gate[2].weight.zero_()
+            model.decision.gate[2].bias.copy_(gates[i])
+            for j, b in enumerate(spec.decision_branches):
+                model.heads[b].linear.weight.zero_()
+                model.heads[b].linear.bias.copy_(logits[i, j])
+            out = model(batch)
+        if (out.log_probs.exp() > 1).any():
+            break
+    else:
+        pytest.fail("no candidate rounded above 1 through the model")
+    assert out.probs.max() == 1.0
+    torch.testing.assert_close(out.probs, out.log_probs.exp().clamp(max=1.0), rtol=0, atol=0)
