@@ -63,8 +63,13 @@ def test_eager_step_returns_the_detached_total_and_records_each_term() -> None:
 def test_bf16_runs_the_forward_under_bfloat16_autocast_with_the_cache_as_asked() -> None:
     model = Recorder()
     step = make_step(model, bf16=True)
-    step(batch())
-    step._forward_backward(batch(), cache=False)  # the graph capture's warm-up and capture
+    default = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)  # as on CUDA, where autocast's default is float16
+    try:
+        step(batch())
+        step._forward_backward(batch(), cache=False)  # the graph capture's warm-up and capture
+    finally:
+        torch.set_autocast_dtype("cpu", default)
     assert model.seen == [(True, torch.bfloat16, True), (True, torch.bfloat16, False)]
 
 

@@ -592,6 +592,7 @@ def test_fit_hands_the_run_to_after_fit_and_its_figures_to_the_trackers(tmp_path
         assert trainer.fit() is trainer.history and len(trainer.history) == 1
     finally:
         trainer.close()
+    trainer.close()  # closing twice is safe (train_run closes what a failed fit left)
     run = tmp_path / "run"
     assert given == [run] and tracker.figures == [([run / "a.png", run / "b.png"], 1)]
 
