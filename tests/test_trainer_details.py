@@ -620,6 +620,11 @@ def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cac
         trainer._reset_lr()
         assert [g["lr"] for g in trainer.optimizer.param_groups] == lrs
         assert all(lr.item() == pytest.approx(1e-3) for lr in lrs)
+        # fit goes on from the resumed epoch
+        with_train(trainer, step_mode="eager", lr=3e-3)
+        trainer._reset_lr()
+        trainer.step = ConstStep()
+        assert [r["epoch"] for r in trainer.fit()] == [1, 2]
     finally:
         trainer.close()
 
