@@ -221,3 +221,23 @@ def test_the_saved_config_is_the_one_on_disk(tmp_path: Path) -> None:
     write_config(run / "config.yaml", raw)
     start = claim_run_dir(run, resume=True, overwrite=False)
     assert start.saved is not None and start.saved.train.lr == 0.25
+
+
+def test_a_component_of_another_kind_or_none_is_a_model_change_field_by_field(tmp_path: Path) -> None:
+    base = _config(tmp_path)
+    concat = _config(tmp_path, model={"fusion": {"kind": "concat"}})
+    with pytest.raises(ConfigError) as exc:
+        resume_changes(base, concat, run_dir=tmp_path, synthetic=True)
+    assert _message(exc) == (
+        f"{tmp_path}: --resume with a different model spec (fusion.activation: 'gelu' -> None; "
+        "fusion.head_dim: 64 -> None; fusion.heads: 8 -> None); resume with the run's own config or start a new --out"
+    )
+    no_fusion = RunConfig.model_validate(tiny_run_config(tmp_path, preset="derm-clinical"))
+    assert no_fusion.model.fusion is None
+    with pytest.raises(ConfigError) as exc:  # fusion: None -> a block is compared, not iterated
+        resume_changes(no_fusion, base, run_dir=tmp_path, synthetic=True)
+    assert _message(exc) == (
+        f"{tmp_path}: --resume with a different model spec (decision.activation: None -> 'relu'; "
+        "decision.branch: 'image' -> None; decision.detach_logits: None -> False); resume with the run's own "
+        "config or start a new --out"
+    )
