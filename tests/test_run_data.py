@@ -83,7 +83,7 @@ def _names(log: list) -> list[str]:
 # -- a fresh run ---------------------------------------------------------------------------------
 def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, milk: Path, spies: dict) -> None:
     config = _config(
-        tmp_path, data={"val_fraction": 0.25, "split_seed": 5, "missing_image": "absent", "num_workers": 1},
+        tmp_path, data={"val_fraction": 0.5, "split_seed": 5, "missing_image": "absent", "num_workers": 1},
         seed=7, sampler="balanced", eval_batch_size=5,
     )
     run = tmp_path / "run"
@@ -92,7 +92,8 @@ def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, mil
 
     files = find_split(milk, "Training")
     ids, labels = lesion_labels(files)
-    split = train_val_split(ids, labels, val_fraction=0.25, seed=5)
+    split = train_val_split(ids, labels, val_fraction=0.5, seed=5)
+    assert split != train_val_split(ids, labels, seed=5)  # not the default fraction
     assert data.split == split and data.files == files and data.changes == ()
     assert data.class_names == ds.CLASS_NAMES
 
@@ -172,9 +173,19 @@ def test_class_weights_and_prior_are_resolved_from_the_training_labels(tmp_path:
     assert kept.config.model.loss.class_prior == pytest.approx([1 / 11] * 11)
 
 
-def test_the_class_prior_is_laplace_smoothed() -> None:
+def test_the_class_prior_alone_leaves_the_class_weights_unset(tmp_path: Path, milk: Path) -> None:
+    config = _config(tmp_path, model={"loss": {"logit_adjustment": 0.5}})
+    data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU)
+    loss = data.config.model.loss
+    assert loss.class_prior == pytest.approx(ds._class_prior(data.train_set.labels))
+    assert loss.class_weights is None and loss.logit_adjustment == 0.5
+
+
+def test_the_class_prior_is_laplace_smoothed_and_absent_classes_weigh_one() -> None:
     prior = ds._class_prior((0, 0, 1, 3))
     assert prior == pytest.approx((3 / 15, 2 / 15, 1 / 15, 2 / 15) + (1 / 15,) * 7)
+    weights = ds._class_weights((0, 0, 1, 3))
+    assert weights == pytest.approx((4 / 22, 4 / 11, 1.0, 4 / 11) + (1.0,) * 7)
 
 
 # -- ranks ---------------------------------------------------------------------------------------
@@ -191,6 +202,9 @@ def test_rank_1_waits_for_rank_0_and_writes_nothing(tmp_path: Path, milk: Path, 
     assert list(run.iterdir()) == []
     for (_, kw) in spies["EpochSampler"].calls():
         assert (kw["rank"], kw["world_size"]) == (1, 2)
+    val_sampler = spies["make_loader"].calls()[1][1]["sampler"]
+    assert isinstance(val_sampler, ds.EpochSampler.real)
+    assert (val_sampler.rank, val_sampler.world_size, val_sampler.mode) == (1, 2, "sequential")
     assert data.dist_info is info
 
 
@@ -288,9 +302,20 @@ def test_a_resumed_run_reads_back_its_split_encoder_and_root(tmp_path: Path, mil
 def test_a_resume_that_changes_a_fixed_setting_is_refused(tmp_path: Path, milk: Path) -> None:
     run = tmp_path / "run"
     first = ds.prepare_data(_config(tmp_path), run_dir=run, data_root=milk, synthetic=False, dist_info=CPU)
-    with pytest.raises(ConfigError, match=r"cannot change train.batch_size \(8 -> 4\)"):
+    with pytest.raises(ConfigError) as exc:
         ds.prepare_data(_config(tmp_path, batch_size=4), run_dir=run, data_root=None, synthetic=False,
                         dist_info=CPU, saved=first.config)
+    assert str(exc.value).startswith(f"{run}: --resume cannot change train.batch_size (8 -> 4); ")
+
+
+def test_a_synthetic_run_cannot_resume_with_another_generated_set(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    first = ds.prepare_data(_config(tmp_path), run_dir=run, data_root=None, synthetic=True, dist_info=CPU)
+    bigger = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "image_size": [40, 30], "seed": 3}})
+    with pytest.raises(ConfigError) as exc:
+        ds.prepare_data(bigger, run_dir=run, data_root=None, synthetic=True, dist_info=CPU, saved=first.config)
+    assert str(exc.value).startswith(f"{run}: --resume cannot change data.synthetic.n_lesions (24 -> 30); ")
 
 
 # -- RunData ---------------------------------------------------------------------------------------
@@ -331,6 +356,29 @@ def test_device_batches_are_augmented_only_for_training_batches(tmp_path: Path, 
     assert torch.equal(out["meta"], plain["meta"])
     del batch["clinical"]
     assert set(data.to_model_batch(batch, epoch=0, batch_index=0)) == set(batch)
+
+
+def test_device_augmentation_draws_from_the_batch_generator_alone(tmp_path: Path, milk: Path) -> None:
+    config = _config(tmp_path, data={"augment_on": "device"}, seed=6)
+    data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU)
+    batch = data.train_set.collate(range(4))
+    torch.manual_seed(0)
+    out = data.to_model_batch(batch, epoch=2, batch_index=1)
+    generator = batch_generator(seed=6, epoch=2, batch_index=1, rank=0)
+    augment = ds.DeviceAugment(config=config.data.augment)
+    transform = data.train_set.transform
+    for key in ("derm", "clinical"):  # one generator, derm first
+        expected = normalize_batch({key: augment(batch[key], generator=generator)}, mean=transform.mean,
+                                   std=transform.std)[key]
+        assert torch.equal(out[key], expected), key
+
+
+def test_augment_on_auto_is_the_device_on_a_gpu_only(tmp_path: Path) -> None:
+    auto = _config(tmp_path)
+    assert [ds.augment_on(auto, torch.device(d)) for d in ("cpu", "cuda", "meta")] == ["cpu", "device", "cpu"]
+    for where in ("cpu", "device"):
+        fixed = _config(tmp_path, data={"augment_on": where})
+        assert ds.augment_on(fixed, torch.device("cuda")) == ds.augment_on(fixed, torch.device("cpu")) == where
 
 
 def test_augmentation_draws_are_seeded_by_rank(tmp_path: Path, milk: Path, spies: dict) -> None:
