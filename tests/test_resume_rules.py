@@ -90,6 +90,9 @@ def test_a_folder_with_only_scratch_entries_is_a_fresh_start(tmp_path: Path, scr
 def test_an_absent_folder_is_a_fresh_start(tmp_path: Path) -> None:
     assert claim_run_dir(tmp_path / "new", resume=False, overwrite=False) == RunStart(saved=None)
     assert not (tmp_path / "new").exists()
+    # --overwrite of a folder that is not there yet is a fresh start too, not a FileNotFoundError
+    assert claim_run_dir(tmp_path / "new", resume=False, overwrite=True) == RunStart(saved=None)
+    assert not (tmp_path / "new").exists()
 
 
 def test_claim_run_dir_refusals_name_the_folder_and_the_way_out(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ class RunStart:
 
 
 def _clear(run_dir: Path, keep: frozenset[str]) -> None:
+    if not run_dir.is_dir():  # nothing there yet: nothing to clear
+        return
     for entry in run_dir.iterdir():
         if entry.name in keep:
             continue
