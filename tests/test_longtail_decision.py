@@ -13,7 +13,7 @@ import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
 from fusionkit.losses import cross_entropy
 from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.decision import apply_decision, fit_thresholds, macro_f1_argmax, rescale
+from fusionkit.metrics.decision import apply_decision, fit_thresholds, macro_f1_argmax, one_hot_argmax, rescale
 from fusionkit.runtime.predict import predict
 from fusionkit.runtime.tta import tta_views, view_batch
 
@@ -148,3 +148,27 @@ class _Viewed(torch.nn.Module):
 
     def forward(self, batch):
         return self.model(view_batch(batch, self.view))
+
+
+def test_rescale_pins_both_pieces():
+    r = rescale(np.array([[0.2, 0.9], [0.7, 0.3]]), [0.4, 0.6])
+    # low piece 0.5 p / t; high piece 0.5 + 0.5 (p - t) / (1 - t)
+    assert r == pytest.approx(np.array([[0.25, 0.875], [0.75, 0.25]]), rel=1e-12)
+
+
+def test_rescale_and_one_hot_compute_in_float64_whatever_the_input_dtype():
+    # a float32 threshold's 1 - t and a float32 subnormal's 0.5 p round differently in float32
+    probs = np.array([[2.0**-149, 0.65]], dtype=np.float32)
+    thresholds = np.array([0.5, 0.35], dtype=np.float32)
+    r = rescale(probs, thresholds)
+    assert r.dtype == np.float64
+    assert np.array_equal(r, rescale(probs.astype(np.float64), thresholds.astype(np.float64).tolist()))
+    assert r[0, 0] == 2.0**-149  # a threshold of 0.5 leaves the value unchanged
+    votes = one_hot_argmax(np.array([[1, 3, 2], [4, 0, 4]]))
+    assert votes.dtype == np.float64 and np.array_equal(votes, [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def test_macro_f1_argmax_averages_over_the_true_classes_only():
+    # class 2 is predicted once but never true: it does not enter the mean
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.2, 0.6, 0.2]])
+    assert macro_f1_argmax(np.array([0, 0, 1]), probs) == pytest.approx((2 / 3 + 1.0) / 2)

@@ -95,3 +95,34 @@ def test_rejects_bad_rows(tmp_path, ids, probs, match):
     with pytest.raises(ValueError, match=match):
         write_submission(tmp_path / "s.csv", ids, probs, ["A", "B"])
     assert not any(tmp_path.iterdir())
+
+
+def test_file_content_is_exact(tmp_path):
+    path = write_submission(tmp_path / "s.csv", ["b", "a"], [[0.25, 0.75], [1, 0]], ["A", "B"])
+    assert path.read_bytes() == b"lesion_id,A,B\na,1.0,0.0\nb,0.25,0.75\n"  # "\n", not "\r\n"
+
+
+@pytest.mark.parametrize(
+    ("ids", "probs", "names", "message"),
+    [
+        (["a"], np.full((2, 2), 0.5), ["A", "B"],
+         "probs has shape (2, 2), expected (1, 2) (one row per id, one column per class)"),
+        ([], np.zeros((0, 2)), ["A", "B"], "no rows to write"),
+        (["a", ""], np.full((2, 2), 0.5), ["A", "B"], "empty lesion id"),
+        (["b", "a", "b", "c", "a", "a"], np.full((6, 2), 0.5), ["A", "B"],
+         "duplicate lesion ids: ['a', 'b']"),
+        ([f"x{i:02d}" for i in range(12)] * 2, np.full((24, 2), 0.5), ["A", "B"],
+         f"duplicate lesion ids: {[f'x{i:02d}' for i in range(10)]}"),
+        (["a", "b"], np.full((2, 2), 0.5), ["A", "A"],
+         "column names must be unique and differ from 'lesion_id': ['A', 'A']"),
+        (["a", "b"], np.full((2, 2), 0.5), ["lesion_id", "B"],
+         "column names must be unique and differ from 'lesion_id': ['lesion_id', 'B']"),
+        (["a", "b"], [[0.5, None], [0.5, 0.5]], ["A", "B"], "probs must be finite and in [0, 1]"),
+        (["a", "b"], [[0.5, -0.1], [0.5, 0.5]], ["A", "B"], "probs must be finite and in [0, 1]"),
+    ],
+)
+def test_bad_input_messages_are_exact(tmp_path, ids, probs, names, message):
+    with pytest.raises(ValueError) as info:
+        write_submission(tmp_path / "s.csv", ids, probs, names)
+    assert str(info.value) == message
+    assert not any(tmp_path.iterdir())
