@@ -13,7 +13,14 @@ import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
 from fusionkit.losses import cross_entropy
 from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.decision import apply_decision, fit_thresholds, macro_f1_argmax, one_hot_argmax, rescale
+from fusionkit.metrics.decision import (
+    _dice_by_threshold,
+    apply_decision,
+    fit_thresholds,
+    macro_f1_argmax,
+    one_hot_argmax,
+    rescale,
+)
 from fusionkit.runtime.predict import predict
 from fusionkit.runtime.tta import tta_views, view_batch
 
@@ -172,3 +179,53 @@ def test_macro_f1_argmax_averages_over_the_true_classes_only():
     # class 2 is predicted once but never true: it does not enter the mean
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.2, 0.6, 0.2]])
     assert macro_f1_argmax(np.array([0, 0, 1]), probs) == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_rescale_clips_float_noise_outside_zero_one():
+    r = rescale(np.array([[-1e-9, 1.0 + 1e-9]]), [0.3, 0.3])
+    assert r.tolist() == [[0.0, 1.0]]
+
+
+def test_dice_by_threshold_counts_scores_strictly_above():
+    truth = np.array([True, False, True, False])
+    scores = np.array([0.2, 0.5, 0.8, 0.5])
+    # t = 0.5: {0.8} (0.5 itself is not above); 0.8: nothing; 0.1: all four; 0.2: {0.5, 0.5, 0.8}
+    dice = _dice_by_threshold(truth, scores, np.array([0.5, 0.8, 0.1, 0.2]))
+    assert dice == pytest.approx([2 / 3, 0.0, 4 / 6, 2 / 5], rel=1e-12)
+    # no positive and nothing predicted: 2TP + FP + FN = 0 counts as a perfect 1.0
+    none = _dice_by_threshold(np.array([False, False]), np.array([0.3, 0.6]), np.array([0.6, 0.4]))
+    assert none.tolist() == [1.0, 0.0]
+
+
+def test_fit_thresholds_candidates_and_ties():
+    # class 1: 0.15 and 0.75 tie at Dice 2/3 (0.5 gives 1/2): the one nearest 0.5 wins
+    s = np.array([0.8, 0.1, 0.7, 0.2, 0.5])
+    assert fit_thresholds(np.array([1, 0, 0, 1, 0]), np.stack([1 - s, s], 1)) == pytest.approx((0.25, 0.75))
+    # predicting every row (just below the lowest score) and none (the top score) are candidates
+    t = fit_thresholds(np.array([0, 0]), np.array([[0.2, 0.6], [0.3, 0.7]]))
+    assert t == pytest.approx((0.2 - 1e-6, 0.7), abs=1e-15)
+    # but thresholds stay in [1e-6, 1 - 1e-6]: scores of exactly 0 and 1 cannot be split off
+    assert fit_thresholds(np.array([0, 0]), np.array([[0.0, 1.0], [0.0, 1.0]])) == (0.5, 0.5)
+
+
+def test_fit_thresholds_and_apply_decision_compute_in_float64():
+    s = np.array([0.8, 0.1, 0.7, 0.2, 0.5, 0.3], dtype=np.float32)
+    probs = np.stack([1 - s, s], 1)
+    labels = np.array([1, 0, 0, 1, 0, 1])
+    assert fit_thresholds(labels, probs) == fit_thresholds(labels, probs.astype(np.float64))
+    for p in (probs, probs.astype(np.float64)):
+        out = apply_decision(p, "probs")
+        assert out.dtype == np.float64 and np.array_equal(out, probs.astype(np.float64))
+
+
+def test_apply_decision_thresholds_rule_rescales_and_checks_its_thresholds():
+    probs = np.array([[0.2, 0.8], [0.6, 0.4]])
+    out = apply_decision(probs, "thresholds", thresholds=[0.4, 0.6])
+    assert np.array_equal(out, rescale(probs, [0.4, 0.6])) and not np.array_equal(out, probs)
+    for bad in (None, [0.5], [0.5, 0.5, 0.5]):
+        with pytest.raises(ValueError) as info:
+            apply_decision(probs, "thresholds", thresholds=bad)
+        assert str(info.value) == "the thresholds rule needs one threshold per class (2)"
+    with pytest.raises(ValueError) as info:
+        apply_decision(probs, "vote")
+    assert str(info.value) == "unknown decision rule 'vote'; expected one of probs, argmax, thresholds"
