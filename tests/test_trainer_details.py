@@ -489,7 +489,7 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == line and out[1].endswith("8.0 samples/s")
     assert line in (tmp_path / "run" / "train.log").read_text()
-    assert json.loads((tmp_path / "run" / "history.json").read_text()) == trainer.history
+    assert (tmp_path / "run" / "history.json").read_text() == json.dumps(trainer.history, indent=2)
     values, step = tracker.scalars[0]
     expected = {"train/loss": 1.5, "val/loss": val_loss, "train/loss_final": 0.5, "train/loss_joint": 0.25,
                 "lr/rest": 3e-3, "train/samples_per_s": 4.0}
@@ -641,3 +641,32 @@ def test_an_older_checkpoint_without_position_fields_resumes_at_its_epoch_start(
     trainer.close()
     assert (trainer.start_epoch, trainer.start_batch, trainer._partial) == (1, 0, (0.0, 0))
     assert trainer.best_dice == -math.inf and trainer.history == []
+
+
+def test_overwrite_reaches_the_run_directory_claim(tmp_path: Path, cache_dir: Path) -> None:
+    """A run folder that holds a run is refused, unless ``overwrite`` starts it over."""
+    build(tmp_path, cache_dir).close()  # writes config.yaml: the folder now holds a run
+    with pytest.raises(ConfigError, match="already holds a run"):
+        build(tmp_path, cache_dir)
+    trainer = Trainer(config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, progress=False,
+                      overwrite=True)
+    trainer.close()
+    assert trainer.start_epoch == 0 and trainer.history == []
+
+
+def test_a_warm_start_loads_the_source_run_into_the_model_and_logs_its_summary(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    train_run(config_of(cache_dir, max_batches_per_epoch=1), run_dir=tmp_path / "source",
+                       synthetic=True, progress=False)
+    trainer = Trainer(config_of(cache_dir, init_from=str(tmp_path / "source")), run_dir=tmp_path / "run",
+                      synthetic=True, progress=False)
+    trainer.close()
+    best, _ = read_checkpoint(tmp_path / "source" / "checkpoints" / "best.safetensors")
+    weights = trainer.model.state_dict()
+    assert {k for k in best if k.startswith("model.")} == {f"model.{k}" for k in weights}
+    for key, value in weights.items():
+        assert torch.equal(value, best[f"model.{key}"]), key
+    n = len(weights)
+    line = f"warm start from {tmp_path / 'source' / 'checkpoints' / 'best.safetensors'}: loaded {n} tensors"
+    assert line in (tmp_path / "run" / "train.log").read_text()

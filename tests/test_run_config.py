@@ -1,0 +1,108 @@
+"""The run config file (``fusionkit.runtime.config``): loading with overrides, YAML round trip, the
+image cache folder and the preprocessing model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fusionkit as fk
+from fusionkit.errors import ConfigError
+from fusionkit.runtime.config import (
+    DEFAULT_PREPROCESSING_MODEL,
+    RunConfig,
+    default_cache_dir,
+    load_run_config,
+    preprocessing_model,
+)
+
+from conftest import TINY_BACKBONE
+from train_helpers import write_config
+
+
+def _preset_config(tmp_path: Path, preset: str = "ji-adf") -> Path:
+    return write_config(tmp_path / "run.yaml", {
+        "model": {"preset": preset, "overrides": {"image_encoder": dict(TINY_BACKBONE)}},
+        "train": {"lr": 1e-3},
+    })
+
+
+def test_a_config_without_a_model_section_is_refused_with_its_path(tmp_path):
+    path = write_config(tmp_path / "run.yaml", {"train": {"lr": 1e-3}})
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    assert str(info.value) == f"{path}: a run config needs a 'model' section (a spec or a preset)"
+
+
+def test_a_preset_config_expands_to_the_preset_with_its_overrides(tmp_path):
+    config = load_run_config(_preset_config(tmp_path))
+    assert config.model == fk.load_preset("ji-adf", {"image_encoder": dict(TINY_BACKBONE)})
+    assert config.train.lr == 1e-3
+    assert load_run_config(_preset_config(tmp_path), None) == load_run_config(_preset_config(tmp_path), [])
+
+
+def test_preset_overrides_apply_before_expansion_and_the_rest_after(tmp_path):
+    path = _preset_config(tmp_path)
+    config = load_run_config(path, [
+        "train.lr=0.01",  # a late override listed first: the order of the two kinds does not matter
+        " model.preset =ji-adf-noaux",  # spaces around the key are allowed
+        "model.overrides.decision.hidden_dim=32",
+        "model.fusion.heads=4",  # of the expanded spec: given to the preset it would be refused
+    ])
+    expected = fk.load_preset("ji-adf-noaux", {"image_encoder": dict(TINY_BACKBONE), "decision": {"hidden_dim": 32}})
+    assert config.model == expected.model_copy(update={"fusion": expected.fusion.model_copy(update={"heads": 4})})
+    assert config.train.lr == 0.01
+
+
+def test_a_late_model_override_of_a_preset_is_not_taken_for_a_preset_field(tmp_path):
+    with pytest.raises(ValueError, match="a preset takes only 'preset' and 'overrides'"):
+        RunConfig.model_validate({"model": {"preset": "ji-adf", "fusion": {"heads": 4}}})
+    config = load_run_config(_preset_config(tmp_path), ["model.fusion.heads=4"])
+    assert config.model.fusion.heads == 4
+
+
+def test_a_config_with_a_full_model_spec_takes_overrides_on_it(tmp_path):
+    spec = fk.load_preset("meta-only").model_dump(mode="json")
+    path = write_config(tmp_path / "run.yaml", {"model": spec})
+    config = load_run_config(path, ["model.num_classes=5", "data.val_fraction=0.3"])
+    assert config.model == fk.load_preset("meta-only", {"num_classes": 5})
+    assert config.data.val_fraction == 0.3
+
+
+def test_to_yaml_is_the_whole_resolved_config_in_field_order(tmp_path):
+    config = load_run_config(_preset_config(tmp_path), ["train.epochs=3"])
+    text = config.to_yaml()
+    assert yaml.safe_load(text) == config.model_dump(mode="json")
+    assert [line for line in text.splitlines() if not line.startswith(" ")] == ["model:", "train:", "data:"]
+    assert text.splitlines()[1].strip() == "name: ji-adf"  # the spec's own field order, not sorted
+    assert RunConfig.model_validate(yaml.safe_load(text)) == config
+
+
+def test_the_image_cache_folder_is_fusionkit_cache_or_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("FUSIONKIT_CACHE", raising=False)
+    assert default_cache_dir() == tmp_path / ".cache" / "fusionkit"
+    monkeypatch.setenv("FUSIONKIT_CACHE", "~/elsewhere")
+    assert default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path / "abs"))
+    assert default_cache_dir() == tmp_path / "abs"
+
+
+def test_images_get_the_preprocessing_of_the_image_encoders_timm_model(tmp_path):
+    config = load_run_config(_preset_config(tmp_path))
+    assert preprocessing_model(config) == "test_efficientnet"
+
+
+def test_an_image_encoder_without_a_timm_model_gets_the_default_preprocessing(tmp_path):
+    """No image encoder, or a plugin's that names no timm model: ImageNet's mean and std (resnet18)."""
+    config = load_run_config(_preset_config(tmp_path))
+
+    class Plugin:  # stands in for a plugin's image-encoder spec, which has no model_name
+        kind = "plugin"
+
+    for encoder in (None, Plugin(), type("Named", (), {"model_name": ""})()):
+        model = config.model.model_construct(**{**dict(config.model), "image_encoder": encoder})
+        stand_in = config.model_construct(**{**dict(config), "model": model})
+        assert preprocessing_model(stand_in) == DEFAULT_PREPROCESSING_MODEL == "resnet18"
