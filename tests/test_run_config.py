@@ -72,8 +72,9 @@ def test_a_config_with_a_full_model_spec_takes_overrides_on_it(tmp_path):
 
 
 def test_to_yaml_is_the_whole_resolved_config_in_field_order(tmp_path):
-    config = load_run_config(_preset_config(tmp_path), ["train.epochs=3"])
-    text = config.to_yaml()
+    config = load_run_config(_preset_config(tmp_path), ["train.epochs=3", f"data.root={tmp_path}"])
+    text = config.to_yaml()  # paths and tuples written as YAML strings and lists
+    assert f"root: {tmp_path}" in text
     assert yaml.safe_load(text) == config.model_dump(mode="json")
     assert [line for line in text.splitlines() if not line.startswith(" ")] == ["model:", "train:", "data:"]
     assert text.splitlines()[1].strip() == "name: ji-adf"  # the spec's own field order, not sorted
