@@ -15,10 +15,12 @@ from fusionkit.train.trainer import train_run
 
 
 def main() -> None:
-    """``ddp_worker.py CONFIG RUN_DIR``: train, then write RUN_DIR/rank<r>.safetensors."""
+    """``ddp_worker.py CONFIG RUN_DIR [--resume]``: train (or resume), then write
+    RUN_DIR/rank<r>.safetensors."""
     config = RunConfig.model_validate(yaml.safe_load(Path(sys.argv[1]).read_text()))
     run_dir = Path(sys.argv[2])
-    trainer = train_run(config, run_dir=run_dir, synthetic=True, progress=False)
+    resume = sys.argv[3:] == ["--resume"]
+    trainer = train_run(config, run_dir=run_dir, synthetic=True, progress=False, resume=resume)
     rank = int(os.environ.get("RANK", "0"))
     save_file(model_state(trainer.model), str(run_dir / f"rank{rank}.safetensors"))
 

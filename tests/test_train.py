@@ -100,19 +100,21 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, cache_dir: Path)
     assert len(resumed.history) == 1
 
 
-def test_gloo_ddp_two_processes_agree(tmp_path: Path, cache_dir: Path) -> None:
-    config = write_config(tmp_path / "ddp.yaml", RunConfig.model_validate(
-        tiny_run_config(cache_dir, epochs=1, n_lesions=40)).model_dump(mode="json"))
-    run_dir = tmp_path / "ddp"
+def _torchrun(config: Path, run_dir: Path, *args: str) -> dict[int, dict[str, torch.Tensor]]:
+    """Two gloo ranks of tests/ddp_worker.py; returns each rank's final weights."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node=2", "--master_port=29533", str(REPO / "tests" / "ddp_worker.py"),
-         str(config), str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=300,
+         str(config), str(run_dir), *args],
+        env=env, capture_output=True, text=True, timeout=180,  # ranks that disagree wait forever
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    r0, r1 = load_file(str(run_dir / "rank0.safetensors")), load_file(str(run_dir / "rank1.safetensors"))
+    return {r: load_file(str(run_dir / f"rank{r}.safetensors")) for r in (0, 1)}
+
+
+def _assert_ranks_agree_with_the_checkpoint(weights: dict[int, dict[str, torch.Tensor]], run_dir: Path) -> None:
+    r0, r1 = weights[0], weights[1]
     assert r0.keys() == r1.keys()
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
@@ -120,7 +122,20 @@ def test_gloo_ddp_two_processes_agree(tmp_path: Path, cache_dir: Path) -> None:
     last = load_file(str(run_dir / "checkpoints" / "last.safetensors"))
     for key in r0:
         assert torch.equal(last[f"model.{key}"], r0[key]), key
+
+
+def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_dir: Path) -> None:
+    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1))
+    run_dir = tmp_path / "ddp"
+    first = _torchrun(write_config(tmp_path / "ddp.yaml", config.model_dump(mode="json")), run_dir)
+    _assert_ranks_agree_with_the_checkpoint(first, run_dir)
     assert len(json.loads((run_dir / "history.json").read_text())) == 1
+    # both ranks resume from rank 0's checkpoint (rank 1 reads the saved config) and train epoch 2
+    longer = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
+    second = _torchrun(write_config(tmp_path / "ddp2.yaml", longer.model_dump(mode="json")), run_dir, "--resume")
+    _assert_ranks_agree_with_the_checkpoint(second, run_dir)
+    assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2]
+    assert not all(torch.equal(first[0][k], second[0][k]) for k in first[0])
 
 
 def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
