@@ -100,15 +100,20 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, cache_dir: Path)
     assert len(resumed.history) == 1
 
 
-def _torchrun(config: Path, run_dir: Path, *args: str) -> dict[int, dict[str, torch.Tensor]]:
-    """Two gloo ranks of tests/ddp_worker.py; returns each rank's final weights."""
+def _launch(config: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Two gloo ranks of tests/ddp_worker.py under torchrun."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run(
+    return subprocess.run(
         [str(torchrun), "--nproc_per_node=2", "--master_port=29533", str(REPO / "tests" / "ddp_worker.py"),
          str(config), str(run_dir), *args],
         env=env, capture_output=True, text=True, timeout=180,  # ranks that disagree wait forever
     )
+
+
+def _torchrun(config: Path, run_dir: Path, *args: str) -> dict[int, dict[str, torch.Tensor]]:
+    """Two ranks train; returns each rank's final weights."""
+    result = _launch(config, run_dir, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return {r: load_file(str(run_dir / f"rank{r}.safetensors")) for r in (0, 1)}
 
@@ -130,6 +135,11 @@ def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_
     first = _torchrun(write_config(tmp_path / "ddp.yaml", config.model_dump(mode="json")), run_dir)
     _assert_ranks_agree_with_the_checkpoint(first, run_dir)
     assert len(json.loads((run_dir / "history.json").read_text())) == 1
+    # starting over a finished run without --resume: rank 0 refuses, and rank 1 is told, not left waiting
+    refused = _launch(tmp_path / "ddp.yaml", run_dir)
+    assert refused.returncode != 0
+    assert f"ConfigError: {run_dir} already holds a run; pass --resume" in refused.stderr
+    assert f"ConfigError: rank 0 refused the run: {run_dir} already holds a run" in refused.stderr
     # both ranks resume from rank 0's checkpoint (rank 1 reads the saved config) and train epoch 2
     longer = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
     second = _torchrun(write_config(tmp_path / "ddp2.yaml", longer.model_dump(mode="json")), run_dir, "--resume")

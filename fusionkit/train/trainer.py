@@ -22,14 +22,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted
+from fusionkit.errors import ConfigError, DivergenceError, FusionkitError, RunInterrupted
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics
 from fusionkit.metrics.decision import macro_f1_argmax
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
-from fusionkit.runtime.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
+from fusionkit.runtime.distributed import (
+    DistInfo, barrier, broadcast_object, init_distributed, shutdown, sync_buffers,
+)
 from fusionkit.runtime.predict import predict
 from fusionkit.runtime.lock import RunLock
 from fusionkit.runtime.rundir import RunFiles
@@ -157,15 +159,27 @@ class Trainer:
             )
 
     def _claim_run_dir(self, *, resume: bool, overwrite: bool) -> RunStart:
-        """Lock the run directory (rank 0) and decide how the run starts (:mod:`fusionkit.train.resume`)."""
+        """Lock the run directory (rank 0) and decide how the run starts (:mod:`fusionkit.train.resume`).
+
+        Under torchrun a refusal on rank 0 (a run already there, a held lock) is raised on every rank.
+        """
         start = RunStart(saved=None)
+        refused: FusionkitError | None = None
         if self.dist.is_main:
             self._created_dir = not self.run_dir.exists()
-            self._lock = RunLock(self.run_dir).acquire()
-            start = claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            try:
+                self._lock = RunLock(self.run_dir).acquire()
+                start = claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            except FusionkitError as exc:  # told to every rank first, or they would wait forever
+                refused = exc
             if start.restarted:
                 logger.warning("%s: no checkpoint yet; starting the run from the beginning", self.run_dir)
-        barrier(self.dist)
+        # a broadcast, not a barrier: the other ranks learn whether rank 0 took the run directory
+        reason = broadcast_object(self.dist, None if refused is None else str(refused))
+        if refused is not None:
+            raise refused
+        if reason is not None:
+            raise ConfigError(f"rank 0 refused the run: {reason}")
         if not self.dist.is_main and resume and self.files.checkpoint("last").is_file():
             start = RunStart(saved=load_run_config(self.files.config))
         return start
