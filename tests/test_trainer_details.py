@@ -458,7 +458,7 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
     trainer = build(tmp_path, cache_dir, epochs=2, selection_metric="auc")
     trainer.step = ConstStep(1.5)  # the weights never change: both epochs validate the same
     trainer.tracker = tracker = FakeTracker()
-    clock = iter([10.0, 14.0, 20.0, 22.0])
+    clock = iter([10.0, 14.0, 20.0, 20.5])  # the second epoch under a second: no floor of 1 s
     monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
     scores: list[float] = []
     monkeypatch.setattr(trainer.scheduler, "after_epoch", scores.append)
@@ -476,7 +476,7 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
         "epoch": 1, "train_loss": 1.5, "val_loss": val_loss, "val_dice": dice, "val_auc": auc, "lr": 3e-3,
         "seconds": 4.0, "samples_per_s": 4.0, "best": True,
     }
-    assert second.epoch == 2 and second.samples_per_s == 8.0 and not second.best  # equal is not better
+    assert second.epoch == 2 and second.samples_per_s == 32.0 and not second.best  # equal is not better
     assert trainer.history == [record.__dict__, second.__dict__] and trainer.best_dice == auc
     tensors, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert json.dumps(meta["info"], sort_keys=True) == json.dumps(  # NaN != NaN: compare the JSON
@@ -487,7 +487,7 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
     line = (f"epoch 1/2  train loss 1.5000  val loss {val_loss:.4f}  val dice {dice:.4f}  val auc {auc:.4f}  "
             f"lr 3.00e-03  4.0 samples/s  *best*")
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == line and out[1].endswith("8.0 samples/s")
+    assert out[0] == line and out[1].endswith(" 32.0 samples/s")
     assert line in (tmp_path / "run" / "train.log").read_text()
     assert (tmp_path / "run" / "history.json").read_text() == json.dumps(trainer.history, indent=2)
     values, step = tracker.scalars[0]
@@ -670,3 +670,16 @@ def test_a_warm_start_loads_the_source_run_into_the_model_and_logs_its_summary(
     n = len(weights)
     line = f"warm start from {tmp_path / 'source' / 'checkpoints' / 'best.safetensors'}: loaded {n} tensors"
     assert line in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_tracked_loss_terms_are_means_over_the_samples_even_for_one_sample(tmp_path: Path, cache_dir: Path) -> None:
+    trainer = build(tmp_path, cache_dir, batch_size=1, max_batches_per_epoch=1)
+    trainer.step = ConstStep(1.5)
+    trainer.tracker = tracker = FakeTracker()
+    try:
+        record, metrics, seen = trainer._train_and_check(0)
+        trainer._report(record, metrics, seen)
+    finally:
+        trainer.close()
+    values, _ = tracker.scalars[0]
+    assert seen == 1 and values["train/loss_final"] == 0.5 and values["train/loss_joint"] == 0.25
