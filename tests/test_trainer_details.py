@@ -682,4 +682,27 @@ def test_tracked_loss_terms_are_means_over_the_samples_even_for_one_sample(tmp_p
     finally:
         trainer.close()
     values, _ = tracker.scalars[0]
-    assert seen == 1 and values["train/loss_final"] == 0.5 and values["train/loss_joint"] == 0.25
+    assert seen == 1 and record.train_loss == 1.5
+    assert values["train/loss_final"] == 0.5 and values["train/loss_joint"] == 0.25
+
+
+def test_the_progress_bar_shows_the_loss_every_twenty_batches_and_at_the_end(
+    tmp_path: Path, cache_dir: Path, monkeypatch
+) -> None:
+    """Reading the loss waits for the GPU, so the bar shows it at batches 1, 21, 41, ... and the last."""
+    shown: list[int] = []
+
+    class CadenceBar(FakeBar):
+        def set_postfix(self, **kwargs: Any) -> None:
+            shown.append(self.n)
+
+    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40, batch_size=1))
+    trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
+    trainer.step = ConstStep(1.5)
+    trainer.tracker = FakeTracker()
+    monkeypatch.setattr(trainer_module, "tqdm", CadenceBar)
+    try:
+        _, seen, batches = trainer._train_epoch(0, 0)
+    finally:
+        trainer.close()
+    assert seen == batches > 21 and shown == [1, 21, batches]
