@@ -201,9 +201,11 @@ def test_setup_passes_the_train_settings_to_the_tracker_param_groups_and_schedul
                                     "epochs": 3, "steps_per_epoch": 1}  # min(2 batches, max_batches_per_epoch)
         assert trainer.optimizer.defaults["lr"] == 3e-3 and trainer.optimizer.defaults["weight_decay"] == 0.02
         assert trainer.optimizer.defaults["capturable"] is False
-        # each group holds AdamW's own keys and its name, nothing more (it is checkpointed as it is)
+        # each group holds AdamW's own keys, its name and the cosine schedule's initial_lr, nothing
+        # more (it is checkpointed as it is)
         adamw_keys = set(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).param_groups[0])
-        assert all(set(group) == adamw_keys | {"name"} for group in trainer.optimizer.param_groups)
+        for group in trainer.optimizer.param_groups:
+            assert set(group) == adamw_keys | {"name", "initial_lr"}, sorted(set(group) ^ adamw_keys)
         tracker = trainer.tracker
         assert tracker.backends == () and not tracker.active
     finally:
