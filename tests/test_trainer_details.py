@@ -613,7 +613,13 @@ def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cac
     try:
         assert (trainer.start_epoch, trainer.start_batch, trainer._partial) == (1, 0, (0.0, 0))
         assert trainer.best_dice == first.best_dice > -math.inf and trainer.history == first.history
-        assert f"resumed from {last} at epoch 2 batch 0" in [r.getMessage() for r in caplog.records]
+        messages = [r.getMessage() for r in caplog.records]
+        assert f"resumed from {last} at epoch 2 batch 0" in messages
+        # the changed epochs are applied, logged and recorded; a resume from a checkpoint is no restart
+        assert trainer.data.changes and [m for m in messages if m.startswith("resume: ")] == [
+            f"resume: {change} (applied)" for change in trainer.data.changes]
+        record = json.loads((tmp_path / "run" / "resumes.json").read_text())[-1]
+        assert record["restarted_from_beginning"] is False and record["changes"] == list(trainer.data.changes)
         # a graphed run reads each group's lr from a tensor: resuming makes one from a float lr
         with_train(trainer, step_mode="cuda_graph")
         trainer._resume()
@@ -711,3 +717,24 @@ def test_the_progress_bar_shows_the_loss_every_twenty_batches_and_at_the_end(
     finally:
         trainer.close()
     assert seen == batches > 21 and shown == [1, 21, batches]
+
+
+def test_the_progress_request_and_after_fit_are_kept(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+    """Bars are asked for by default (drawn only on a terminal: ``bars_enabled`` decides)."""
+    asked: list[Any] = []
+    monkeypatch.setattr(trainer_module, "bars_enabled", lambda requested: asked.append(requested) or "decided")
+    after = lambda run_dir: None  # noqa: E731
+    trainer = Trainer(config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, after_fit=after)
+    trainer.close()
+    assert asked == [True] and trainer.progress == "decided" and trainer.after_fit is after
+    Trainer(config_of(cache_dir), run_dir=tmp_path / "other", synthetic=True, progress=False).close()
+    assert asked == [True, False]
+
+
+@pytest.mark.parametrize(("augment_on", "where"), [("device", "device"), ("cpu", "loader (cpu)")])
+def test_the_log_says_where_augmentation_runs(tmp_path: Path, cache_dir: Path, augment_on: str, where: str) -> None:
+    config = RunConfig.model_validate({**tiny_run_config(cache_dir, epochs=1, n_lesions=20)})
+    config = config.model_copy(update={"data": config.data.model_copy(update={"augment_on": augment_on})})
+    Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False).close()
+    line = f"training on cpu; augmentation on the {where} (data.augment_on: {augment_on})"
+    assert line in (tmp_path / "run" / "train.log").read_text()
