@@ -130,10 +130,12 @@ def _assert_ranks_agree_with_the_checkpoint(weights: dict[int, dict[str, torch.T
 
 
 def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_dir: Path) -> None:
-    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1))
+    config = RunConfig.model_validate(tiny_run_config(
+        cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1, tracking=["tensorboard"]))
     run_dir = tmp_path / "ddp"
     first = _torchrun(write_config(tmp_path / "ddp.yaml", config.model_dump(mode="json")), run_dir)
     _assert_ranks_agree_with_the_checkpoint(first, run_dir)
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 tracks, alone
     assert len(json.loads((run_dir / "history.json").read_text())) == 1
     # starting over a finished run without --resume: rank 0 refuses, and rank 1 is told, not left waiting
     refused = _launch(tmp_path / "ddp.yaml", run_dir)
