@@ -41,7 +41,9 @@ LOSSES = {
 def _score(runs, heldout: Path, tta: str, decision: str) -> dict[str, float]:
     preds = ensemble_predict(runs, data_root=heldout, split="Training", tta=tta)
     thresholds = fit_ensemble_thresholds(runs, tta=tta) if decision == "thresholds" else None
-    macro = isic_metrics(preds.labels, apply_decision(preds.probs, decision, thresholds=thresholds), CLASS_NAMES)["macro"]
+    macro = isic_metrics(preds.labels, apply_decision(preds.probs, decision, thresholds=thresholds), CLASS_NAMES)[
+        "macro"
+    ]
     return {"dice": round(float(macro["dice"]), 4), "auc": round(float(macro["auc"]), 4)}
 
 
@@ -61,48 +63,102 @@ def main() -> None:
         make_synthetic_milk10k(tmp / "heldout", n_lesions=args.heldout, image_size=(96, 72), seed=1234)
 
         def train(name: str, seed: int, loss: dict) -> Path:
-            config = RunConfig.model_validate({
-                "model": {"preset": "ji-adf", "overrides": {
-                    "image_size": args.size, "image_encoder": {"model_name": args.model, "pretrained": False}, "loss": loss}},
-                "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "seed": seed},
-                "data": {"synthetic": {"n_lesions": args.lesions, "image_size": [96, 72], "seed": 0},
-                         "cache_dir": str(tmp / "cache")},
-            })
+            config = RunConfig.model_validate(
+                {
+                    "model": {
+                        "preset": "ji-adf",
+                        "overrides": {
+                            "image_size": args.size,
+                            "image_encoder": {"model_name": args.model, "pretrained": False},
+                            "loss": loss,
+                        },
+                    },
+                    "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "seed": seed},
+                    "data": {
+                        "synthetic": {"n_lesions": args.lesions, "image_size": [96, 72], "seed": 0},
+                        "cache_dir": str(tmp / "cache"),
+                    },
+                }
+            )
             train_run(config, run_dir=tmp / name, synthetic=True, progress=False)
             return tmp / name
 
         base = [train(f"base{s}", s, {}) for s in range(3)]
-        runs = {name: load_runs([base[0]] if not loss else [train(name.split(",")[0].replace(" ", "_"), 0, loss)])
-                for name, loss in LOSSES.items()}
+        runs = {
+            name: load_runs([base[0]] if not loss else [train(name.split(",")[0].replace(" ", "_"), 0, loss)])
+            for name, loss in LOSSES.items()
+        }
         seeds = [_score(load_runs([b]), tmp / "heldout", "none", "probs")["dice"] for b in base]
         for tta in ("none", "flips", "d4"):
-            rows.append({"option": f"TTA {tta}", "runs": 1, "tta": tta, "decision": "probs",
-                         **_score(runs["plain CE (paper)"], tmp / "heldout", tta, "probs")})
+            rows.append(
+                {
+                    "option": f"TTA {tta}",
+                    "runs": 1,
+                    "tta": tta,
+                    "decision": "probs",
+                    **_score(runs["plain CE (paper)"], tmp / "heldout", tta, "probs"),
+                }
+            )
         for decision in ("argmax", "thresholds"):
-            rows.append({"option": f"decision {decision}", "runs": 1, "tta": "none", "decision": decision,
-                         **_score(runs["plain CE (paper)"], tmp / "heldout", "none", decision)})
+            rows.append(
+                {
+                    "option": f"decision {decision}",
+                    "runs": 1,
+                    "tta": "none",
+                    "decision": decision,
+                    **_score(runs["plain CE (paper)"], tmp / "heldout", "none", decision),
+                }
+            )
         ensemble = load_runs(base)
         for decision in ("probs", "argmax", "thresholds"):
-            rows.append({"option": f"3-seed ensemble, {decision}", "runs": 3, "tta": "none", "decision": decision,
-                         **_score(ensemble, tmp / "heldout", "none", decision)})
+            rows.append(
+                {
+                    "option": f"3-seed ensemble, {decision}",
+                    "runs": 3,
+                    "tta": "none",
+                    "decision": decision,
+                    **_score(ensemble, tmp / "heldout", "none", decision),
+                }
+            )
         for name in list(LOSSES)[1:]:
             for decision in ("probs", "argmax"):
-                rows.append({"option": f"{name}, {decision}", "runs": 1, "tta": "none", "decision": decision,
-                             **_score(runs[name], tmp / "heldout", "none", decision)})
+                rows.append(
+                    {
+                        "option": f"{name}, {decision}",
+                        "runs": 1,
+                        "tta": "none",
+                        "decision": decision,
+                        **_score(runs[name], tmp / "heldout", "none", decision),
+                    }
+                )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     date = dt.date.today().isoformat()
-    meta = {"date": date, "device": device, "torch": torch.__version__, **vars(args),
-            "baseline_seed_dice": seeds, "seconds": round(time.perf_counter() - began, 1)}
+    meta = {
+        "date": date,
+        "device": device,
+        "torch": torch.__version__,
+        **vars(args),
+        "baseline_seed_dice": seeds,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"best_model-{device}-{date}"
     (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Getting the most out of a model, on synthetic MILK10k ({device}, {date})", "",
-             f"JI-ADF, backbone `{args.model}` at {args.size}px, {args.lesions} generated lesions (80/20 split), "
-             f"{args.epochs} epochs, AdamW lr {args.lr}; scored on {args.heldout} other generated lesions. "
-             f"Baseline (plain CE, no TTA, probs) macro Dice over seeds 0, 1, 2: "
-             f"{', '.join(f'{d:.3f}' for d in seeds)}.", "",
-             "| option | runs | TTA | decision | macro Dice | macro AUC |", "| --- | ---: | --- | --- | ---: | ---: |"]
-    lines += [f"| {r['option']} | {r['runs']} | {r['tta']} | {r['decision']} | {r['dice']:.3f} | {r['auc']:.3f} |" for r in rows]
+    lines = [
+        f"# Getting the most out of a model, on synthetic MILK10k ({device}, {date})",
+        "",
+        f"JI-ADF, backbone `{args.model}` at {args.size}px, {args.lesions} generated lesions (80/20 split), "
+        f"{args.epochs} epochs, AdamW lr {args.lr}; scored on {args.heldout} other generated lesions. "
+        f"Baseline (plain CE, no TTA, probs) macro Dice over seeds 0, 1, 2: "
+        f"{', '.join(f'{d:.3f}' for d in seeds)}.",
+        "",
+        "| option | runs | TTA | decision | macro Dice | macro AUC |",
+        "| --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['option']} | {r['runs']} | {r['tta']} | {r['decision']} | {r['dice']:.3f} | {r['auc']:.3f} |"
+        for r in rows
+    ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -116,11 +116,17 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in the main process")
-    parser.add_argument("--cases", nargs="+", default=None, metavar="NAME",
-                        help="run only the pipelines whose name is one of these (default: all)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only the pipelines whose name is one of these (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--markdown-only", type=Path, default=None, metavar="JSON",
-                        help="rewrite the .md next to this results .json")
+    parser.add_argument(
+        "--markdown-only", type=Path, default=None, metavar="JSON", help="rewrite the .md next to this results .json"
+    )
     args = parser.parse_args()
     if args.markdown_only is not None:
         report = json.loads(args.markdown_only.read_text())
@@ -160,7 +166,9 @@ def main() -> None:
 
         # data.augment_on=device: the training set's transform does not augment (as prepare_data builds it)
         loader_side = Milk10kDataset(
-            files=files, image_size=size, cache_dir=cache_dir,
+            files=files,
+            image_size=size,
+            cache_dir=cache_dir,
             transform=build_transforms(model_name=MODEL, image_size=size, train=False, normalize=False),
         )
         device_augment = DeviceAugment(config=AugmentConfig())
@@ -206,7 +214,8 @@ def main() -> None:
     report = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "device": {
-            "cpu": cpu_model(), "cores": os.cpu_count(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load],
         },
@@ -294,7 +303,8 @@ def markdown(report: dict) -> str:
             f" Target (issue 15): loader side of device augmentation >= "
             f"{report['target_device_aug_loader_samples_per_s']:.0f} samples/s: "
             f"{'met' if report['device_aug_loader_meets_target'] else 'NOT met'}."
-            if "target_device_aug_loader_samples_per_s" in report else ""
+            if "target_device_aug_loader_samples_per_s" in report
+            else ""
         ),
         "",
         "With `data.augment_on: device` (the default on a GPU) the loader only copies cached uint8 images and "

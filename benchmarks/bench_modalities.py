@@ -43,18 +43,29 @@ def main() -> None:
             overrides = {"image_size": args.size}
             if preset != "meta-only":
                 overrides["image_encoder"] = {"model_name": args.model, "pretrained": False}
-            config = RunConfig.model_validate({
-                "model": {"preset": preset, "overrides": overrides},
-                "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "seed": args.seed},
-                "data": {"synthetic": {"n_lesions": args.lesions, "image_size": [96, 72], "seed": args.seed},
-                         "cache_dir": str(Path(tmp) / "cache")},
-            })
+            config = RunConfig.model_validate(
+                {
+                    "model": {"preset": preset, "overrides": overrides},
+                    "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "seed": args.seed},
+                    "data": {
+                        "synthetic": {"n_lesions": args.lesions, "image_size": [96, 72], "seed": args.seed},
+                        "cache_dir": str(Path(tmp) / "cache"),
+                    },
+                }
+            )
             began = time.perf_counter()
             trainer = train_run(config, run_dir=Path(tmp) / preset, synthetic=True, progress=False)
             best = max(trainer.history, key=lambda r: r["val_dice"])
-            rows.append({"preset": preset, "modalities": "+".join(config.model.modalities),
-                         "val_macro_dice": round(best["val_dice"], 4), "val_macro_auc": round(best["val_auc"], 4),
-                         "best_epoch": best["epoch"], "seconds": round(time.perf_counter() - began, 1)})
+            rows.append(
+                {
+                    "preset": preset,
+                    "modalities": "+".join(config.model.modalities),
+                    "val_macro_dice": round(best["val_dice"], 4),
+                    "val_macro_auc": round(best["val_auc"], 4),
+                    "best_epoch": best["epoch"],
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+            )
             print(rows[-1], flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     date = dt.date.today().isoformat()
@@ -62,12 +73,19 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"modalities-{device}-{date}"
     (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Table 2 on synthetic MILK10k ({device}, {date})", "",
-             f"{args.lesions} generated lesions, 80/20 split, backbone `{args.model}` at {args.size}px, "
-             f"{args.epochs} epochs, AdamW lr {args.lr}, best validation epoch per run.", "",
-             "| preset | modalities | val macro Dice | val macro AUC | best epoch | seconds |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['preset']} | {r['modalities']} | {r['val_macro_dice']:.3f} | {r['val_macro_auc']:.3f} | {r['best_epoch']} | {r['seconds']} |" for r in rows]
+    lines = [
+        f"# Table 2 on synthetic MILK10k ({device}, {date})",
+        "",
+        f"{args.lesions} generated lesions, 80/20 split, backbone `{args.model}` at {args.size}px, "
+        f"{args.epochs} epochs, AdamW lr {args.lr}, best validation epoch per run.",
+        "",
+        "| preset | modalities | val macro Dice | val macro AUC | best epoch | seconds |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['preset']} | {r['modalities']} | {r['val_macro_dice']:.3f} | {r['val_macro_auc']:.3f} | {r['best_epoch']} | {r['seconds']} |"
+        for r in rows
+    ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / stem}.md")
 

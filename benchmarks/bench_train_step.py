@@ -52,7 +52,14 @@ class BackboneOnly(nn.Module):
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
@@ -86,8 +93,11 @@ def measure(model, *, device, batch, size, bf16, channels_last, graphed, steps, 
     if hasattr(model, "validate_presence"):
         model.validate_presence = False
     opt = torch.optim.AdamW(
-        model.parameters(), lr=torch.tensor(1e-4, device=device) if graphed else 1e-4,
-        weight_decay=1e-5, fused=device.type == "cuda" or None, capturable=graphed,
+        model.parameters(),
+        lr=torch.tensor(1e-4, device=device) if graphed else 1e-4,
+        weight_decay=1e-5,
+        fused=device.type == "cuda" or None,
+        capturable=graphed,
     )
     step_cls = CudaGraphStep if graphed else EagerStep
     step = step_cls(model=model, loss_fn=JointIndividualLoss().to(device), optimizer=opt, device=device, bf16=bf16)
@@ -135,25 +145,60 @@ def main() -> None:
             for what in ("JI-ADF", "backbone only"):
                 torch.manual_seed(0)
                 model = fk.build_model(spec, metadata_width=meta_dim) if what == "JI-ADF" else BackboneOnly(args.model)
-                rate, peak = measure(model, device=device, batch=batch, size=args.size, bf16=bf16,
-                                     channels_last=cl, graphed=graphed, steps=args.steps,
-                                     warmup=args.warmup, meta_dim=meta_dim)
-                rows.append({"model": what, "mode": mode, "batch": batch, "samples_per_s": round(rate, 1),
-                             "peak_gib": None if peak is None else round(peak, 2)})
-                print(f"{what:14s} {mode:5s} batch {batch:4d}: {rate:8.1f} samples/s" + (f"  peak {peak:.1f} GiB" if peak else ""), flush=True)
+                rate, peak = measure(
+                    model,
+                    device=device,
+                    batch=batch,
+                    size=args.size,
+                    bf16=bf16,
+                    channels_last=cl,
+                    graphed=graphed,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    meta_dim=meta_dim,
+                )
+                rows.append(
+                    {
+                        "model": what,
+                        "mode": mode,
+                        "batch": batch,
+                        "samples_per_s": round(rate, 1),
+                        "peak_gib": None if peak is None else round(peak, 2),
+                    }
+                )
+                print(
+                    f"{what:14s} {mode:5s} batch {batch:4d}: {rate:8.1f} samples/s"
+                    + (f"  peak {peak:.1f} GiB" if peak else ""),
+                    flush=True,
+                )
                 del model
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     date = dt.date.today().isoformat()
-    meta = {"device": device_name(device), "date": date, "torch": torch.__version__,
-            "backbone": args.model, "image_size": args.size, "steps": args.steps, "warmup": args.warmup}
+    meta = {
+        "device": device_name(device),
+        "date": date,
+        "torch": torch.__version__,
+        "backbone": args.model,
+        "image_size": args.size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"train_step-{device.type}-{args.model}-{args.size}px-{date}"
     (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Training-step throughput ({meta['device']}, {date}, torch {torch.__version__})", "",
-             f"Backbone `{args.model}` at {args.size}x{args.size}, random data, median of {args.steps} steps after {args.warmup} warm-up steps.", "",
-             "| model | mode | batch | samples/s | peak GiB |", "| --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['mode']} | {r['batch']} | {r['samples_per_s']} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} |" for r in rows]
+    lines = [
+        f"# Training-step throughput ({meta['device']}, {date}, torch {torch.__version__})",
+        "",
+        f"Backbone `{args.model}` at {args.size}x{args.size}, random data, median of {args.steps} steps after {args.warmup} warm-up steps.",
+        "",
+        "| model | mode | batch | samples/s | peak GiB |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['model']} | {r['mode']} | {r['batch']} | {r['samples_per_s']} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} |"
+        for r in rows
+    ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / stem}.json and .md")
 

@@ -91,14 +91,44 @@ class Settings:
     def make(cls, *, smoke: bool, compile: bool, workers: int | None, in_process: bool = False) -> Settings:
         """The GPU settings of issue 15, or the tiny CPU smoke settings."""
         if smoke:
-            return cls(smoke=True, model="test_efficientnet", size=64, batches=(4, 8), correctness_batch=4,
-                       correctness_steps=6, distinct_batches=2, lr=1e-3, warmup=1, steps=2, e2e_lesions=24,
-                       e2e_epochs=2, e2e_batch=4, workers=0 if workers is None else workers,
-                       predict_batch=8, compile=compile, in_process=in_process)
-        return cls(smoke=False, model="tf_efficientnetv2_s", size=384, batches=(16, 64), correctness_batch=16,
-                   correctness_steps=30, distinct_batches=5, lr=3e-4, warmup=5, steps=15, e2e_lesions=600,
-                   e2e_epochs=2, e2e_batch=16, workers=min(4, os.cpu_count() or 1) if workers is None else workers,
-                   predict_batch=64, compile=compile, in_process=in_process)
+            return cls(
+                smoke=True,
+                model="test_efficientnet",
+                size=64,
+                batches=(4, 8),
+                correctness_batch=4,
+                correctness_steps=6,
+                distinct_batches=2,
+                lr=1e-3,
+                warmup=1,
+                steps=2,
+                e2e_lesions=24,
+                e2e_epochs=2,
+                e2e_batch=4,
+                workers=0 if workers is None else workers,
+                predict_batch=8,
+                compile=compile,
+                in_process=in_process,
+            )
+        return cls(
+            smoke=False,
+            model="tf_efficientnetv2_s",
+            size=384,
+            batches=(16, 64),
+            correctness_batch=16,
+            correctness_steps=30,
+            distinct_batches=5,
+            lr=3e-4,
+            warmup=5,
+            steps=15,
+            e2e_lesions=600,
+            e2e_epochs=2,
+            e2e_batch=16,
+            workers=min(4, os.cpu_count() or 1) if workers is None else workers,
+            predict_batch=64,
+            compile=compile,
+            in_process=in_process,
+        )
 
 
 def log(message: str) -> None:
@@ -123,7 +153,9 @@ def _device():
 def _spec(s: Settings):
     import fusionkit as fk
 
-    return fk.load_preset("ji-adf", {"image_size": s.size, "image_encoder": {"model_name": s.model, "pretrained": False}})
+    return fk.load_preset(
+        "ji-adf", {"image_size": s.size, "image_encoder": {"model_name": s.model, "pretrained": False}}
+    )
 
 
 def _no_dropout(model) -> None:
@@ -153,11 +185,17 @@ def _make_step(model, device, *, bf16: bool, graphed: bool, lr: float):
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(
         # a tensor lr where the graph needs one (and on the CPU, for the lr check); a float as the trainer uses
-        model.parameters(), lr=torch.tensor(lr, device=device) if graphed or not cuda else lr, weight_decay=1e-5,
-        fused=cuda or None, foreach=False if not cuda else None, capturable=graphed,
+        model.parameters(),
+        lr=torch.tensor(lr, device=device) if graphed or not cuda else lr,
+        weight_decay=1e-5,
+        fused=cuda or None,
+        foreach=False if not cuda else None,
+        capturable=graphed,
     )
     step_cls = CudaGraphStep if graphed else EagerStep
-    return step_cls(model=model, loss_fn=JointIndividualLoss().to(device), optimizer=optimizer, device=device, bf16=bf16)
+    return step_cls(
+        model=model, loss_fn=JointIndividualLoss().to(device), optimizer=optimizer, device=device, bf16=bf16
+    )
 
 
 def _build(s: Settings, device, *, channels_last: bool):
@@ -178,7 +216,6 @@ def _build(s: Settings, device, *, channels_last: bool):
 # -- sections (each runs in a child process) ------------------------------------------------------
 def section_correctness(s: Settings, out: dict[str, Any], save) -> None:
     """Eager fp32, eager bf16 + channels_last and the graphed step on the same batches."""
-    import torch
 
     device = _device()
     cuda = device.type == "cuda"
@@ -208,7 +245,7 @@ def section_correctness(s: Settings, out: dict[str, Any], save) -> None:
         save()
         del model
     ref = losses["bf16_cl"]
-    fall = {name: _mean(v[n - 5:n]) < _mean(v[:5]) for name, v in losses.items()}
+    fall = {name: _mean(v[n - 5 : n]) < _mean(v[:5]) for name, v in losses.items()}
     out["loss_falls"] = fall
     first = abs(losses["fp32"][0] - ref[0]) / max(abs(losses["fp32"][0]), 1e-6)
     out["bf16_vs_fp32_first_step_rel_diff"] = first
@@ -261,8 +298,12 @@ def _lr_change(step, batch) -> dict[str, Any]:
     ratio = second / first if first > 0 else float("nan")
     same_tensor = optimizer.param_groups[0]["lr"].data_ptr() == pointer
     return {
-        "update_norm_before": first, "update_norm_after_halving": second, "ratio": ratio,
-        "lr_after_scheduler": halved, "lr_tensor_kept": same_tensor, "lr_zero_freezes_weights": frozen,
+        "update_norm_before": first,
+        "update_norm_after_halving": second,
+        "ratio": ratio,
+        "lr_after_scheduler": halved,
+        "lr_tensor_kept": same_tensor,
+        "lr_zero_freezes_weights": frozen,
         "ok": bool(0.35 <= ratio <= 0.65 and same_tensor and frozen),
     }
 
@@ -270,9 +311,9 @@ def _lr_change(step, batch) -> dict[str, Any]:
 def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) -> None:
     """Samples/s, step time and peak memory per mode and batch size, and the backbone-only ceiling."""
     import torch
+    from bench_train_step import BackboneOnly, measure
 
     import fusionkit as fk
-    from bench_train_step import BackboneOnly, measure
 
     device = _device()
     cuda = device.type == "cuda"
@@ -299,11 +340,28 @@ def section_throughput(s: Settings, out: dict[str, Any], save, deadline: float) 
             torch.cuda.reset_peak_memory_stats(device)
         bf16 = mode != "fp32"
         try:
-            rate, peak = measure(model, device=device, batch=batch, size=s.size, bf16=bf16,
-                                 channels_last=bf16 and (cuda or mode == "bf16_cl"), graphed=mode == "graph",
-                                 steps=s.steps, warmup=s.warmup, meta_dim=s.metadata_width)
-            rows.append({"model": what, "mode": mode, "batch": batch, "samples_per_s": rate,
-                         "step_ms": 1000 * batch / rate, "peak_gib": peak})
+            rate, peak = measure(
+                model,
+                device=device,
+                batch=batch,
+                size=s.size,
+                bf16=bf16,
+                channels_last=bf16 and (cuda or mode == "bf16_cl"),
+                graphed=mode == "graph",
+                steps=s.steps,
+                warmup=s.warmup,
+                meta_dim=s.metadata_width,
+            )
+            rows.append(
+                {
+                    "model": what,
+                    "mode": mode,
+                    "batch": batch,
+                    "samples_per_s": rate,
+                    "step_ms": 1000 * batch / rate,
+                    "peak_gib": peak,
+                }
+            )
         except Exception as err:  # one configuration failing (e.g. out of memory) keeps the others
             rows.append({"model": what, "mode": mode, "batch": batch, "error": _one_line(err)})
         log(f"throughput: {rows[-1]}")
@@ -332,7 +390,7 @@ def _augment_cost(s: Settings, device) -> list[dict[str, Any]]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - began)
-        median = sorted(times[s.warmup:])[len(times[s.warmup:]) // 2]
+        median = sorted(times[s.warmup :])[len(times[s.warmup :]) // 2]
         rows.append({"batch": batch, "ms_per_batch": 1000 * median, "samples_per_s": batch / median})
         log(f"throughput: device augmentation at batch {batch}: {1000 * median:.1f} ms")
     return rows
@@ -346,13 +404,24 @@ def section_end_to_end(s: Settings, out: dict[str, Any], save, work: Path, deadl
     cuda = device.type == "cuda"
     run = work / "e2e-run"
     config = {
-        "model": {"preset": "ji-adf", "overrides": {
-            "image_size": s.size, "image_encoder": {"model_name": s.model, "pretrained": False}}},
-        "train": {"epochs": s.e2e_epochs, "batch_size": s.e2e_batch, "eval_batch_size": s.predict_batch,
-                  "step_mode": "cuda_graph" if cuda else "eager", "device": device.type},
-        "data": {"synthetic": {"n_lesions": s.e2e_lesions, "image_size": [128, 96], "seed": 0},
-                 "cache": True, "cache_dir": str(work / "cache"), "num_workers": s.workers,
-                 "augment_on": "device"},
+        "model": {
+            "preset": "ji-adf",
+            "overrides": {"image_size": s.size, "image_encoder": {"model_name": s.model, "pretrained": False}},
+        },
+        "train": {
+            "epochs": s.e2e_epochs,
+            "batch_size": s.e2e_batch,
+            "eval_batch_size": s.predict_batch,
+            "step_mode": "cuda_graph" if cuda else "eager",
+            "device": device.type,
+        },
+        "data": {
+            "synthetic": {"n_lesions": s.e2e_lesions, "image_size": [128, 96], "seed": 0},
+            "cache": True,
+            "cache_dir": str(work / "cache"),
+            "num_workers": s.workers,
+            "augment_on": "device",
+        },
     }
     if not cuda:
         out["skipped"] = {"cuda_graph": NO_CUDA + " (eager step instead)"}
@@ -379,7 +448,9 @@ def section_end_to_end(s: Settings, out: dict[str, Any], save, work: Path, deadl
     history_file = run / "history.json"
     if history_file.is_file():
         history = json.loads(history_file.read_text())
-        out["epochs"] = [{k: r[k] for k in ("epoch", "seconds", "samples_per_s", "train_loss", "val_dice")} for r in history]
+        out["epochs"] = [
+            {k: r[k] for k in ("epoch", "seconds", "samples_per_s", "train_loss", "val_dice")} for r in history
+        ]
         out["epoch_samples_per_s"] = history[-1]["samples_per_s"]
     out["run_dir"] = str(run)
     out["ok"] = returncode == 0 and "epoch_samples_per_s" in out
@@ -419,9 +490,17 @@ def section_nccl(s: Settings, out: dict[str, Any], save, work: Path, deadline: f
     procs = 2 if gpus >= 2 else 1
     result = work / "ddp.json"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-        str(Path(__file__).resolve()), "--ddp-worker", "--child-out", str(result),
-        "--settings", json.dumps(dataclasses.asdict(s)),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        str(Path(__file__).resolve()),
+        "--ddp-worker",
+        "--child-out",
+        str(result),
+        "--settings",
+        json.dumps(dataclasses.asdict(s)),
     ]
     out["processes"] = procs
     if s.in_process:  # one rank in this process, with the variables torchrun would set
@@ -481,8 +560,16 @@ def ddp_worker(s: Settings, result: Path) -> None:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         gap = float((spread - low).abs().max())
         if rank == 0:
-            write_json(result, {"backend": dist.get_backend(), "world_size": world, "losses_rank0": losses,
-                                "max_weight_gap_across_ranks": gap, "ranks_agree": gap == 0.0})
+            write_json(
+                result,
+                {
+                    "backend": dist.get_backend(),
+                    "world_size": world,
+                    "losses_rank0": losses,
+                    "max_weight_gap_across_ranks": gap,
+                    "ranks_agree": gap == 0.0,
+                },
+            )
     finally:
         dist.destroy_process_group()
 
@@ -533,13 +620,19 @@ def environment() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor()
+    )
     return {
         "device": torch.cuda.get_device_name(0) if cuda else f"{cpu} (CPU)",
         "gpus": torch.cuda.device_count(),
-        "cpu": cpu, "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "timm": timm.__version__, "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -556,7 +649,9 @@ def ratios(sections: dict[str, Any], s: Settings, cuda: bool) -> dict[str, Any]:
     rows = [r for r in sections.get("throughput", {}).get("rows", []) if "samples_per_s" in r]
 
     def rate(what: str, mode: str | None, batch: int) -> float | None:
-        found = [r["samples_per_s"] for r in rows if r["model"] == what and r["batch"] == batch and mode in (None, r["mode"])]
+        found = [
+            r["samples_per_s"] for r in rows if r["model"] == what and r["batch"] == batch and mode in (None, r["mode"])
+        ]
         return max(found) if found else None
 
     fast = "graph" if cuda else "bf16_cl"
@@ -572,7 +667,8 @@ def ratios(sections: dict[str, Any], s: Settings, cuda: bool) -> dict[str, Any]:
     result = {}
     for name, value in values.items():
         result[name] = {
-            "value": value, "target": TARGETS[name],
+            "value": value,
+            "target": TARGETS[name],
             "pass": None if value is None else value >= TARGETS[name],
             "applies": cuda and not s.smoke,
         }
@@ -592,17 +688,22 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page."""
     env = report["environment"]
     lines = [
-        f"# GPU check ({env['device']}, {env['date']})", "",
+        f"# GPU check ({env['device']}, {env['date']})",
+        "",
         f"- torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, timm {env['timm']}, Python {env['python']}",
         f"- {env['cpu_count']} CPU cores ({env['cpu']}); {env['gpus']} GPU(s)",
         f"- backbone `{report['settings']['model']}` at {report['settings']['size']} px"
         + (" (CPU smoke run: targets do not apply)" if report["settings"]["smoke"] else ""),
-        f"- total {report['elapsed_s']:.0f} s of a {report['budget_s']:.0f} s budget", "",
-        "| section | status | seconds | note |", "| --- | --- | ---: | --- |",
+        f"- total {report['elapsed_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+        "",
+        "| section | status | seconds | note |",
+        "| --- | --- | ---: | --- |",
     ]
     for name in SECTIONS:
         sec = report["sections"].get(name, {"status": "not run"})
-        note = sec.get("error") or sec.get("reason") or "; ".join(f"{k}: {v}" for k, v in sec.get("skipped", {}).items())
+        note = (
+            sec.get("error") or sec.get("reason") or "; ".join(f"{k}: {v}" for k, v in sec.get("skipped", {}).items())
+        )
         seconds = sec.get("section_seconds")
         lines.append(f"| {name} | {sec['status']} | {'' if seconds is None else f'{seconds:.0f}'} | {note} |")
     checks = report["sections"].get("correctness", {}).get("checks")
@@ -610,20 +711,31 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Correctness checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in checks.items())]
     rows = report["sections"].get("throughput", {}).get("rows", [])
     if rows:
-        lines += ["", "| model | mode | batch | samples/s | step ms | peak GiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| model | mode | batch | samples/s | step ms | peak GiB |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
         for r in rows:
             if "error" in r:
                 lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | error: {r['error']} | | |")
             else:
                 peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-                lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['step_ms']:.1f} | {peak} |")
+                lines.append(
+                    f"| {r['model']} | {r['mode']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['step_ms']:.1f} | {peak} |"
+                )
     for r in report["sections"].get("throughput", {}).get("device_augment", []):
-        lines.append(f"\nDevice augmentation (flips, rot90, colour jitter; both images): {r['ms_per_batch']:.1f} ms "
-                     f"per batch of {r['batch']} ({r['samples_per_s']:.0f} samples/s).")
+        lines.append(
+            f"\nDevice augmentation (flips, rot90, colour jitter; both images): {r['ms_per_batch']:.1f} ms "
+            f"per batch of {r['batch']} ({r['samples_per_s']:.0f} samples/s)."
+        )
     e2e, inf = report["sections"].get("end_to_end", {}), report["sections"].get("inference", {})
     if "epoch_samples_per_s" in e2e:
-        lines += ["", f"End to end: {e2e['epoch_samples_per_s']:.1f} samples/s in the last epoch "
-                  f"(`fusionkit train`, {report['settings']['workers']} workers, device augmentation)."]
+        lines += [
+            "",
+            f"End to end: {e2e['epoch_samples_per_s']:.1f} samples/s in the last epoch "
+            f"(`fusionkit train`, {report['settings']['workers']} workers, device augmentation).",
+        ]
     if "samples_per_s" in inf:
         lines += [f"Inference: {inf['samples_per_s']:.1f} samples/s at batch {inf['batch']}."]
     lines += ["", "| target | value | needed | result |", "| --- | ---: | ---: | --- |"]
@@ -650,10 +762,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also measure step_mode compile (~3 minutes)")
     parser.add_argument("--budget-s", type=float, default=None, help="total time budget (default 450; smoke 240)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the end-to-end run")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS)
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the results files go")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run the sections in this process (no per-section isolation or timeout; for tests)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the sections in this process (no per-section isolation or timeout; for tests)",
+    )
     parser.add_argument("--child", choices=SECTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -686,8 +803,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / f".{stem}-work"
     work.mkdir(exist_ok=True)
-    report: dict[str, Any] = {"environment": env, "settings": dataclasses.asdict(s), "budget_s": budget,
-                              "sections": {}, "ratios": {}, "elapsed_s": 0.0}
+    report: dict[str, Any] = {
+        "environment": env,
+        "settings": dataclasses.asdict(s),
+        "budget_s": budget,
+        "sections": {},
+        "ratios": {},
+        "elapsed_s": 0.0,
+    }
 
     def flush() -> None:
         report["elapsed_s"] = time.perf_counter() - STARTED
@@ -697,7 +820,9 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_text(args.out / f"{stem}.md", markdown(report))
 
-    log(f"{env['device']}; torch {env['torch']}, CUDA {env['cuda']}; budget {budget:.0f} s; writing {args.out / stem}.json")
+    log(
+        f"{env['device']}; torch {env['torch']}, CUDA {env['cuda']}; budget {budget:.0f} s; writing {args.out / stem}.json"
+    )
     flush()
     scale = 0.25 if s.smoke else 1.0
     for name in SECTIONS:
@@ -719,8 +844,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {report['sections'][name]['status']}")
             flush()
             continue
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", str(work),
-                   "--settings", json.dumps(dataclasses.asdict(s)), "--deadline", str(deadline - 5)]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            name,
+            "--child-out",
+            str(work),
+            "--settings",
+            json.dumps(dataclasses.asdict(s)),
+            "--deadline",
+            str(deadline - 5),
+        ]
         try:
             done = subprocess.run(command, timeout=left, check=False)
             status = None if done.returncode == 0 else f"child exited with status {done.returncode}"

@@ -42,7 +42,9 @@ def main() -> None:
         "meta": torch.randn(4, 35),
     }
     out = model(batch)
-    print("P_final (eq 6):", tuple(out.probs.shape), "rows sum to", [round(x, 4) for x in out.probs.sum(dim=1).tolist()])
+    print(
+        "P_final (eq 6):", tuple(out.probs.shape), "rows sum to", [round(x, 4) for x in out.probs.sum(dim=1).tolist()]
+    )
     print("ADF weights (alpha_I, alpha_IM, alpha_M) (eq 5):", [round(x, 4) for x in out.weights[0].tolist()])
     print("branch logits:", {k: tuple(v.shape) for k, v in out.logits.items()})
 

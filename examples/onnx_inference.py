@@ -62,7 +62,9 @@ def load_image(path: Path | None, image: dict) -> np.ndarray:
     if path is None:
         return np.zeros((3, size, size), dtype=np.float32)
     with Image.open(path) as im:
-        pixels = np.asarray(im.convert("RGB").resize((size, size), INTERPOLATION[image["interpolation"]]), dtype=np.float32)
+        pixels = np.asarray(
+            im.convert("RGB").resize((size, size), INTERPOLATION[image["interpolation"]]), dtype=np.float32
+        )
     mean, std = np.asarray(image["mean"], dtype=np.float32), np.asarray(image["std"], dtype=np.float32)
     return ((pixels / 255.0 - mean) / std).transpose(2, 0, 1).astype(np.float32)
 
@@ -98,10 +100,15 @@ def main() -> None:
     outputs = session.run(["probs"], {k: np.stack(v) for k, v in feeds.items()})
     classes = sidecar["class_names"]
     for lesion, probs in zip(args.lesion_ids, outputs[0], strict=True):
-        print(json.dumps({
-            "lesion_id": lesion, "probs": dict(zip(classes, map(float, probs), strict=True)),
-            "top": classes[int(np.argmax(probs))],
-        }))
+        print(
+            json.dumps(
+                {
+                    "lesion_id": lesion,
+                    "probs": dict(zip(classes, map(float, probs), strict=True)),
+                    "top": classes[int(np.argmax(probs))],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

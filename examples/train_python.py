@@ -15,8 +15,8 @@ from pathlib import Path
 
 from fusionkit.data.synthetic import make_synthetic_milk10k
 from fusionkit.evaluate import evaluate_run
-from fusionkit.train.trainer import train_run
 from fusionkit.runtime.config import DataSpec, RunConfig, TrainSpec
+from fusionkit.train.trainer import train_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,17 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     # a MILK10k-layout folder: the same files the ISIC archive ships, with generated images
     make_synthetic_milk10k(data_root, n_lesions=args.lesions, image_size=(96, 72), seed=0, overwrite=True)
 
-    config = RunConfig.model_validate({
-        "model": {
-            "preset": "ji-adf",
-            "overrides": {
-                "image_size": args.image_size,
-                "image_encoder": {"model_name": "test_efficientnet", "pretrained": False},
+    config = RunConfig.model_validate(
+        {
+            "model": {
+                "preset": "ji-adf",
+                "overrides": {
+                    "image_size": args.image_size,
+                    "image_encoder": {"model_name": "test_efficientnet", "pretrained": False},
+                },
             },
-        },
-        "train": TrainSpec(epochs=args.epochs, batch_size=16, lr=1e-3, device="cpu"),
-        "data": DataSpec(num_workers=0),
-    })
+            "train": TrainSpec(epochs=args.epochs, batch_size=16, lr=1e-3, device="cpu"),
+            "data": DataSpec(num_workers=0),
+        }
+    )
     # fusionkit.evaluate.train_and_evaluate(...) does both steps in one call, as `fusionkit train` does
     trainer = train_run(config, run_dir=args.out, data_root=data_root, progress=False)
     best = max(trainer.history, key=lambda r: r["val_dice"])

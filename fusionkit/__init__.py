@@ -35,10 +35,28 @@ from fusionkit.specs import ModelSpec, dump_spec, spec_json_schema
 __version__ = "0.1.0"
 
 __all__ = [
-    "COMPONENT_KINDS", "ConfigError", "DataError", "FusionModel", "FusionOutput",
-    "FusionkitError", "JointIndividualLoss", "LossBreakdown", "MissingModalityError", "ModelSpec",
-    "PluginWarning", "PretrainedWeightsError", "build_model", "dump_spec", "list_components",
-    "list_presets", "load_plugins", "load_preset", "load_spec", "register", "registry", "specs",
+    "COMPONENT_KINDS",
+    "ConfigError",
+    "DataError",
+    "FusionModel",
+    "FusionOutput",
+    "FusionkitError",
+    "JointIndividualLoss",
+    "LossBreakdown",
+    "MissingModalityError",
+    "ModelSpec",
+    "PluginWarning",
+    "PretrainedWeightsError",
+    "build_model",
+    "dump_spec",
+    "list_components",
+    "list_presets",
+    "load_plugins",
+    "load_preset",
+    "load_spec",
+    "register",
+    "registry",
+    "specs",
     "spec_json_schema",
 ]
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -43,14 +43,33 @@ def _validation_message(err: ValidationError) -> str:
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML): model, train and data sections.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (from the beginning if it has none).")] = False,
+    config: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="Run config (YAML): model, train and data sections.")
+    ],
+    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run in --out from its last checkpoint (from the beginning if it has none)."
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the run in --out and start it over.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: key.path=value (repeatable).")] = None,
-    folds: Annotated[Optional[int], typer.Option("--folds", metavar="K", help="Train K runs, one per lesion-level stratified fold, into --out/runs/<name>/seed<s>/fold<j> (run again to resume); predict with the fold ensemble: fusionkit predict OUT.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: key.path=value (repeatable)."),
+    ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds",
+            metavar="K",
+            help="Train K runs, one per lesion-level stratified fold, into --out/runs/<name>/seed<s>/fold<j> (run again to resume); predict with the fold ensemble: fusionkit predict OUT.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
@@ -76,23 +95,46 @@ def train(
     run_dir = out or Path("runs") / config.stem
     if folds is not None:
         if resume or overwrite:
-            _fail("--folds runs resume by running the same command again (finished folds are skipped); "
-                  "to start over, delete --out first")
+            _fail(
+                "--folds runs resume by running the same command again (finished folds are skipped); "
+                "to start over, delete --out first"
+            )
         from fusionkit.sweep import plan_sweep
 
-        jobs = plan_sweep(config, presets=None, seeds=(cfg.train.seed,), folds=folds, out=run_dir,
-                          data_root=data or Path("."), sets=set_ or [])
-        _run_sweep_jobs(jobs, out=run_dir, data=data, synthetic=synthetic, reference=jobs[0].preset,
-                        engine_kind="local", quiet=quiet)
+        jobs = plan_sweep(
+            config,
+            presets=None,
+            seeds=(cfg.train.seed,),
+            folds=folds,
+            out=run_dir,
+            data_root=data or Path("."),
+            sets=set_ or [],
+        )
+        _run_sweep_jobs(
+            jobs,
+            out=run_dir,
+            data=data,
+            synthetic=synthetic,
+            reference=jobs[0].preset,
+            engine_kind="local",
+            quiet=quiet,
+        )
         typer.echo(f"fold ensemble: fusionkit predict {run_dir} --data DIR")
         return
     trainer = train_and_evaluate(
-        cfg, run_dir=run_dir, data_root=data, synthetic=synthetic, resume=resume,
-        overwrite=overwrite, progress=not quiet,
+        cfg,
+        run_dir=run_dir,
+        data_root=data,
+        synthetic=synthetic,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
     )
     if trainer.dist.is_main:
         metric = {"dice": "macro Dice", "f1": "macro F1", "auc": "macro AUC"}[cfg.train.selection_metric]
-        typer.echo(f"run directory: {run_dir}  (best val {metric} {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})")
+        typer.echo(
+            f"run directory: {run_dir}  (best val {metric} {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})"
+        )
 
 
 TTA_HELP = "Test-time augmentation: none, flips (4 views) or d4 (8 dihedral views) of both images; the posterior is their mean."
@@ -100,20 +142,40 @@ TTA_HELP = "Test-time augmentation: none, flips (4 views) or d4 (8 dihedral view
 
 @app.command()
 def predict(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN",
+            help="Run directories (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).",
+        ),
+    ],
     data: Annotated[Path, typer.Option("--data", help="MILK10k folder holding the split to predict.")],
-    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (its settings go to the same name with .json).")] = Path("submission.csv"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Submission CSV to write (its settings go to the same name with .json).")
+    ] = Path("submission.csv"),
     split: Annotated[str, typer.Option(help="Split to read: Test, Training, or auto (the Test split).")] = "auto",
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
     tta: Annotated[str, typer.Option("--tta", help=TTA_HELP)] = "none",
-    decision: Annotated[str, typer.Option("--decision", help="What the CSV holds: probs (posteriors), argmax (one-hot top class) or thresholds (per-class thresholds fitted on the validation split for macro Dice at > 0.5).")] = "thresholds",
+    decision: Annotated[
+        str,
+        typer.Option(
+            "--decision",
+            help="What the CSV holds: probs (posteriors), argmax (one-hot top class) or thresholds (per-class thresholds fitted on the validation split for macro Dice at > 0.5).",
+        ),
+    ] = "thresholds",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
     from fusionkit.evaluate.ensemble import predict_split
 
     path = predict_split(
-        runs, data_root=data, out=out, split=split, checkpoint=checkpoint, tta=tta, decision=decision,
+        runs,
+        data_root=data,
+        out=out,
+        split=split,
+        checkpoint=checkpoint,
+        tta=tta,
+        decision=decision,
         progress=not quiet,
     )
     typer.echo(f"wrote {path}")
@@ -121,11 +183,23 @@ def predict(
 
 @app.command()
 def evaluate(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="A run directory written by 'fusionkit train'; several (or a sweep folder): an ensemble, evaluated on the validation split they share.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled MILK10k folder (default: the run's validation split).")] = None,
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN",
+            help="A run directory written by 'fusionkit train'; several (or a sweep folder): an ensemble, evaluated on the validation split they share.",
+        ),
+    ],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Labelled MILK10k folder (default: the run's validation split).")
+    ] = None,
     gradcam: Annotated[int, typer.Option(help="How many lesions get Grad-CAM overlays.")] = 4,
-    tta: Annotated[str, typer.Option("--tta", help=TTA_HELP + " The report shows the metrics with and without it.")] = "none",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")] = None,
+    tta: Annotated[
+        str, typer.Option("--tta", help=TTA_HELP + " The report shows the metrics with and without it.")
+    ] = "none",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
@@ -146,7 +220,9 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A run directory written by 'fusionkit train'.")],
     format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    out: Annotated[Path, typer.Option("--out", help="File to write; the preprocessing and metadata encoder go beside it as .json.")] = Path("model.onnx"),
+    out: Annotated[
+        Path, typer.Option("--out", help="File to write; the preprocessing and metadata encoder go beside it as .json.")
+    ] = Path("model.onnx"),
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
 ) -> None:
     """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
@@ -161,7 +237,7 @@ def export(
 @app.command()
 def presets(
     pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="fnmatch pattern.")] = "*",
-    show: Annotated[Optional[str], typer.Option(help="Print one preset's full spec as YAML.")] = None,
+    show: Annotated[str | None, typer.Option(help="Print one preset's full spec as YAML.")] = None,
 ) -> None:
     """List the shipped model presets (the paper's Table 2, Table 3 and Figure 3 variants)."""
     import fusionkit as fk
@@ -176,7 +252,9 @@ def presets(
 
 @app.command()
 def components(
-    kind: Annotated[Optional[str], typer.Argument(metavar="KIND", help="image_encoder, metadata_encoder, fusion or decision.")] = None,
+    kind: Annotated[
+        str | None, typer.Argument(metavar="KIND", help="image_encoder, metadata_encoder, fusion or decision.")
+    ] = None,
     pattern: Annotated[str, typer.Option(help="fnmatch pattern.")] = "*",
 ) -> None:
     """List the registered components (built-in and plugins)."""
@@ -189,7 +267,7 @@ def components(
 
 @app.command()
 def schema(
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write to a file instead of stdout.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write to a file instead of stdout.")] = None,
 ) -> None:
     """Print the JSON schema of the model spec (for editor completion of YAML specs)."""
     import fusionkit as fk
@@ -220,32 +298,75 @@ def synthesize(
     make_synthetic_milk10k(root, n_lesions=n_lesions, image_size=(width, height), seed=seed)
     if test_split:
         make_synthetic_milk10k(
-            root, n_lesions=max(n_lesions // 10, 1), image_size=(width, height), seed=seed + 1,
-            split="Test", with_ground_truth=False,
+            root,
+            n_lesions=max(n_lesions // 10, 1),
+            image_size=(width, height),
+            seed=seed + 1,
+            split="Test",
+            with_ground_truth=False,
         )
     typer.echo(f"wrote a synthetic MILK10k set of {n_lesions} lesions to {root}")
 
 
 @app.command()
 def sweep(
-    config: Annotated[Optional[Path], typer.Argument(metavar="CONFIG", help="Run config (YAML) whose model section names a preset; each run swaps in its own.")] = None,
-    group: Annotated[Optional[str], typer.Option(help="Variants: table2, table3, figure3 or all (default all).")] = None,
-    presets: Annotated[Optional[str], typer.Option(help="Variants as comma-separated presets (instead of --group).")] = None,
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each seed's variants share split and data order.")] = "0,1,2",
-    folds: Annotated[Optional[int], typer.Option(help="Lesion-level stratified k-fold cross-validation (k >= 2).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every run.")] = False,
-    out: Annotated[Path, typer.Option("--out", help="Sweep folder: runs/<preset>/seed<k>[/fold<j>], summary.*, figure3.png.")] = Path("runs/sweep"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="key.path=value for every run, or PRESET:key.path=value for one variant (repeatable).")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="Variant the others are compared against (paired bootstrap; default ji-adf when it runs, else the first).")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="Run one subprocess per device at a time, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES); 'cpu' entries hide the GPUs.")] = None,
-    launcher: Annotated[str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'jiadf-fusion[cluster]').")] = "local",
-    cluster: Annotated[Optional[str], typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="SLURM partition (submitit).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="CONFIG", help="Run config (YAML) whose model section names a preset; each run swaps in its own."
+        ),
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="Variants: table2, table3, figure3 or all (default all).")] = None,
+    presets: Annotated[
+        str | None, typer.Option(help="Variants as comma-separated presets (instead of --group).")
+    ] = None,
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each seed's variants share split and data order.")
+    ] = "0,1,2",
+    folds: Annotated[int | None, typer.Option(help="Lesion-level stratified k-fold cross-validation (k >= 2).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every run.")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Sweep folder: runs/<preset>/seed<k>[/fold<j>], summary.*, figure3.png.")
+    ] = Path("runs/sweep"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="key.path=value for every run, or PRESET:key.path=value for one variant (repeatable).",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="Variant the others are compared against (paired bootstrap; default ji-adf when it runs, else the first)."
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="Run one subprocess per device at a time, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES); 'cpu' entries hide the GPUs."
+        ),
+    ] = None,
+    launcher: Annotated[
+        str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'jiadf-fusion[cluster]').")
+    ] = "local",
+    cluster: Annotated[
+        str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
     time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,
     gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
     bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap replicates.")] = 1000,
-    report_only: Annotated[Optional[Path], typer.Option("--report-only", help="Rebuild the summary of the sweep in this folder from its runs; run nothing.")] = None,
+    report_only: Annotated[
+        Path | None,
+        typer.Option(
+            "--report-only", help="Rebuild the summary of the sweep in this folder from its runs; run nothing."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
@@ -270,19 +391,48 @@ def sweep(
         raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
     chosen = select_presets(group=group, presets=presets)
     reference = resolve_reference(chosen, reference)
-    jobs = plan_sweep(config, presets=chosen, seeds=parse_seeds(seeds), folds=folds, out=out,
-                      data_root=data or Path("."), sets=set_ or [])
+    jobs = plan_sweep(
+        config,
+        presets=chosen,
+        seeds=parse_seeds(seeds),
+        folds=folds,
+        out=out,
+        data_root=data or Path("."),
+        sets=set_ or [],
+    )
     if launcher == "submitit":
-        engine_kind = dict(folder=out / "submitit", cluster=cluster, partition=partition,
-                           timeout_min=time_min, gpus_per_job=gpus_per_job)
+        engine_kind = dict(
+            folder=out / "submitit",
+            cluster=cluster,
+            partition=partition,
+            timeout_min=time_min,
+            gpus_per_job=gpus_per_job,
+        )
     else:
         engine_kind = devices or "local"
-    _run_sweep_jobs(jobs, out=out, data=data, synthetic=synthetic, reference=reference,
-                    engine_kind=engine_kind, quiet=quiet, bootstrap=bootstrap)
+    _run_sweep_jobs(
+        jobs,
+        out=out,
+        data=data,
+        synthetic=synthetic,
+        reference=reference,
+        engine_kind=engine_kind,
+        quiet=quiet,
+        bootstrap=bootstrap,
+    )
 
 
-def _run_sweep_jobs(jobs, *, out: Path, data: Optional[Path], synthetic: bool, reference: str,
-                    engine_kind: str | dict, quiet: bool, bootstrap: int = 1000) -> None:
+def _run_sweep_jobs(
+    jobs,
+    *,
+    out: Path,
+    data: Path | None,
+    synthetic: bool,
+    reference: str,
+    engine_kind: str | dict,
+    quiet: bool,
+    bootstrap: int = 1000,
+) -> None:
     """Run planned sweep jobs (``sweep`` and ``train --folds``): shared data, an engine, the summary.
 
     ``engine_kind``: ``"local"`` (this process), a comma-separated device list (a subprocess queue),
@@ -299,14 +449,25 @@ def _run_sweep_jobs(jobs, *, out: Path, data: Optional[Path], synthetic: bool, r
         engine = device_queue([d.strip() for d in engine_kind.split(",") if d.strip()], log_dir=out / "logs")
     else:
         engine = in_process(progress=progress)
-    summary = run_sweep(jobs, out=out, data_root=root, reference=reference, engine=engine, n_boot=bootstrap,
-                        echo=lambda line: typer.echo(line, err=True))
+    summary = run_sweep(
+        jobs,
+        out=out,
+        data_root=root,
+        reference=reference,
+        engine=engine,
+        n_boot=bootstrap,
+        echo=lambda line: typer.echo(line, err=True),
+    )
     failed = [r for r in summary["runs"] if r["status"] != "ok"]
     typer.echo(f"summary: {out / 'summary.md'} ({len(summary['runs'])} runs, {len(failed)} failed)")
     if failed:
         for r in failed:
-            typer.echo(f"failed: {r['preset']} seed {r['seed']}" + ("" if r["fold"] is None else f" fold {r['fold']}")
-                       + f": {r.get('reason')}", err=True)
+            typer.echo(
+                f"failed: {r['preset']} seed {r['seed']}"
+                + ("" if r["fold"] is None else f" fold {r['fold']}")
+                + f": {r.get('reason')}",
+                err=True,
+            )
         raise SystemExit(1)  # runs failed: not a user error (2), and not hidden by standalone_mode
 
 

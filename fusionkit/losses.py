@@ -133,9 +133,14 @@ class JointIndividualLoss(nn.Module):
 
     def _ce(self, log_probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return cross_entropy(
-            log_probs, target, class_weights=self.class_weights, focal_gamma=self.focal_gamma,
-            label_smoothing=self.label_smoothing, log_prior=self.log_prior,
-            logit_adjustment=self.logit_adjustment, mask=mask,
+            log_probs,
+            target,
+            class_weights=self.class_weights,
+            focal_gamma=self.focal_gamma,
+            label_smoothing=self.label_smoothing,
+            log_prior=self.log_prior,
+            logit_adjustment=self.logit_adjustment,
+            mask=mask,
         )
 
     def forward(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown:

@@ -56,13 +56,9 @@ class ImageStream(nn.Module):
             encoder = entry.component(**enc_spec.component_kwargs())
             self.encoders = nn.ModuleDict({"shared": encoder})
         else:
-            self.encoders = nn.ModuleDict(
-                {m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities}
-            )
+            self.encoders = nn.ModuleDict({m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities})
         width = next(iter(self.encoders.values())).out_dim
-        self.missing = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(width)) for m in self.modalities}
-        )
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(width)) for m in self.modalities})
         self.width = width
         multiplier = len(self.modalities) if self.combine == "concat" else 1
         self.out_dim = width * multiplier
@@ -151,17 +147,19 @@ class FusionModel(nn.Module):
             widths["joint"] = self.fusion.out_dim
         self.heads = nn.ModuleDict(
             {
-                b: ClassifierHead(
-                    in_dim=widths[b], num_classes=spec.num_classes, dropout=spec.heads.dropout
-                )
+                b: ClassifierHead(in_dim=widths[b], num_classes=spec.num_classes, dropout=spec.heads.dropout)
                 for b in spec.head_branches
             }
         )
         self.decision_branches = spec.decision_branches
-        self.decision = registry("decision").get(spec.decision.kind).component(
-            num_classes=spec.num_classes,
-            branches=self.decision_branches,
-            **spec.decision.component_kwargs(),
+        self.decision = (
+            registry("decision")
+            .get(spec.decision.kind)
+            .component(
+                num_classes=spec.num_classes,
+                branches=self.decision_branches,
+                **spec.decision.component_kwargs(),
+            )
         )
         self.has_weights = type(spec.decision).has_weights
         self.feature_dims = widths
@@ -175,8 +173,7 @@ class FusionModel(nn.Module):
             if m in batch:
                 return batch[m].shape[0], batch[m].device
         raise MissingModalityError(
-            f"the batch has none of this model's inputs {list(self.modalities)}; "
-            f"found keys {sorted(batch)}"
+            f"the batch has none of this model's inputs {list(self.modalities)}; found keys {sorted(batch)}"
         )
 
     def presence(self, batch: dict[str, Any], *, dropout: bool = True) -> dict[str, torch.Tensor]:
@@ -205,7 +202,7 @@ class FusionModel(nn.Module):
 
     def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stacked = torch.stack([present[m] for m in self.modalities], dim=1)
-        keep = (torch.rand(stacked.shape, device=stacked.device) >= self.spec.modality_dropout.p)
+        keep = torch.rand(stacked.shape, device=stacked.device) >= self.spec.modality_dropout.p
         keep &= stacked
         lost_all = ~keep.any(dim=1) & stacked.any(dim=1)
         # keep one random present modality for samples that would otherwise lose everything
@@ -262,9 +259,7 @@ class FusionModel(nn.Module):
         if self.validate_presence:
             self._check_decidable(mask)
         log_w = self.decision(logits, mask).float()
-        branch_log_probs = torch.stack(
-            [logits[b].log_softmax(dim=-1) for b in self.decision_branches], dim=1
-        )
+        branch_log_probs = torch.stack([logits[b].log_softmax(dim=-1) for b in self.decision_branches], dim=1)
         log_probs = torch.logsumexp(log_w[:, :, None] + branch_log_probs, dim=1)
         weights = None
         if self.has_weights:
@@ -281,9 +276,7 @@ class FusionModel(nn.Module):
         )
 
 
-def build_model(
-    spec: ModelSpec | dict[str, Any], *, metadata_width: int | None = None
-) -> FusionModel:
+def build_model(spec: ModelSpec | dict[str, Any], *, metadata_width: int | None = None) -> FusionModel:
     """Assemble the model a spec describes.
 
     ``metadata_width`` is the width of the encoded metadata vector M

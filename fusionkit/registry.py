@@ -70,12 +70,8 @@ class Registry:
 
     def add(self, spec: type, component: type) -> ComponentEntry:
         """Register ``component`` under the ``kind`` literal of ``spec``; a duplicate name is an error."""
-        if self.spec_base is not None and not (
-            isinstance(spec, type) and issubclass(spec, self.spec_base)
-        ):
-            raise TypeError(
-                f"a {self.kind} spec must subclass {self.spec_base.__name__}; got {spec!r}"
-            )
+        if self.spec_base is not None and not (isinstance(spec, type) and issubclass(spec, self.spec_base)):
+            raise TypeError(f"a {self.kind} spec must subclass {self.spec_base.__name__}; got {spec!r}")
         name = spec_kind_name(spec)
         if name in self._entries:
             old = self._entries[name]
@@ -115,9 +111,7 @@ def spec_kind_name(spec: type) -> str:
     annotation = fields["kind"].annotation
     values = get_args(annotation) if get_origin(annotation) is Literal else ()
     if len(values) != 1 or not isinstance(values[0], str):
-        raise TypeError(
-            f"{spec.__name__}.kind must be a Literal with one string value; got {annotation!r}"
-        )
+        raise TypeError(f"{spec.__name__}.kind must be a Literal with one string value; got {annotation!r}")
     return values[0]
 
 
@@ -140,9 +134,7 @@ def registry(kind: str) -> Registry:
     try:
         return REGISTRIES[kind]
     except KeyError:
-        raise ConfigError(
-            f"unknown component kind {kind!r}; expected one of {', '.join(COMPONENT_KINDS)}"
-        ) from None
+        raise ConfigError(f"unknown component kind {kind!r}; expected one of {', '.join(COMPONENT_KINDS)}") from None
 
 
 def register(kind: str, spec: type, component: type | None = None) -> Any:

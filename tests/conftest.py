@@ -35,7 +35,9 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
-    "mutation", settings.get_profile("fusionkit"), max_examples=20,
+    "mutation",
+    settings.get_profile("fusionkit"),
+    max_examples=20,
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
 )
 """For mutmut runs (``HYPOTHESIS_PROFILE=mutation``): 20 examples for a property that sets no count
@@ -123,9 +125,7 @@ MODALITY_NAMES = ("derm", "clinical", "meta")
 
 
 @st.composite
-def spec_dicts(
-    draw: st.DrawFn, *, buildable: bool = False, decision: str | None = None
-) -> dict[str, Any]:
+def spec_dicts(draw: st.DrawFn, *, buildable: bool = False, decision: str | None = None) -> dict[str, Any]:
     """A mapping that must validate as a ModelSpec: any modality subset, fusion and decision.
 
     ``buildable`` keeps widths tiny and the backbone timm's ``test_efficientnet`` (random init), so
@@ -156,9 +156,7 @@ def spec_dicts(
         data["image_size"] = draw(st.integers(1, 4096))
         data["image_encoder"] = {
             "kind": "timm",
-            "model_name": draw(
-                st.sampled_from(["test_efficientnet", "resnet18", "tf_efficientnetv2_s.in1k"])
-            ),
+            "model_name": draw(st.sampled_from(["test_efficientnet", "resnet18", "tf_efficientnetv2_s.in1k"])),
             "pretrained": draw(st.booleans()),
             "weights_file": draw(st.none() | st.sampled_from(["w.safetensors", "/tmp/x/w.pth"])),
             "drop_rate": draw(unit),
@@ -195,11 +193,7 @@ def spec_dicts(
         elif kind == "concat":
             fusion = {"kind": kind}
     data["fusion"] = fusion
-    available = [
-        b
-        for b, has in (("image", images), ("joint", fusion is not None), ("meta", meta))
-        if has
-    ]
+    available = [b for b, has in (("image", images), ("joint", fusion is not None), ("meta", meta)) if has]
 
     decisions: list[dict[str, Any]] = []
     if len(available) == 3:
@@ -220,9 +214,7 @@ def spec_dicts(
     data["decision"] = draw(st.sampled_from(decisions))
 
     weight = st.floats(0.0, 2.0) if not buildable else st.sampled_from([0.0, 0.25, 0.5, 1.0])
-    data["loss"] = {
-        f"lambda_{b}": draw(weight) if b in available else 0.0 for b in ("image", "joint", "meta")
-    }
+    data["loss"] = {f"lambda_{b}": draw(weight) if b in available else 0.0 for b in ("image", "joint", "meta")}
     if draw(st.booleans()):
         data["loss"]["class_weights"] = draw(
             st.lists(st.floats(1e-3, 10.0), min_size=num_classes, max_size=num_classes)
@@ -235,7 +227,9 @@ def spec_dicts(
 
 @st.composite
 def presence_masks(
-    draw: st.DrawFn, modalities: tuple[str, ...], batch_size: int,
+    draw: st.DrawFn,
+    modalities: tuple[str, ...],
+    batch_size: int,
     needs: tuple[tuple[str, ...], ...] = (),
 ) -> dict[str, list[bool]]:
     """Per-modality (B,) bool lists where every sample keeps at least one modality.

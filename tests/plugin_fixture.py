@@ -36,4 +36,3 @@ class PluginMeanFusion(nn.Module):
 def broken_register() -> None:
     """An entry point that names a callable which fails while registering."""
     raise RuntimeError("plugin_fixture.broken_register fails on purpose")
-

@@ -15,10 +15,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.ensemble import ensemble_predict, evaluate_ensemble, fit_ensemble_thresholds, load_runs, predict_split
+from fusionkit.evaluate.ensemble import (
+    ensemble_predict,
+    evaluate_ensemble,
+    fit_ensemble_thresholds,
+    load_runs,
+    predict_split,
+)
 from fusionkit.evaluate.export import ExportWrapper, example_inputs, export_onnx
 from fusionkit.evaluate.inference import load_run
 from fusionkit.evaluate.report import evaluate_run
@@ -26,8 +33,6 @@ from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import selection_score, train_run
-
-from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -75,7 +80,9 @@ def run_dir(tmp_path_factory) -> Path:
 def test_long_tail_run_records_its_prior_and_selects_by_auc(run_dir: Path) -> None:
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     prior = saved["model"]["loss"]["class_prior"]
-    assert len(prior) == 11 and sum(prior) == pytest.approx(1.0, abs=1e-6) and saved["train"]["selection_metric"] == "auc"
+    assert (
+        len(prior) == 11 and sum(prior) == pytest.approx(1.0, abs=1e-6) and saved["train"]["selection_metric"] == "auc"
+    )
     history = json.loads((run_dir / "history.json").read_text())
     aucs = [h["val_auc"] for h in history]
     best_epoch = load_run(run_dir, device="cpu").checkpoint_info["epoch"]
@@ -103,7 +110,9 @@ def test_report_shows_tta_and_each_decision_rule(run_dir: Path) -> None:
         assert f"| {t} | argmax |" in text
     metrics = json.loads((run_dir / "metrics.json").read_text())
     flips_probs = next(r for r in rows if r["tta"] == "flips" and r["decision"] == "probs")
-    assert metrics["metrics"]["macro"]["dice"] == pytest.approx(flips_probs["dice"])  # the headline uses the TTA asked for
+    assert metrics["metrics"]["macro"]["dice"] == pytest.approx(
+        flips_probs["dice"]
+    )  # the headline uses the TTA asked for
 
 
 def test_ensemble_of_identical_runs_equals_one_run(run_dir: Path, tmp_path: Path) -> None:
@@ -134,7 +143,11 @@ def _preset_run(trained: Path, preset: str, dest: Path) -> Path:
     config["model"] = spec.to_dict()
     (dest / "config.yaml").write_text(yaml.safe_dump(config))
     torch.manual_seed(1)
-    save_checkpoint(dest / "checkpoints" / "best.safetensors", model=fk.build_model(config["model"], metadata_width=width), include_rng=False)
+    save_checkpoint(
+        dest / "checkpoints" / "best.safetensors",
+        model=fk.build_model(config["model"], metadata_width=width),
+        include_rng=False,
+    )
     return dest
 
 
@@ -166,9 +179,19 @@ def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path
     ids = load_run(run_dir, device="cpu").split["val"][:3]
     env = {**ENV, "PYTHONPATH": ""}  # the example must not need fusionkit
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "onnx_inference.py"), str(path),
-         str(data / "MILK10k_Training_Metadata.csv"), str(data / "MILK10k_Training_Input"), *ids],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "onnx_inference.py"),
+            str(path),
+            str(data / "MILK10k_Training_Metadata.csv"),
+            str(data / "MILK10k_Training_Input"),
+            *ids,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -190,7 +213,11 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
     config["model"]["loss"]["class_prior"] = None
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     torch.manual_seed(0)
-    save_checkpoint(other / "checkpoints" / "best.safetensors", include_rng=False, model=fk.build_model(config["model"], metadata_width=35))
+    save_checkpoint(
+        other / "checkpoints" / "best.safetensors",
+        include_rng=False,
+        model=fk.build_model(config["model"], metadata_width=35),
+    )
     bad = [
         (["predict", run_dir, "--data", data, "--tta", "d8"], "unknown test-time augmentation 'd8'"),
         (["predict", run_dir, "--data", data, "--decision", "vote"], "unknown decision rule 'vote'"),
@@ -201,8 +228,22 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
         (["evaluate", run_dir, run_dir], "pass --out DIR"),
     ]
     results = fusionkit_cli(
-        ["predict", run_dir, run_dir, "--data", data, "--split", "Training", "--tta", "flips", "--decision", "argmax",
-         "--out", out, "--quiet"],
+        [
+            "predict",
+            run_dir,
+            run_dir,
+            "--data",
+            data,
+            "--split",
+            "Training",
+            "--tta",
+            "flips",
+            "--decision",
+            "argmax",
+            "--out",
+            out,
+            "--quiet",
+        ],
         ["predict", run_dir, "--data", data, "--split", "Training", "--out", tmp_path / "t.csv", "--quiet"],
         *[args for args, _ in bad],
     )
@@ -220,7 +261,9 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
         assert len(err.strip().splitlines()) == 1, err
 
 
-def test_thresholds_read_the_validation_lesions_from_data_when_the_training_folder_moved(run_dir: Path, tmp_path: Path) -> None:
+def test_thresholds_read_the_validation_lesions_from_data_when_the_training_folder_moved(
+    run_dir: Path, tmp_path: Path
+) -> None:
     moved = shutil.copytree(run_dir, tmp_path / "moved", ignore=shutil.ignore_patterns("synthetic"))
     split = json.loads((moved / "split.json").read_text())
     (moved / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "gone")}))

@@ -12,12 +12,12 @@ from scipy.optimize import OptimizeResult, minimize_scalar
 
 from fusionkit.metrics import (
     apply_temperature,
+    calibration,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability_curve,
 )
-from fusionkit.metrics import calibration
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -116,8 +116,7 @@ def test_apply_temperature_and_nll_basics():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=0),
-         "n_bins"),
+        (lambda: expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=0), "n_bins"),
         (lambda: expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 1, 1])), "shape"),
         (lambda: expected_calibration_error(np.full((2, 2), 2.0), np.array([0, 1])), r"\[0, 1\]"),
         (lambda: fit_temperature(np.array([[np.nan, 0.0]]), np.array([0])), "NaN"),
@@ -162,8 +161,10 @@ def test_one_bin_and_empty_top_bins_without_warnings():
 
 @pytest.mark.parametrize("n_bins", [0, True, 2.0])
 def test_n_bins_must_be_a_positive_int(n_bins):
-    _raises_exactly(lambda: reliability_curve(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=n_bins),
-                    f"n_bins must be a positive integer, got {n_bins!r}")
+    _raises_exactly(
+        lambda: reliability_curve(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=n_bins),
+        f"n_bins must be a positive integer, got {n_bins!r}",
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,8 @@ def test_integer_and_float32_logits_are_accepted_as_float64():
     for z in (logits, logits.astype(np.float32), logits.astype(np.int8)):
         assert np.array_equal(apply_temperature(z, 2.0), expected)
     assert negative_log_likelihood(logits, np.array([0, 2])) == negative_log_likelihood(
-        logits.astype(np.float64), np.array([0, 2]))
+        logits.astype(np.float64), np.array([0, 2])
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,8 +208,10 @@ def test_bad_labels_messages(y_true, message):
 
 def test_out_of_range_labels_list_the_first_ten_bad_ones():
     y = np.array([0, 1, 5, -1, 0, 2, *range(3, 13)])  # valid 0s and 1s around 14 bad indices
-    _raises_exactly(lambda: negative_log_likelihood(np.zeros((len(y), 2)), y),
-                    "class index out of range [0, 2): [5, -1, 2, 3, 4, 5, 6, 7, 8, 9]")
+    _raises_exactly(
+        lambda: negative_log_likelihood(np.zeros((len(y), 2)), y),
+        "class index out of range [0, 2): [5, -1, 2, 3, 4, 5, 6, 7, 8, 9]",
+    )
 
 
 def test_one_hot_labels_are_the_row_argmax():
@@ -218,8 +222,10 @@ def test_one_hot_labels_are_the_row_argmax():
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (1.0, 1.0), (1.0, math.inf)])
 def test_bounds_must_be_ordered_positive_and_finite(bounds):
-    _raises_exactly(lambda: fit_temperature(np.zeros((2, 2)), np.array([0, 1]), bounds=bounds),
-                    f"bounds must satisfy 0 < T_min < T_max < inf, got {bounds!r}")
+    _raises_exactly(
+        lambda: fit_temperature(np.zeros((2, 2)), np.array([0, 1]), bounds=bounds),
+        f"bounds must satisfy 0 < T_min < T_max < inf, got {bounds!r}",
+    )
 
 
 def test_fit_temperature_runs_a_bounded_search_over_log_t(monkeypatch):
@@ -232,9 +238,7 @@ def test_fit_temperature_runs_a_bounded_search_over_log_t(monkeypatch):
     monkeypatch.setattr(calibration, "minimize_scalar", spy)
     logits, labels = _synthetic(200, seed=5)
     fit_temperature(logits, labels, bounds=(0.5, 4.0), xatol=1e-3)
-    assert calls == [
-        {"bounds": (math.log(0.5), math.log(4.0)), "method": "bounded", "options": {"xatol": 1e-3}}
-    ]
+    assert calls == [{"bounds": (math.log(0.5), math.log(4.0)), "method": "bounded", "options": {"xatol": 1e-3}}]
 
 
 def test_interior_optimum_does_not_warn():
@@ -255,16 +259,14 @@ def test_optimum_on_the_upper_bound_warns_with_the_bound():
     ]
     # stacklevel=2 names the caller; under mutmut (which sets MUTANT_UNDER_TEST) its trampoline's
     # frames sit in between, so there the warning names trampoline.py instead
-    caller = (os.path.join("mutmut", "mutation", "trampoline.py") if "MUTANT_UNDER_TEST" in os.environ
-              else __file__)
+    caller = os.path.join("mutmut", "mutation", "trampoline.py") if "MUTANT_UNDER_TEST" in os.environ else __file__
     assert record[0].filename.endswith(caller)
 
 
 @pytest.mark.parametrize(("steps", "warns"), [(10.0, True), (10.5, False)])
 def test_bound_warning_within_ten_tolerances(monkeypatch, steps, warns):
     xatol = 2.0**-16  # a power of two: steps * xatol and its distance from log(1) = 0 are exact
-    monkeypatch.setattr(calibration, "minimize_scalar",
-                        lambda fun, **kwargs: OptimizeResult(x=steps * xatol))
+    monkeypatch.setattr(calibration, "minimize_scalar", lambda fun, **kwargs: OptimizeResult(x=steps * xatol))
     logits, labels = _synthetic(200, seed=7)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -10,12 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from train_helpers import tiny_run_config, write_config
 
 from fusionkit.cli import main
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
 from fusionkit.runtime.config import load_run_config
-
-from train_helpers import tiny_run_config, write_config
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -64,7 +63,9 @@ def test_predict_writes_a_submission_the_official_parser_accepts(trained_run, tm
     data = tmp_path / "data"
     make_synthetic_milk10k(data, n_lesions=12, image_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
     out = tmp_path / "submission.csv"
-    code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out, "--decision", "probs")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out, "--decision", "probs"
+    )
     assert code == 0, err
     text = out.read_text()
     header, *rows = text.splitlines()
@@ -109,7 +110,9 @@ def test_bad_run_inputs(workspace, trained_run, tmp_path, monkeypatch, capsys) -
     assert code == 2 and "unknown preset 'ji-adf-typo'" in err and "Traceback" not in err
     # a data folder not in the MILK10k layout
     (tmp_path / "notmilk").mkdir()
-    code, _, err = run_cli(monkeypatch, capsys, "train", config, "--data", tmp_path / "notmilk", "--out", tmp_path / "r1")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", config, "--data", tmp_path / "notmilk", "--out", tmp_path / "r1"
+    )
     assert code == 2 and "notmilk" in err and "Traceback" not in err
     assert not (tmp_path / "r1").exists()  # a run that fails its data checks leaves no directory
     # an output folder holding another run
@@ -117,24 +120,34 @@ def test_bad_run_inputs(workspace, trained_run, tmp_path, monkeypatch, capsys) -
     assert code == 2 and "already holds a run" in err
     # --resume with a different model spec
     code, _, err = run_cli(
-        monkeypatch, capsys, "train", config, "--synthetic", "--out", trained_run, "--resume",
-        "--set", "model.fusion.heads=2",
+        monkeypatch,
+        capsys,
+        "train",
+        config,
+        "--synthetic",
+        "--out",
+        trained_run,
+        "--resume",
+        "--set",
+        "model.fusion.heads=2",
     )
     assert code == 2 and "different model spec" in err and "fusion.heads" in err
     # --resume where there is no run
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "none", "--resume")
     assert code == 2 and "no run there" in err
     # an invalid spec value names the field
-    code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r2",
-                           "--set", "model.fusion.out_dim=0")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r2", "--set", "model.fusion.out_dim=0"
+    )
     assert code == 2 and "fusion.mmfa.out_dim" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_gpu(workspace, tmp_path, monkeypatch, capsys) -> None:
     _, config = workspace
-    code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r",
-                           "--set", "train.device=cuda")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r", "--set", "train.device=cuda"
+    )
     assert code == 2 and "no CUDA GPU" in err and "Traceback" not in err
 
 
@@ -142,8 +155,19 @@ def test_cuda_graph_needs_a_gpu(workspace, tmp_path, monkeypatch, capsys) -> Non
     if torch.cuda.is_available():
         pytest.skip("checks the CPU message")
     _, config = workspace
-    code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "r",
-                           "--set", "train.step_mode=cuda_graph", "--set", "train.device=cpu")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        config,
+        "--synthetic",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "train.step_mode=cuda_graph",
+        "--set",
+        "train.device=cpu",
+    )
     assert code == 2 and "cuda_graph" in err and "Traceback" not in err
 
 
@@ -156,7 +180,9 @@ def test_predict_never_falls_back_to_the_training_split(trained_run, tmp_path, m
     assert "--split auto predicts the Test split" in err and "pass --split Training" in err
     assert not out.exists()
     # --out naming a folder: one line, nothing written
-    code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--split", "Training", "--out", tmp_path)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "predict", trained_run, "--data", data, "--split", "Training", "--out", tmp_path
+    )
     assert code == 2 and err.strip() == f"fusionkit: error: {tmp_path} is a directory; give a file name"
     # the run records the folder it trained on
     saved = load_run_config(trained_run / "config.yaml")

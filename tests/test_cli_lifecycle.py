@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from train_helpers import tiny_run_config, write_config
 
 import fusionkit.evaluate.pipeline as pipeline
 from fusionkit.cli import run_app
 from fusionkit.errors import DivergenceError, RunInterrupted
-
-from train_helpers import tiny_run_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("fusionkit") or str(Path(sys.executable).with_name("fusionkit"))
@@ -35,7 +34,12 @@ def _env() -> dict[str, str]:
 def _start(*args: str, script: bool = False, cwd: Path | None = None) -> subprocess.Popen:
     command = [SCRIPT] if script else [sys.executable, "-m", "fusionkit.cli"]
     return subprocess.Popen(
-        [*command, *args], env=_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*command, *args],
+        env=_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -78,12 +82,28 @@ def test_help_shows_boolean_options_as_flags(capsys) -> None:
 @pytest.mark.parametrize(
     "error, code, line",
     [
-        (RunInterrupted(signal.SIGINT, Path("runs/x")), 130, "fusionkit: interrupt: stopped; a resumable checkpoint was saved in runs/x"),
+        (
+            RunInterrupted(signal.SIGINT, Path("runs/x")),
+            130,
+            "fusionkit: interrupt: stopped; a resumable checkpoint was saved in runs/x",
+        ),
         (RunInterrupted(signal.SIGTERM, Path("runs/x")), 143, "fusionkit: SIGTERM: stopped;"),
         (KeyboardInterrupt(), 130, "fusionkit: interrupted"),
-        (DivergenceError("training diverged in epoch 3: ...", epoch=3), 1, "fusionkit: error: training diverged in epoch 3"),
-        (PermissionError(13, "Permission denied", "runs/x/config.yaml"), 2, "fusionkit: error: runs/x/config.yaml: Permission denied"),
-        (OSError(28, "No space left on device", "runs/x/last.safetensors"), 1, "fusionkit: error: runs/x/last.safetensors: No space"),
+        (
+            DivergenceError("training diverged in epoch 3: ...", epoch=3),
+            1,
+            "fusionkit: error: training diverged in epoch 3",
+        ),
+        (
+            PermissionError(13, "Permission denied", "runs/x/config.yaml"),
+            2,
+            "fusionkit: error: runs/x/config.yaml: Permission denied",
+        ),
+        (
+            OSError(28, "No space left on device", "runs/x/last.safetensors"),
+            1,
+            "fusionkit: error: runs/x/last.safetensors: No space",
+        ),
     ],
 )
 def test_every_way_a_run_ends_has_its_exit_status(tmp_path, monkeypatch, capsys, error, code, line) -> None:

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import ACTIVATIONS, IMAGE_SIZE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
@@ -18,8 +19,6 @@ import fusionkit as fk
 from fusionkit.components.fusion.mmfa import AttentionOnlyFusion, MMFAFusion, SkipOnlyFusion
 from fusionkit.components.image_encoders import TimmImageEncoder
 from fusionkit.specs import BRANCHES
-
-from conftest import ACTIVATIONS, IMAGE_SIZE
 
 ACT_FN = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 """The pointwise nonlinearities by the names a spec uses, written independently of the library."""
@@ -67,9 +66,7 @@ def _inputs(kind: str, module, context: dict, batch: int, gen: torch.Generator):
             torch.randn(batch, context["image_dim"], generator=gen),
             torch.randn(batch, context["meta_dim"], generator=gen),
         )
-    logits = {
-        b: torch.randn(batch, context["num_classes"], generator=gen) for b in context["branches"]
-    }
+    logits = {b: torch.randn(batch, context["num_classes"], generator=gen) for b in context["branches"]}
     present = torch.ones(batch, len(context["branches"]), dtype=torch.bool)
     return logits, present
 
@@ -155,8 +152,9 @@ def test_fusion_shapes_and_batch_permutation(name, dims):
     torch.testing.assert_close(module(f_i[perm], f_m[perm]), out[perm], rtol=1e-5, atol=1e-6)
 
 
-def _mmfa_reference(module: MMFAFusion, f_i: torch.Tensor, f_m: torch.Tensor, activation: str,
-                    *, attention: bool, skip: bool) -> torch.Tensor:
+def _mmfa_reference(
+    module: MMFAFusion, f_i: torch.Tensor, f_m: torch.Tensor, activation: str, *, attention: bool, skip: bool
+) -> torch.Tensor:
     """Eqs 8-11 written out: one sample and one head at a time."""
     rows_out = []
     for b in range(f_i.shape[0]):
@@ -296,16 +294,13 @@ def decision_cases(draw):
 def _logits(case, branches, dtype=torch.float64):
     gen = torch.Generator().manual_seed(case["seed"])
     return {
-        b: case["scale"] * torch.randn(case["batch"], case["num_classes"], generator=gen, dtype=dtype)
-        for b in branches
+        b: case["scale"] * torch.randn(case["batch"], case["num_classes"], generator=gen, dtype=dtype) for b in branches
     }
 
 
 def _assert_simplex(weights: torch.Tensor, present: torch.Tensor | None = None) -> None:
     assert (weights >= 0).all()
-    torch.testing.assert_close(
-        weights.sum(-1), torch.ones(weights.shape[0], dtype=weights.dtype), rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[0], dtype=weights.dtype), rtol=0, atol=1e-5)
     if present is not None:
         assert (weights[~present] == 0).all()
 
@@ -315,8 +310,12 @@ def _assert_simplex(weights: torch.Tensor, present: torch.Tensor | None = None) 
 def test_adf_weights_are_eq_5(case, detach):
     torch.manual_seed(case["seed"])
     module, _, _ = _build(
-        "decision", "adf", num_classes=case["num_classes"], hidden_dim=case["hidden_dim"],
-        activation=case["activation"], detach_logits=detach,
+        "decision",
+        "adf",
+        num_classes=case["num_classes"],
+        hidden_dim=case["hidden_dim"],
+        activation=case["activation"],
+        detach_logits=detach,
     )
     module = module.double()
     assert module.branches == BRANCHES
@@ -421,8 +420,13 @@ def test_decisions_are_batch_permutation_equivariant(name, case):
 def test_mlp_metadata_encoder_shapes(batch, in_dim, hidden, out_dim, layer_norm, activation):
     torch.manual_seed(0)
     module, _, _ = _build(
-        "metadata_encoder", "mlp", in_dim=in_dim, hidden_dims=tuple(hidden), out_dim=out_dim,
-        layer_norm=layer_norm, activation=activation,
+        "metadata_encoder",
+        "mlp",
+        in_dim=in_dim,
+        hidden_dims=tuple(hidden),
+        out_dim=out_dim,
+        layer_norm=layer_norm,
+        activation=activation,
     )
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == list(
@@ -490,9 +494,13 @@ def test_pretrained_offline_is_an_error_not_a_random_init(monkeypatch, tmp_path)
         TimmImageEncoder(model_name="test_efficientnet", pretrained=True)
     # through the model builder too, from a spec that asks for weights
     spec = fk.ModelSpec.model_validate(
-        {"modalities": ["derm"], "fusion": None, "decision": {"kind": "single", "branch": "image"},
-         "loss": {"lambda_joint": 0, "lambda_meta": 0},
-         "image_encoder": {"kind": "timm", "model_name": "test_efficientnet"}}
+        {
+            "modalities": ["derm"],
+            "fusion": None,
+            "decision": {"kind": "single", "branch": "image"},
+            "loss": {"lambda_joint": 0, "lambda_meta": 0},
+            "image_encoder": {"kind": "timm", "model_name": "test_efficientnet"},
+        }
     )
     assert spec.image_encoder.pretrained is True
     with pytest.raises(fk.PretrainedWeightsError):
@@ -645,8 +653,9 @@ def test_constructor_defaults_build_the_default_spec_component(kind, name):
     if kind == "image_encoder":
         kwargs["model_name"] = "test_efficientnet"
     params = inspect.signature(entry.component.__init__).parameters.values()
-    required = {p.name: kwargs[p.name] for p in params
-                if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
+    required = {
+        p.name: kwargs[p.name] for p in params if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    }
     torch.manual_seed(0)
     from_python = entry.component(**required)
     assert repr(from_python) == repr(from_spec)
@@ -663,6 +672,5 @@ def test_decision_weights_follow_the_logits_dtype_and_device(name):
     logits = {b: torch.randn(3, CONTEXT["num_classes"], dtype=torch.float64) for b in BRANCHES}
     present = torch.ones(3, k, dtype=torch.bool)
     assert module.double()(logits, present).dtype == torch.float64
-    meta = module.to("meta")(
-        {b: v.to("meta") for b, v in logits.items()}, present.to("meta"))
+    meta = module.to("meta")({b: v.to("meta") for b, v in logits.items()}, present.to("meta"))
     assert meta.device.type == "meta" and meta.shape == (3, k)

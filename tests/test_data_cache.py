@@ -100,9 +100,7 @@ def test_removed_source_file_is_reported(files, tmp_path):
 def test_batched_fetch_equals_default_collate(files, tmp_path):
     for normalize in (True, False):
         for cache_dir in (None, tmp_path / "c"):
-            dataset = Milk10kDataset(
-                files=files, image_size=SIZE, transform=_eval(normalize), cache_dir=cache_dir
-            )
+            dataset = Milk10kDataset(files=files, image_size=SIZE, transform=_eval(normalize), cache_dir=cache_dir)
             assert dataset.batch_fast_path
             indices = [5, 0, 17, 3]
             _equal(dataset[indices], default_collate([dataset[i] for i in indices]))
@@ -193,7 +191,7 @@ def test_cache_survives_pickling(files, tmp_path):
     import pickle
 
     dataset = Milk10kDataset(files=files, image_size=SIZE, cache_dir=tmp_path / "c")
-    dataset.cache.array  # open the memory map
+    _ = dataset.cache.array  # open the memory map
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone.cache._array is None
     assert torch.equal(clone[2]["derm"], dataset[2]["derm"])

@@ -132,38 +132,55 @@ def test_every_encoding_error_names_file_line_lesion_exactly(table):
     encoder = MetadataEncoder().fit(table.lesions)
     rec = table.lesions[3]
     where = f"{rec.metadata_csv}, line {rec.line}, lesion {rec.lesion_id}: "
-    _raises_exactly(lambda: encoder.transform([replace(rec, sex="other")]),
-                    where + "sex is 'other'; expected one of 'male', 'female'")
-    _raises_exactly(lambda: encoder.transform([replace(rec, skin_tone=7)]),
-                    where + "skin_tone_class is 7; expected one of 0, 1, 2, 3, 4, 5")
+    _raises_exactly(
+        lambda: encoder.transform([replace(rec, sex="other")]),
+        where + "sex is 'other'; expected one of 'male', 'female'",
+    )
+    _raises_exactly(
+        lambda: encoder.transform([replace(rec, skin_tone=7)]),
+        where + "skin_tone_class is 7; expected one of 0, 1, 2, 3, 4, 5",
+    )
     bad_scores = (0.2, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0)
-    _raises_exactly(lambda: encoder.transform([replace(rec, derm=replace(rec.derm, monet=bad_scores))]),
-                    where + f"MONET scores {bad_scores}; expected 7 values in [0, 1]")
+    _raises_exactly(
+        lambda: encoder.transform([replace(rec, derm=replace(rec.derm, monet=bad_scores))]),
+        where + f"MONET scores {bad_scores}; expected 7 values in [0, 1]",
+    )
     for image in ("derm", "clinical"):
         cropped = replace(getattr(rec, image), manipulation="cropped")
-        _raises_exactly(lambda: encoder.transform([replace(rec, **{image: cropped})]),
-                        where + "image_manipulation is 'cropped'; expected 'instrument only' or 'altered'")
+        _raises_exactly(
+            lambda image=image, cropped=cropped: encoder.transform([replace(rec, **{image: cropped})]),
+            where + "image_manipulation is 'cropped'; expected 'instrument only' or 'altered'",
+        )
 
 
 def test_encoding_pins_skin_tone_scores_at_the_bounds_and_the_altered_flags(table):
     encoder = MetadataEncoder().fit(table.lesions)
     names = encoder.feature_names
     rec = table.lesions[0]
-    edge = replace(rec, skin_tone=3, derm=replace(rec.derm, monet=(0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5),
-                                                  manipulation="altered"), clinical=None)
+    edge = replace(
+        rec,
+        skin_tone=3,
+        derm=replace(rec.derm, monet=(0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5), manipulation="altered"),
+        clinical=None,
+    )
     v = encoder.transform([edge])
     assert v.dtype == torch.float32 and v.shape == (1, 35)
     assert [t for t in range(6) if v[0, names.index(f"skin_tone={t}")] == 1] == [3]
     assert (v[0, names.index("derm.altered")], v[0, names.index("clinical.altered")]) == (1, 0)
     expected = (np.array(edge.derm.monet) - encoder.monet_mean[:7]) / encoder.monet_std[:7]
-    assert np.allclose(v[0, names.index(f"derm.{MONET_COLUMNS[0]}"):][:7].numpy(), expected)
+    assert np.allclose(v[0, names.index(f"derm.{MONET_COLUMNS[0]}") :][:7].numpy(), expected)
 
 
 def test_statistics_fall_back_to_mean_0_std_1_only_without_values_or_spread(table):
     rec = table.lesions[0]
     fresh = MetadataEncoder()
     assert (fresh.age_mean, fresh.age_std, fresh.monet_mean, fresh.monet_std, fresh.n_fitted) == (
-        None, None, None, None, 0)
+        None,
+        None,
+        None,
+        None,
+        0,
+    )
     assert repr(fresh) == "MetadataEncoder(width=35, not fitted)"
     no_ages = MetadataEncoder().fit([replace(rec, age=None)] * 2)
     assert (no_ages.age_mean, no_ages.age_std) == (0.0, 1.0)
@@ -172,11 +189,14 @@ def test_statistics_fall_back_to_mean_0_std_1_only_without_values_or_spread(tabl
     assert repr(one) == "MetadataEncoder(width=35, fitted on 1 lesions)"
     two = MetadataEncoder().fit([replace(rec, age=30.0), replace(rec, age=70.0, lesion_id="x")])
     assert (two.age_mean, two.age_std) == (50.0, 20.0)
-    _raises_exactly(lambda: MetadataEncoder().fit([]),
-                    "MetadataEncoder.fit needs at least one lesion record", FusionkitError)
-    _raises_exactly(lambda: MetadataEncoder().transform([rec]),
-                    "MetadataEncoder is not fitted: call fit(training records) or "
-                    "MetadataEncoder.load(path)", FusionkitError)
+    _raises_exactly(
+        lambda: MetadataEncoder().fit([]), "MetadataEncoder.fit needs at least one lesion record", FusionkitError
+    )
+    _raises_exactly(
+        lambda: MetadataEncoder().transform([rec]),
+        "MetadataEncoder is not fitted: call fit(training records) or MetadataEncoder.load(path)",
+        FusionkitError,
+    )
 
 
 def test_every_load_error_names_the_file_exactly(table, tmp_path):
@@ -190,20 +210,24 @@ def test_every_load_error_names_the_file_exactly(table, tmp_path):
         path.write_text(json.dumps(state))
         return MetadataEncoder.load(path)
 
-    _raises_exactly(lambda: load_state({**good, "version": 2}),
-                    f"{path}: format 'fusionkit.metadata_encoder' version 2; expected "
-                    "'fusionkit.metadata_encoder' version 1")
+    _raises_exactly(
+        lambda: load_state({**good, "version": 2}),
+        f"{path}: format 'fusionkit.metadata_encoder' version 2; expected 'fusionkit.metadata_encoder' version 1",
+    )
     names = MetadataEncoder().feature_names
-    _raises_exactly(lambda: load_state({**good, "feature_names": list(names[:-1])}),
-                    f"{path}: feature names differ from this fusionkit version's metadata "
-                    "encoding; expected " + ", ".join(names))
-    _raises_exactly(lambda: load_state({k: v for k, v in good.items() if k != "age"}),
-                    f"{path}: malformed metadata encoder state (KeyError('age'))")
+    _raises_exactly(
+        lambda: load_state({**good, "feature_names": list(names[:-1])}),
+        f"{path}: feature names differ from this fusionkit version's metadata encoding; expected " + ", ".join(names),
+    )
+    _raises_exactly(
+        lambda: load_state({k: v for k, v in good.items() if k != "age"}),
+        f"{path}: malformed metadata encoder state (KeyError('age'))",
+    )
     short = {**good, "monet": {"mean": good["monet"]["mean"][:13], "std": good["monet"]["std"]}}
-    _raises_exactly(lambda: load_state(short),
-                    f"{path}: expected 14 MONET means and standard deviations")
+    _raises_exactly(lambda: load_state(short), f"{path}: expected 14 MONET means and standard deviations")
     _raises_exactly(lambda: load_state([good]), f"{path}: expected a JSON object")
     missing = tmp_path / "absent.json"
-    _raises_exactly(lambda: MetadataEncoder.load(missing),
-                    f"{missing}: cannot read a metadata encoder ([Errno 2] No such file or "
-                    f"directory: '{missing}')")
+    _raises_exactly(
+        lambda: MetadataEncoder.load(missing),
+        f"{missing}: cannot read a metadata encoder ([Errno 2] No such file or directory: '{missing}')",
+    )

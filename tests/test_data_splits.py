@@ -105,8 +105,12 @@ def test_default_seed_and_k_give_the_pinned_splits():
     split = train_val_split(GOLDEN_IDS, GOLDEN_LABELS, val_fraction=0.3)
     assert split.val == ("L01", "L05", "L07", "L11", "L12", "L15")
     assert [s.val for s in kfold_splits(GOLDEN_IDS, GOLDEN_LABELS)] == [
-        ("L01", "L09", "L17", "L19"), ("L03", "L11", "L14", "L16"), ("L00", "L10", "L12", "L15"),
-        ("L04", "L06", "L07", "L13"), ("L02", "L05", "L08", "L18")]
+        ("L01", "L09", "L17", "L19"),
+        ("L03", "L11", "L14", "L16"),
+        ("L00", "L10", "L12", "L15"),
+        ("L04", "L06", "L07", "L13"),
+        ("L02", "L05", "L08", "L18"),
+    ]
 
 
 def test_a_tie_for_the_last_validation_place_is_broken_by_the_seed():
@@ -129,12 +133,9 @@ def test_a_large_fraction_still_leaves_every_class_in_train():
 
 def test_split_error_messages_are_exact():
     cases = [
-        (lambda: train_val_split(["a", "b", "b"], [0, 1, 1]),
-         "lesion id 'b' occurs twice; expected unique lesion ids"),
-        (lambda: train_val_split(["a", "b"], [0, 1], val_fraction=0.0),
-         "val_fraction must be in (0, 1), got 0.0"),
-        (lambda: kfold_splits(["a", "b"], [0, 1], k=3),
-         "k=3 folds need at least 3 lesions, got 2"),
+        (lambda: train_val_split(["a", "b", "b"], [0, 1, 1]), "lesion id 'b' occurs twice; expected unique lesion ids"),
+        (lambda: train_val_split(["a", "b"], [0, 1], val_fraction=0.0), "val_fraction must be in (0, 1), got 0.0"),
+        (lambda: kfold_splits(["a", "b"], [0, 1], k=3), "k=3 folds need at least 3 lesions, got 2"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError) as info:

@@ -59,7 +59,7 @@ def test_exact_layout_and_headers(tmp_path):
     assert all(r[1] == "clinical: close-up" for r in rows[::2])
     assert all(r[1] == "dermoscopic" for r in rows[1::2])
     assert [r[0] for r in rows[1::2]] == lesions
-    for lesion_id, image_type, isic_id, attribution, license_, manipulation, *rest in rows:
+    for lesion_id, _image_type, isic_id, attribution, license_, manipulation, *rest in rows:
         path = files.image_dir / lesion_id / f"{isic_id}.jpg"
         with Image.open(path) as image:
             assert image.format == "JPEG" and image.mode == "RGB" and image.size == (32, 24)

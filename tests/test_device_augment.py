@@ -15,7 +15,9 @@ NO_JITTER = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
 
 
 def _images(count, size=6, seed=0):
-    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def _geometry_class(out: torch.Tensor, image: torch.Tensor) -> int:
@@ -54,7 +56,9 @@ def test_flip_probabilities_are_honoured():
     assert not params.vflip.any() and not params.rot90.any()
     # and applied: a flipped image equals the input mirrored, an unflipped one the input
     images = _images(64)
-    out = DeviceAugment(config=config).apply(images, DeviceAugment(config=config).sample(64, torch.Generator().manual_seed(1)))
+    out = DeviceAugment(config=config).apply(
+        images, DeviceAugment(config=config).sample(64, torch.Generator().manual_seed(1))
+    )
     params = DeviceAugment(config=config).sample(64, torch.Generator().manual_seed(1))
     assert torch.equal(out[params.hflip], images[params.hflip].flip(-1))
     assert torch.equal(out[~params.hflip], images[~params.hflip])
@@ -62,7 +66,9 @@ def test_flip_probabilities_are_honoured():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    brightness=st.floats(0.0, 1.0), contrast=st.floats(0.0, 1.0), saturation=st.floats(0.0, 1.0),
+    brightness=st.floats(0.0, 1.0),
+    contrast=st.floats(0.0, 1.0),
+    saturation=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_jitter_factors_are_drawn_from_the_cpu_ranges(brightness, contrast, saturation, seed):
@@ -97,8 +103,12 @@ def test_batch_generator_is_a_pure_function_of_its_key():
     a = torch.rand(4, generator=batch_generator(seed=1, epoch=2, batch_index=3))
     b = torch.rand(4, generator=batch_generator(seed=1, epoch=2, batch_index=3))
     assert torch.equal(a, b)
-    for other in ({"seed": 2, "epoch": 2, "batch_index": 3}, {"seed": 1, "epoch": 3, "batch_index": 3},
-                  {"seed": 1, "epoch": 2, "batch_index": 4}, {"seed": 1, "epoch": 2, "batch_index": 3, "rank": 1}):
+    for other in (
+        {"seed": 2, "epoch": 2, "batch_index": 3},
+        {"seed": 1, "epoch": 3, "batch_index": 3},
+        {"seed": 1, "epoch": 2, "batch_index": 4},
+        {"seed": 1, "epoch": 2, "batch_index": 3, "rank": 1},
+    ):
         assert not torch.equal(a, torch.rand(4, generator=batch_generator(**other)))
 
 
@@ -144,16 +154,19 @@ def test_bad_batches_are_rejected():
 
 @pytest.mark.parametrize("augment_on", ["device", "cpu"])
 def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augment_on):
-    from fusionkit.runtime.config import RunConfig
-    from fusionkit.train.data_setup import prepare_data
-    from fusionkit.runtime.distributed import DistInfo
-
     from train_helpers import tiny_run_config
+
+    from fusionkit.runtime.config import RunConfig
+    from fusionkit.runtime.distributed import DistInfo
+    from fusionkit.train.data_setup import prepare_data
 
     raw = tiny_run_config(tmp_path / "cache", n_lesions=24)
     raw["data"]["augment_on"] = augment_on
     data = prepare_data(
-        RunConfig.model_validate(raw), run_dir=tmp_path / "run", data_root=None, synthetic=True,
+        RunConfig.model_validate(raw),
+        run_dir=tmp_path / "run",
+        data_root=None,
+        synthetic=True,
         dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
     )
     assert (data.train_set.transform.augment is None) == (augment_on == "device")
@@ -172,10 +185,10 @@ def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augmen
 
 
 def test_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tmp_path):
+    from train_helpers import tiny_run_config
+
     from fusionkit.runtime.config import RunConfig
     from fusionkit.train.data_setup import augment_on
-
-    from train_helpers import tiny_run_config
 
     raw = tiny_run_config(tmp_path / "cache")
     config = RunConfig.model_validate(raw)
@@ -189,11 +202,11 @@ def test_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tmp_path):
 
 
 def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
+    from train_helpers import tiny_run_config
+
     from fusionkit.runtime.checkpoint import model_state
     from fusionkit.runtime.config import RunConfig
     from fusionkit.train.trainer import Trainer, train_run
-
-    from train_helpers import tiny_run_config
 
     raw = tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=30)
     raw["data"]["augment_on"] = "device"

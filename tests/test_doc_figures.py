@@ -27,7 +27,9 @@ def test_architecture_labels_are_read_off_the_ji_adf_model(tmp_path):
     assert labels["fusion"].endswith("D_IM = 512")
     assert labels["head_image"].endswith("ClassifierHead: Linear 2560 -> 11")
     assert labels["head_joint"].endswith("Linear 512 -> 11") and labels["head_meta"].endswith("Linear 256 -> 11")
-    assert labels["decision"].startswith("ADFDecision  (eq 5)") and labels["decision"].endswith("33 -> 64 -> 3, softmax -> alpha")
+    assert labels["decision"].startswith("ADFDecision  (eq 5)") and labels["decision"].endswith(
+        "33 -> 64 -> 3, softmax -> alpha"
+    )
     assert set(labels) == set(make_figures._PLACES)  # every box drawn has a text, and no text is lost
     out = make_figures.draw_architecture(labels, tmp_path / "architecture.png")
     assert out.read_bytes().startswith(PNG)
@@ -36,14 +38,21 @@ def test_architecture_labels_are_read_off_the_ji_adf_model(tmp_path):
 def test_benchmark_figures_from_result_files(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    rows = [{"model": m, "mode": "fp32", "batch": 16, "samples_per_s": v, "peak_gib": None}
-            for m, v in (("JI-ADF", 10.0), ("backbone only", 12.5))]
-    (results / "train_step-cpu-x-64px-2026-11-27.json").write_text(json.dumps(
-        {"device": "test CPU", "date": "2026-11-27", "backbone": "x", "image_size": 64, "rows": rows}))
+    rows = [
+        {"model": m, "mode": "fp32", "batch": 16, "samples_per_s": v, "peak_gib": None}
+        for m, v in (("JI-ADF", 10.0), ("backbone only", 12.5))
+    ]
+    (results / "train_step-cpu-x-64px-2026-11-27.json").write_text(
+        json.dumps({"device": "test CPU", "date": "2026-11-27", "backbone": "x", "image_size": 64, "rows": rows})
+    )
     written = make_figures.benchmark_figures(results, tmp_path / "out")
     assert [p.name for p in written] == ["train_step.png"]  # no loading.json, no loading figure
-    loading = {"results": [{"pipeline": "cached", "num_workers": 0, "median": 9.0}], "date": "2026-11-27",
-               "device": {"cpu": "test CPU", "cores": 2}, "setup": {"unit": "samples/s", "image_size": 64, "batch_size": 4}}
+    loading = {
+        "results": [{"pipeline": "cached", "num_workers": 0, "median": 9.0}],
+        "date": "2026-11-27",
+        "device": {"cpu": "test CPU", "cores": 2},
+        "setup": {"unit": "samples/s", "image_size": 64, "batch_size": 4},
+    }
     for day, median in (("2026-11-27", 9.0), ("2026-11-26", 5.0)):
         rows = [{"pipeline": "cached", "num_workers": 0, "median": median}]
         (results / f"loading-cpu-{day}.json").write_text(json.dumps({**loading, "results": rows, "date": day}))

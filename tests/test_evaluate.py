@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 
 import fusionkit as fk
 from fusionkit.evaluate.gradcam import gradcam
-from fusionkit.runtime.predict import mask_modalities
 from fusionkit.evaluate.report import evaluate_run
 from fusionkit.runtime.config import RunConfig
+from fusionkit.runtime.predict import mask_modalities
 from fusionkit.train.trainer import train_run
-
-from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -38,7 +37,15 @@ def test_report_writes_every_file_and_links_it(run_dir: Path) -> None:
         with Image.open(run_dir / name) as image:
             image.verify()
         assert f"]({name})" in text, name
-    for name in ("metrics.md", "metrics.csv", "metrics.json", "calibration.json", "gate.json", "ablation.md", "predictions.csv"):
+    for name in (
+        "metrics.md",
+        "metrics.csv",
+        "metrics.json",
+        "calibration.json",
+        "gate.json",
+        "ablation.md",
+        "predictions.csv",
+    ):
         assert (run_dir / name).is_file(), name
     # the Table 5 layout: nine metric rows, the mean and every class
     table = (run_dir / "metrics.md").read_text()
@@ -82,9 +89,7 @@ def test_gradcam_maps_have_the_image_size_and_vary(modality: str, shared: bool) 
     assert not torch.allclose(gradcam(model, other, modality=modality), maps)
 
 
-@pytest.mark.parametrize(
-    "absent, branch", [(("meta",), 2), (("derm", "clinical"), 0)]
-)
+@pytest.mark.parametrize("absent, branch", [(("meta",), 2), (("derm", "clinical"), 0)])
 def test_masking_a_modality_zeroes_its_branch_weight(absent: tuple[str, ...], branch: int) -> None:
     model = _tiny_model()
     batch = _batch()

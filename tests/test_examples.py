@@ -27,8 +27,12 @@ def _env(tmp: Path, *extra_path: Path) -> dict[str, str]:
     """The environment a user would have: this checkout importable, offline, one thread."""
     path = os.pathsep.join(str(p) for p in (*extra_path, REPO))
     return {
-        **os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-        "FUSIONKIT_CACHE": str(tmp / "cache"), "MPLBACKEND": "Agg",
+        **os.environ,
+        "PYTHONPATH": path,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "FUSIONKIT_CACHE": str(tmp / "cache"),
+        "MPLBACKEND": "Agg",
     }
 
 
@@ -73,7 +77,9 @@ def python_api_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("example-train")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FUSIONKIT_CACHE", str(tmp / "cache"))
-        out = run_example("train_python.py", "--out", str(tmp / "run"), "--lesions", "40", "--epochs", "1", "--image-size", "32")
+        out = run_example(
+            "train_python.py", "--out", str(tmp / "run"), "--lesions", "40", "--epochs", "1", "--image-size", "32"
+        )
     return tmp, out
 
 
@@ -110,9 +116,22 @@ def test_plugin_package_installs_and_registers_its_fusion_block(tmp_path):
     shutil.copytree(EXAMPLES / "plugin-gated-sum", source)  # building writes into the source tree
     target = tmp_path / "site"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--quiet", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     code = (

@@ -16,10 +16,20 @@ SECTIONS = ("correctness", "throughput", "end_to_end", "inference", "nccl")
 
 
 def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "FUSIONKIT_CACHE": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(tmp_path), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "FUSIONKIT_CACHE": str(tmp_path / "cache"),
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def _report(tmp_path: Path) -> dict:
@@ -61,10 +71,16 @@ def test_cpu_smoke_figures_and_ratios(smoke):
     _, report, _ = smoke
     rows = report["sections"]["throughput"]["rows"]
     assert {(r["model"], r["mode"], r["batch"]) for r in rows} == {
-        ("JI-ADF", "fp32", 4), ("JI-ADF", "bf16_cl", 4), ("JI-ADF", "fp32", 8), ("JI-ADF", "bf16_cl", 8),
-        ("backbone only", "bf16_cl", 4), ("backbone only", "bf16_cl", 8),
+        ("JI-ADF", "fp32", 4),
+        ("JI-ADF", "bf16_cl", 4),
+        ("JI-ADF", "fp32", 8),
+        ("JI-ADF", "bf16_cl", 8),
+        ("backbone only", "bf16_cl", 4),
+        ("backbone only", "bf16_cl", 8),
     }
-    assert all(r["samples_per_s"] > 0 and r["step_ms"] == pytest.approx(1000 * r["batch"] / r["samples_per_s"]) for r in rows)
+    assert all(
+        r["samples_per_s"] > 0 and r["step_ms"] == pytest.approx(1000 * r["batch"] / r["samples_per_s"]) for r in rows
+    )
     assert [r["batch"] for r in report["sections"]["throughput"]["device_augment"]] == [4, 8]
     e2e = report["sections"]["end_to_end"]
     assert [r["epoch"] for r in e2e["epochs"]] == [1, 2] and e2e["config"]["data"]["augment_on"] == "device"

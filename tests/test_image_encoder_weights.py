@@ -54,8 +54,13 @@ def probe(monkeypatch):
 # -- _has_pretrained_source ------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("cfg", "expected"),
-    [(None, False), (_cfg(), False), (_cfg(hf_hub_id="a/b"), True), (_cfg(url="http://x/w.pth"), True),
-     (_cfg(file="/w.pth"), True)],
+    [
+        (None, False),
+        (_cfg(), False),
+        (_cfg(hf_hub_id="a/b"), True),
+        (_cfg(url="http://x/w.pth"), True),
+        (_cfg(file="/w.pth"), True),
+    ],
 )
 def test_a_pretrained_source_is_a_hub_id_a_url_or_a_file(monkeypatch, cfg, expected):
     seen = []
@@ -70,17 +75,24 @@ def test_probe_connects_once_to_the_default_hub_with_a_short_timeout(probe, monk
     monkeypatch.setattr(timm.models, "get_pretrained_cfg", lambda name, **kw: seen.append(kw) or real(name, **kw))
     assert ie.HUB_PROBE_SECONDS == 3.0
     assert ie._hub_unreachable("test_efficientnet") is None
-    assert probe.cache == [("timm/test_efficientnet.r160_in1k", n)
-                           for n in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")]
+    assert probe.cache == [
+        ("timm/test_efficientnet.r160_in1k", n)
+        for n in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    ]
     assert probe.connect == [(("huggingface.co", 443), 3.0)] and probe.closed == 1
     assert seen == [{"allow_unregistered": False}]
 
 
 @pytest.mark.parametrize(
     ("endpoint", "address"),
-    [("http://mirror.local", ("mirror.local", 80)), ("https://mirror.local", ("mirror.local", 443)),
-     ("https://mirror.local:8443/", ("mirror.local", 8443)), ("http://m:81", ("m", 81)),
-     ("", ("huggingface.co", 443)), ("/no/host", ("huggingface.co", 443))],
+    [
+        ("http://mirror.local", ("mirror.local", 80)),
+        ("https://mirror.local", ("mirror.local", 443)),
+        ("https://mirror.local:8443/", ("mirror.local", 8443)),
+        ("http://m:81", ("m", 81)),
+        ("", ("huggingface.co", 443)),
+        ("/no/host", ("huggingface.co", 443)),
+    ],
 )
 def test_probe_follows_hf_endpoint(probe, monkeypatch, endpoint, address):
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
@@ -94,7 +106,7 @@ def test_unreachable_hub_is_reported_in_one_line(probe, monkeypatch):
     assert ie._hub_unreachable("test_efficientnet") == (
         "the hub mirror.local:81 cannot be reached (refused); weights not in the local cache"
     )
-    probe.refuse = socket.timeout("timed out")  # any OSError
+    probe.refuse = TimeoutError("timed out")  # any OSError
     assert "(timed out)" in ie._hub_unreachable("test_efficientnet")
 
 
@@ -134,8 +146,10 @@ def test_probe_is_skipped_offline_without_a_hub_id_and_for_odd_repos(probe, monk
 def test_constructor_error_messages_are_exact(monkeypatch):
     with pytest.raises(fk.PretrainedWeightsError) as info:
         TimmImageEncoder(model_name="test_mambaout", pretrained=True)
-    assert str(info.value) == ("timm has no pretrained weights for 'test_mambaout'; set pretrained: "
-                               "false, name a tag with weights, or give weights_file")
+    assert str(info.value) == (
+        "timm has no pretrained weights for 'test_mambaout'; set pretrained: "
+        "false, name a tag with weights, or give weights_file"
+    )
 
     monkeypatch.setattr(ie, "_hub_unreachable", lambda name: f"no route for {name}")
     with pytest.raises(fk.PretrainedWeightsError) as info:
@@ -166,16 +180,21 @@ def test_a_failed_download_names_the_model_the_hint_and_the_cause(monkeypatch, o
 
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
-    [({}, {"pretrained": False, "num_classes": 0, "drop_rate": 0.0}),
-     ({"pretrained": True, "drop_rate": 0.25, "drop_path_rate": 0.125},
-      {"pretrained": True, "num_classes": 0, "drop_rate": 0.25, "drop_path_rate": 0.125})],
+    [
+        ({}, {"pretrained": False, "num_classes": 0, "drop_rate": 0.0}),
+        (
+            {"pretrained": True, "drop_rate": 0.25, "drop_path_rate": 0.125},
+            {"pretrained": True, "num_classes": 0, "drop_rate": 0.25, "drop_path_rate": 0.125},
+        ),
+    ],
 )
 def test_create_model_gets_exactly_the_spec_arguments(monkeypatch, kwargs, expected):
     seen = []
     real = timm.create_model
     monkeypatch.setattr(ie, "_hub_unreachable", lambda name: None)
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: seen.append((name, kw)) or real(name, **{
-        **kw, "pretrained": False}))
+    monkeypatch.setattr(
+        timm, "create_model", lambda name, **kw: seen.append((name, kw)) or real(name, **{**kw, "pretrained": False})
+    )
     encoder = TimmImageEncoder(model_name="test_efficientnet", **kwargs)
     assert seen == [("test_efficientnet", expected)]
     assert encoder.model_name == "test_efficientnet" and encoder.out_dim == 256
@@ -322,8 +341,9 @@ def test_width_is_measured_at_the_input_size_in_eval_mode(monkeypatch, hidden, i
         if input_size is not None:
             cfg["input_size"] = input_size
         model.default_cfg = cfg
-        model.register_forward_pre_hook(lambda m, inp: seen.append((tuple(inp[0].shape), m.training,
-                                                                    torch.is_grad_enabled())))
+        model.register_forward_pre_hook(
+            lambda m, inp: seen.append((tuple(inp[0].shape), m.training, torch.is_grad_enabled()))
+        )
         return model
 
     monkeypatch.setattr(timm, "create_model", create)

@@ -19,8 +19,11 @@ PACKAGE = Path(fusionkit.__file__).parent
 #: Layer of each top-level module or package of fusionkit, lowest first. The top-level
 #: ``fusionkit/__init__.py`` is the public facade and may import any layer.
 LEVELS: dict[str, int] = {
-    "errors": 0, "utils": 0,
-    "registry": 1, "data": 1, "metrics": 1,
+    "errors": 0,
+    "utils": 0,
+    "registry": 1,
+    "data": 1,
+    "metrics": 1,
     "components": 2,
     "specs": 3,
     "presets": 4,
@@ -71,11 +74,15 @@ def test_imports_run_downward(path: Path):
         if dst == src or dst not in LEVELS:
             continue
         if LEVELS[dst] >= LEVELS[src]:
-            bad.append(f"{path.relative_to(PACKAGE)}:{line} ({src}, level {LEVELS[src]}) imports {module} (level {LEVELS[dst]})")
+            bad.append(
+                f"{path.relative_to(PACKAGE)}:{line} ({src}, level {LEVELS[src]}) imports {module} (level {LEVELS[dst]})"
+            )
     assert not bad, "\n".join(bad)
 
 
 def test_the_check_sees_upward_imports(tmp_path: Path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import os\ndef f():\n    from fusionkit.evaluate.report import evaluate_run\nfrom fusionkit import cli\n")
+    probe.write_text(
+        "import os\ndef f():\n    from fusionkit.evaluate.report import evaluate_run\nfrom fusionkit import cli\n"
+    )
     assert sorted(_imports(probe)) == [(3, "fusionkit.evaluate.report"), (4, "fusionkit.cli")]

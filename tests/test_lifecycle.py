@@ -17,18 +17,17 @@ import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from train_helpers import tiny_run_config, write_config
 
+import fusionkit.train.trainer as trainer_module
 from fusionkit.data import make_synthetic_milk10k
 from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted, RunLockedError
 from fusionkit.runtime.checkpoint import read_checkpoint
-from fusionkit.runtime.lock import LOCK_NAME, RunLock
 from fusionkit.runtime.config import RunConfig, load_run_config
+from fusionkit.runtime.lock import LOCK_NAME, RunLock
 from fusionkit.train.resume import claim_run_dir, resume_changes
 from fusionkit.train.sampler import EpochSampler
-import fusionkit.train.trainer as trainer_module
 from fusionkit.train.trainer import Trainer, train_run
-
-from train_helpers import tiny_run_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,8 @@ def test_resume_applies_some_changes_and_refuses_the_others_by_name(tmp_path: Pa
     base = RunConfig.model_validate(tiny_run_config(tmp_path))
     changed = lambda **train: RunConfig.model_validate(tiny_run_config(tmp_path, **train))  # noqa: E731
     assert resume_changes(base, changed(epochs=5, lr=0.01), run_dir=tmp_path, synthetic=True) == [
-        "train.epochs: 2 -> 5", "train.lr: 0.003 -> 0.01",
+        "train.epochs: 2 -> 5",
+        "train.lr: 0.003 -> 0.01",
     ]
     with pytest.raises(ConfigError, match=r"cannot change train.batch_size \(8 -> 4\)"):
         resume_changes(base, changed(batch_size=4), run_dir=tmp_path, synthetic=True)
@@ -125,7 +125,10 @@ def test_non_finite_hyperparameters_are_refused_by_name(tmp_path: Path) -> None:
 # -- the last batch of one ------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 70), batch=st.integers(2, 9), world=st.integers(1, 3), mode=st.sampled_from(["shuffle", "balanced"]),
+    n=st.integers(1, 70),
+    batch=st.integers(2, 9),
+    world=st.integers(1, 3),
+    mode=st.sampled_from(["shuffle", "balanced"]),
 )
 def test_the_training_sampler_never_yields_a_batch_of_one(n: int, batch: int, world: int, mode: str) -> None:
     labels = [i % 3 for i in range(n)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny, make_batch, tiny_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
@@ -24,12 +25,12 @@ from fusionkit.metrics.decision import (
 from fusionkit.runtime.predict import predict
 from fusionkit.runtime.tta import tta_views, view_batch
 
-from conftest import build_tiny, make_batch, tiny_spec
-
 
 def _case(seed: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (3 * torch.randn(n, k, generator=g, dtype=torch.float64)).log_softmax(-1), torch.randint(0, k, (n,), generator=g)
+    return (3 * torch.randn(n, k, generator=g, dtype=torch.float64)).log_softmax(-1), torch.randint(
+        0, k, (n,), generator=g
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -45,13 +46,16 @@ def test_focal_gamma_zero_and_one_hot_targets_equal_weighted_ce(seed, n, k, weig
 
 def test_label_smoothing_logit_adjustment_and_focal_match_their_definitions():
     log_probs, target = _case(1, 7, 4)
-    assert torch.allclose(cross_entropy(log_probs, target, label_smoothing=0.2),
-                          F.cross_entropy(log_probs, target, label_smoothing=0.2))
+    assert torch.allclose(
+        cross_entropy(log_probs, target, label_smoothing=0.2), F.cross_entropy(log_probs, target, label_smoothing=0.2)
+    )
     prior = torch.tensor([0.7, 0.2, 0.05, 0.05], dtype=torch.float64)
-    assert torch.allclose(cross_entropy(log_probs, target, log_prior=prior.log(), logit_adjustment=1.5),
-                          F.cross_entropy(log_probs + 1.5 * prior.log(), target))
+    assert torch.allclose(
+        cross_entropy(log_probs, target, log_prior=prior.log(), logit_adjustment=1.5),
+        F.cross_entropy(log_probs + 1.5 * prior.log(), target),
+    )
     p = log_probs.exp()[torch.arange(7), target]
-    focal = (-(1 - p) ** 2 * p.log()).mean()
+    focal = (-((1 - p) ** 2) * p.log()).mean()
     assert torch.allclose(cross_entropy(log_probs, target, focal_gamma=2.0), focal)
     # a mask drops samples; soft targets mix the per-class losses
     mask = torch.tensor([1, 0, 1, 0, 1, 0, 1], dtype=torch.bool)
@@ -61,8 +65,10 @@ def test_label_smoothing_logit_adjustment_and_focal_match_their_definitions():
 
 
 def test_loss_spec_options_reach_every_term():
-    spec = tiny_spec(loss={"focal_gamma": 2.0, "label_smoothing": 0.1, "logit_adjustment": 1.0,
-                           "class_prior": [0.5, 0.3, 0.2]}, num_classes=3)
+    spec = tiny_spec(
+        loss={"focal_gamma": 2.0, "label_smoothing": 0.1, "logit_adjustment": 1.0, "class_prior": [0.5, 0.3, 0.2]},
+        num_classes=3,
+    )
     model = build_tiny(spec).eval()
     batch = make_batch(spec, 5)
     label = torch.tensor([0, 2, 1, 1, 0])

@@ -7,14 +7,13 @@ import math
 
 import pytest
 import torch
+from conftest import build_tiny, make_batch, presence_masks, tiny_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import fusionkit as fk
 from fusionkit.specs import BRANCHES
-
-from conftest import build_tiny, make_batch, presence_masks, tiny_spec
 
 
 class FixedHead(nn.Module):
@@ -51,8 +50,7 @@ def _alpha64(model: fk.FusionModel, logits: dict[str, torch.Tensor], out: fk.Fus
         return gate(s).masked_fill(~mask, float("-inf")).softmax(-1)
 
 
-def _plain_loss(out: fk.FusionOutput, target: torch.Tensor, spec: fk.ModelSpec,
-                model: fk.FusionModel) -> float:
+def _plain_loss(out: fk.FusionOutput, target: torch.Tensor, spec: fk.ModelSpec, model: fk.FusionModel) -> float:
     """Eq 7 written plainly, in float64: -log(sum_k alpha_k softmax(z_k)[y]) + sum lambda_k CE_k."""
     weights = spec.loss.class_weights
     weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
@@ -73,8 +71,11 @@ def _plain_loss(out: fk.FusionOutput, target: torch.Tensor, spec: fk.ModelSpec,
         mix = sum(alpha[:, i] * posteriors[b][rows, target] for i, b in enumerate(branches))
     everyone = torch.ones(len(target), dtype=torch.bool)
     total = mean(-torch.log(mix), everyone)
-    for branch, lam in (("joint", spec.loss.lambda_joint), ("image", spec.loss.lambda_image),
-                        ("meta", spec.loss.lambda_meta)):
+    for branch, lam in (
+        ("joint", spec.loss.lambda_joint),
+        ("image", spec.loss.lambda_image),
+        ("meta", spec.loss.lambda_meta),
+    ):
         if lam > 0:
             ce = -torch.log(posteriors[branch][rows, target])
             total += lam * mean(ce, out.present[branch])
@@ -88,8 +89,9 @@ def loss_cases(draw):
     scale = draw(st.sampled_from([1.0, 10.0, 100.0, 1e3, 1e4]))
     logit = st.floats(-scale, scale, allow_nan=False, width=32)
     logits = {
-        b: torch.tensor(draw(st.lists(st.lists(logit, min_size=classes, max_size=classes),
-                                      min_size=batch, max_size=batch)))
+        b: torch.tensor(
+            draw(st.lists(st.lists(logit, min_size=classes, max_size=classes), min_size=batch, max_size=batch))
+        )
         for b in BRANCHES
     }
     return {
@@ -111,8 +113,12 @@ def test_loss_is_finite_and_equals_the_plain_formula(case):
     spec = tiny_spec(
         num_classes=case["classes"],
         decision={"kind": case["decision"]},
-        loss={"lambda_joint": joint, "lambda_image": image, "lambda_meta": meta,
-              "class_weights": case["class_weights"]},
+        loss={
+            "lambda_joint": joint,
+            "lambda_image": image,
+            "lambda_meta": meta,
+            "class_weights": case["class_weights"],
+        },
     )
     model = _controlled_model(spec, case["logits"])
     out = model(make_batch(spec, case["batch"], present=case["present"]))
@@ -120,7 +126,7 @@ def test_loss_is_finite_and_equals_the_plain_formula(case):
         assert torch.equal(out.logits[b], case["logits"][b])
     loss = fk.JointIndividualLoss.from_spec(spec.loss)(out, case["target"])
     assert torch.isfinite(loss.total) and torch.isfinite(loss.final)
-    assert set(loss.terms) == {b for b, lam in zip(("joint", "image", "meta"), case["lambdas"]) if lam > 0}
+    assert set(loss.terms) == {b for b, lam in zip(("joint", "image", "meta"), case["lambdas"], strict=True) if lam > 0}
 
     loss.total.backward()
     for name, param in model.named_parameters():
@@ -153,12 +159,12 @@ def test_confidently_wrong_branches_give_a_finite_large_loss():
 
 
 # -- the terms, on hand-built outputs ------------------------------------------------------------------
-def _output(logits: dict[str, torch.Tensor], log_probs: torch.Tensor,
-            present: dict[str, torch.Tensor] | None = None) -> fk.FusionOutput:
+def _output(
+    logits: dict[str, torch.Tensor], log_probs: torch.Tensor, present: dict[str, torch.Tensor] | None = None
+) -> fk.FusionOutput:
     b = log_probs.shape[0]
     present = present or {k: torch.ones(b, dtype=torch.bool) for k in logits}
-    return fk.FusionOutput(probs=log_probs.exp(), log_probs=log_probs, logits=logits,
-                           weights=None, present=present)
+    return fk.FusionOutput(probs=log_probs.exp(), log_probs=log_probs, logits=logits, weights=None, present=present)
 
 
 def test_terms_are_the_cross_entropies_of_eq_4():
@@ -175,18 +181,14 @@ def test_terms_are_the_cross_entropies_of_eq_4():
     torch.testing.assert_close(loss.final, final)
     for b in BRANCHES:
         torch.testing.assert_close(loss.terms[b], ce[b])
-    torch.testing.assert_close(
-        loss.total, final + 0.5 * ce["joint"] + 0.25 * ce["image"] + 0.75 * ce["meta"]
-    )
+    torch.testing.assert_close(loss.total, final + 0.5 * ce["joint"] + 0.25 * ce["image"] + 0.75 * ce["meta"])
 
 
 def test_zero_lambdas_leave_only_the_final_term():
     logits = {b: torch.randn(3, 2) for b in BRANCHES}
     log_probs = torch.randn(3, 2).log_softmax(-1)
     target = torch.tensor([1, 0, 1])
-    loss = fk.JointIndividualLoss(lambda_joint=0, lambda_image=0, lambda_meta=0)(
-        _output(logits, log_probs), target
-    )
+    loss = fk.JointIndividualLoss(lambda_joint=0, lambda_image=0, lambda_meta=0)(_output(logits, log_probs), target)
     assert loss.terms == {}
     assert torch.equal(loss.total, loss.final)
 
@@ -196,9 +198,11 @@ def test_auxiliary_terms_average_over_samples_that_have_the_branch():
     logits = {b: torch.randn(4, 3) for b in BRANCHES}
     log_probs = torch.randn(4, 3).log_softmax(-1)
     target = torch.tensor([2, 0, 1, 1])
-    present = {"image": torch.tensor([True, False, True, False]),
-               "joint": torch.ones(4, dtype=torch.bool),
-               "meta": torch.zeros(4, dtype=torch.bool)}
+    present = {
+        "image": torch.tensor([True, False, True, False]),
+        "joint": torch.ones(4, dtype=torch.bool),
+        "meta": torch.zeros(4, dtype=torch.bool),
+    }
     loss = fk.JointIndividualLoss()(_output(logits, log_probs, present), target)
     ce_image = -logits["image"].log_softmax(-1)[[0, 2], target[[0, 2]]].mean()
     torch.testing.assert_close(loss.terms["image"], ce_image)
@@ -234,9 +238,7 @@ def test_from_spec_mirrors_the_loss_spec():
 
 
 def test_single_decision_model_loss():
-    spec = tiny_spec(
-        decision={"kind": "single"}, loss={"lambda_joint": 0, "lambda_image": 0.5, "lambda_meta": 0}
-    )
+    spec = tiny_spec(decision={"kind": "single"}, loss={"lambda_joint": 0, "lambda_image": 0.5, "lambda_meta": 0})
     torch.manual_seed(0)
     logits = {"joint": torch.randn(3, 5), "image": torch.randn(3, 5)}
     model = _controlled_model(spec, logits)

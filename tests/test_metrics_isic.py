@@ -44,10 +44,8 @@ def _scorer_crashes_as_nan():
 
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in ("auc", "auc_above_sensitivity", "average_precision",
-                     "balanced_multiclass_accuracy"):
-            mp.setattr(scorer_metrics, name, nan_on_error(getattr(scorer_metrics, name),
-                                                          lambda: math.nan))
+        for name in ("auc", "auc_above_sensitivity", "average_precision", "balanced_multiclass_accuracy"):
+            mp.setattr(scorer_metrics, name, nan_on_error(getattr(scorer_metrics, name), lambda: math.nan))
         mp.setattr(scorer_metrics, "roc", nan_on_error(scorer_metrics.roc, pd.DataFrame))
         yield
 
@@ -76,11 +74,11 @@ def assert_matches_scorer(y_true, probs: np.ndarray, names: list[str]) -> dict:
     score = official_score(truth, probs, names)
     for metric in METRIC_KEYS:
         for name in names:
-            assert_same(ours["per_class"][metric][name],
-                        float(score.per_category.loc[name, metric]), f"{metric}/{name}")
+            assert_same(
+                ours["per_class"][metric][name], float(score.per_category.loc[name, metric]), f"{metric}/{name}"
+            )
         assert_same(ours["macro"][metric], float(score.macro_average[metric]), f"macro {metric}")
-    assert_same(ours["macro"]["balanced_accuracy"],
-                float(score.aggregate["balanced_accuracy"]), "balanced_accuracy")
+    assert_same(ours["macro"]["balanced_accuracy"], float(score.aggregate["balanced_accuracy"]), "balanced_accuracy")
     return ours
 
 
@@ -91,14 +89,12 @@ def prediction_sets(draw):
     n = draw(st.integers(1, 24))
     names = [f"C{j}" for j in range(k)]
     value = st.one_of(st.sampled_from(GRID), st.floats(0.0, 1.0, allow_nan=False))
-    probs = np.array(draw(st.lists(st.lists(value, min_size=k, max_size=k),
-                                   min_size=n, max_size=n)), dtype=np.float64)
+    probs = np.array(draw(st.lists(st.lists(value, min_size=k, max_size=k), min_size=n, max_size=n)), dtype=np.float64)
     if draw(st.booleans()):
         sums = probs.sum(axis=1, keepdims=True)
         probs = np.divide(probs, sums, out=np.full_like(probs, 1.0 / k), where=sums > 0)
     present = draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=k, unique=True))
-    labels = np.array(draw(st.lists(st.sampled_from(present), min_size=n, max_size=n)),
-                      dtype=np.int64)
+    labels = np.array(draw(st.lists(st.sampled_from(present), min_size=n, max_size=n)), dtype=np.int64)
     kind = draw(st.sampled_from(["indices", "onehot", "smoothed", "soft"]))
     if kind == "indices":
         return labels, probs, names
@@ -107,9 +103,14 @@ def prediction_sets(draw):
         eps = draw(st.sampled_from([0.1, 0.3, 0.5]))
         truth = truth * (1 - eps) + eps / k
     elif kind == "soft":
-        truth = np.array(draw(st.lists(st.lists(st.sampled_from([0.0, 1.0, 0.3, 0.5, 0.7]),
-                                                min_size=k, max_size=k),
-                                       min_size=n, max_size=n)), dtype=np.float64)
+        truth = np.array(
+            draw(
+                st.lists(
+                    st.lists(st.sampled_from([0.0, 1.0, 0.3, 0.5, 0.7]), min_size=k, max_size=k), min_size=n, max_size=n
+                )
+            ),
+            dtype=np.float64,
+        )
     return truth, probs, names
 
 
@@ -141,8 +142,7 @@ def test_realistic_set_matches_scorer():
 def test_empty_class_is_nan_listed_and_left_out_of_the_macro():
     names = ["A", "B", "C"]
     y = np.array([0, 1, 0, 1, 0])
-    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.4, 0.3, 0.3], [0.6, 0.3, 0.1],
-                      [0.2, 0.2, 0.6]])
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.4, 0.3, 0.3], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
     # The scorer itself crashes on a class without positives (partial AUC of an empty ROC curve).
     index = pd.Index(list("abcde"))
     with warnings.catch_warnings(), pytest.raises(ValueError, match="sample points is empty"):
@@ -232,37 +232,64 @@ def _probs_with_bad_rows(bad: list[int], value: float, n: int = 14) -> np.ndarra
 @pytest.mark.parametrize(
     ("y_true", "probs", "names", "message"),
     [
-        ([0, 1], np.ones((2, 2)) / 2, "AB",
-         "class_names must be a sequence of names, not a single string"),
+        ([0, 1], np.ones((2, 2)) / 2, "AB", "class_names must be a sequence of names, not a single string"),
         ([0, 1], np.ones((2, 2)) / 2, [], "class_names is empty"),
         ([0, 1], np.ones((2, 2)) / 2, ["", "B"], "class_names must be non-empty strings, got ['', 'B']"),
         ([0, 1], np.ones((2, 2)) / 2, [5, "B"], "class_names must be non-empty strings, got [5, 'B']"),
         ([0, 1], np.array([["a", "b"], ["c", "d"]]), ["A", "B"], "probs must be numeric, got dtype <U1"),
         ([], np.zeros((0, 2)), ["A", "B"], "probs has no rows: cannot score an empty set"),
-        (np.zeros(14, int), _probs_with_bad_rows([3], np.nan), ["A", "B"],
-         "probs holds NaN or infinite values (rows [3])"),
-        (np.zeros(14, int), _probs_with_bad_rows(list(range(1, 14)), np.inf), ["A", "B"],
-         "probs holds NaN or infinite values (rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])"),
-        (np.zeros(14, int), _probs_with_bad_rows([2], 1.5), ["A", "B"],
-         "probs outside [0, 1] (rows [2]); pass probabilities, not logits"),
-        (np.zeros(14, int), _probs_with_bad_rows(list(range(1, 14)), -0.5), ["A", "B"],
-         "probs outside [0, 1] (rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]); pass probabilities, "
-         "not logits"),
-        (np.array([0.0, 1.0]), np.ones((2, 2)) / 2, ["A", "B"],
-         "1-D y_true must hold integer class indices, got dtype float64; "
-         "pass a 2-D one-hot or soft matrix for probabilities"),
-        (np.array([0, 2, -1, 1]), np.ones((4, 2)) / 2, ["A", "B"],
-         "class index out of range [0, 2): [2, -1]"),
-        (np.array([0] + [2] * 12), np.ones((13, 2)) / 2, ["A", "B"],
-         "class index out of range [0, 2): [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]"),
-        (np.zeros((2, 2, 1)), np.ones((2, 2)) / 2, ["A", "B"],
-         "y_true must be 1-D indices or 2-D (n, k), got shape (2, 2, 1)"),
-        (np.array([["a", "b"], ["c", "d"]]), np.ones((2, 2)) / 2, ["A", "B"],
-         "y_true must be numeric, got dtype <U1"),
-        (np.array([[0.0, np.nan], [1.0, 0.0]]), np.ones((2, 2)) / 2, ["A", "B"],
-         "y_true holds NaN or infinite values"),
-        (np.array([[0.0, 2.0], [1.0, 0.0]]), np.ones((2, 2)) / 2, ["A", "B"],
-         "y_true (2-D) must hold values in [0, 1]"),
+        (
+            np.zeros(14, int),
+            _probs_with_bad_rows([3], np.nan),
+            ["A", "B"],
+            "probs holds NaN or infinite values (rows [3])",
+        ),
+        (
+            np.zeros(14, int),
+            _probs_with_bad_rows(list(range(1, 14)), np.inf),
+            ["A", "B"],
+            "probs holds NaN or infinite values (rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])",
+        ),
+        (
+            np.zeros(14, int),
+            _probs_with_bad_rows([2], 1.5),
+            ["A", "B"],
+            "probs outside [0, 1] (rows [2]); pass probabilities, not logits",
+        ),
+        (
+            np.zeros(14, int),
+            _probs_with_bad_rows(list(range(1, 14)), -0.5),
+            ["A", "B"],
+            "probs outside [0, 1] (rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]); pass probabilities, not logits",
+        ),
+        (
+            np.array([0.0, 1.0]),
+            np.ones((2, 2)) / 2,
+            ["A", "B"],
+            "1-D y_true must hold integer class indices, got dtype float64; "
+            "pass a 2-D one-hot or soft matrix for probabilities",
+        ),
+        (np.array([0, 2, -1, 1]), np.ones((4, 2)) / 2, ["A", "B"], "class index out of range [0, 2): [2, -1]"),
+        (
+            np.array([0] + [2] * 12),
+            np.ones((13, 2)) / 2,
+            ["A", "B"],
+            "class index out of range [0, 2): [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]",
+        ),
+        (
+            np.zeros((2, 2, 1)),
+            np.ones((2, 2)) / 2,
+            ["A", "B"],
+            "y_true must be 1-D indices or 2-D (n, k), got shape (2, 2, 1)",
+        ),
+        (np.array([["a", "b"], ["c", "d"]]), np.ones((2, 2)) / 2, ["A", "B"], "y_true must be numeric, got dtype <U1"),
+        (np.array([[0.0, np.nan], [1.0, 0.0]]), np.ones((2, 2)) / 2, ["A", "B"], "y_true holds NaN or infinite values"),
+        (
+            np.array([[0.0, 2.0], [1.0, 0.0]]),
+            np.ones((2, 2)) / 2,
+            ["A", "B"],
+            "y_true (2-D) must hold values in [0, 1]",
+        ),
     ],
 )
 def test_bad_input_message_is_exact(y_true, probs, names, message):
@@ -274,8 +301,11 @@ def test_bad_input_message_is_exact(y_true, probs, names, message):
 
 @pytest.mark.parametrize(
     "truth",
-    [np.eye(3, dtype=np.int64)[[0, 1, 2, 0]], np.eye(3, dtype=bool)[[0, 1, 2, 0]],
-     np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]],
+    [
+        np.eye(3, dtype=np.int64)[[0, 1, 2, 0]],
+        np.eye(3, dtype=bool)[[0, 1, 2, 0]],
+        np.eye(3, dtype=np.float32)[[0, 1, 2, 0]],
+    ],
     ids=["int", "bool", "float32"],
 )
 def test_truth_matrices_and_probabilities_of_any_numeric_dtype_score_alike(truth):
@@ -283,14 +313,14 @@ def test_truth_matrices_and_probabilities_of_any_numeric_dtype_score_alike(truth
     reference = isic_metrics(np.array([0, 1, 2, 0]), probs, ["A", "B", "C"])
     assert isic_metrics(truth, probs, ["A", "B", "C"]) == reference
     assert isic_metrics(truth, probs.astype(np.float32), ["A", "B", "C"]) == isic_metrics(
-        truth, probs.astype(np.float32).astype(np.float64), ["A", "B", "C"])
+        truth, probs.astype(np.float32).astype(np.float64), ["A", "B", "C"]
+    )
     hard = isic_metrics(truth, (probs > 0.5).astype(np.int64), ["A", "B", "C"])  # 0/1 integers
     assert hard["per_class"]["sensitivity"] == {"A": 0.5, "B": 1.0, "C": 0.0}
 
 
 def test_multiclass_accuracy_is_the_share_of_rows_whose_argmax_is_the_truths():
-    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3],
-                      [0.4, 0.4, 0.2]])
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2]])
     out = isic_metrics(np.array([0, 1, 2, 0, 0]), probs, ["A", "B", "C"])
     assert out["macro"]["multiclass_accuracy"] == 2 / 5  # rows 0 and 1; the tie in row 4 is wrong
     # A tied truth row is left out; a set of only tied truth rows has no accuracy.

@@ -35,8 +35,7 @@ def _case(n: int = 60, seed: int = 0):
 
 def test_scorer_reads_submission_and_agrees_with_isic_metrics(tmp_path):
     ids, labels, probs = _case()
-    truth_path = write_submission(tmp_path / "truth.csv", ids, np.eye(len(NAMES))[labels], NAMES,
-                                  id_column="image")
+    truth_path = write_submission(tmp_path / "truth.csv", ids, np.eye(len(NAMES))[labels], NAMES, id_column="image")
     pred_path = write_submission(tmp_path / "pred.csv", ids, probs, NAMES, id_column="image")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the scorer's DataFrame.applymap
@@ -46,8 +45,7 @@ def test_scorer_reads_submission_and_agrees_with_isic_metrics(tmp_path):
         for name in NAMES:
             theirs = float(score.per_category.loc[name, metric])
             assert math.isclose(ours["per_class"][metric][name], theirs, rel_tol=0, abs_tol=1e-9)
-        assert math.isclose(ours["macro"][metric], float(score.macro_average[metric]),
-                            rel_tol=0, abs_tol=1e-9)
+        assert math.isclose(ours["macro"][metric], float(score.macro_average[metric]), rel_tol=0, abs_tol=1e-9)
 
 
 def test_milk10k_layout_sorted_floats(tmp_path):
@@ -105,18 +103,33 @@ def test_file_content_is_exact(tmp_path):
 @pytest.mark.parametrize(
     ("ids", "probs", "names", "message"),
     [
-        (["a"], np.full((2, 2), 0.5), ["A", "B"],
-         "probs has shape (2, 2), expected (1, 2) (one row per id, one column per class)"),
+        (
+            ["a"],
+            np.full((2, 2), 0.5),
+            ["A", "B"],
+            "probs has shape (2, 2), expected (1, 2) (one row per id, one column per class)",
+        ),
         ([], np.zeros((0, 2)), ["A", "B"], "no rows to write"),
         (["a", ""], np.full((2, 2), 0.5), ["A", "B"], "empty lesion id"),
-        (["b", "a", "b", "c", "a", "a"], np.full((6, 2), 0.5), ["A", "B"],
-         "duplicate lesion ids: ['a', 'b']"),
-        ([f"x{i:02d}" for i in range(12)] * 2, np.full((24, 2), 0.5), ["A", "B"],
-         f"duplicate lesion ids: {[f'x{i:02d}' for i in range(10)]}"),
-        (["a", "b"], np.full((2, 2), 0.5), ["A", "A"],
-         "column names must be unique and differ from 'lesion_id': ['A', 'A']"),
-        (["a", "b"], np.full((2, 2), 0.5), ["lesion_id", "B"],
-         "column names must be unique and differ from 'lesion_id': ['lesion_id', 'B']"),
+        (["b", "a", "b", "c", "a", "a"], np.full((6, 2), 0.5), ["A", "B"], "duplicate lesion ids: ['a', 'b']"),
+        (
+            [f"x{i:02d}" for i in range(12)] * 2,
+            np.full((24, 2), 0.5),
+            ["A", "B"],
+            f"duplicate lesion ids: {[f'x{i:02d}' for i in range(10)]}",
+        ),
+        (
+            ["a", "b"],
+            np.full((2, 2), 0.5),
+            ["A", "A"],
+            "column names must be unique and differ from 'lesion_id': ['A', 'A']",
+        ),
+        (
+            ["a", "b"],
+            np.full((2, 2), 0.5),
+            ["lesion_id", "B"],
+            "column names must be unique and differ from 'lesion_id': ['lesion_id', 'B']",
+        ),
         (["a", "b"], [[0.5, None], [0.5, 0.5]], ["A", "B"], "probs must be finite and in [0, 1]"),
         (["a", "b"], [[0.5, -0.1], [0.5, 0.5]], ["A", "B"], "probs must be finite and in [0, 1]"),
     ],

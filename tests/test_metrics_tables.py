@@ -18,8 +18,9 @@ NAMES = ["AKIEC", "BCC", "MEL"]
 @pytest.fixture(scope="module")
 def metrics():
     y = np.array([0, 1, 1, 0, 1, 1])  # MEL has no samples: NaN AUC
-    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.2, 0.6, 0.2],
-                      [0.1, 0.7, 0.2], [0.05, 0.9, 0.05]])
+    probs = np.array(
+        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.2, 0.6, 0.2], [0.1, 0.7, 0.2], [0.05, 0.9, 0.05]]
+    )
     return isic_metrics(y, probs, NAMES)
 
 
@@ -43,13 +44,12 @@ def test_markdown_layout(metrics):
 
 def test_write_table5(tmp_path, metrics):
     paths = write_table5(metrics, tmp_path / "out", stem="test")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.csv", "test.json",
-                                                                    "test.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.csv", "test.json", "test.md"]
     assert paths["md"].read_text() == table5_markdown(metrics)
     with paths["csv"].open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["Metric", "Mean", *NAMES]
-    dice = dict(zip(rows[0], rows[7]))
+    dice = dict(zip(rows[0], rows[7], strict=True))
     assert dice["Metric"] == "Dice Coefficient"
     assert float(dice["BCC"]) == metrics["per_class"]["dice"]["BCC"]  # full precision
     assert rows[1][4] == ""  # NaN AUC of MEL

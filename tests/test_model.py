@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import fusionkit as fk
-from fusionkit.specs import BRANCHES
-
 from conftest import (
     META_DIM,
     TINY_BACKBONE,
@@ -19,6 +13,11 @@ from conftest import (
     spec_dicts,
     tiny_spec,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fusionkit as fk
+from fusionkit.specs import BRANCHES
 
 ATOL = 1e-5
 
@@ -126,8 +125,7 @@ def test_model_outputs_for_any_valid_spec(decision, data):
 def test_default_model_forward_backward_reaches_every_parameter():
     spec = tiny_spec(heads={"dropout": 0.1})
     model = build_tiny(spec).train()
-    batch = make_batch(spec, 4, present={"derm": [1, 0, 1, 1], "clinical": [1, 1, 0, 1],
-                                         "meta": [0, 1, 1, 1]})
+    batch = make_batch(spec, 4, present={"derm": [1, 0, 1, 1], "clinical": [1, 1, 0, 1], "meta": [0, 1, 1, 1]})
     out = model(batch)
     assert all(torch.isfinite(t).all() for t in (out.probs, out.log_probs, out.weights))
     loss = fk.JointIndividualLoss.from_spec(spec.loss)(out, torch.tensor([0, 1, 2, 3])).total
@@ -205,10 +203,15 @@ def test_absent_branches_get_zero_weight(decision):
 def test_absent_input_is_replaced_by_its_learned_embedding(absent, preset_like):
     fields = {
         "ji-adf": {},
-        "late-concat": {"fusion": {"kind": "concat"}, "decision": {"kind": "single"},
-                        "loss": {"lambda_joint": 0, "lambda_image": 0, "lambda_meta": 0}},
-        "ji-mmfa-mean": {"decision": {"kind": "average"},
-                         "image_encoder": {**TINY_BACKBONE, "shared": True, "combine": "mean"}},
+        "late-concat": {
+            "fusion": {"kind": "concat"},
+            "decision": {"kind": "single"},
+            "loss": {"lambda_joint": 0, "lambda_image": 0, "lambda_meta": 0},
+        },
+        "ji-mmfa-mean": {
+            "decision": {"kind": "average"},
+            "image_encoder": {**TINY_BACKBONE, "shared": True, "combine": "mean"},
+        },
     }[preset_like]
     spec = tiny_spec(**fields)
     model = build_tiny(spec)
@@ -290,8 +293,12 @@ def test_modality_dropout_only_in_train_mode_and_never_drops_everything():
     gen = torch.Generator().manual_seed(0)
     given = {m: torch.rand(size, generator=gen) < 0.7 for m in spec.modalities}
     given["meta"][~(given["derm"] | given["clinical"])] = True  # every sample has something
-    batch = {"derm": torch.zeros(size, 1), "clinical": torch.zeros(size, 1),
-             "meta": torch.zeros(size, META_DIM), "present": given}
+    batch = {
+        "derm": torch.zeros(size, 1),
+        "clinical": torch.zeros(size, 1),
+        "meta": torch.zeros(size, META_DIM),
+        "present": given,
+    }
 
     model.eval()
     present = model.presence(batch)
@@ -343,9 +350,7 @@ def test_presence_masks_live_on_the_batch_device(p, given):
     model = build_tiny(tiny_spec(modality_dropout={"p": p})).train()
     present = {m: [True, False] for m in model.modalities} if given else None
     masks = model.presence(_meta_device_batch(model.spec, 2, present))
-    assert [(m.device.type, m.dtype, m.shape) for m in masks.values()] == [
-        ("meta", torch.bool, (2,))
-    ] * 3
+    assert [(m.device.type, m.dtype, m.shape) for m in masks.values()] == [("meta", torch.bool, (2,))] * 3
 
 
 def test_presence_draws_random_numbers_only_for_modality_dropout():
@@ -364,8 +369,11 @@ def test_presence_draws_random_numbers_only_for_modality_dropout():
 
 def test_modality_dropout_never_revives_a_sample_without_inputs_nor_an_unused_modality():
     model = build_tiny(tiny_spec(modality_dropout={"p": 0.9})).train()
-    given = {"derm": [True, False, True, False], "clinical": [True, False, False, True],
-             "meta": [False] * 4}  # no sample has metadata, sample 1 has nothing at all
+    given = {
+        "derm": [True, False, True, False],
+        "clinical": [True, False, False, True],
+        "meta": [False] * 4,
+    }  # no sample has metadata, sample 1 has nothing at all
     torch.manual_seed(0)
     for _ in range(20):
         present = model.presence({**make_batch(model.spec, 4), "present": given})
@@ -378,8 +386,7 @@ def test_a_single_image_model_names_its_backbone_after_the_image_whether_shared_
     """Checkpoint keys of a one-image model do not depend on ``shared`` (nothing to share)."""
     keys = []
     for shared in (False, True):
-        spec = tiny_spec(modalities=["derm", "meta"],
-                         image_encoder={**TINY_BACKBONE, "shared": shared})
+        spec = tiny_spec(modalities=["derm", "meta"], image_encoder={**TINY_BACKBONE, "shared": shared})
         model = build_tiny(spec)
         assert model.image_stream.shared is False
         keys.append(list(model.state_dict()))
@@ -408,22 +415,24 @@ def test_model_error_messages_are_exact():
         fk.build_model(tiny_spec())
     assert str(info.value) == (
         "the metadata encoder's input width is unknown: pass metadata_width= to build_model (the "
-        "width of the encoded metadata, fusionkit.data.MetadataEncoder.width)")
+        "width of the encoded metadata, fusionkit.data.MetadataEncoder.width)"
+    )
     model = build_tiny(tiny_spec()).eval()
-    batch = make_batch(model.spec, 12, present={"derm": [0] * 12, "clinical": [0] * 12,
-                                                "meta": [0] * 12})
+    batch = make_batch(model.spec, 12, present={"derm": [0] * 12, "clinical": [0] * 12, "meta": [0] * 12})
     with pytest.raises(fk.MissingModalityError) as info:
         model.check_presence(batch)
     assert str(info.value) == (
         "samples [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] of the batch have none of the inputs the decision "
         "uses (['image', 'joint', 'meta'] from ['derm', 'clinical', 'meta']); every sample needs "
-        "at least one present modality")
+        "at least one present modality"
+    )
     del batch["clinical"]
     with pytest.raises(fk.MissingModalityError) as info:
         model.presence(batch)
     assert str(info.value) == (
         "the batch has no 'clinical' tensor; this model uses ['derm', 'clinical', 'meta'] "
-        "(send a zero tensor with present['clinical'] = False for absent inputs)")
+        "(send a zero tensor with present['clinical'] = False for absent inputs)"
+    )
 
 
 def test_learned_embeddings_follow_the_autocast_feature_dtype():
@@ -434,8 +443,7 @@ def test_learned_embeddings_follow_the_autocast_feature_dtype():
     batch = make_batch(spec, 2, present={"derm": [1, 0], "clinical": [0, 1], "meta": [0, 1]})
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(batch)
-    assert {k: v.dtype for k, v in out.features.items()} == dict.fromkeys(
-        ("image", "meta", "joint"), torch.bfloat16)
+    assert {k: v.dtype for k, v in out.features.items()} == dict.fromkeys(("image", "meta", "joint"), torch.bfloat16)
     assert out.probs.dtype == torch.float32
 
 

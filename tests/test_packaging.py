@@ -24,9 +24,22 @@ def test_wheel_metadata_names_the_distribution_and_the_package_imports_from_it(t
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "fusionkit", source / "fusionkit", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
-         "--wheel-dir", str(tmp_path / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
@@ -44,7 +57,9 @@ def test_wheel_metadata_names_the_distribution_and_the_package_imports_from_it(t
 
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "installed"), "OMP_NUM_THREADS": "1"}
     code = "import fusionkit as fk; print(fk.__file__); print(len(fk.list_presets()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     path, n_presets = out.stdout.split()
     assert Path(path).is_relative_to(tmp_path / "installed")
@@ -54,18 +69,28 @@ def test_wheel_metadata_names_the_distribution_and_the_package_imports_from_it(t
 def test_no_documented_command_installs_the_unrelated_fusionkit_project():
     pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "examples").rglob("*.md"))]
     tomls = sorted((REPO / "examples").rglob("pyproject.toml"))
-    bad = re.compile(r"pip\s+(install|download)\s+(-\S+\s+)*['\"]?fusionkit(?![-_\w./])|\"fusionkit(\[[^\]]*\])?\s*([<>=!~][^\"]*)?\"")
+    bad = re.compile(
+        r"pip\s+(install|download)\s+(-\S+\s+)*['\"]?fusionkit(?![-_\w./])|\"fusionkit(\[[^\]]*\])?\s*([<>=!~][^\"]*)?\""
+    )
     offenders = []
     for path in pages:
         for block in re.findall(r"```.*?\n(.*?)```", path.read_text(), flags=re.S):
-            offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in block.splitlines() if bad.search(line)]
+            offenders += [
+                f"{path.relative_to(REPO)}: {line.strip()}" for line in block.splitlines() if bad.search(line)
+            ]
     for path in tomls:
-        offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in path.read_text().splitlines()
-                      if line.strip().startswith("dependencies") and bad.search(line.split("#")[0])]
+        offenders += [
+            f"{path.relative_to(REPO)}: {line.strip()}"
+            for line in path.read_text().splitlines()
+            if line.strip().startswith("dependencies") and bad.search(line.split("#")[0])
+        ]
     # an extra is always installed by the distribution name, in prose and in the package's own hints too
     for path in [*pages, *sorted((REPO / "fusionkit").rglob("*.py"))]:
-        offenders += [f"{path.relative_to(REPO)}: {line.strip()}" for line in path.read_text().splitlines()
-                      if re.search(r"(?<![-\w])fusionkit\[", line)]
+        offenders += [
+            f"{path.relative_to(REPO)}: {line.strip()}"
+            for line in path.read_text().splitlines()
+            if re.search(r"(?<![-\w])fusionkit\[", line)
+        ]
     assert not offenders, "\n".join(offenders)
     assert bad.search("pip install fusionkit") and bad.search('dependencies = ["fusionkit>=0.1"]')
     assert not bad.search("pip install ./examples/plugin-gated-sum") and not bad.search("pip install jiadf-fusion")

@@ -99,8 +99,7 @@ def test_gate_weight_table(data):
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda p: plot_gate_weights(np.ones((3, 2)), np.zeros(3, int), np.zeros(3, int), NAMES, p),
-         r"\(n, 3\)"),
+        (lambda p: plot_gate_weights(np.ones((3, 2)), np.zeros(3, int), np.zeros(3, int), NAMES, p), r"\(n, 3\)"),
         (lambda p: plot_confusion_matrix(np.array([0, 9]), np.array([0, 1]), NAMES, p), "outside"),
         (lambda p: plot_confusion_matrix(np.array([0, 1]), np.array([0]), NAMES, p), "different"),
         (lambda p: plot_roc_curves(np.array([0, 1]), np.full((2, 4), 2.0), NAMES, p), r"\[0, 1\]"),

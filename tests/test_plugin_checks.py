@@ -8,13 +8,12 @@ from typing import ClassVar, Literal
 import pydantic
 import pytest
 import torch
+from conftest import build_tiny, make_batch, temporary_registrations, tiny_spec
 from pydantic import PositiveInt
 from torch import nn
 
 import fusionkit as fk
 from fusionkit.runtime.config import RunConfig
-
-from conftest import build_tiny, make_batch, temporary_registrations, tiny_spec
 
 
 class JointMetaVoteSpec(fk.specs.DecisionSpec):
@@ -115,8 +114,12 @@ def test_one_branch_plugin_decision_without_fusion_is_refused_like_single(plugin
     text = _reason(fusion=None, decision={"kind": "image_only_vote"}, loss={"lambda_joint": 0})
     assert "the 'image_only_vote' decision uses only ['image']: a single head cannot see both groups" in text
     # with images alone the same plugin is fine
-    spec = tiny_spec(modalities=["derm"], fusion=None, decision={"kind": "image_only_vote"},
-                     loss={"lambda_joint": 0, "lambda_meta": 0})
+    spec = tiny_spec(
+        modalities=["derm"],
+        fusion=None,
+        decision={"kind": "image_only_vote"},
+        loss={"lambda_joint": 0, "lambda_meta": 0},
+    )
     assert spec.decision_branches == ("image",) and spec.head_branches == ("image",)
 
 
@@ -136,6 +139,7 @@ def test_plugin_kinds_are_rejected_again_once_unregistered():
 
 
 def test_min_branches_is_checked_for_every_decision(plugins):
-    text = _reason(modalities=["clinical"], fusion=None, decision={"kind": "average"},
-                   loss={"lambda_joint": 0, "lambda_meta": 0})
+    text = _reason(
+        modalities=["clinical"], fusion=None, decision={"kind": "average"}, loss={"lambda_joint": 0, "lambda_meta": 0}
+    )
     assert "the 'average' decision needs at least two branches; this model has ['image']" in text

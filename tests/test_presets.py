@@ -10,19 +10,33 @@ import pydantic
 import pytest
 import torch
 import yaml
+from conftest import META_DIM, TINY_OVERRIDES, make_batch
 
 import fusionkit as fk
 from fusionkit.presets import PRESET_ALIASES, parse_override, preset_description
 
-from conftest import META_DIM, TINY_OVERRIDES, make_batch
-
 PAPER_PRESETS = {
-    "skip-only", "attention-only", "ji-adf", "late-concat", "jf-concat", "jf-mmfa", "ji-mmfa",
-    "ji-adf-noaux", "clinical-only", "derm-only", "meta-only", "derm-clinical", "ji-adf-cm",
+    "skip-only",
+    "attention-only",
+    "ji-adf",
+    "late-concat",
+    "jf-concat",
+    "jf-mmfa",
+    "ji-mmfa",
+    "ji-adf-noaux",
+    "clinical-only",
+    "derm-only",
+    "meta-only",
+    "derm-clinical",
+    "ji-adf-cm",
     "ji-adf-dm",
 }
-OLD_NAMES = {"ji-adf-c": "clinical-only", "ji-adf-d": "derm-only", "ji-adf-m": "meta-only",
-             "ji-adf-cd": "derm-clinical"}
+OLD_NAMES = {
+    "ji-adf-c": "clinical-only",
+    "ji-adf-d": "derm-only",
+    "ji-adf-m": "meta-only",
+    "ji-adf-cd": "derm-clinical",
+}
 PAPER_LAMBDAS = (0.5, 0.25, 0.25)  # (joint, image, meta), Section 2.1
 NO_AUX = (0.0, 0.0, 0.0)
 ALL = ("derm", "clinical", "meta")
@@ -130,8 +144,12 @@ def test_unknown_preset_suggests_a_name():
 def test_overrides_as_a_dict():
     spec = fk.load_preset(
         "ji-adf",
-        {"image_encoder": {"model_name": "test_efficientnet", "pretrained": False},
-         "fusion": {"heads": 2}, "num_classes": 3, "loss": {"lambda_meta": 0.0}},
+        {
+            "image_encoder": {"model_name": "test_efficientnet", "pretrained": False},
+            "fusion": {"heads": 2},
+            "num_classes": 3,
+            "loss": {"lambda_meta": 0.0},
+        },
     )
     # deep merge: the untouched fields keep the preset's values
     assert spec.image_encoder.kind == "timm" and spec.image_encoder.model_name == "test_efficientnet"
@@ -148,9 +166,16 @@ def test_overrides_as_a_dict():
 def test_overrides_as_dotted_strings():
     spec = fk.load_preset(
         "ji-adf",
-        ["image_encoder.model_name=test_efficientnet", "image_encoder.pretrained=false",
-         "fusion.heads=4", "decision.kind=average", "modalities=[derm, meta]",
-         "loss.class_weights=[1, 2, 3]", "num_classes=3", "name=mine"],
+        [
+            "image_encoder.model_name=test_efficientnet",
+            "image_encoder.pretrained=false",
+            "fusion.heads=4",
+            "decision.kind=average",
+            "modalities=[derm, meta]",
+            "loss.class_weights=[1, 2, 3]",
+            "num_classes=3",
+            "name=mine",
+        ],
     )
     assert spec.image_encoder.model_name == "test_efficientnet" and spec.image_encoder.pretrained is False
     assert spec.fusion.heads == 4 and spec.decision.kind == "average"
@@ -184,8 +209,13 @@ def test_each_delta_preset_expands_to_the_full_spec_it_had(old_name):
     expected["metadata_encoder"] = dict(expected["metadata_encoder"])
     assert expected["metadata_encoder"].pop("in_dim") is None
     # the fields added since: the long-tail loss options, off (the paper's plain CE)
-    expected["loss"] = {**expected["loss"], "focal_gamma": 0.0, "label_smoothing": 0.0, "logit_adjustment": 0.0,
-                        "class_prior": None}
+    expected["loss"] = {
+        **expected["loss"],
+        "focal_gamma": 0.0,
+        "label_smoothing": 0.0,
+        "logit_adjustment": 0.0,
+        "class_prior": None,
+    }
     assert fk.load_preset(old_name).to_dict() == expected
     assert fk.load_preset(OLD_NAMES.get(old_name, old_name)).to_dict() == expected
 

@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 import torch
+from train_helpers import tiny_run_config
 
 from fusionkit.data import CLASS_NAMES
 from fusionkit.runtime.checkpoint import model_state, read_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.train.trainer import Trainer
-
-from train_helpers import tiny_run_config
 
 # A validation macro-Dice sequence that rises, falls, ties its best and rises again. With
 # ReduceLROnPlateau(mode="max", patience=1, factor=0.5, min_lr=4e-4) from lr 1e-3 (torch's default
@@ -67,8 +66,13 @@ def scripted(tmp_path_factory, cache_dir) -> Iterator[dict[str, Any]]:
     (an AdamW pre-step hook) and the optimizer as constructed.
     """
     trainer = _trainer(
-        tmp_path_factory.mktemp("scripted") / "run", cache_dir, epochs=len(SCORES), lr=1e-3,
-        weight_decay=3e-4, max_batches_per_epoch=1, grad_clip=GRAD_CLIP,
+        tmp_path_factory.mktemp("scripted") / "run",
+        cache_dir,
+        epochs=len(SCORES),
+        lr=1e-3,
+        weight_decay=3e-4,
+        max_batches_per_epoch=1,
+        grad_clip=GRAD_CLIP,
         class_weighting="inverse_frequency",
         scheduler={"factor": 0.5, "patience": 1, "min_lr": 4e-4},
     )
@@ -123,7 +127,8 @@ def test_scheduler_halves_the_lr_only_after_patience_epochs_without_improvement(
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler.mode == "max" and scheduler.factor == 0.5 and scheduler.patience == 1
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(
-        [EXPECTED_LR[-1]] * len(trainer.optimizer.param_groups))
+        [EXPECTED_LR[-1]] * len(trainer.optimizer.param_groups)
+    )
 
 
 # -- AdamW with the configured lr, weight decay and parameter groups --------------------------------
@@ -275,8 +280,7 @@ def seeded(tmp_path_factory, cache_dir) -> dict[str, dict[str, Any]]:
                 "eval_batch": data.val_loader().sampler.batch_size,
                 "batch_size": trainer.config.train.batch_size,
                 "labels": data.train_set.labels,
-                "draws": [i for e in range(200) for i in _indices(data.train_loader(epoch=e))]
-                if name == "b" else [],
+                "draws": [i for e in range(200) for i in _indices(data.train_loader(epoch=e))] if name == "b" else [],
             }
         finally:
             trainer.close()

@@ -10,13 +10,12 @@ from typing import Literal
 import pydantic
 import pytest
 import torch
+from conftest import build_tiny, make_batch, tiny_spec
 from pydantic import PositiveInt
 from torch import nn
 
 import fusionkit as fk
 from fusionkit.registry import PLUGIN_GROUP
-
-from conftest import build_tiny, make_batch, tiny_spec
 
 BUILT_INS = {
     "image_encoder": {"timm"},
@@ -225,9 +224,7 @@ def test_plugins_load_and_broken_ones_warn_and_are_skipped(monkeypatch, clean_pl
     eps = [
         importlib.metadata.EntryPoint("good_plugin", "plugin_fixture", PLUGIN_GROUP),
         importlib.metadata.EntryPoint("broken_plugin", "nonexistent_module:thing", PLUGIN_GROUP),
-        importlib.metadata.EntryPoint(
-            "raising_plugin", "plugin_fixture:broken_register", PLUGIN_GROUP
-        ),
+        importlib.metadata.EntryPoint("raising_plugin", "plugin_fixture:broken_register", PLUGIN_GROUP),
         importlib.metadata.EntryPoint("other_group", "nonexistent_module", "some.other.group"),
     ]
     monkeypatch.setattr(importlib.metadata, "entry_points", _fake_entry_points(eps))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_helpers import tiny_run_config, write_config
 
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.config import RunConfig
@@ -22,8 +23,6 @@ from fusionkit.train.resume import (
     record_resume,
     resume_changes,
 )
-
-from train_helpers import tiny_run_config, write_config
 
 
 def _run(path: Path, *, last: bool = False) -> Path:
@@ -136,12 +135,20 @@ def _config(tmp_path: Path, *, data: dict | None = None, model: dict | None = No
 def test_every_applied_field_may_change_and_is_listed_in_path_order(tmp_path: Path) -> None:
     base = _config(tmp_path)
     new = _config(
-        tmp_path, data={"num_workers": 2, "root": "/data/milk"},
-        epochs=4, lr=0.01, eval_batch_size=16, tracking=["tensorboard"],
+        tmp_path,
+        data={"num_workers": 2, "root": "/data/milk"},
+        epochs=4,
+        lr=0.01,
+        eval_batch_size=16,
+        tracking=["tensorboard"],
     )
     assert resume_changes(base, new, run_dir=tmp_path, synthetic=True) == [
-        "data.num_workers: 0 -> 2", "data.root: None -> '/data/milk'", "train.epochs: 2 -> 4",
-        "train.eval_batch_size: None -> 16", "train.lr: 0.003 -> 0.01", "train.tracking: [] -> ['tensorboard']",
+        "data.num_workers: 0 -> 2",
+        "data.root: None -> '/data/milk'",
+        "train.epochs: 2 -> 4",
+        "train.eval_batch_size: None -> 16",
+        "train.lr: 0.003 -> 0.01",
+        "train.tracking: [] -> ['tensorboard']",
     ]
     assert resume_changes(base, _config(tmp_path), run_dir=tmp_path, synthetic=False) == []
 
@@ -163,8 +170,10 @@ def test_the_generated_set_counts_only_for_a_synthetic_run(tmp_path: Path) -> No
 def test_a_changed_model_spec_names_its_first_three_fields(tmp_path: Path) -> None:
     base = _config(tmp_path)
     other = _config(
-        tmp_path, model={"image_size": 64, "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16}},
-        lr=0.5, batch_size=4,
+        tmp_path,
+        model={"image_size": 64, "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16}},
+        lr=0.5,
+        batch_size=4,
     )
     with pytest.raises(ConfigError) as exc:
         resume_changes(base, other, run_dir=tmp_path, synthetic=True)
@@ -177,8 +186,9 @@ def test_a_changed_model_spec_names_its_first_three_fields(tmp_path: Path) -> No
 def test_refused_fields_are_all_named_with_what_may_change(tmp_path: Path) -> None:
     base = _config(tmp_path)
     with pytest.raises(ConfigError) as exc:
-        resume_changes(base, _config(tmp_path, data={"split_seed": 1}, batch_size=4, lr=0.5), run_dir=tmp_path,
-                       synthetic=True)
+        resume_changes(
+            base, _config(tmp_path, data={"split_seed": 1}, batch_size=4, lr=0.5), run_dir=tmp_path, synthetic=True
+        )
     assert _message(exc) == (
         f"{tmp_path}: --resume cannot change data.split_seed (0 -> 1), train.batch_size (8 -> 4); resume with "
         f"the run's own value or start a new --out (changeable on resume: {', '.join(sorted(APPLIED_ON_RESUME))})"
@@ -209,8 +219,13 @@ def test_record_resume_appends_one_record_per_resume(tmp_path: Path) -> None:
     for stamp in times:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", stamp), stamp
     expected = [
-        {"time": times[0], "from_epoch": 1, "from_batch": 3, "restarted_from_beginning": False,
-         "changes": ["train.lr: 0.1 -> 0.2"]},
+        {
+            "time": times[0],
+            "from_epoch": 1,
+            "from_batch": 3,
+            "restarted_from_beginning": False,
+            "changes": ["train.lr: 0.1 -> 0.2"],
+        },
         {"time": times[1], "from_epoch": 5, "from_batch": 0, "restarted_from_beginning": True, "changes": []},
     ]
     assert text == json.dumps(expected, indent=2) + "\n"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_BACKBONE
+from train_helpers import write_config
 
 import fusionkit as fk
 from fusionkit.errors import ConfigError
@@ -18,15 +20,15 @@ from fusionkit.runtime.config import (
     preprocessing_model,
 )
 
-from conftest import TINY_BACKBONE
-from train_helpers import write_config
-
 
 def _preset_config(tmp_path: Path, preset: str = "ji-adf") -> Path:
-    return write_config(tmp_path / "run.yaml", {
-        "model": {"preset": preset, "overrides": {"image_encoder": dict(TINY_BACKBONE)}},
-        "train": {"lr": 1e-3},
-    })
+    return write_config(
+        tmp_path / "run.yaml",
+        {
+            "model": {"preset": preset, "overrides": {"image_encoder": dict(TINY_BACKBONE)}},
+            "train": {"lr": 1e-3},
+        },
+    )
 
 
 def test_a_config_without_a_model_section_is_refused_with_its_path(tmp_path):
@@ -45,12 +47,15 @@ def test_a_preset_config_expands_to_the_preset_with_its_overrides(tmp_path):
 
 def test_preset_overrides_apply_before_expansion_and_the_rest_after(tmp_path):
     path = _preset_config(tmp_path)
-    config = load_run_config(path, [
-        "train.lr=0.01",  # a late override listed first: the order of the two kinds does not matter
-        " model.preset =ji-adf-noaux",  # spaces around the key are allowed
-        "model.overrides.decision.hidden_dim=32",
-        "model.fusion.heads=4",  # of the expanded spec: given to the preset it would be refused
-    ])
+    config = load_run_config(
+        path,
+        [
+            "train.lr=0.01",  # a late override listed first: the order of the two kinds does not matter
+            " model.preset =ji-adf-noaux",  # spaces around the key are allowed
+            "model.overrides.decision.hidden_dim=32",
+            "model.fusion.heads=4",  # of the expanded spec: given to the preset it would be refused
+        ],
+    )
     expected = fk.load_preset("ji-adf-noaux", {"image_encoder": dict(TINY_BACKBONE), "decision": {"hidden_dim": 32}})
     assert config.model == expected.model_copy(update={"fusion": expected.fusion.model_copy(update={"heads": 4})})
     assert config.train.lr == 0.01

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from train_helpers import tiny_run_config
 
 import fusionkit.train.data_setup as ds
 from fusionkit.data import (
@@ -28,11 +29,17 @@ from fusionkit.errors import ConfigError
 from fusionkit.runtime.config import RunConfig, preprocessing_model
 from fusionkit.runtime.distributed import DistInfo
 
-from train_helpers import tiny_run_config
-
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
-FLIP_ONLY = {"hflip": 1.0, "vflip": 0.0, "rot90": False, "rotation_degrees": 0.0, "brightness": 0.0,
-             "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+FLIP_ONLY = {
+    "hflip": 1.0,
+    "vflip": 0.0,
+    "rot90": False,
+    "rotation_degrees": 0.0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "saturation": 0.0,
+    "hue": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +75,16 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Spies on what ``prepare_data`` and ``RunData`` build, all sharing one ordered log."""
     log: list[tuple[str, tuple, dict]] = []
     out: dict[str, Any] = {"log": log}
-    for name in ("Milk10kDataset", "build_transforms", "make_loader", "EpochSampler", "barrier",
-                 "make_synthetic_milk10k", "batch_generator", "DeviceAugment"):
+    for name in (
+        "Milk10kDataset",
+        "build_transforms",
+        "make_loader",
+        "EpochSampler",
+        "barrier",
+        "make_synthetic_milk10k",
+        "batch_generator",
+        "DeviceAugment",
+    ):
         spy = Spy(getattr(ds, name), log, name)
         monkeypatch.setattr(ds, name, spy)
         out[name] = spy
@@ -83,8 +98,11 @@ def _names(log: list) -> list[str]:
 # -- a fresh run ---------------------------------------------------------------------------------
 def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, milk: Path, spies: dict) -> None:
     config = _config(
-        tmp_path, data={"val_fraction": 0.5, "split_seed": 5, "missing_image": "absent", "num_workers": 1},
-        seed=7, sampler="balanced", eval_batch_size=5,
+        tmp_path,
+        data={"val_fraction": 0.5, "split_seed": 5, "missing_image": "absent", "num_workers": 1},
+        seed=7,
+        sampler="balanced",
+        eval_batch_size=5,
     )
     run = tmp_path / "run"
     run.mkdir()
@@ -105,8 +123,12 @@ def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, mil
     (_, train_kw), (_, val_kw) = spies["Milk10kDataset"].calls()
     common = {"files": files, "image_size": 32, "missing_image": "absent", "cache_dir": tmp_path / "cache"}
     assert train_kw == {"lesion_ids": split.train, "encoder": None, "transform": train_kw["transform"], **common}
-    assert val_kw == {"lesion_ids": split.val, "encoder": data.train_set.encoder, "transform": val_kw["transform"],
-                      **common}
+    assert val_kw == {
+        "lesion_ids": split.val,
+        "encoder": data.train_set.encoder,
+        "transform": val_kw["transform"],
+        **common,
+    }
     assert train_kw["transform"].train and not val_kw["transform"].train
     assert data.encoder is data.train_set.encoder is data.val_set.encoder
 
@@ -137,8 +159,7 @@ def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, mil
 
 
 def test_the_val_batch_defaults_to_twice_the_train_batch(tmp_path: Path, milk: Path, spies: dict) -> None:
-    data = ds.prepare_data(_config(tmp_path), run_dir=tmp_path / "run", data_root=milk, synthetic=False,
-                           dist_info=CPU)
+    data = ds.prepare_data(_config(tmp_path), run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU)
     assert spies["make_loader"].calls()[1][1]["batch_size"] == 16
     assert spies["Milk10kDataset"].calls()[0][1]["missing_image"] == "error"
     assert data.config.data.root == milk.resolve()
@@ -152,8 +173,13 @@ def test_folds_choose_the_fold_of_kfold_splits(tmp_path: Path, milk: Path) -> No
 
 
 def test_no_cache_reads_the_images_every_time(tmp_path: Path, milk: Path, spies: dict) -> None:
-    ds.prepare_data(_config(tmp_path, data={"cache": False}), run_dir=tmp_path / "run", data_root=milk,
-                    synthetic=False, dist_info=CPU)
+    ds.prepare_data(
+        _config(tmp_path, data={"cache": False}),
+        run_dir=tmp_path / "run",
+        data_root=milk,
+        synthetic=False,
+        dist_info=CPU,
+    )
     assert [k["cache_dir"] for _, k in spies["Milk10kDataset"].calls()] == [None, None]
 
 
@@ -165,7 +191,8 @@ def test_class_weights_and_prior_are_resolved_from_the_training_labels(tmp_path:
     assert loss.class_weights == pytest.approx(ds._class_weights(labels))
     assert loss.class_prior == pytest.approx(ds._class_prior(labels))
     given = _config(
-        tmp_path, model={"loss": {"logit_adjustment": 1.0, "class_weights": [2.0] * 11, "class_prior": [1 / 11] * 11}},
+        tmp_path,
+        model={"loss": {"logit_adjustment": 1.0, "class_weights": [2.0] * 11, "class_prior": [1 / 11] * 11}},
         class_weighting="inverse_frequency",
     )
     kept = ds.prepare_data(given, run_dir=tmp_path / "run2", data_root=milk, synthetic=False, dist_info=CPU)
@@ -196,11 +223,14 @@ def test_rank_1_waits_for_rank_0_and_writes_nothing(tmp_path: Path, milk: Path, 
     info = DistInfo(1, 2, 1, torch.device("cpu"))
     data = ds.prepare_data(_config(tmp_path), run_dir=run, data_root=milk, synthetic=False, dist_info=info)
     assert [n for n in _names(spies["log"]) if n in ("barrier", "Milk10kDataset")] == [
-        "barrier", "Milk10kDataset", "Milk10kDataset", "barrier",
+        "barrier",
+        "Milk10kDataset",
+        "Milk10kDataset",
+        "barrier",
     ]
     assert {a[0] for n, a, _ in spies["log"] if n == "barrier"} == {info}
     assert list(run.iterdir()) == []
-    for (_, kw) in spies["EpochSampler"].calls():
+    for _, kw in spies["EpochSampler"].calls():
         assert (kw["rank"], kw["world_size"]) == (1, 2)
     val_sampler = spies["make_loader"].calls()[1][1]["sampler"]
     assert isinstance(val_sampler, ds.EpochSampler.real)
@@ -213,7 +243,10 @@ def test_rank_0_builds_first_then_lets_the_others_in(tmp_path: Path, milk: Path,
     info = DistInfo(0, 2, 0, torch.device("cpu"))
     ds.prepare_data(_config(tmp_path), run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=info)
     assert [n for n in _names(spies["log"]) if n in ("barrier", "Milk10kDataset")] == [
-        "Milk10kDataset", "Milk10kDataset", "barrier", "barrier",
+        "Milk10kDataset",
+        "Milk10kDataset",
+        "barrier",
+        "barrier",
     ]
     assert (tmp_path / "run" / "split.json").is_file()
 
@@ -229,7 +262,9 @@ def test_a_synthetic_run_generates_its_set_once_and_records_it(tmp_path: Path, s
     ]
     assert data.config.data.root == (run / "synthetic").resolve()
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["synthetic"] == {
-        "n_lesions": 12, "image_size": [20, 16], "seed": 4,
+        "n_lesions": 12,
+        "image_size": [20, 16],
+        "seed": 4,
     }
     assert len(data.split.train) + len(data.split.val) == 12
     root = ds._data_root(config, run_dir=run, data_root=None, synthetic=True, saved=None, dist_info=CPU)
@@ -238,12 +273,20 @@ def test_a_synthetic_run_generates_its_set_once_and_records_it(tmp_path: Path, s
     assert spies["barrier"].calls()[-1] == ((CPU,), {})
     other = tmp_path / "other"
     spies["barrier"].real = lambda info: None
-    ds._data_root(config, run_dir=other, data_root=None, synthetic=True, saved=None,
-                  dist_info=DistInfo(1, 2, 1, torch.device("cpu")))
+    ds._data_root(
+        config,
+        run_dir=other,
+        data_root=None,
+        synthetic=True,
+        saved=None,
+        dist_info=DistInfo(1, 2, 1, torch.device("cpu")),
+    )
     assert len(spies["make_synthetic_milk10k"].calls()) == 1  # only rank 0 generates
 
 
-def test_the_data_root_is_the_argument_the_config_or_the_saved_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_data_root_is_the_argument_the_config_or_the_saved_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     config = _config(tmp_path, data={"root": "from-config"})
@@ -251,8 +294,9 @@ def test_the_data_root_is_the_argument_the_config_or_the_saved_run(tmp_path: Pat
     saved = _config(tmp_path, data={"root": "~/saved"})
 
     def root(cfg: RunConfig, data_root: Any, saved_cfg: RunConfig | None = None) -> Path:
-        return ds._data_root(cfg, run_dir=tmp_path, data_root=data_root, synthetic=False, saved=saved_cfg,
-                             dist_info=CPU)
+        return ds._data_root(
+            cfg, run_dir=tmp_path, data_root=data_root, synthetic=False, saved=saved_cfg, dist_info=CPU
+        )
 
     assert root(config, "given") == tmp_path / "given"
     assert root(config, None, saved) == tmp_path / "from-config"
@@ -270,8 +314,9 @@ def test_a_folder_without_ground_truth_is_refused_by_name(tmp_path: Path, milk: 
         if entry.name != "MILK10k_Training_GroundTruth.csv":
             (test_like / entry.name).symlink_to(entry)
     with pytest.raises(ConfigError) as exc:
-        ds.prepare_data(_config(tmp_path), run_dir=tmp_path / "run", data_root=test_like, synthetic=False,
-                        dist_info=CPU)
+        ds.prepare_data(
+            _config(tmp_path), run_dir=tmp_path / "run", data_root=test_like, synthetic=False, dist_info=CPU
+        )
     assert str(exc.value) == f"{test_like.resolve()}: training needs MILK10k_Training_GroundTruth.csv"
 
 
@@ -303,8 +348,14 @@ def test_a_resume_that_changes_a_fixed_setting_is_refused(tmp_path: Path, milk: 
     run = tmp_path / "run"
     first = ds.prepare_data(_config(tmp_path), run_dir=run, data_root=milk, synthetic=False, dist_info=CPU)
     with pytest.raises(ConfigError) as exc:
-        ds.prepare_data(_config(tmp_path, batch_size=4), run_dir=run, data_root=None, synthetic=False,
-                        dist_info=CPU, saved=first.config)
+        ds.prepare_data(
+            _config(tmp_path, batch_size=4),
+            run_dir=run,
+            data_root=None,
+            synthetic=False,
+            dist_info=CPU,
+            saved=first.config,
+        )
     assert str(exc.value).startswith(f"{run}: --resume cannot change train.batch_size (8 -> 4); ")
 
 
@@ -320,8 +371,9 @@ def test_a_synthetic_run_cannot_resume_with_another_generated_set(tmp_path: Path
 
 # -- RunData ---------------------------------------------------------------------------------------
 def test_train_loader_sets_the_epoch_the_skipped_items_and_the_seed(tmp_path: Path, milk: Path) -> None:
-    data = ds.prepare_data(_config(tmp_path, seed=3), run_dir=tmp_path / "run", data_root=milk, synthetic=False,
-                           dist_info=CPU)
+    data = ds.prepare_data(
+        _config(tmp_path, seed=3), run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU
+    )
     loader = data.train_loader(epoch=2, start_batch=1)
     assert loader is data._train_loader
     assert (data._train_sampler.epoch, data._train_sampler.start) == (2, 8)
@@ -333,8 +385,7 @@ def test_train_loader_sets_the_epoch_the_skipped_items_and_the_seed(tmp_path: Pa
 
 def test_device_batches_are_augmented_only_for_training_batches(tmp_path: Path, milk: Path, spies: dict) -> None:
     info = DistInfo(0, 1, 0, torch.device("cpu"))
-    config = _config(tmp_path, data={"augment_on": "device", "augment": FLIP_ONLY},
-                     seed=6)
+    config = _config(tmp_path, data={"augment_on": "device", "augment": FLIP_ONLY}, seed=6)
     data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=info)
     assert data.augment_on == "device"
     assert spies["DeviceAugment"].calls() == [((), {"config": config.data.augment})]
@@ -368,8 +419,9 @@ def test_device_augmentation_draws_from_the_batch_generator_alone(tmp_path: Path
     augment = ds.DeviceAugment(config=config.data.augment)
     transform = data.train_set.transform
     for key in ("derm", "clinical"):  # one generator, derm first
-        expected = normalize_batch({key: augment(batch[key], generator=generator)}, mean=transform.mean,
-                                   std=transform.std)[key]
+        expected = normalize_batch(
+            {key: augment(batch[key], generator=generator)}, mean=transform.mean, std=transform.std
+        )[key]
         assert torch.equal(out[key], expected), key
 
 
@@ -389,5 +441,7 @@ def test_augmentation_draws_are_seeded_by_rank(tmp_path: Path, milk: Path, spies
     spies["log"].clear()
     data.to_model_batch(data.train_set.collate(range(2)), epoch=0, batch_index=0)
     assert spies["batch_generator"].calls() == [((), {"seed": 6, "epoch": 0, "batch_index": 0, "rank": 1})]
-    assert batch_generator(seed=6, epoch=0, batch_index=0, rank=1).initial_seed() != batch_generator(
-        seed=6, epoch=0, batch_index=0, rank=0).initial_seed()
+    assert (
+        batch_generator(seed=6, epoch=0, batch_index=0, rank=1).initial_seed()
+        != batch_generator(seed=6, epoch=0, batch_index=0, rank=0).initial_seed()
+    )

@@ -29,12 +29,12 @@ CHROMIUM = os.environ.get("FUSIONKIT_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1280, "height": 900}
 # page path -> the least number of images it must show (so "every image loaded" is never vacuous)
 PAGES = {
-    "": 1,                                  # home: the architecture figure
-    "tutorials/compose-in-python/": 0,      # a tutorial: long code blocks
-    "how-to/evaluate/": 4,                  # the quick-start figures, in tabs
-    "how-to/reading-a-report/": 3,          # gate, Grad-CAM, history
-    "benchmarks/": 2,                       # throughput figures
-    "reference/model/": 0,                  # an API page (mkdocstrings)
+    "": 1,  # home: the architecture figure
+    "tutorials/compose-in-python/": 0,  # a tutorial: long code blocks
+    "how-to/evaluate/": 4,  # the quick-start figures, in tabs
+    "how-to/reading-a-report/": 3,  # gate, Grad-CAM, history
+    "benchmarks/": 2,  # throughput figures
+    "reference/model/": 0,  # an API page (mkdocstrings)
 }
 
 REQUIRED = os.environ.get("FUSIONKIT_REQUIRE_BROWSER") == "1"  # .ci/run sets it: there a skip is a failure
@@ -57,7 +57,11 @@ def site_url(tmp_path_factory) -> Iterator[str]:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

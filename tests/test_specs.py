@@ -8,12 +8,11 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+from conftest import TINY_BACKBONE, spec_dicts, tiny_spec
 from hypothesis import given, settings
 
 import fusionkit as fk
 from fusionkit.presets import preset_dict
-
-from conftest import TINY_BACKBONE, spec_dicts, tiny_spec
 
 PRESETS = fk.list_presets()
 
@@ -57,7 +56,9 @@ def test_defaults_are_the_papers_ji_adf():
 
 def test_specs_are_frozen_and_modalities_canonical():
     spec = tiny_spec(
-        modalities=["meta", "derm"], fusion=None, decision={"kind": "average"},
+        modalities=["meta", "derm"],
+        fusion=None,
+        decision={"kind": "average"},
         loss={"lambda_joint": 0},
     )
     assert spec.modalities == ("derm", "meta")
@@ -73,12 +74,8 @@ def test_component_kwargs_leave_out_the_slot_fields():
     kwargs = spec.image_encoder.component_kwargs()
     assert "kind" not in kwargs and "shared" not in kwargs and "combine" not in kwargs
     assert kwargs["model_name"] == "test_efficientnet" and kwargs["pretrained"] is False
-    assert spec.fusion.component_kwargs() == {
-        "heads": 2, "head_dim": 4, "out_dim": 16, "activation": "gelu"
-    }
-    assert spec.decision.component_kwargs() == {
-        "hidden_dim": 8, "activation": "relu", "detach_logits": False
-    }
+    assert spec.fusion.component_kwargs() == {"heads": 2, "head_dim": 4, "out_dim": 16, "activation": "gelu"}
+    assert spec.decision.component_kwargs() == {"hidden_dim": 8, "activation": "relu", "detach_logits": False}
 
 
 @pytest.mark.parametrize(
@@ -93,9 +90,7 @@ def test_component_kwargs_leave_out_the_slot_fields():
 )
 def test_head_branches_are_the_decision_and_the_supervised_ones(decision, lambdas, heads):
     joint, image, meta = lambdas
-    spec = tiny_spec(
-        decision=decision, loss={"lambda_joint": joint, "lambda_image": image, "lambda_meta": meta}
-    )
+    spec = tiny_spec(decision=decision, loss={"lambda_joint": joint, "lambda_image": image, "lambda_meta": meta})
     assert spec.head_branches == heads
 
 
@@ -239,8 +234,12 @@ def test_unknown_kind_lists_the_registered_kinds(slot):
     ("data", "reason"),
     [
         (  # ADF over one modality group
-            {"modalities": ["derm", "clinical"], "fusion": None, "decision": {"kind": "adf"},
-             "loss": {"lambda_joint": 0, "lambda_meta": 0}},
+            {
+                "modalities": ["derm", "clinical"],
+                "fusion": None,
+                "decision": {"kind": "adf"},
+                "loss": {"lambda_joint": 0, "lambda_meta": 0},
+            },
             "'adf' decision (eq 5) weighs the image, joint and metadata branches",
         ),
         (  # ADF without a fusion block
@@ -256,13 +255,21 @@ def test_unknown_kind_lists_the_registered_kinds(slot):
             "but the model only uses metadata",
         ),
         (  # average over one branch
-            {"modalities": ["clinical"], "fusion": None, "decision": {"kind": "average"},
-             "loss": {"lambda_joint": 0, "lambda_meta": 0}},
+            {
+                "modalities": ["clinical"],
+                "fusion": None,
+                "decision": {"kind": "average"},
+                "loss": {"lambda_joint": 0, "lambda_meta": 0},
+            },
             "'average' decision needs at least two branches",
         ),
         (  # an auxiliary weight for a branch the model lacks
-            {"modalities": ["derm"], "fusion": None, "decision": {"kind": "single", "branch": "image"},
-             "loss": {"lambda_joint": 0, "lambda_image": 0.25, "lambda_meta": 0.25}},
+            {
+                "modalities": ["derm"],
+                "fusion": None,
+                "decision": {"kind": "single", "branch": "image"},
+                "loss": {"lambda_joint": 0, "lambda_image": 0.25, "lambda_meta": 0.25},
+            },
             "loss.lambda_meta is 0.25 but the model has no meta branch",
         ),
         (
@@ -270,13 +277,16 @@ def test_unknown_kind_lists_the_registered_kinds(slot):
             "loss.lambda_joint is 0.5 but the model has no joint branch",
         ),
         (  # a single head on a branch the model lacks
-            {"modalities": ["meta"], "fusion": None, "decision": {"kind": "single", "branch": "image"},
-             "loss": {"lambda_joint": 0, "lambda_image": 0}},
+            {
+                "modalities": ["meta"],
+                "fusion": None,
+                "decision": {"kind": "single", "branch": "image"},
+                "loss": {"lambda_joint": 0, "lambda_image": 0},
+            },
             "uses the 'image' branch, which this model does not have",
         ),
         (  # no fusion, both groups, one head
-            {"fusion": None, "decision": {"kind": "single", "branch": "image"},
-             "loss": {"lambda_joint": 0}},
+            {"fusion": None, "decision": {"kind": "single", "branch": "image"}, "loss": {"lambda_joint": 0}},
             "a single head cannot see both groups",
         ),
         (
@@ -284,8 +294,13 @@ def test_unknown_kind_lists_the_registered_kinds(slot):
             "loss.class_weights has 2 values; expected one per class (3)",
         ),
         (
-            {"modalities": ["meta"], "fusion": None, "decision": {"kind": "single", "branch": "meta"},
-             "loss": {"lambda_joint": 0, "lambda_image": 0}, "modality_dropout": {"p": 0.2}},
+            {
+                "modalities": ["meta"],
+                "fusion": None,
+                "decision": {"kind": "single", "branch": "meta"},
+                "loss": {"lambda_joint": 0, "lambda_image": 0},
+                "modality_dropout": {"p": 0.2},
+            },
             "modality_dropout needs at least two modalities",
         ),
     ],
@@ -303,8 +318,12 @@ def test_timm_names_with_and_without_a_tag_validate():
 
 def test_valid_neighbours_of_the_impossible_combinations_build():
     # the fixes the messages suggest do validate
-    tiny_spec(modalities=["derm", "clinical"], fusion=None, decision={"kind": "single", "branch": "image"},
-              loss={"lambda_joint": 0, "lambda_meta": 0})
+    tiny_spec(
+        modalities=["derm", "clinical"],
+        fusion=None,
+        decision={"kind": "single", "branch": "image"},
+        loss={"lambda_joint": 0, "lambda_meta": 0},
+    )
     tiny_spec(fusion=None, decision={"kind": "average"}, loss={"lambda_joint": 0})
     tiny_spec(num_classes=3, loss={"class_weights": [1, 2, 3]})
 

@@ -23,9 +23,9 @@ class Recorder(torch.nn.Module):
         self.seen: list[tuple[bool, torch.dtype, bool]] = []
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        self.seen.append((
-            torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_autocast_cache_enabled()
-        ))
+        self.seen.append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_autocast_cache_enabled())
+        )
         return self.linear(batch["x"])
 
 
@@ -124,5 +124,10 @@ def test_copy_into_fills_the_static_buffers_in_place_including_nested_dicts() ->
 def test_the_graphed_step_refuses_a_cpu_device() -> None:
     model = Recorder()
     with pytest.raises(ValueError, match="^CudaGraphStep needs a CUDA device$"):
-        CudaGraphStep(model=model, loss_fn=toy_loss, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-                      device=torch.device("cpu"), bf16=False)
+        CudaGraphStep(
+            model=model,
+            loss_fn=toy_loss,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+            device=torch.device("cpu"),
+            bf16=False,
+        )

@@ -13,23 +13,32 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from train_helpers import tiny_run_config, write_config
 
 from fusionkit.errors import ConfigError
 from fusionkit.metrics import isic_metrics
 from fusionkit.sweep import PairedRun, paired_difference, parse_seeds, plan_sweep, select_presets
 from fusionkit.sweep.stats import macro_auc, macro_dice, mean_std_ci
 
-from train_helpers import tiny_run_config, write_config
-
 PRESETS = "ji-adf,derm-only,meta-only,jf-concat"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+}
 
 
 def sweep_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     """``fusionkit sweep ARGS`` in a subprocess (the real entry point)."""
-    return subprocess.run([sys.executable, "-m", "fusionkit.cli", "sweep", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fusionkit.cli", "sweep", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,20 @@ def config(tmp_path_factory) -> Path:
 def swept(config: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """Four presets x two seeds; jf-concat is set up to fail at run time (a CUDA graph on the CPU)."""
     out = config.parent / "out"
-    result = sweep_cli(config, "--presets", PRESETS, "--seeds", "0,1", "--synthetic", "--out", out,
-                       "--bootstrap", 200, "--set", "jf-concat:train.step_mode=cuda_graph")
+    result = sweep_cli(
+        config,
+        "--presets",
+        PRESETS,
+        "--seeds",
+        "0,1",
+        "--synthetic",
+        "--out",
+        out,
+        "--bootstrap",
+        200,
+        "--set",
+        "jf-concat:train.step_mode=cuda_graph",
+    )
     return out, result
 
 
@@ -71,12 +92,16 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
         assert entry["metrics"]["dice"]["mean"] == pytest.approx(np.mean(dice), abs=1e-12)
         assert entry["metrics"]["dice"]["std"] == pytest.approx(np.std(dice, ddof=1), abs=1e-12)
     # paired: every variant of a seed saw the same split
-    splits = {p: json.loads((out / "runs" / p / "seed1" / "split.json").read_text())["val"] for p in summary["variants"]}
+    splits = {
+        p: json.loads((out / "runs" / p / "seed1" / "split.json").read_text())["val"] for p in summary["variants"]
+    }
     assert len({tuple(v) for v in splits.values()}) == 1
     # the trimodal model beats each unimodal one on the generated set
     dice = {p: v["metrics"]["dice"]["mean"] for p, v in summary["variants"].items()}
     assert dice["ji-adf"] > dice["derm-only"] and dice["ji-adf"] > dice["meta-only"]
-    assert summary["variants"]["derm-only"]["vs_reference"]["dice_diff"] == pytest.approx(dice["derm-only"] - dice["ji-adf"])
+    assert summary["variants"]["derm-only"]["vs_reference"]["dice_diff"] == pytest.approx(
+        dice["derm-only"] - dice["ji-adf"]
+    )
     assert (out / "figure3.png").stat().st_size > 1000
     assert "start meta-only seed 1" in result.stderr and "ETA" in result.stderr
 
@@ -84,8 +109,20 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
 def test_rerun_skips_finished_runs_and_report_only_rebuilds(swept, config) -> None:
     out, _ = swept
     before = (out / "runs" / "ji-adf" / "seed0" / "report.md").stat().st_mtime_ns
-    again = sweep_cli(config, "--presets", PRESETS, "--seeds", "0,1", "--synthetic", "--out", out,
-                      "--bootstrap", 200, "--set", "jf-concat:train.step_mode=cuda_graph")
+    again = sweep_cli(
+        config,
+        "--presets",
+        PRESETS,
+        "--seeds",
+        "0,1",
+        "--synthetic",
+        "--out",
+        out,
+        "--bootstrap",
+        200,
+        "--set",
+        "jf-concat:train.step_mode=cuda_graph",
+    )
     assert again.returncode == 1
     assert "6 of 8 runs already finished" in again.stderr
     assert "start ji-adf seed" not in again.stderr and "start jf-concat seed 0" in again.stderr
@@ -99,8 +136,22 @@ def test_rerun_skips_finished_runs_and_report_only_rebuilds(swept, config) -> No
 
 def test_interrupted_sweep_resumes(config) -> None:
     out = config.parent / "interrupted"
-    args = [sys.executable, "-m", "fusionkit.cli", "sweep", config, "--presets", "meta-only", "--seeds", "0",
-            "--synthetic", "--out", out, "--set", "train.epochs=4"]
+    args = [
+        sys.executable,
+        "-m",
+        "fusionkit.cli",
+        "sweep",
+        config,
+        "--presets",
+        "meta-only",
+        "--seeds",
+        "0",
+        "--synthetic",
+        "--out",
+        out,
+        "--set",
+        "train.epochs=4",
+    ]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     for line in proc.stdout:
         if line.startswith("epoch 1/4"):
@@ -111,8 +162,9 @@ def test_interrupted_sweep_resumes(config) -> None:
     run = out / "runs" / "meta-only" / "seed0"
     assert json.loads((run / "sweep_run.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints" / "last.safetensors").is_file() and not (run / "report.md").exists()
-    result = sweep_cli(config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out,
-                       "--set", "train.epochs=4")
+    result = sweep_cli(
+        config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out, "--set", "train.epochs=4"
+    )
     assert result.returncode == 0, result.stderr
     assert "resumed from" in (run / "train.log").read_text()
     assert len(json.loads((run / "history.json").read_text())) == 4
@@ -121,8 +173,20 @@ def test_interrupted_sweep_resumes(config) -> None:
 def test_submitit_local_executor(config) -> None:
     pytest.importorskip("submitit")
     out = config.parent / "submitit"
-    result = sweep_cli(config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out,
-                       "--launcher", "submitit", "--cluster", "local")
+    result = sweep_cli(
+        config,
+        "--presets",
+        "meta-only",
+        "--seeds",
+        "0",
+        "--synthetic",
+        "--out",
+        out,
+        "--launcher",
+        "submitit",
+        "--cluster",
+        "local",
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "runs" / "meta-only" / "seed0" / "sweep_run.json").read_text())
     assert record["status"] == "ok" and record["device"] == "cpu"
@@ -142,7 +206,9 @@ def test_submitit_local_executor(config) -> None:
 def test_bad_input_is_one_line_exit_2_before_any_run(config, tmp_path, monkeypatch, capsys, args, message) -> None:
     from fusionkit.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["fusionkit", "sweep", str(config), *args, "--synthetic", "--out", str(tmp_path / "o")])
+    monkeypatch.setattr(
+        sys, "argv", ["fusionkit", "sweep", str(config), *args, "--synthetic", "--out", str(tmp_path / "o")]
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     err = capsys.readouterr().err
@@ -160,7 +226,9 @@ def test_data_folder_not_in_layout_through_the_entry_point(config, tmp_path) -> 
 def test_plan_pairs_variants_and_folds(config, tmp_path) -> None:
     jobs = plan_sweep(config, presets=("ji-adf", "derm-only"), seeds=(3,), folds=2, out=tmp_path, data_root=tmp_path)
     assert [(j.preset, j.fold) for j in jobs] == [("ji-adf", 0), ("derm-only", 0), ("ji-adf", 1), ("derm-only", 1)]
-    assert {(j.config["train"]["seed"], j.config["data"]["split_seed"], j.config["data"]["folds"]) for j in jobs} == {(3, 3, 2)}
+    assert {(j.config["train"]["seed"], j.config["data"]["split_seed"], j.config["data"]["folds"]) for j in jobs} == {
+        (3, 3, 2)
+    }
     assert jobs[3].run_dir == str(tmp_path / "runs" / "derm-only" / "seed3" / "fold1")
     assert select_presets(group="table3", presets=None) == ("skip-only", "attention-only", "ji-adf")
     assert len(select_presets(group=None, presets=None)) == 14
@@ -185,30 +253,48 @@ def test_paired_bootstrap_equals_direct_computation() -> None:
     pairs = []
     for n in (25, 31):
         labels = rng.integers(0, 11, n)
-        pairs.append(PairedRun(labels=labels, variant=rng.dirichlet(np.full(11, 0.3), n),
-                               reference=rng.dirichlet(np.full(11, 0.3), n)))
+        pairs.append(
+            PairedRun(
+                labels=labels, variant=rng.dirichlet(np.full(11, 0.3), n), reference=rng.dirichlet(np.full(11, 0.3), n)
+            )
+        )
     diff, ci = paired_difference(pairs, "dice", n_boot=300, seed=7)
+
     # direct: one replicate at a time with the same draws, per-class Dice counted in a loop (the
     # vectorised metric itself is checked against isic_metrics above)
     def dice(labels, probs):
         scores = []
         for c in range(11):
-            tp = sum(1 for y, p in zip(labels, probs) if y == c and p[c] > 0.5)
-            fp = sum(1 for y, p in zip(labels, probs) if y != c and p[c] > 0.5)
-            fn = sum(1 for y, p in zip(labels, probs) if y == c and not p[c] > 0.5)
+            tp = sum(1 for y, p in zip(labels, probs, strict=True) if y == c and p[c] > 0.5)
+            fp = sum(1 for y, p in zip(labels, probs, strict=True) if y != c and p[c] > 0.5)
+            fn = sum(1 for y, p in zip(labels, probs, strict=True) if y == c and not p[c] > 0.5)
             scores.append(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
         return sum(scores) / 11
 
     draws = np.random.default_rng(7)
     idx = [draws.integers(0, len(p.labels), size=(300, len(p.labels))) for p in pairs]
-    boot = [np.mean([dice(p.labels[i[b]], p.variant[i[b]]) - dice(p.labels[i[b]], p.reference[i[b]])
-                     for p, i in zip(pairs, idx)]) for b in range(300)]
+    boot = [
+        np.mean(
+            [
+                dice(p.labels[i[b]], p.variant[i[b]]) - dice(p.labels[i[b]], p.reference[i[b]])
+                for p, i in zip(pairs, idx, strict=True)
+            ]
+        )
+        for b in range(300)
+    ]
     assert ci == pytest.approx(list(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
     names = [str(i) for i in range(11)]
-    direct = np.mean([isic_metrics(p.labels, p.variant, names)["macro"]["dice"]
-                      - isic_metrics(p.labels, p.reference, names)["macro"]["dice"] for p in pairs])
+    direct = np.mean(
+        [
+            isic_metrics(p.labels, p.variant, names)["macro"]["dice"]
+            - isic_metrics(p.labels, p.reference, names)["macro"]["dice"]
+            for p in pairs
+        ]
+    )
     assert diff == pytest.approx(direct, abs=1e-12)
-    same = paired_difference([PairedRun(labels=pairs[0].labels, variant=pairs[0].variant, reference=pairs[0].variant)], "auc", n_boot=50)
+    same = paired_difference(
+        [PairedRun(labels=pairs[0].labels, variant=pairs[0].variant, reference=pairs[0].variant)], "auc", n_boot=50
+    )
     assert same == (0.0, [0.0, 0.0])
 
 
@@ -221,7 +307,9 @@ def test_mean_std_ci_is_student_t() -> None:
 
 def test_device_queue_runs_subprocesses(config) -> None:
     out = config.parent / "devices"
-    result = sweep_cli(config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out, "--devices", "cpu")
+    result = sweep_cli(
+        config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out, "--devices", "cpu"
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "logs" / "meta-only-seed0.log").is_file()  # ran in a worker process
     record = json.loads((out / "runs" / "meta-only" / "seed0" / "sweep_run.json").read_text())

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import tiny_run_config, write_config
 
 from fusionkit.data import CLASS_NAMES
 from fusionkit.evaluate.inference import load_run
@@ -20,8 +21,6 @@ from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import model_state, read_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import Trainer, train_run
-
-from train_helpers import tiny_run_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,9 +104,19 @@ def _launch(config: Path, run_dir: Path, *args: str) -> subprocess.CompletedProc
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     return subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "--master_port=29533", str(REPO / "tests" / "ddp_worker.py"),
-         str(config), str(run_dir), *args],
-        env=env, capture_output=True, text=True, timeout=180,  # ranks that disagree wait forever
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(REPO / "tests" / "ddp_worker.py"),
+            str(config),
+            str(run_dir),
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,  # ranks that disagree wait forever
     )
 
 
@@ -130,8 +139,9 @@ def _assert_ranks_agree_with_the_checkpoint(weights: dict[int, dict[str, torch.T
 
 
 def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_dir: Path) -> None:
-    config = RunConfig.model_validate(tiny_run_config(
-        cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1, tracking=["tensorboard"]))
+    config = RunConfig.model_validate(
+        tiny_run_config(cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1, tracking=["tensorboard"])
+    )
     run_dir = tmp_path / "ddp"
     first = _torchrun(write_config(tmp_path / "ddp.yaml", config.model_dump(mode="json")), run_dir)
     _assert_ranks_agree_with_the_checkpoint(first, run_dir)
@@ -159,8 +169,11 @@ def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Pat
 
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
-    config = RunConfig.model_validate(tiny_run_config(
-        cache_dir, epochs=1, n_lesions=40, step_mode="compile", compile_mode="default", max_batches_per_epoch=3))
+    config = RunConfig.model_validate(
+        tiny_run_config(
+            cache_dir, epochs=1, n_lesions=40, step_mode="compile", compile_mode="default", max_batches_per_epoch=3
+        )
+    )
     trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
     assert np.isfinite(trainer.history[0]["train_loss"])
     torch._dynamo.reset()

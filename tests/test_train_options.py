@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config, write_config
 
 import fusionkit as fk
 from fusionkit.losses import JointIndividualLoss
@@ -26,8 +27,6 @@ from fusionkit.train.schedules import LrSchedule
 from fusionkit.train.tracking import Tracker
 from fusionkit.train.trainer import Trainer, train_run
 from fusionkit.train.warm_start import warm_start
-
-from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config, write_config
 
 TINY = {"image_encoder": dict(TINY_IMAGE_ENCODER), "image_size": 32}
 
@@ -68,8 +67,14 @@ def test_warmup_cosine_curve_and_resume() -> None:
     opt = torch.optim.SGD([param], lr=1.0)
     schedule = LrSchedule(spec=spec, optimizer=opt, epochs=3, steps_per_epoch=2)
     # W = 2 warmup steps (lr/2, lr), then a cosine over 4 steps from 1.0 to the floor 0.1
-    curve = [0.5, 1.0, 1.0, 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2, 0.55,
-             0.1 + 0.9 * (1 + math.cos(3 * math.pi / 4)) / 2]
+    curve = [
+        0.5,
+        1.0,
+        1.0,
+        0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2,
+        0.55,
+        0.1 + 0.9 * (1 + math.cos(3 * math.pi / 4)) / 2,
+    ]
     assert _lrs(schedule, opt, 3) == pytest.approx(curve[:3])
     state = json.loads(json.dumps(schedule.state_dict()))  # what the checkpoint stores
     opt2 = torch.optim.SGD([param], lr=1.0)
@@ -110,14 +115,20 @@ def test_param_groups_split_backbone_and_norms(tiny_model: fk.FusionModel) -> No
     default = param_groups(tiny_model, lr=1e-4, weight_decay=1e-5)
     assert len(default) == 1 and default[0]["params"] == list(tiny_model.parameters())
     groups = param_groups(
-        tiny_model, lr=1e-3, weight_decay=0.05, backbone_lr=1e-5, backbone_weight_decay=0.01,
+        tiny_model,
+        lr=1e-3,
+        weight_decay=0.05,
+        backbone_lr=1e-5,
+        backbone_weight_decay=0.01,
         no_decay_norm_bias=True,
     )
     opt = torch.optim.AdamW(groups)
     by_name = {g["name"]: (g["lr"], g["weight_decay"], g["params"]) for g in opt.param_groups}
     assert {k: v[:2] for k, v in by_name.items()} == {
-        "backbone": (1e-5, 0.01), "backbone_no_decay": (1e-5, 0.0),
-        "rest": (1e-3, 0.05), "rest_no_decay": (1e-3, 0.0),
+        "backbone": (1e-5, 0.01),
+        "backbone_no_decay": (1e-5, 0.0),
+        "rest": (1e-3, 0.05),
+        "rest_no_decay": (1e-3, 0.0),
     }
     names = {id(p): n for n, p in tiny_model.named_parameters()}
     for key, (_, _, params) in by_name.items():
@@ -130,8 +141,11 @@ def test_param_groups_split_backbone_and_norms(tiny_model: fk.FusionModel) -> No
 # -- soft targets in the eq-7 loss and mixup/cutmix --------------------------------------------------
 def _output(logits: torch.Tensor, present: torch.Tensor) -> FusionOutput:
     return FusionOutput(
-        probs=logits.softmax(-1), log_probs=logits.log_softmax(-1), logits={"joint": logits * 2, "meta": -logits},
-        present={"meta": present}, weights=None,
+        probs=logits.softmax(-1),
+        log_probs=logits.log_softmax(-1),
+        logits={"joint": logits * 2, "meta": -logits},
+        present={"meta": present},
+        weights=None,
     )
 
 
@@ -161,10 +175,15 @@ def test_mixed_target_weights_each_class_by_its_share_and_class_weight() -> None
 def _batch(n: int = 6) -> dict:
     g = torch.Generator().manual_seed(1)
     return {
-        "derm": torch.randn(n, 3, 8, 10, generator=g), "clinical": torch.randn(n, 3, 8, 10, generator=g),
-        "meta": torch.randn(n, 5, generator=g), "label": torch.tensor([0, 1, 2, 3, 4, 5])[:n],
-        "present": {"derm": torch.ones(n, dtype=torch.bool), "clinical": torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool),
-                    "meta": torch.ones(n, dtype=torch.bool)},
+        "derm": torch.randn(n, 3, 8, 10, generator=g),
+        "clinical": torch.randn(n, 3, 8, 10, generator=g),
+        "meta": torch.randn(n, 5, generator=g),
+        "label": torch.tensor([0, 1, 2, 3, 4, 5])[:n],
+        "present": {
+            "derm": torch.ones(n, dtype=torch.bool),
+            "clinical": torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool),
+            "meta": torch.ones(n, dtype=torch.bool),
+        },
     }
 
 
@@ -276,9 +295,12 @@ def test_default_recipe_trains_as_before(tmp_path: Path, cache_dir: Path) -> Non
 
 
 OPTIONS = {
-    "ema_decay": 0.9, "scheduler": {"kind": "cosine", "warmup_epochs": 0.5},
-    "backbone_lr": 1e-3, "no_decay_norm_bias": True,
-    "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}, "tracking": ["tensorboard"],
+    "ema_decay": 0.9,
+    "scheduler": {"kind": "cosine", "warmup_epochs": 0.5},
+    "backbone_lr": 1e-3,
+    "no_decay_norm_bias": True,
+    "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+    "tracking": ["tensorboard"],
 }
 
 
@@ -309,8 +331,17 @@ def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_di
     lrs = {g["name"]: float(g["lr"]) for g in full.optimizer.param_groups}
     assert set(lrs) == {"backbone", "backbone_no_decay", "rest", "rest_no_decay"}
     scalars = _scalars(tmp_path / "full")
-    for tag in ("train/loss", "train/loss_final", "train/loss_joint", "train/loss_image", "train/loss_meta",
-                "val/dice", "val/multiclass_accuracy", "lr/backbone", "lr/rest"):
+    for tag in (
+        "train/loss",
+        "train/loss_final",
+        "train/loss_joint",
+        "train/loss_image",
+        "train/loss_meta",
+        "val/dice",
+        "val/multiclass_accuracy",
+        "lr/backbone",
+        "lr/rest",
+    ):
         assert len(scalars[tag]) == 2, tag
     assert scalars["train/loss"] == pytest.approx([r["train_loss"] for r in full.history])
     assert scalars["lr/rest"][-1] < 3e-3  # the cosine has decayed from train.lr
@@ -326,9 +357,21 @@ def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path,
         assert option in help_text, option
     config = write_config(tmp_path / "c.yaml", tiny_run_config(cache_dir, epochs=1, n_lesions=24))
     proc = subprocess.run(
-        [sys.executable, "-m", "fusionkit.cli", "train", str(config), "--synthetic", "--quiet", "--out", str(tmp_path / "run"),
-         "--set", f"train.init_from={tmp_path / 'missing'}"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fusionkit.cli",
+            "train",
+            str(config),
+            "--synthetic",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"train.init_from={tmp_path / 'missing'}",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train.init_from" in proc.stderr and "no such run directory" in proc.stderr
@@ -368,8 +411,7 @@ def test_warm_start_from_a_run_folder_and_from_a_plain_state_dict(tmp_path: Path
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(fk.errors.ConfigError) as info:
         warm_start(nn.Linear(2, 3), run)
-    assert str(info.value) == (
-        f"train.init_from: {run} is a folder without {run / 'checkpoints' / 'best.safetensors'}")
+    assert str(info.value) == (f"train.init_from: {run} is a folder without {run / 'checkpoints' / 'best.safetensors'}")
     save_checkpoint(run / "checkpoints" / "best.safetensors", model=source, include_rng=False)
     target = nn.Linear(2, 3)
     report = warm_start(target, run)
@@ -378,14 +420,24 @@ def test_warm_start_from_a_run_folder_and_from_a_plain_state_dict(tmp_path: Path
     assert report.summary() == f"warm start from {report.source}: loaded 2 tensors"
 
     plain = tmp_path / "plain.safetensors"
-    save_file({"weight": torch.ones(3, 2), "extra": torch.zeros(1), "extra2": torch.zeros(1), "bias": torch.zeros(4),
-               "optim.state": torch.zeros(1), "rng.torch": torch.zeros(1), "ema.weight": torch.zeros(1)},
-              str(plain))
+    save_file(
+        {
+            "weight": torch.ones(3, 2),
+            "extra": torch.zeros(1),
+            "extra2": torch.zeros(1),
+            "bias": torch.zeros(4),
+            "optim.state": torch.zeros(1),
+            "rng.torch": torch.zeros(1),
+            "ema.weight": torch.zeros(1),
+        },
+        str(plain),
+    )
     report = warm_start(target, plain)
     assert torch.equal(target.weight, torch.ones(3, 2))
     assert (report.loaded, report.unexpected) == (["weight"], ["extra", "extra2"])
     assert report.summary() == (
-        f"warm start from {plain}: loaded 1 tensors; mismatched 1: bias: (4,) -> (3,); unexpected 2: extra, extra2")
+        f"warm start from {plain}: loaded 1 tensors; mismatched 1: bias: (4,) -> (3,); unexpected 2: extra, extra2"
+    )
 
 
 def test_warmup_cosine_edges_and_floors() -> None:
@@ -401,8 +453,7 @@ def test_warmup_cosine_edges_and_floors() -> None:
         schedule = LrSchedule(spec=spec, optimizer=opt, epochs=2, steps_per_epoch=2)
         assert _lrs(schedule, opt, 6)[-1] == pytest.approx(last)
     opt = torch.optim.SGD([param], lr=1.0)
-    plateau = LrSchedule(spec=SchedulerSpec(patience=0, min_lr=0.3), optimizer=opt, epochs=1,
-                         steps_per_epoch=1)
+    plateau = LrSchedule(spec=SchedulerSpec(patience=0, min_lr=0.3), optimizer=opt, epochs=1, steps_per_epoch=1)
     lrs = []
     for _ in range(4):
         plateau.after_epoch(0.1)
@@ -413,11 +464,16 @@ def test_warmup_cosine_edges_and_floors() -> None:
 def test_sampler_drops_a_last_batch_of_one_and_balanced_orders_are_seeded() -> None:
     from fusionkit.train.sampler import EpochSampler
 
-    for n, world_size, batch_size, expected in [(5, 1, 2, 4), (5, 1, 3, 5), (6, 2, 2, 2),
-                                                (7, 1, 3, 6), (5, 1, None, 5), (5, 1, 1, 5)]:
+    for n, world_size, batch_size, expected in [
+        (5, 1, 2, 4),
+        (5, 1, 3, 5),
+        (6, 2, 2, 2),
+        (7, 1, 3, 6),
+        (5, 1, None, 5),
+        (5, 1, 1, 5),
+    ]:
         for rank in range(world_size):
-            sampler = EpochSampler(list(range(n)), seed=0, rank=rank, world_size=world_size,
-                                   batch_size=batch_size)
+            sampler = EpochSampler(list(range(n)), seed=0, rank=rank, world_size=world_size, batch_size=batch_size)
             assert len(sampler) == len(list(sampler)) == expected, (n, world_size, batch_size)
     labels = [0, 0, 0, 1, 1, 2]
     first = list(EpochSampler(labels, seed=4, mode="balanced"))
@@ -444,8 +500,12 @@ def test_mix_batch_choice_box_and_presence_per_method() -> None:
         both = MixupSpec(mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=1.0)
         out, info = mix_batch(batch, spec=both, num_classes=11)
         assert info.kind == "cutmix" and torch.equal(out["present"]["meta"], batch["present"]["meta"])
-        top, bottom, left, right = (round(info.box[0] * 8), round(info.box[1] * 8),
-                                    round(info.box[2] * 10), round(info.box[3] * 10))
+        top, bottom, left, right = (
+            round(info.box[0] * 8),
+            round(info.box[1] * 8),
+            round(info.box[2] * 10),
+            round(info.box[3] * 10),
+        )
         inside = torch.zeros(8, 10, dtype=torch.bool)
         inside[top:bottom, left:right] = True
         for key in ("derm", "clinical"):
@@ -454,8 +514,7 @@ def test_mix_batch_choice_box_and_presence_per_method() -> None:
         assert info.lam == pytest.approx(1 - float(inside.float().mean()))
         only_cutmix = MixupSpec(cutmix_alpha=1.0, switch_prob=0.0)
         assert mix_batch(batch, spec=only_cutmix, num_classes=11)[1].kind == "cutmix"
-        out, info = mix_batch(batch, spec=MixupSpec(mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=0.0),
-                              num_classes=11)
+        out, info = mix_batch(batch, spec=MixupSpec(mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=0.0), num_classes=11)
         assert info.kind == "mixup" and info.box is None
         meta = batch["present"]["meta"]
         assert torch.equal(out["present"]["meta"], meta | meta[info.perm])

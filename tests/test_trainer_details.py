@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from train_helpers import tiny_run_config
 
 import fusionkit.train.trainer as trainer_module
 from fusionkit.errors import ConfigError, DataError, DivergenceError, RunInterrupted
@@ -24,8 +25,6 @@ from fusionkit.runtime.checkpoint import read_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.step import EagerStep
 from fusionkit.train.trainer import Trainer, selection_score, train_run
-
-from train_helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +37,13 @@ def config_of(cache_dir: Path, *, epochs: int = 1, **train: Any) -> RunConfig:
 
 
 def build(tmp_path: Path, cache_dir: Path, *, epochs: int = 1, resume: bool = False, **train: Any) -> Trainer:
-    return Trainer(config_of(cache_dir, epochs=epochs, **train), run_dir=tmp_path / "run", synthetic=True,
-                   progress=False, resume=resume)
+    return Trainer(
+        config_of(cache_dir, epochs=epochs, **train),
+        run_dir=tmp_path / "run",
+        synthetic=True,
+        progress=False,
+        resume=resume,
+    )
 
 
 def with_train(trainer: Trainer, **fields: Any) -> None:
@@ -120,12 +124,26 @@ def test_train_run_passes_every_argument_and_closes_even_when_fit_fails(monkeypa
     monkeypatch.setattr(trainer_module, "Trainer", Spy)
     with pytest.raises(RuntimeError, match="boom"):
         train_run("cfg", run_dir="r")
-    defaults = {"run_dir": "r", "data_root": None, "synthetic": False, "resume": False, "overwrite": False,
-                "progress": True, "after_fit": None}
+    defaults = {
+        "run_dir": "r",
+        "data_root": None,
+        "synthetic": False,
+        "resume": False,
+        "overwrite": False,
+        "progress": True,
+        "after_fit": None,
+    }
     assert calls == [("init", "cfg", defaults), "fit", "close"]
     calls.clear()
-    given = {"run_dir": "r", "data_root": "d", "synthetic": True, "resume": True, "overwrite": True,
-             "progress": False, "after_fit": print}
+    given = {
+        "run_dir": "r",
+        "data_root": "d",
+        "synthetic": True,
+        "resume": True,
+        "overwrite": True,
+        "progress": False,
+        "after_fit": print,
+    }
     monkeypatch.setattr(Spy, "fit", lambda self: calls.append("fit"))
     assert isinstance(train_run("cfg", **given), Spy)
     assert calls == [("init", "cfg", given), "fit", "close"]
@@ -192,13 +210,31 @@ def test_setup_passes_the_train_settings_to_the_tracker_param_groups_and_schedul
 
     monkeypatch.setattr(trainer_module, "param_groups", groups_spy)
     monkeypatch.setattr(trainer_module, "LrSchedule", schedule_spy)
-    trainer = build(tmp_path, cache_dir, epochs=3, weight_decay=0.02, backbone_lr=1e-4, backbone_weight_decay=0.5,
-                    no_decay_norm_bias=True, scheduler={"kind": "cosine"}, max_batches_per_epoch=1)
+    trainer = build(
+        tmp_path,
+        cache_dir,
+        epochs=3,
+        weight_decay=0.02,
+        backbone_lr=1e-4,
+        backbone_weight_decay=0.5,
+        no_decay_norm_bias=True,
+        scheduler={"kind": "cosine"},
+        max_batches_per_epoch=1,
+    )
     try:
-        assert seen["groups"] == {"lr": 3e-3, "weight_decay": 0.02, "backbone_lr": 1e-4,
-                                  "backbone_weight_decay": 0.5, "no_decay_norm_bias": True}
-        assert seen["schedule"] == {"spec": trainer.config.train.scheduler, "optimizer": trainer.optimizer,
-                                    "epochs": 3, "steps_per_epoch": 1}  # min(2 batches, max_batches_per_epoch)
+        assert seen["groups"] == {
+            "lr": 3e-3,
+            "weight_decay": 0.02,
+            "backbone_lr": 1e-4,
+            "backbone_weight_decay": 0.5,
+            "no_decay_norm_bias": True,
+        }
+        assert seen["schedule"] == {
+            "spec": trainer.config.train.scheduler,
+            "optimizer": trainer.optimizer,
+            "epochs": 3,
+            "steps_per_epoch": 1,
+        }  # min(2 batches, max_batches_per_epoch)
         assert trainer.optimizer.defaults["lr"] == 3e-3 and trainer.optimizer.defaults["weight_decay"] == 0.02
         assert trainer.optimizer.defaults["capturable"] is False
         # each group holds AdamW's own keys, its name and the cosine schedule's initial_lr, nothing
@@ -230,7 +266,9 @@ def test_tracker_gets_every_train_setting_as_a_parameter(tmp_path: Path, cache_d
     trainer = build(tmp_path, cache_dir)
     trainer.close()
     train = trainer.config.train.model_dump(mode="json")
-    assert made == [{"backends": (), "run_dir": tmp_path / "run", "params": {f"train.{k}": v for k, v in train.items()}}]
+    assert made == [
+        {"backends": (), "run_dir": tmp_path / "run", "params": {f"train.{k}": v for k, v in train.items()}}
+    ]
     assert made[0]["params"]["train.lr"] == 3e-3
 
 
@@ -261,12 +299,14 @@ def test_train_log_lines_are_formatted_written_once_and_released(tmp_path: Path,
         trainer = build(tmp_path / "a", cache_dir)
         assert root.level == logging.INFO
         trainer.close()
-        assert trainer._log_handler is None and all(h.baseFilename != str(trainer.files.log)
-                                                    for h in root.handlers if isinstance(h, logging.FileHandler))
+        assert trainer._log_handler is None and all(
+            h.baseFilename != str(trainer.files.log) for h in root.handlers if isinstance(h, logging.FileHandler)
+        )
         line = (tmp_path / "a" / "run" / "train.log").read_text().splitlines()[0]
         assert re.fullmatch(
             r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO fusionkit\.train: training on cpu; "
-            r"augmentation on the loader \(cpu\) \(data\.augment_on: auto\)", line
+            r"augmentation on the loader \(cpu\) \(data\.augment_on: auto\)",
+            line,
         ), line
         root.addHandler(same)  # already logging to this run's file: not added twice
         (tmp_path / "b" / "run").mkdir(parents=True)
@@ -297,13 +337,16 @@ def test_a_resume_without_a_checkpoint_warns_that_it_starts_over(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="fusionkit.train"):
         trainer = build(tmp_path, cache_dir, resume=True)
     trainer.close()
-    assert (f"{tmp_path / 'run'}: no checkpoint yet; starting the run from the beginning"
-            in [r.getMessage() for r in caplog.records])
+    assert f"{tmp_path / 'run'}: no checkpoint yet; starting the run from the beginning" in [
+        r.getMessage() for r in caplog.records
+    ]
     assert trainer.start_epoch == 0 and trainer.history == []
 
 
 # -- one epoch ------------------------------------------------------------------------------------
-def test_an_epoch_sums_the_loss_per_sample_and_passes_each_batch_on(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+def test_an_epoch_sums_the_loss_per_sample_and_passes_each_batch_on(
+    tmp_path: Path, cache_dir: Path, monkeypatch
+) -> None:
     trainer = build(tmp_path, cache_dir)
     trainer.step = step = ConstStep(1.5)
     moved, transformed, after_step, synced = [], [], [], []
@@ -409,8 +452,10 @@ def test_divergence_messages_name_the_epoch_and_the_last_good_checkpoint(tmp_pat
     trainer = build(tmp_path, cache_dir)
     try:
         first = trainer._divergence(0, "the loss")
-        assert str(first) == ("training diverged in epoch 1: the loss became NaN or infinite "
-                              "(train.lr 0.003 may be too high); no checkpoint was saved")
+        assert str(first) == (
+            "training diverged in epoch 1: the loss became NaN or infinite "
+            "(train.lr 0.003 may be too high); no checkpoint was saved"
+        )
         assert first.epoch == 1
         later = trainer._divergence(2, "the weights")
         assert str(later) == (
@@ -450,8 +495,13 @@ def test_validate_predicts_with_the_run_settings_and_adds_f1_and_the_nll(
         trainer.close()
     (args, kwargs), preds = calls
     assert args[0] is trainer.eval_model and len(args) == 2
-    assert kwargs == {"device": trainer.device, "bf16": True, "channels_last": False, "dist_info": trainer.dist,
-                      "batch_transform": trainer.data.to_model_batch}
+    assert kwargs == {
+        "device": trainer.device,
+        "bf16": True,
+        "channels_last": False,
+        "dist_info": trainer.dist,
+        "batch_transform": trainer.data.to_model_batch,
+    }
     assert metrics["macro_f1_argmax"] == macro_f1_argmax(preds.labels, preds.probs)
     assert nll == pytest.approx(-sum(preds.log_probs[i, y] for i, y in enumerate(preds.labels)) / len(preds))
     assert selection_score(metrics, "f1") == metrics["macro_f1_argmax"]
@@ -478,26 +528,42 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
     auc, dice = metrics["macro"]["auc"], metrics["macro"]["dice"]
     assert got == metrics and seen == 16 and scores == [auc, auc]
     assert record.__dict__ == {
-        "epoch": 1, "train_loss": 1.5, "val_loss": val_loss, "val_dice": dice, "val_auc": auc, "lr": 3e-3,
-        "seconds": 4.0, "samples_per_s": 4.0, "best": True,
+        "epoch": 1,
+        "train_loss": 1.5,
+        "val_loss": val_loss,
+        "val_dice": dice,
+        "val_auc": auc,
+        "lr": 3e-3,
+        "seconds": 4.0,
+        "samples_per_s": 4.0,
+        "best": True,
     }
     assert second.epoch == 2 and second.samples_per_s == 32.0 and not second.best  # equal is not better
     assert trainer.history == [record.__dict__, second.__dict__] and trainer.best_dice == auc
     tensors, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert json.dumps(meta["info"], sort_keys=True) == json.dumps(  # NaN != NaN: compare the JSON
-        {"epoch": 1, "val_metrics": metrics, "val_loss": val_loss}, sort_keys=True)
+        {"epoch": 1, "val_metrics": metrics, "val_loss": val_loss}, sort_keys=True
+    )
     assert not any(k.startswith("rng.") for k in tensors)
     _, last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert last["info"]["epoch"] == 2 and last["info"]["batch"] == 0
-    line = (f"epoch 1/2  train loss 1.5000  val loss {val_loss:.4f}  val dice {dice:.4f}  val auc {auc:.4f}  "
-            f"lr 3.00e-03  4.0 samples/s  *best*")
+    line = (
+        f"epoch 1/2  train loss 1.5000  val loss {val_loss:.4f}  val dice {dice:.4f}  val auc {auc:.4f}  "
+        f"lr 3.00e-03  4.0 samples/s  *best*"
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[0] == line and out[1].endswith(" 32.0 samples/s")
     assert line in (tmp_path / "run" / "train.log").read_text()
     assert (tmp_path / "run" / "history.json").read_text() == json.dumps(trainer.history, indent=2)
     values, step = tracker.scalars[0]
-    expected = {"train/loss": 1.5, "val/loss": val_loss, "train/loss_final": 0.5, "train/loss_joint": 0.25,
-                "lr/rest": 3e-3, "train/samples_per_s": 4.0}
+    expected = {
+        "train/loss": 1.5,
+        "val/loss": val_loss,
+        "train/loss_final": 0.5,
+        "train/loss_joint": 0.25,
+        "lr/rest": 3e-3,
+        "train/samples_per_s": 4.0,
+    }
     expected |= {f"val/{k}": v for k, v in metrics["macro"].items() if not math.isnan(v)}
     assert step == 1 and values == expected
 
@@ -508,11 +574,23 @@ def test_save_last_records_the_epoch_position_and_partial_sums(tmp_path: Path, c
     last = tmp_path / "run" / "checkpoints" / "last.safetensors"
     try:
         trainer._save_last(2, batch=3, partial=(1.5, 7))
-        assert read_checkpoint(last)[1]["info"] == {"epoch": 2, "batch": 3, "best_dice": 0.25,
-                                                    "history": [{"epoch": 1}], "epoch_loss_sum": 1.5, "epoch_seen": 7}
+        assert read_checkpoint(last)[1]["info"] == {
+            "epoch": 2,
+            "batch": 3,
+            "best_dice": 0.25,
+            "history": [{"epoch": 1}],
+            "epoch_loss_sum": 1.5,
+            "epoch_seen": 7,
+        }
         trainer._save_last(1)
-        assert read_checkpoint(last)[1]["info"] == {"epoch": 1, "batch": 0, "best_dice": 0.25,
-                                                    "history": [{"epoch": 1}], "epoch_loss_sum": 0.0, "epoch_seen": 0}
+        assert read_checkpoint(last)[1]["info"] == {
+            "epoch": 1,
+            "batch": 0,
+            "best_dice": 0.25,
+            "history": [{"epoch": 1}],
+            "epoch_loss_sum": 0.0,
+            "epoch_seen": 0,
+        }
     finally:
         trainer.close()
 
@@ -538,9 +616,7 @@ def test_signals_are_caught_during_fit_only_and_a_second_one_stops_at_once(
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
         assert during == [trainer._on_signal] and trainer._interrupted == signal.SIGTERM
         assert caught.value.exit_code == 143 and caught.value.run_dir == tmp_path / "run"
-        assert capsys.readouterr().err == (
-            "interrupt: finishing this batch and saving a resumable checkpoint ...\n"
-        )
+        assert capsys.readouterr().err == ("interrupt: finishing this batch and saving a resumable checkpoint ...\n")
         with pytest.raises(RunInterrupted) as second:
             trainer._on_signal(signal.SIGINT, None)
         assert second.value.signum == signal.SIGINT and second.value.run_dir == tmp_path / "run"
@@ -576,8 +652,7 @@ def test_a_signal_during_validation_stops_after_the_epoch_is_saved(
     assert caught.value.exit_code == 130 and len(trainer.history) == 1
     _, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert meta["info"]["epoch"] == 1 and meta["info"]["batch"] == 0
-    assert FakeBar.made[0]["kwargs"] == {"initial": 0, "total": 2, "desc": "training", "unit": "epoch",
-                                         "disable": True}
+    assert FakeBar.made[0]["kwargs"] == {"initial": 0, "total": 2, "desc": "training", "unit": "epoch", "disable": True}
     assert list(FakeBar.made[0]["iterable"]) == [0, 1]
 
 
@@ -617,15 +692,18 @@ def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cac
         assert f"resumed from {last} at epoch 2 batch 0" in messages
         # the changed epochs are applied, logged and recorded; a resume from a checkpoint is no restart
         assert trainer.data.changes and [m for m in messages if m.startswith("resume: ")] == [
-            f"resume: {change} (applied)" for change in trainer.data.changes]
+            f"resume: {change} (applied)" for change in trainer.data.changes
+        ]
         record = json.loads((tmp_path / "run" / "resumes.json").read_text())[-1]
         assert record["restarted_from_beginning"] is False and record["changes"] == list(trainer.data.changes)
         # a graphed run reads each group's lr from a tensor: resuming makes one from a float lr
         with_train(trainer, step_mode="cuda_graph")
         trainer._resume()
         lrs = [g["lr"] for g in trainer.optimizer.param_groups]
-        assert all(isinstance(lr, torch.Tensor) and lr.device == trainer.device and lr.item() == pytest.approx(3e-3)
-                   for lr in lrs)
+        assert all(
+            isinstance(lr, torch.Tensor) and lr.device == trainer.device and lr.item() == pytest.approx(3e-3)
+            for lr in lrs
+        )
         # a changed lr is set in place, into the tensor a graph would read
         with_train(trainer, lr=1e-3)
         trainer._reset_lr()
@@ -659,19 +737,21 @@ def test_overwrite_reaches_the_run_directory_claim(tmp_path: Path, cache_dir: Pa
     build(tmp_path, cache_dir).close()  # writes config.yaml: the folder now holds a run
     with pytest.raises(ConfigError, match="already holds a run"):
         build(tmp_path, cache_dir)
-    trainer = Trainer(config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, progress=False,
-                      overwrite=True)
+    trainer = Trainer(config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, progress=False, overwrite=True)
     trainer.close()
     assert trainer.start_epoch == 0 and trainer.history == []
 
 
-def test_a_warm_start_loads_the_source_run_into_the_model_and_logs_its_summary(
-    tmp_path: Path, cache_dir: Path
-) -> None:
-    train_run(config_of(cache_dir, max_batches_per_epoch=1), run_dir=tmp_path / "source",
-                       synthetic=True, progress=False)
-    trainer = Trainer(config_of(cache_dir, init_from=str(tmp_path / "source")), run_dir=tmp_path / "run",
-                      synthetic=True, progress=False)
+def test_a_warm_start_loads_the_source_run_into_the_model_and_logs_its_summary(tmp_path: Path, cache_dir: Path) -> None:
+    train_run(
+        config_of(cache_dir, max_batches_per_epoch=1), run_dir=tmp_path / "source", synthetic=True, progress=False
+    )
+    trainer = Trainer(
+        config_of(cache_dir, init_from=str(tmp_path / "source")),
+        run_dir=tmp_path / "run",
+        synthetic=True,
+        progress=False,
+    )
     trainer.close()
     best, _ = read_checkpoint(tmp_path / "source" / "checkpoints" / "best.safetensors")
     weights = trainer.model.state_dict()

@@ -101,29 +101,56 @@ def architecture_labels(preset: str = "ji-adf", metadata_width: int = 35) -> dic
 
 # (x, y, width) of each box in inches, top to bottom along the data flow (fits a text column)
 _PLACES = {
-    "derm": (1.65, 10.9, 3.0), "clinical": (4.95, 10.9, 3.0), "meta": (8.25, 10.9, 2.6),
-    "enc_derm": (1.65, 9.55, 3.0), "enc_clinical": (4.95, 9.55, 3.0), "enc_meta": (8.25, 9.55, 2.6),
-    "f_I": (3.3, 8.05, 2.6), "f_M": (8.25, 8.05, 2.0), "fusion": (4.95, 6.45, 3.6),
-    "head_image": (1.7, 4.75, 3.1), "head_joint": (4.95, 4.75, 3.1), "head_meta": (8.2, 4.75, 3.1),
-    "decision": (4.95, 3.05, 3.7), "final": (4.95, 1.35, 2.6),
+    "derm": (1.65, 10.9, 3.0),
+    "clinical": (4.95, 10.9, 3.0),
+    "meta": (8.25, 10.9, 2.6),
+    "enc_derm": (1.65, 9.55, 3.0),
+    "enc_clinical": (4.95, 9.55, 3.0),
+    "enc_meta": (8.25, 9.55, 2.6),
+    "f_I": (3.3, 8.05, 2.6),
+    "f_M": (8.25, 8.05, 2.0),
+    "fusion": (4.95, 6.45, 3.6),
+    "head_image": (1.7, 4.75, 3.1),
+    "head_joint": (4.95, 4.75, 3.1),
+    "head_meta": (8.2, 4.75, 3.1),
+    "decision": (4.95, 3.05, 3.7),
+    "final": (4.95, 1.35, 2.6),
 }
 _COLOURS = {
-    "derm": "#e8eef7", "clinical": "#e8eef7", "meta": "#e8eef7",
-    "enc_derm": "#cfe3f7", "enc_clinical": "#cfe3f7", "enc_meta": "#d9f0d3",
-    "f_I": "#f4f4f4", "f_M": "#f4f4f4", "fusion": "#fde2c4",
-    "head_image": "#ececec", "head_joint": "#ececec", "head_meta": "#ececec",
-    "decision": "#f9d3d3", "final": "#fff2b3",
+    "derm": "#e8eef7",
+    "clinical": "#e8eef7",
+    "meta": "#e8eef7",
+    "enc_derm": "#cfe3f7",
+    "enc_clinical": "#cfe3f7",
+    "enc_meta": "#d9f0d3",
+    "f_I": "#f4f4f4",
+    "f_M": "#f4f4f4",
+    "fusion": "#fde2c4",
+    "head_image": "#ececec",
+    "head_joint": "#ececec",
+    "head_meta": "#ececec",
+    "decision": "#f9d3d3",
+    "final": "#fff2b3",
 }
 # (from, to, label, side): arrows go from a box's bottom to the next box's top; the P_I and P_M
 # arrows bypass the gate and enter the final box from the left ("l") or right ("r")
 _EDGES = [
-    ("derm", "enc_derm", "", ""), ("clinical", "enc_clinical", "", ""), ("meta", "enc_meta", "", ""),
-    ("enc_derm", "f_I", "f_D", ""), ("enc_clinical", "f_I", "f_C", ""), ("enc_meta", "f_M", "", ""),
-    ("f_I", "fusion", "", ""), ("f_M", "fusion", "", ""),
-    ("f_I", "head_image", "f_I", ""), ("fusion", "head_joint", "f_IM", ""), ("f_M", "head_meta", "f_M", ""),
-    ("head_image", "decision", "z_I", ""), ("head_joint", "decision", "z_IM", ""),
+    ("derm", "enc_derm", "", ""),
+    ("clinical", "enc_clinical", "", ""),
+    ("meta", "enc_meta", "", ""),
+    ("enc_derm", "f_I", "f_D", ""),
+    ("enc_clinical", "f_I", "f_C", ""),
+    ("enc_meta", "f_M", "", ""),
+    ("f_I", "fusion", "", ""),
+    ("f_M", "fusion", "", ""),
+    ("f_I", "head_image", "f_I", ""),
+    ("fusion", "head_joint", "f_IM", ""),
+    ("f_M", "head_meta", "f_M", ""),
+    ("head_image", "decision", "z_I", ""),
+    ("head_joint", "decision", "z_IM", ""),
     ("head_meta", "decision", "z_M", ""),
-    ("head_image", "final", "P_I", "l"), ("head_meta", "final", "P_M", "r"),
+    ("head_image", "final", "P_I", "l"),
+    ("head_meta", "final", "P_M", "r"),
     ("decision", "final", "alpha;  P_IM", ""),
 ]
 
@@ -140,31 +167,67 @@ def draw_architecture(labels: dict[str, str], path: Path) -> Path:
         text = labels[key]
         h = 0.2 * len(text.splitlines()) + 0.25
         boxes[key] = (x - w / 2, y - h / 2, w, h)
-        ax.add_patch(FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-            facecolor=_COLOURS[key], edgecolor="#555555", linewidth=1.0,
-        ))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - w / 2, y - h / 2),
+                w,
+                h,
+                boxstyle="round,pad=0.02,rounding_size=0.08",
+                facecolor=_COLOURS[key],
+                edgecolor="#555555",
+                linewidth=1.0,
+            )
+        )
         ax.text(x, y, text, ha="center", va="center", fontsize=10, family="DejaVu Sans")
     for start, end, label, side in _EDGES:
-        (x0, y0, w0, h0), (x1, y1, w1, h1) = boxes[start], boxes[end]
+        (x0, y0, w0, _h0), (x1, y1, w1, h1) = boxes[start], boxes[end]
         a, b = (x0 + w0 / 2, y0), (x1 + w1 / 2, y1 + h1)
         style = "arc3,rad=0"
         if side:
             a = (x0 + w0 / 2, y0)
             b = (x1, y1 + h1 / 2) if side == "l" else (x1 + w1, y1 + h1 / 2)
             style = f"angle,angleA={-90},angleB={0 if side == 'l' else 180},rad=8"
-        ax.add_patch(FancyArrowPatch(
-            a, b, arrowstyle="-|>", mutation_scale=13, linewidth=1.0, color="#333333",
-            shrinkA=2, shrinkB=2, connectionstyle=style,
-        ))
+        ax.add_patch(
+            FancyArrowPatch(
+                a,
+                b,
+                arrowstyle="-|>",
+                mutation_scale=13,
+                linewidth=1.0,
+                color="#333333",
+                shrinkA=2,
+                shrinkB=2,
+                connectionstyle=style,
+            )
+        )
         if label:
             mid = (a[0] + 0.5 * (b[0] - a[0]), a[1] + 0.5 * (b[1] - a[1])) if not side else (a[0], b[1] + 0.6)
-            ax.text(mid[0], mid[1], label, fontsize=9, color="#1f4e8c", ha="center", va="center",
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
-    ax.text(0.15, 11.85, "JI-ADF as fusionkit builds it (preset ji-adf; eq numbers are the paper's)",
-            fontsize=11, weight="bold", va="top")
-    ax.text(0.15, 0.3, "Loss (eq 7): CE(P_final, y) + 0.5 L_IM + 0.25 L_I + 0.25 L_M,\n"
-            "L_k the cross-entropy of head k (eq 4)", fontsize=9.5, color="#444444", va="bottom")
+            ax.text(
+                mid[0],
+                mid[1],
+                label,
+                fontsize=9,
+                color="#1f4e8c",
+                ha="center",
+                va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
+            )
+    ax.text(
+        0.15,
+        11.85,
+        "JI-ADF as fusionkit builds it (preset ji-adf; eq numbers are the paper's)",
+        fontsize=11,
+        weight="bold",
+        va="top",
+    )
+    ax.text(
+        0.15,
+        0.3,
+        "Loss (eq 7): CE(P_final, y) + 0.5 L_IM + 0.25 L_I + 0.25 L_M,\nL_k the cross-entropy of head k (eq 4)",
+        fontsize=9.5,
+        color="#444444",
+        va="bottom",
+    )
     return _write_png(fig, path)
 
 
@@ -210,8 +273,9 @@ def quickstart_assets(run_dir: Path | None, out: Path, readme: Path | None = Non
             (out / name).write_text(text)
             written.append(out / name)
     if readme is not None:
-        block = "\n".join([pieces["summary.md"], pieces["metrics.md"], "Modality ablation at inference:\n",
-                           pieces["ablation.md"]])
+        block = "\n".join(
+            [pieces["summary.md"], pieces["metrics.md"], "Modality ablation at inference:\n", pieces["ablation.md"]]
+        )
         written.append(_replace_block(readme, "quickstart-report", block))
     return written
 
@@ -222,7 +286,7 @@ def _replace_block(path: Path, name: str, body: str) -> Path:
     match = re.search(rf"(<!-- {name}:start[^\n]*-->\n).*?(<!-- {name}:end -->)", text, flags=re.S)
     if match is None:
         raise SystemExit(f"{path}: no '<!-- {name}:start -->' ... '<!-- {name}:end -->' block")
-    path.write_text(text[: match.start()] + match.group(1) + body.strip() + "\n" + match.group(2) + text[match.end():])
+    path.write_text(text[: match.start()] + match.group(1) + body.strip() + "\n" + match.group(2) + text[match.end() :])
     return path
 
 
@@ -286,8 +350,10 @@ def draw_loading(result: dict[str, Any], path: Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     height = 0.8 / len(workers)
     for i, n in enumerate(workers):
-        values = [next((r["median"] for r in result["results"] if r["pipeline"] == p and r["num_workers"] == n), 0.0)
-                  for p in pipelines]
+        values = [
+            next((r["median"] for r in result["results"] if r["pipeline"] == p and r["num_workers"] == n), 0.0)
+            for p in pipelines
+        ]
         ys = [k + (i - (len(workers) - 1) / 2) * height for k in range(len(pipelines))]
         bars = ax.barh(ys, values, height=height * 0.95, label=f"{n} workers")
         ax.bar_label(bars, labels=[f"{v:g}" for v in values], fontsize=8, padding=2)
@@ -313,7 +379,9 @@ def benchmark_figures(results_dir: Path, out: Path) -> list[Path]:
         raise SystemExit(f"{results_dir}: no train_step-*.json result files")
     written = [draw_train_step(step, out / "train_step.png")]
     # the newest dated loading-<device>-<date>.json (or an undated loading.json of older checkouts)
-    loading = sorted(results_dir.glob("loading-*.json"), key=lambda p: p.stem[-10:]) or sorted(results_dir.glob("loading.json"))
+    loading = sorted(results_dir.glob("loading-*.json"), key=lambda p: p.stem[-10:]) or sorted(
+        results_dir.glob("loading.json")
+    )
     if loading:
         written.append(draw_loading(json.loads(loading[-1].read_text()), out / "loading.png"))
     return written
@@ -323,8 +391,12 @@ def main(argv: list[str] | None = None) -> None:
     """Regenerate the chosen figures (default: all) under docs/assets/."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which figures to make")
-    parser.add_argument("--quickstart-run", type=Path, default=None,
-                        help="a finished quick-start run to copy from (default: train one in a temporary folder)")
+    parser.add_argument(
+        "--quickstart-run",
+        type=Path,
+        default=None,
+        help="a finished quick-start run to copy from (default: train one in a temporary folder)",
+    )
     parser.add_argument("--assets", type=Path, default=ASSETS, help="where to write (default docs/assets)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="benchmark result files")
     args = parser.parse_args(argv)

@@ -20,7 +20,10 @@ class FrozenSpec(BaseModel):
     """
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True,
+        frozen=True,
+        extra="forbid",
+        protected_namespaces=(),
+        use_attribute_docstrings=True,
         allow_inf_nan=False,
     )
 
@@ -34,11 +37,7 @@ class ComponentSpec(FrozenSpec):
 
     def component_kwargs(self) -> dict[str, Any]:
         """The keyword arguments this spec passes to its component's constructor."""
-        return {
-            name: getattr(self, name)
-            for name in type(self).model_fields
-            if name not in self.slot_fields
-        }
+        return {name: getattr(self, name) for name in type(self).model_fields if name not in self.slot_fields}
 
 
 class ImageEncoderSpec(ComponentSpec):

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Literal
+from urllib.parse import urlparse
 
 import timm
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from fusionkit.components.base import ImageEncoderSpec
 from fusionkit.errors import PretrainedWeightsError
 from fusionkit.registry import register
-from fusionkit.components.base import ImageEncoderSpec
 
 
 class TimmImageEncoderSpec(ImageEncoderSpec):
@@ -49,8 +49,7 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
         if tag and name not in timm.list_pretrained(name):
             tags = timm.list_pretrained(f"{arch}.*")
             raise ValueError(
-                f"timm model {arch!r} has no pretrained tag {tag!r}; "
-                f"its tags: {', '.join(tags) or 'none'}"
+                f"timm model {arch!r} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
             )
         return name
 
@@ -171,9 +170,7 @@ class TimmImageEncoder(nn.Module):
         # a checkpoint saved with its classifier carries head keys this backbone (num_classes=0) lacks
         head = self.backbone.default_cfg.get("classifier", "classifier")
         heads = (head,) if isinstance(head, str) else tuple(head)
-        state = {
-            k: v for k, v in state.items() if k in model_keys or not k.startswith(tuple(heads))
-        }
+        state = {k: v for k, v in state.items() if k in model_keys or not k.startswith(tuple(heads))}
         missing = sorted(model_keys - set(state))
         unexpected = sorted(set(state) - model_keys)
         if missing or unexpected:

@@ -8,9 +8,9 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from fusionkit.components.base import MetadataEncoderSpec
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.components.base import MetadataEncoderSpec
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from fusionkit.data.images import ImageSource, load_image, missing_image_error
-from fusionkit.utils.io import atomic_write_text, file_mode
 from fusionkit.errors import DataError
+from fusionkit.utils.io import atomic_write_text, file_mode
 
 logger = logging.getLogger("fusionkit.data")
 

@@ -140,7 +140,7 @@ class DeviceAugment:
             blend = f[:, None, None] * eye + (1.0 - f)[:, None, None] * to_gray
             sat_m = torch.bmm(blend, matrix)
             sat_o = torch.bmm(blend, offset[:, :, None]).squeeze(2)
-            is_sat = (op == 2)
+            is_sat = op == 2
             matrix = torch.where(is_sat[:, None, None], sat_m, scaled_m)
             offset = torch.where(is_sat[:, None], sat_o, scaled_o)
         out = torch.baddbmm(offset[:, :, None], matrix, pixels)

@@ -73,8 +73,7 @@ def scan_images(image_dir: str | Path) -> dict[str, Path]:
 def missing_image_error(source: ImageSource) -> DataError:
     """The error for an image the metadata lists but whose file is not there."""
     return DataError(
-        f"image file missing (listed on line {source.line} of {source.metadata_csv.name}); "
-        "expected the JPEG to exist",
+        f"image file missing (listed on line {source.line} of {source.metadata_csv.name}); expected the JPEG to exist",
         path=source.path,
         lesion_id=source.lesion_id,
     )

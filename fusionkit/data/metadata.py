@@ -28,8 +28,8 @@ import torch
 
 from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
 from fusionkit.data.tables import ImageRecord, LesionRecord
-from fusionkit.utils.io import atomic_write_text
 from fusionkit.errors import DataError, FusionkitError
+from fusionkit.utils.io import atomic_write_text
 
 _FORMAT = "fusionkit.metadata_encoder"
 _VERSION = 1
@@ -161,8 +161,7 @@ class MetadataEncoder:
         try:
             if state["format"] != _FORMAT or state["version"] != _VERSION:
                 raise DataError(
-                    f"format {state['format']!r} version {state['version']!r}; expected {_FORMAT!r} "
-                    f"version {_VERSION}",
+                    f"format {state['format']!r} version {state['version']!r}; expected {_FORMAT!r} version {_VERSION}",
                     path=path,
                 )
             if tuple(state["feature_names"]) != encoder.feature_names:

@@ -34,8 +34,8 @@ from fusionkit.data.images import ImageSource, image_hw, load_image
 from fusionkit.data.layout import Milk10kFiles, find_split
 from fusionkit.data.metadata import MetadataEncoder
 from fusionkit.data.schema import CLASS_NAMES
-from fusionkit.data.transforms import ImageTransform
 from fusionkit.data.tables import LesionRecord, MissingImagePolicy, read_milk10k, summarize
+from fusionkit.data.transforms import ImageTransform
 from fusionkit.errors import DataError
 
 logger = logging.getLogger("fusionkit.data")

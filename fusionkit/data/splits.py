@@ -33,9 +33,7 @@ class Split:
     val: tuple[str, ...]
 
 
-def _shuffled_classes(
-    lesion_ids: Sequence[str], labels: Sequence[Hashable], seed: int
-) -> list[list[str]]:
+def _shuffled_classes(lesion_ids: Sequence[str], labels: Sequence[Hashable], seed: int) -> list[list[str]]:
     if len(lesion_ids) != len(labels):
         raise ValueError(f"{len(lesion_ids)} lesion ids but {len(labels)} labels; expected one label per lesion")
     if len(set(lesion_ids)) != len(lesion_ids):
@@ -85,9 +83,7 @@ def train_val_split(
     )
 
 
-def kfold_splits(
-    lesion_ids: Sequence[str], labels: Sequence[Hashable], *, k: int = 5, seed: int = 0
-) -> list[Split]:
+def kfold_splits(lesion_ids: Sequence[str], labels: Sequence[Hashable], *, k: int = 5, seed: int = 0) -> list[Split]:
     """Split lesions into ``k`` stratified folds; fold ``i``'s validation set is the ``i``-th fold.
 
     Every lesion is in exactly one validation set. The lesions of each class are dealt round-robin

@@ -108,9 +108,7 @@ _ALTERED_RATE: Final[dict[str, float]] = {CLINICAL: 0.057, DERMOSCOPIC: 0.007}
 _JPEG_QUALITY: Final[int] = 90
 
 
-def synthetic_class_counts(
-    n_lesions: int, *, class_balance: Literal["real", "uniform"] = "real"
-) -> dict[str, int]:
+def synthetic_class_counts(n_lesions: int, *, class_balance: Literal["real", "uniform"] = "real") -> dict[str, int]:
     """Lesions per class for ``n_lesions`` (``CLASS_NAMES`` order).
 
     ``"real"`` scales the official training counts (at least 1 per class, at least 2 from 60
@@ -123,9 +121,7 @@ def synthetic_class_counts(
     if class_balance not in ("real", "uniform"):
         raise ValueError(f"class_balance must be 'real' or 'uniform', got {class_balance!r}")
     if n_lesions < len(CLASS_NAMES):  # too few for every class: one lesion each for the first classes
-        order = (
-            sorted(CLASS_NAMES, key=lambda c: -TRAINING_CLASS_COUNTS[c]) if class_balance == "real" else CLASS_NAMES
-        )
+        order = sorted(CLASS_NAMES, key=lambda c: -TRAINING_CLASS_COUNTS[c]) if class_balance == "real" else CLASS_NAMES
         chosen = set(order[:n_lesions])
         return {name: int(name in chosen) for name in CLASS_NAMES}
     if class_balance == "uniform":

@@ -345,9 +345,7 @@ def read_milk10k(files: Milk10kFiles, *, missing_image: MissingImagePolicy = "er
                     row=line,
                     lesion_id=lesion_id,
                 )
-        lesions = [
-            replace(lesion, label=truth[lesion.lesion_id][0]) for lesion in lesions
-        ]
+        lesions = [replace(lesion, label=truth[lesion.lesion_id][0]) for lesion in lesions]
     found = scan_images(files.image_dir)
     sources: dict[str, ImageSource] = {}
     for lesion in lesions:

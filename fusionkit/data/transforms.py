@@ -219,9 +219,7 @@ class ImageTransform:
             if a.rotation_degrees > 0:
                 steps.append(v2.RandomRotation(a.rotation_degrees, interpolation=InterpolationMode.BILINEAR))
             if max(a.brightness, a.contrast, a.saturation) > 0:
-                steps.append(
-                    ColorJitterUint8(brightness=a.brightness, contrast=a.contrast, saturation=a.saturation)
-                )
+                steps.append(ColorJitterUint8(brightness=a.brightness, contrast=a.contrast, saturation=a.saturation))
             if a.hue > 0:
                 steps.append(v2.ColorJitter(hue=a.hue))
         self._augment = v2.Compose(steps) if steps else None

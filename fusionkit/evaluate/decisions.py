@@ -17,9 +17,7 @@ from fusionkit.metrics.decision import DECISION_RULES, apply_decision, fit_thres
 from fusionkit.runtime.predict import Predictions
 
 
-def decision_rows(
-    evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]
-) -> list[dict[str, Any]]:
+def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]) -> list[dict[str, Any]]:
     """One row per (TTA mode, decision rule): macro Dice, macro AUC, lesions with no class > 0.5.
 
     ``evaluated`` and ``validation`` map a TTA mode to predictions of the evaluated set and of the
@@ -32,11 +30,16 @@ def decision_rows(
         for rule in DECISION_RULES:
             values = apply_decision(preds.probs, rule, thresholds=thresholds)
             macro = isic_metrics(preds.labels, values, CLASS_NAMES)["macro"]
-            rows.append({
-                "tta": tta, "decision": rule, "dice": float(macro["dice"]), "auc": float(macro["auc"]),
-                "no_positive": float(np.mean(values.max(axis=1) <= 0.5)),
-                "thresholds": list(thresholds) if rule == "thresholds" else None,
-            })
+            rows.append(
+                {
+                    "tta": tta,
+                    "decision": rule,
+                    "dice": float(macro["dice"]),
+                    "auc": float(macro["auc"]),
+                    "no_positive": float(np.mean(values.max(axis=1) <= 0.5)),
+                    "thresholds": list(thresholds) if rule == "thresholds" else None,
+                }
+            )
     return rows
 
 

@@ -75,9 +75,12 @@ def mean_predictions(parts: Sequence[Predictions]) -> Predictions:
     if all(p.weights is not None for p in parts):
         weights = np.mean([p.weights for p in parts], axis=0)
     return Predictions(
-        lesion_ids=list(first.lesion_ids), probs=probs,
+        lesion_ids=list(first.lesion_ids),
+        probs=probs,
         log_probs=np.log(np.maximum(probs, np.finfo(np.float32).tiny)),
-        labels=first.labels, weights=weights, present=dict(first.present),
+        labels=first.labels,
+        weights=weights,
+        present=dict(first.present),
     )
 
 
@@ -92,11 +95,17 @@ def ensemble_predict(
 ) -> Predictions:
     """The ensemble's mean posterior over ``split`` of ``data_root`` (default: each run's own data)."""
     check_tta(tta)
-    return mean_predictions([
-        run.predict(run.dataset(data_root=data_root, split=split, lesion_ids=lesion_ids), tta=tta,
-                    progress=progress, desc=f"predict {run.run_dir.name}")
-        for run in runs
-    ])
+    return mean_predictions(
+        [
+            run.predict(
+                run.dataset(data_root=data_root, split=split, lesion_ids=lesion_ids),
+                tta=tta,
+                progress=progress,
+                desc=f"predict {run.run_dir.name}",
+            )
+            for run in runs
+        ]
+    )
 
 
 def fit_ensemble_thresholds(
@@ -109,10 +118,13 @@ def fit_ensemble_thresholds(
     averaged. The validation lesions are read from the folder each run trained on, or from
     ``fallback_root`` where that folder is gone (a moved MILK10k copy).
     """
+
     def root(run: LoadedRun) -> Path | None:
         return None if run.data_root.is_dir() or fallback_root is None else Path(fallback_root)
 
-    parts = [r.predict(r.dataset(data_root=root(r), lesion_ids=r.split["val"]), tta=tta, progress=progress) for r in runs]
+    parts = [
+        r.predict(r.dataset(data_root=root(r), lesion_ids=r.split["val"]), tta=tta, progress=progress) for r in runs
+    ]
     if all(r.split["val"] == runs[0].split["val"] for r in runs):
         preds = mean_predictions(parts)
         return fit_thresholds(preds.labels, preds.probs)
@@ -128,8 +140,7 @@ def _auto_split(root: Path, split: str) -> str:
         find_split(root, "Test")
     except FusionkitError as exc:
         raise ConfigError(
-            f"--split auto predicts the Test split, but {exc}; "
-            "pass --split Training to predict the training lesions"
+            f"--split auto predicts the Test split, but {exc}; pass --split Training to predict the training lesions"
         ) from exc
     return "Test"
 
@@ -164,13 +175,19 @@ def predict_split(
     split = _auto_split(Path(data_root), split)
     preds = ensemble_predict(runs, data_root=data_root, split=split, tta=tta, progress=progress)
     thresholds = (
-        fit_ensemble_thresholds(runs, tta=tta, progress=progress, fallback_root=data_root) if decision == "thresholds" else None
+        fit_ensemble_thresholds(runs, tta=tta, progress=progress, fallback_root=data_root)
+        if decision == "thresholds"
+        else None
     )
     values = apply_decision(preds.probs, decision, thresholds=thresholds)
     path = write_submission(out, preds.lesion_ids, values, CLASS_NAMES)
     record: dict[str, Any] = {
-        "runs": [str(r.run_dir) for r in runs], "checkpoint": checkpoint, "data": str(data_root),
-        "split": split, "tta": tta, "decision": decision,
+        "runs": [str(r.run_dir) for r in runs],
+        "checkpoint": checkpoint,
+        "data": str(data_root),
+        "split": split,
+        "tta": tta,
+        "decision": decision,
         "thresholds": None if thresholds is None else dict(zip(CLASS_NAMES, thresholds, strict=True)),
         "lesions": len(preds),
     }
@@ -212,25 +229,40 @@ def evaluate_ensemble(
     out = Path(out)
     modes = ("none",) if tta == "none" else ("none", tta)
     validation = {m: ensemble_predict(runs, lesion_ids=val_ids, tta=m, progress=progress) for m in modes}
-    evaluated = validation if data_root is None else {
-        m: ensemble_predict(runs, data_root=data_root, tta=m, progress=progress) for m in modes
-    }
+    evaluated = (
+        validation
+        if data_root is None
+        else {m: ensemble_predict(runs, data_root=data_root, tta=m, progress=progress) for m in modes}
+    )
     preds = evaluated[tta]
     if preds.labels is None:
         raise FusionkitError(f"{data_root}: evaluation needs a labelled split (ground truth)")
     metrics = isic_metrics(preds.labels, preds.probs, CLASS_NAMES)
     write_table5(metrics, out, stem="metrics")
     rows = decision_rows(evaluated, validation)
-    atomic_write_text(out / "decision.json", json.dumps({"runs": [str(r.run_dir) for r in runs], "rows": rows}, indent=2))
+    atomic_write_text(
+        out / "decision.json", json.dumps({"runs": [str(r.run_dir) for r in runs], "rows": rows}, indent=2)
+    )
     where = "their shared validation split" if data_root is None else f"`{data_root}`"
-    report = "\n".join([
-        f"# fusionkit ensemble report ({len(runs)} runs)", "",
-        "Runs: " + ", ".join(f"`{r.run_dir}`" for r in runs) + f". Evaluated on {where} ({len(preds)} lesions), "
-        f"mean posterior, TTA `{tta}`.", "",
-        f"**Macro Dice {metrics['macro']['dice']:.3f}**, macro AUC {metrics['macro']['auc']:.3f}.", "",
-        "## Metrics (Table 5 layout)", "", table5_markdown(metrics), "",
-        "## Test-time augmentation and decision rule", "", decision_markdown(rows), "",
-    ])
+    report = "\n".join(
+        [
+            f"# fusionkit ensemble report ({len(runs)} runs)",
+            "",
+            "Runs: " + ", ".join(f"`{r.run_dir}`" for r in runs) + f". Evaluated on {where} ({len(preds)} lesions), "
+            f"mean posterior, TTA `{tta}`.",
+            "",
+            f"**Macro Dice {metrics['macro']['dice']:.3f}**, macro AUC {metrics['macro']['auc']:.3f}.",
+            "",
+            "## Metrics (Table 5 layout)",
+            "",
+            table5_markdown(metrics),
+            "",
+            "## Test-time augmentation and decision rule",
+            "",
+            decision_markdown(rows),
+            "",
+        ]
+    )
     path = out / "report.md"
     atomic_write_text(path, report)
     return path

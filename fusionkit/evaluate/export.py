@@ -43,7 +43,11 @@ class ExportWrapper(nn.Module):
         self.modalities = tuple(model.modalities)
         self.branches = tuple(model.heads)
         self.input_names = [*self.modalities, *(f"present_{m}" for m in self.modalities)]
-        self.output_names = ["probs", *(["weights"] if model.has_weights else []), *(f"logits_{b}" for b in self.branches)]
+        self.output_names = [
+            "probs",
+            *(["weights"] if model.has_weights else []),
+            *(f"logits_{b}" for b in self.branches),
+        ]
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The outputs named by ``output_names`` for the inputs named by ``input_names``."""
@@ -79,12 +83,17 @@ def sidecar(run: LoadedRun, wrapper: ExportWrapper) -> dict[str, Any]:
         "outputs": wrapper.output_names,
         "class_names": list(CLASS_NAMES[: run.config.model.num_classes]),
         "image": {
-            "size": run.config.model.image_size, "interpolation": transform.interpolation,
-            "mean": list(transform.mean), "std": list(transform.std),
+            "size": run.config.model.image_size,
+            "interpolation": transform.interpolation,
+            "mean": list(transform.mean),
+            "std": list(transform.std),
         },
         "metadata_encoder": run.encoder.to_dict(),
         "vocabularies": {
-            "sex": list(SEXES), "site": list(SITES), "skin_tone": list(SKIN_TONES), "monet": list(MONET_COLUMNS),
+            "sex": list(SEXES),
+            "site": list(SITES),
+            "skin_tone": list(SKIN_TONES),
+            "monet": list(MONET_COLUMNS),
         },
     }
 
@@ -106,12 +115,20 @@ def export_onnx(run_dir: str | Path, *, out: str | Path, checkpoint: str = "best
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                wrapper, example_inputs(model), str(tmp), input_names=wrapper.input_names,
-                output_names=wrapper.output_names, dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False,
+                wrapper,
+                example_inputs(model),
+                str(tmp),
+                input_names=wrapper.input_names,
+                output_names=wrapper.output_names,
+                dynamic_axes=dynamic,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
             )
         tmp.replace(out)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"ONNX export needs the 'onnx' package ({exc}); install the export extra: pip install '.[export]' in the fusionkit checkout, or pip install onnx") from None
+        raise ConfigError(
+            f"ONNX export needs the 'onnx' package ({exc}); install the export extra: pip install '.[export]' in the fusionkit checkout, or pip install onnx"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar(run, wrapper), indent=2))

@@ -14,12 +14,11 @@ import torch
 
 from fusionkit.data import MetadataEncoder, Milk10kDataset, build_transforms, find_split, make_loader, normalize_batch
 from fusionkit.errors import ConfigError
-from fusionkit.runtime.predict import Predictions, predict
-from fusionkit.runtime.rundir import RunFiles
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
-from fusionkit.runtime.config import RunConfig, load_run_config
-from fusionkit.runtime.config import default_cache_dir, preprocessing_model
+from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config, preprocessing_model
+from fusionkit.runtime.predict import Predictions, predict
+from fusionkit.runtime.rundir import RunFiles
 
 
 @dataclass
@@ -48,7 +47,10 @@ class LoadedRun:
         size = self.config.model.image_size
         data = self.config.data
         return Milk10kDataset(
-            files=files, lesion_ids=lesion_ids, encoder=self.encoder, image_size=size,
+            files=files,
+            lesion_ids=lesion_ids,
+            encoder=self.encoder,
+            image_size=size,
             missing_image=data.missing_image,
             cache_dir=(data.cache_dir or default_cache_dir()) if data.cache else None,
             transform=build_transforms(
@@ -68,9 +70,15 @@ class LoadedRun:
         loader = make_loader(dataset, batch_size=self.config.train.eval_batch_size or 2 * self.config.train.batch_size)
         transform = dataset.transform
         return predict(
-            self.model, loader, device=self.device, absent=absent, progress=progress, desc=desc,
+            self.model,
+            loader,
+            device=self.device,
+            absent=absent,
+            progress=progress,
+            desc=desc,
             batch_transform=lambda b: normalize_batch(b, mean=transform.mean, std=transform.std),
-            bf16=self.device.type == "cuda", tta=tta,
+            bf16=self.device.type == "cuda",
+            tta=tta,
         )
 
 
@@ -84,10 +92,14 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | tor
         raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
     config = load_run_config(files.config)
     encoder = MetadataEncoder.load(files.metadata_encoder)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     model = FusionModel(config.model, metadata_width=encoder.width)
     if not files.checkpoint(checkpoint).is_file():
-        raise ConfigError(f"{run_dir}: the run has no {checkpoint} checkpoint ({files.checkpoint(checkpoint)} is missing)")
+        raise ConfigError(
+            f"{run_dir}: the run has no {checkpoint} checkpoint ({files.checkpoint(checkpoint)} is missing)"
+        )
     info = load_checkpoint(files.checkpoint(checkpoint), model=model)
     model.to(device).eval()
     split = json.loads(files.split.read_text())

@@ -26,7 +26,12 @@ def train_and_evaluate(
     (:func:`fusionkit.evaluate.report.evaluate_run`); returns the trainer.
     """
     return train_run(
-        config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, resume=resume,
-        overwrite=overwrite, progress=progress,
+        config,
+        run_dir=run_dir,
+        data_root=data_root,
+        synthetic=synthetic,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
         after_fit=lambda path: evaluate_run(path, gradcam_lesions=gradcam_lesions, progress=progress),
     )

@@ -73,21 +73,26 @@ def plot_confusion_matrix(
     support = counts.sum(axis=1)
     shown = counts.astype(np.float64)
     if normalize:
-        shown = np.divide(shown, support[:, None], out=np.zeros_like(shown),
-                          where=support[:, None] > 0)
+        shown = np.divide(shown, support[:, None], out=np.zeros_like(shown), where=support[:, None] > 0)
 
     size = max(5.0, 0.55 * k + 3.0)
     fig = Figure(figsize=(size + 1.0, size), dpi=_DPI)
     ax = fig.add_subplot()
     image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(1, shown.max()))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
-                 label="fraction of true class" if normalize else "count")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
     threshold = (1.0 if normalize else max(1, shown.max())) / 2
     for i in range(k):
         for j in range(k):
             text = f"{shown[i, j]:.2f}" if normalize else str(counts[i, j])
-            ax.text(j, i, text, ha="center", va="center", fontsize=7 if k > 8 else 9,
-                    color="white" if shown[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7 if k > 8 else 9,
+                color="white" if shown[i, j] > threshold else "black",
+            )
     ax.set_xticks(range(k), names, rotation=45, ha="right")
     ax.set_yticks(range(k), [f"{name} (n={n})" for name, n in zip(names, support, strict=True)])
     ax.set_xlabel("Predicted class")
@@ -97,9 +102,7 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
-def plot_reliability_diagram(
-    probs: Any, y_true: Any, path: str | os.PathLike[str], *, n_bins: int = 15
-) -> Path:
+def plot_reliability_diagram(probs: Any, y_true: Any, path: str | os.PathLike[str], *, n_bins: int = 15) -> Path:
     """Plot the top-label reliability diagram (accuracy per confidence bin) to a PNG.
 
     The upper panel shows the per-bin accuracy as bars, the mean confidence of each bin as
@@ -115,15 +118,13 @@ def plot_reliability_diagram(
 
     fig = Figure(figsize=(6.0, 6.5), dpi=_DPI)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(centers, accuracy, width=width, edgecolor="black", color="#4C72B0", alpha=0.8,
-            label="Accuracy")
+    top.bar(centers, accuracy, width=width, edgecolor="black", color="#4C72B0", alpha=0.8, label="Accuracy")
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="Perfect calibration")
     top.plot(centers, confidence, "o", color="#C44E52", markersize=4, label="Mean confidence")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("Accuracy")
-    top.set_title(f"Reliability diagram (ECE = {curve.ece:.3f}, {n_bins} bins, "
-                  f"n = {curve.n_samples})")
+    top.set_title(f"Reliability diagram (ECE = {curve.ece:.3f}, {n_bins} bins, n = {curve.n_samples})")
     top.legend(loc="upper left")
     bottom.bar(centers, curve.count, width=width, edgecolor="black", color="gray")
     bottom.set_xlabel("Confidence (top-class probability)")
@@ -131,9 +132,7 @@ def plot_reliability_diagram(
     return _save(fig, path)
 
 
-def plot_roc_curves(
-    y_true: Any, probs: Any, class_names: Sequence[str], path: str | os.PathLike[str]
-) -> Path:
+def plot_roc_curves(y_true: Any, probs: Any, class_names: Sequence[str], path: str | os.PathLike[str]) -> Path:
     """Plot one-vs-rest ROC curves, one per class, with each AUC in the legend, to a PNG.
 
     A class without positives (or without negatives) has no ROC curve: it is skipped and named
@@ -157,8 +156,7 @@ def plot_roc_curves(
             continue
         fpr, tpr, _ = roc_curve(positives, p[:, j])
         auc = roc_auc_score(positives, p[:, j])
-        ax.plot(fpr, tpr, color=colors[j], linewidth=1.5,
-                label=f"{name} (AUC = {auc:.3f}, n = {int(positives.sum())})")
+        ax.plot(fpr, tpr, color=colors[j], linewidth=1.5, label=f"{name} (AUC = {auc:.3f}, n = {int(positives.sum())})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="Chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
@@ -167,15 +165,18 @@ def plot_roc_curves(
     ax.set_title("ROC curves (one vs rest)")
     ax.legend(loc="lower right", fontsize=8)
     if skipped:
-        fig.text(0.01, 0.01, "No ROC curve (class has no positives or no negatives): "
-                 + ", ".join(skipped), fontsize=8, color="#8C1C13")
+        fig.text(
+            0.01,
+            0.01,
+            "No ROC curve (class has no positives or no negatives): " + ", ".join(skipped),
+            fontsize=8,
+            color="#8C1C13",
+        )
         fig.subplots_adjust(bottom=0.14)
     return _save(fig, path)
 
 
-def gate_weight_table(
-    weights: Any, y_true: Any, y_pred: Any, class_names: Sequence[str]
-) -> dict[str, Any]:
+def gate_weight_table(weights: Any, y_true: Any, y_pred: Any, class_names: Sequence[str]) -> dict[str, Any]:
     """Summarise ADF gate weights per true class and for correct vs wrong predictions.
 
     Args:
@@ -232,32 +233,32 @@ def plot_gate_weights(
     for b, branch in enumerate(GATE_BRANCHES):
         means = np.array([table["per_class"][n][branch] for n in names], dtype=np.float64)
         means = np.nan_to_num(means, nan=0.0)
-        left.bar(x, means, bottom=bottom, color=_BRANCH_COLORS[b], label=_BRANCH_LABELS[b],
-                 edgecolor="white", linewidth=0.5)
+        left.bar(
+            x, means, bottom=bottom, color=_BRANCH_COLORS[b], label=_BRANCH_LABELS[b], edgecolor="white", linewidth=0.5
+        )
         bottom += means
     counts = [table["per_class"][n]["count"] for n in names]
-    left.set_xticks(x, [f"{n} (n={c})" for n, c in zip(names, counts, strict=True)],
-                    rotation=45, ha="right", fontsize=8)
+    left.set_xticks(
+        x, [f"{n} (n={c})" for n, c in zip(names, counts, strict=True)], rotation=45, ha="right", fontsize=8
+    )
     left.set_ylabel("Mean gate weight")
     left.set_ylim(0, max(1.0, float(bottom.max())) * 1.18)
     left.set_title("Mean ADF weights per true class")
     left.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
 
     data, positions, colors = [], [], []
-    for g, (group, mask) in enumerate((("correct", correct), ("wrong", ~correct))):
+    for g, (_group, mask) in enumerate((("correct", correct), ("wrong", ~correct))):
         for b in range(3):
             if mask.any():
                 data.append(w[mask, b])
                 positions.append(g * 4 + b)
                 colors.append(_BRANCH_COLORS[b])
     if data:
-        boxes = right.boxplot(data, positions=positions, widths=0.7, patch_artist=True,
-                              medianprops={"color": "black"})
+        boxes = right.boxplot(data, positions=positions, widths=0.7, patch_artist=True, medianprops={"color": "black"})
         for patch, color in zip(boxes["boxes"], colors, strict=True):
             patch.set_facecolor(color)
             patch.set_alpha(0.8)
-    right.set_xticks([1, 5], [f"correct\n(n={table['correct']['count']})",
-                              f"wrong\n(n={table['wrong']['count']})"])
+    right.set_xticks([1, 5], [f"correct\n(n={table['correct']['count']})", f"wrong\n(n={table['wrong']['count']})"])
     right.set_xlim(-1, 7)
     right.set_ylim(-0.02, 1.02 if w.max(initial=0.0) <= 1 else None)
     right.set_ylabel("Gate weight")
@@ -290,8 +291,7 @@ def _indices(labels: Any, k: int, what: str) -> np.ndarray:
             raise ValueError(f"{what} has {a.shape[1]} columns, expected {k}")
         return a.argmax(axis=1)
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{what} must be (n,) integer class indices or (n, {k}), got "
-                         f"shape {a.shape} dtype {a.dtype}")
+        raise ValueError(f"{what} must be (n,) integer class indices or (n, {k}), got shape {a.shape} dtype {a.dtype}")
     if np.any((a < 0) | (a >= k)):
         raise ValueError(f"{what} has class indices outside [0, {k})")
     return a.astype(np.int64)

@@ -29,6 +29,7 @@ import torch
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
 from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.evaluate.decisions import decision_markdown, decision_rows
+from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.evaluate.inference import LoadedRun, load_run
 from fusionkit.evaluate.plots import (
@@ -38,11 +39,7 @@ from fusionkit.evaluate.plots import (
     plot_reliability_diagram,
     plot_roc_curves,
 )
-from fusionkit.runtime.predict import Predictions
-from fusionkit.runtime.rundir import RunFiles
-from fusionkit.runtime.tta import check_tta
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
-from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.metrics import (
     apply_temperature,
     expected_calibration_error,
@@ -50,16 +47,27 @@ from fusionkit.metrics import (
     isic_metrics,
     write_submission,
 )
+from fusionkit.runtime.predict import Predictions
+from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")
 
 ABLATION_METRICS = (
-    "auc", "auc_sens_80", "ap", "accuracy", "sensitivity", "specificity", "dice", "ppv", "npv",
-    "balanced_accuracy", "multiclass_accuracy",
+    "auc",
+    "auc_sens_80",
+    "ap",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "dice",
+    "ppv",
+    "npv",
+    "balanced_accuracy",
+    "multiclass_accuracy",
 )
 GATE_COLUMNS = ("mean alpha_I", "mean alpha_IM", "mean alpha_M")
-
 
 
 def loss_text(loss: Any) -> str:
@@ -69,6 +77,7 @@ def loss_text(loss: Any) -> str:
     if not any(w for _, w in terms):
         text += " only (no auxiliary branch losses)"
     return text + (" (class-weighted)" if loss.class_weights is not None else "")
+
 
 def modality_ablation(
     run: LoadedRun,
@@ -193,10 +202,17 @@ def evaluate_run(
         evaluated = {"none": plain, tta: preds}
         validation = {"none": plain if data_root is None else run.predict(val_set, desc="validation"), tta: val_preds}
     decisions = decision_rows(evaluated, validation)
-    atomic_write_text(run_dir / "decision.json", json.dumps({
-        "rows": decisions,
-        "thresholds_fitted_on": "validation split" + (" (the evaluated split itself)" if data_root is None else ""),
-    }, indent=2))
+    atomic_write_text(
+        run_dir / "decision.json",
+        json.dumps(
+            {
+                "rows": decisions,
+                "thresholds_fitted_on": "validation split"
+                + (" (the evaluated split itself)" if data_root is None else ""),
+            },
+            indent=2,
+        ),
+    )
 
     gate_md = ""
     if preds.weights is not None:
@@ -223,7 +239,14 @@ def evaluate_run(
         atomic_write_text(run_dir / "ablation.md", ablation_md + "\n")
 
     report = _report_markdown(
-        run, metrics, calibration, gate_md, ablation_md, figures, len(preds), data_root,
+        run,
+        metrics,
+        calibration,
+        gate_md,
+        ablation_md,
+        figures,
+        len(preds),
+        data_root,
         decision_md=_decision_section(decisions, tta, data_root),
     )
     path = RunFiles(run_dir).report
@@ -233,13 +256,19 @@ def evaluate_run(
 
 def _decision_section(rows: list[dict[str, Any]], tta: str, data_root) -> str:
     where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
-    return "\n".join([
-        "## Test-time augmentation and decision rule", "",
-        f"Headline metrics above use TTA `{tta}` and the posteriors (`probs`). Macro Dice counts a class "
-        "as predicted when its value is > 0.5; `argmax` submits the one-hot top class, `thresholds` "
-        f"rescales each class at a threshold fitted for Dice on {where}.", "",
-        decision_markdown(rows), "", "",
-    ])
+    return "\n".join(
+        [
+            "## Test-time augmentation and decision rule",
+            "",
+            f"Headline metrics above use TTA `{tta}` and the posteriors (`probs`). Macro Dice counts a class "
+            "as predicted when its value is > 0.5; `argmax` submits the one-hot top class, `thresholds` "
+            f"rescales each class at a threshold fitted for Dice on {where}.",
+            "",
+            decision_markdown(rows),
+            "",
+            "",
+        ]
+    )
 
 
 def _gate_markdown(table: dict[str, Any]) -> str:
@@ -266,12 +295,11 @@ def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n
     lines = [
         f"# fusionkit report: {spec.name or 'model'}",
         "",
-        f"Run `{run.run_dir}`, checkpoint from epoch {info.get('epoch', '?')}, evaluated on {where} "
-        f"({n} lesions).",
+        f"Run `{run.run_dir}`, checkpoint from epoch {info.get('epoch', '?')}, evaluated on {where} ({n} lesions).",
         "",
         f"**Macro Dice (the MILK10k headline metric) {macro['dice']:.3f}**, macro AUC {macro['auc']:.3f}, "
         f"multiclass accuracy {macro['multiclass_accuracy']:.3f}, balanced accuracy "
-        f"{macro['balanced_accuracy']:.3f}, mean one-vs-rest accuracy (Table 5 \"Accuracy\") "
+        f'{macro["balanced_accuracy"]:.3f}, mean one-vs-rest accuracy (Table 5 "Accuracy") '
         f"{macro['accuracy']:.3f}. "
         f"ECE {calibration['ece']:.3f} ({calibration['ece_after_temperature']:.3f} after temperature "
         f"scaling, T = {calibration['temperature']:.2f}).",
@@ -284,12 +312,23 @@ def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n
     ]
     if metrics.get("empty_classes"):
         lines += [f"Classes without positives in this set (AUC undefined): {', '.join(metrics['empty_classes'])}.", ""]
-    lines += ["## Metrics (Table 5 layout)", "", table5_markdown(metrics), "",
-              "Also as [CSV](metrics.csv) and [JSON](metrics.json); posteriors in [predictions.csv](predictions.csv).", ""]
+    lines += [
+        "## Metrics (Table 5 layout)",
+        "",
+        table5_markdown(metrics),
+        "",
+        "Also as [CSV](metrics.csv) and [JSON](metrics.json); posteriors in [predictions.csv](predictions.csv).",
+        "",
+    ]
     if ablation_md:
-        lines += ["## Modality ablation at inference", "",
-                  "The same model with one modality marked absent in the presence masks (no retraining).", "",
-                  ablation_md, ""]
+        lines += [
+            "## Modality ablation at inference",
+            "",
+            "The same model with one modality marked absent in the presence masks (no retraining).",
+            "",
+            ablation_md,
+            "",
+        ]
     if gate_md:
         lines += ["## What the fusion gate trusted", "", "Mean ADF weights by group.", "", gate_md, ""]
     if decision_md:

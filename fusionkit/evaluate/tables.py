@@ -59,8 +59,7 @@ def table5_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
         per_class, macro = metrics["per_class"], metrics["macro"]
         classes = list(per_class[TABLE5_ROWS[0][0]])
         rows = [
-            (label, [float(macro[key]), *(float(per_class[key][c]) for c in classes)])
-            for key, label in TABLE5_ROWS
+            (label, [float(macro[key]), *(float(per_class[key][c]) for c in classes)]) for key, label in TABLE5_ROWS
         ]
     except (KeyError, TypeError) as exc:
         raise ValueError(
@@ -113,9 +112,10 @@ def write_table5(
 
     document = {
         "columns": columns,
-        "rows": [{"metric": label, "values": dict(zip(columns, map(_json_value, values),
-                                                      strict=True))}
-                 for label, values in rows],
+        "rows": [
+            {"metric": label, "values": dict(zip(columns, map(_json_value, values), strict=True))}
+            for label, values in rows
+        ],
         "metrics": _json_value(metrics),
     }
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}

@@ -59,9 +59,7 @@ class ReliabilityCurve:
         """Expected calibration error: count-weighted mean ``|accuracy - confidence|``."""
         total = self.n_samples
         return math.fsum(
-            c / total * abs(a - f)
-            for c, a, f in zip(self.count, self.accuracy, self.confidence, strict=True)
-            if c
+            c / total * abs(a - f) for c, a, f in zip(self.count, self.accuracy, self.confidence, strict=True) if c
         )
 
 
@@ -146,9 +144,7 @@ def fit_temperature(
     def nll(log_t: float) -> float:
         return float(-np.mean(_log_softmax(z / math.exp(log_t))[rows, labels]))
 
-    result = minimize_scalar(
-        nll, bounds=(log_lo, log_hi), method="bounded", options={"xatol": xatol}
-    )
+    result = minimize_scalar(nll, bounds=(log_lo, log_hi), method="bounded", options={"xatol": xatol})
     # The bounded search never evaluates the end points themselves: compare with them explicitly.
     _, best_log_t = min((nll(x), x) for x in (float(result.x), log_lo, log_hi))
     temperature = math.exp(best_log_t)

@@ -102,9 +102,7 @@ def isic_metrics(y_true: Any, probs: Any, class_names: Sequence[str]) -> dict[st
     macro = {key: _nanmean(per_class[key].values()) for key in METRIC_KEYS}
     macro["balanced_accuracy"] = _balanced_multiclass_accuracy(t, p)
     macro["multiclass_accuracy"] = _multiclass_accuracy(t, p)
-    undefined = {
-        key: [name for name in names if math.isnan(per_class[key][name])] for key in METRIC_KEYS
-    }
+    undefined = {key: [name for name in names if math.isnan(per_class[key][name])] for key in METRIC_KEYS}
     return {
         "per_class": per_class,
         "macro": macro,
@@ -167,9 +165,7 @@ def _auc_above_sensitivity(truth: np.ndarray, pred: np.ndarray) -> float:
     """Raw partial ROC area where sensitivity >= 0.8 (the scorer's ``auc_above_sensitivity``)."""
     fp_rates, tp_rates, _ = sklearn.metrics.roc_curve(truth, pred, drop_intermediate=False)
     index = int(tp_rates.searchsorted(_SENSITIVITY_FLOOR, side="left"))
-    fp_rate_at_floor = np.interp(
-        _SENSITIVITY_FLOOR, tp_rates[index - 1 : index + 1], fp_rates[index - 1 : index + 1]
-    )
+    fp_rate_at_floor = np.interp(_SENSITIVITY_FLOOR, tp_rates[index - 1 : index + 1], fp_rates[index - 1 : index + 1])
     tp_segment = np.insert(tp_rates[index:], 0, _SENSITIVITY_FLOOR)
     fp_segment = np.insert(fp_rates[index:], 0, fp_rate_at_floor)
     return float(sklearn.metrics.auc(fp_segment, tp_segment))
@@ -236,16 +232,13 @@ def check_probs(probs: Any, n_classes: int | None = None) -> np.ndarray:
     if p.shape[0] == 0:
         raise ValueError("probs has no rows: cannot score an empty set")
     if n_classes is not None and p.shape[1] != n_classes:
-        raise ValueError(
-            f"probs has {p.shape[1]} columns but {n_classes} class names were given"
-        )
+        raise ValueError(f"probs has {p.shape[1]} columns but {n_classes} class names were given")
     if not np.all(np.isfinite(p)):
         rows = np.flatnonzero(~np.all(np.isfinite(p), axis=1))
         raise ValueError(f"probs holds NaN or infinite values (rows {rows[:10].tolist()})")
     if np.any((p < 0.0) | (p > 1.0)):
         rows = np.flatnonzero(np.any((p < 0.0) | (p > 1.0), axis=1))
-        raise ValueError(f"probs outside [0, 1] (rows {rows[:10].tolist()}); pass probabilities, "
-                         "not logits")
+        raise ValueError(f"probs outside [0, 1] (rows {rows[:10].tolist()}); pass probabilities, not logits")
     return p
 
 
@@ -271,8 +264,7 @@ def _truth_matrix(y_true: Any, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"y_true must be 1-D indices or 2-D (n, k), got shape {t.shape}")
     if t.shape != (n, k):
         raise ValueError(f"y_true has shape {t.shape} but probs has shape {(n, k)}")
-    if not (np.issubdtype(t.dtype, np.floating) or np.issubdtype(t.dtype, np.integer)
-            or t.dtype == np.bool_):
+    if not (np.issubdtype(t.dtype, np.floating) or np.issubdtype(t.dtype, np.integer) or t.dtype == np.bool_):
         raise ValueError(f"y_true must be numeric, got dtype {t.dtype}")
     t = t.astype(np.float64)
     if not np.all(np.isfinite(t)):

@@ -55,8 +55,7 @@ def write_submission(
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape != (len(ids), len(names)):
         raise ValueError(
-            f"probs has shape {p.shape}, expected ({len(ids)}, {len(names)}) "
-            "(one row per id, one column per class)"
+            f"probs has shape {p.shape}, expected ({len(ids)}, {len(names)}) (one row per id, one column per class)"
         )
     if not ids:
         raise ValueError("no rows to write")

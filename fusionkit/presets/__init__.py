@@ -26,7 +26,6 @@ from fusionkit.errors import ConfigError
 from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
 
-
 PRESET_ALIASES: dict[str, str] = {
     "ji-adf-d": "derm-only",
     "ji-adf-c": "clinical-only",
@@ -38,11 +37,7 @@ PRESET_ALIASES: dict[str, str] = {
 
 def _preset_files() -> dict[str, Any]:
     folder = resources.files(__name__)
-    return {
-        entry.name[: -len(".yaml")]: entry
-        for entry in folder.iterdir()
-        if entry.name.endswith(".yaml")
-    }
+    return {entry.name[: -len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
 def list_presets(pattern: str = "*", *, aliases: bool = False) -> list[str]:
@@ -114,9 +109,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(
-    data: Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None
-) -> dict[str, Any]:
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
     """Apply a nested override mapping or ``key.path=value`` strings to a spec mapping."""
     out = dict(data)
     if overrides is None:
@@ -128,9 +121,7 @@ def apply_overrides(
     return out
 
 
-def load_preset(
-    name: str, overrides: Mapping[str, Any] | Iterable[str] | None = None
-) -> ModelSpec:
+def load_preset(name: str, overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ModelSpec:
     """The validated :class:`ModelSpec` of a preset, with ``overrides`` merged in."""
     return ModelSpec.model_validate(apply_overrides(preset_dict(name), overrides))
 

@@ -155,7 +155,8 @@ def load_checkpoint(
     """
     tensors, meta = read_checkpoint(path)
     bad = [
-        k for k, v in tensors.items()
+        k
+        for k, v in tensors.items()
         if not k.startswith(("optim.", "rng.")) and v.is_floating_point() and not bool(torch.isfinite(v).all())
     ]
     if bad:

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
+from fusionkit.components.base import FrozenSpec
 from fusionkit.data.transforms import AugmentConfig
 from fusionkit.errors import ConfigError
 from fusionkit.presets import apply_overrides, preset_dict
-from fusionkit.components.base import FrozenSpec
 from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
 
@@ -59,8 +59,12 @@ class MixupSpec(FrozenSpec):
     become soft targets weighted by the mixed share, and the eq-7 loss takes them.
     """
 
-    mixup_alpha: float = Field(default=0.0, ge=0.0, description="Beta(alpha, alpha) for the mixup weight (0: no mixup).")
-    cutmix_alpha: float = Field(default=0.0, ge=0.0, description="Beta(alpha, alpha) for the cutmix area (0: no cutmix).")
+    mixup_alpha: float = Field(
+        default=0.0, ge=0.0, description="Beta(alpha, alpha) for the mixup weight (0: no mixup)."
+    )
+    cutmix_alpha: float = Field(
+        default=0.0, ge=0.0, description="Beta(alpha, alpha) for the cutmix area (0: no cutmix)."
+    )
     prob: float = Field(default=1.0, ge=0.0, le=1.0, description="Probability that a batch is mixed.")
     switch_prob: float = Field(
         default=0.5, ge=0.0, le=1.0, description="With both on: probability of cutmix rather than mixup."
@@ -118,7 +122,9 @@ class TrainSpec(FrozenSpec):
         "ISIC macro Dice at > 0.5, the paper's choice), f1 (macro F1 of the argmax) or auc (macro AUC).",
     )
     ema_decay: float | None = Field(
-        default=None, ge=0.0, lt=1.0,
+        default=None,
+        ge=0.0,
+        lt=1.0,
         description="Keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
         "validate, select and save the averaged weights (null: off).",
     )
@@ -188,7 +194,7 @@ class DataSpec(FrozenSpec):
     Both draw from the same distribution; train.log says which ran."""
 
     @model_validator(mode="after")
-    def _fold_in_range(self) -> "DataSpec":
+    def _fold_in_range(self) -> DataSpec:
         if self.folds is not None and self.fold >= self.folds:
             raise ValueError(f"fold {self.fold} is out of range for {self.folds} folds (0 to {self.folds - 1})")
         if self.folds is None and self.fold != 0:
@@ -211,9 +217,7 @@ class RunConfig(FrozenSpec):
             if "preset" in model:
                 extra = set(model) - {"preset", "overrides"}
                 if extra:
-                    raise ValueError(
-                        f"model: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}"
-                    )
+                    raise ValueError(f"model: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
                 data = {**data, "model": apply_overrides(preset_dict(model["preset"]), model.get("overrides"))}
         return data
 

@@ -1,12 +1,5 @@
 """Pydantic specs: frozen, ``extra="forbid"``, each component slot a union discriminated by ``kind``."""
 
-from fusionkit.components.decisions.adf import ADFDecisionSpec
-from fusionkit.components.decisions.average import AverageDecisionSpec
-from fusionkit.components.decisions.single import SingleDecisionSpec
-from fusionkit.components.fusion.concat import ConcatFusionSpec
-from fusionkit.components.fusion.mmfa import AttentionOnlySpec, MMFASpec, SkipOnlySpec
-from fusionkit.components.image_encoders import TimmImageEncoderSpec
-from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
 from fusionkit.components.base import (
     ComponentSpec,
     DecisionSpec,
@@ -15,6 +8,13 @@ from fusionkit.components.base import (
     ImageEncoderSpec,
     MetadataEncoderSpec,
 )
+from fusionkit.components.decisions.adf import ADFDecisionSpec
+from fusionkit.components.decisions.average import AverageDecisionSpec
+from fusionkit.components.decisions.single import SingleDecisionSpec
+from fusionkit.components.fusion.concat import ConcatFusionSpec
+from fusionkit.components.fusion.mmfa import AttentionOnlySpec, MMFASpec, SkipOnlySpec
+from fusionkit.components.image_encoders import TimmImageEncoderSpec
+from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
 from fusionkit.specs.io import dump_spec
 from fusionkit.specs.model import (
     BRANCHES,
@@ -28,9 +28,28 @@ from fusionkit.specs.model import (
 )
 
 __all__ = [
-    "ADFDecisionSpec", "AttentionOnlySpec", "AverageDecisionSpec", "BRANCHES", "ComponentSpec",
-    "ConcatFusionSpec", "DecisionSpec", "FrozenSpec", "FusionSpec", "HeadSpec", "IMAGE_MODALITIES",
-    "ImageEncoderSpec", "LossSpec", "MLPMetadataEncoderSpec", "MMFASpec", "MODALITIES",
-    "MetadataEncoderSpec", "ModalityDropoutSpec", "ModelSpec", "SingleDecisionSpec",
-    "SkipOnlySpec", "TimmImageEncoderSpec", "dump_spec", "spec_json_schema",
+    "ADFDecisionSpec",
+    "AttentionOnlySpec",
+    "AverageDecisionSpec",
+    "BRANCHES",
+    "ComponentSpec",
+    "ConcatFusionSpec",
+    "DecisionSpec",
+    "FrozenSpec",
+    "FusionSpec",
+    "HeadSpec",
+    "IMAGE_MODALITIES",
+    "ImageEncoderSpec",
+    "LossSpec",
+    "MLPMetadataEncoderSpec",
+    "MMFASpec",
+    "MODALITIES",
+    "MetadataEncoderSpec",
+    "ModalityDropoutSpec",
+    "ModelSpec",
+    "SingleDecisionSpec",
+    "SkipOnlySpec",
+    "TimmImageEncoderSpec",
+    "dump_spec",
+    "spec_json_schema",
 ]

@@ -21,11 +21,6 @@ from pydantic import Field, PositiveInt, SerializeAsAny, TypeAdapter, field_vali
 from pydantic_core import PydanticCustomError
 
 import fusionkit.components  # noqa: F401  (registers the built-in components)
-from fusionkit.components.decisions.adf import ADFDecisionSpec
-from fusionkit.components.fusion.mmfa import MMFASpec
-from fusionkit.components.image_encoders import TimmImageEncoderSpec
-from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
-from fusionkit.registry import REGISTRIES
 from fusionkit.components.base import (
     ComponentSpec,
     DecisionSpec,
@@ -34,6 +29,11 @@ from fusionkit.components.base import (
     ImageEncoderSpec,
     MetadataEncoderSpec,
 )
+from fusionkit.components.decisions.adf import ADFDecisionSpec
+from fusionkit.components.fusion.mmfa import MMFASpec
+from fusionkit.components.image_encoders import TimmImageEncoderSpec
+from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
+from fusionkit.registry import REGISTRIES
 
 Modality = Literal["derm", "clinical", "meta"]
 """The three inputs: dermoscopic image, clinical close-up image, patient metadata."""
@@ -124,8 +124,7 @@ def _slot_spec(slot: str, value: Any, default_kind: str | None) -> Any:
     if kind not in reg:
         raise PydanticCustomError(
             "union_tag_invalid",
-            "Input tag '{tag}' found using 'kind' does not match any of the expected tags: "
-            "{expected_tags}",
+            "Input tag '{tag}' found using 'kind' does not match any of the expected tags: {expected_tags}",
             {"tag": str(kind), "expected_tags": ", ".join(repr(n) for n in reg.names())},
         )
     spec = reg.get(kind).spec
@@ -225,9 +224,7 @@ class ModelSpec(FrozenSpec):
     @property
     def head_branches(self) -> tuple[str, ...]:
         """Branches that get a classifier head: those the decision uses or eq 7 supervises."""
-        weights = dict(
-            image=self.loss.lambda_image, joint=self.loss.lambda_joint, meta=self.loss.lambda_meta
-        )
+        weights = dict(image=self.loss.lambda_image, joint=self.loss.lambda_joint, meta=self.loss.lambda_meta)
         used = set(self.decision_branches) | {b for b, w in weights.items() if w > 0}
         return tuple(b for b in BRANCHES if b in used)
 
@@ -266,8 +263,7 @@ class ModelSpec(FrozenSpec):
             )
         if self.loss.class_prior is not None and len(self.loss.class_prior) != self.num_classes:
             raise ValueError(
-                f"loss.class_prior has {len(self.loss.class_prior)} values; expected one per "
-                f"class ({self.num_classes})"
+                f"loss.class_prior has {len(self.loss.class_prior)} values; expected one per class ({self.num_classes})"
             )
         if self.modality_dropout.p > 0 and len(self.modalities) < 2:
             raise ValueError("modality_dropout needs at least two modalities to drop between")

@@ -7,7 +7,15 @@ reference (:mod:`~fusionkit.sweep.stats`), and the summary files (:mod:`~fusionk
 """
 
 from fusionkit.sweep.execute import device_queue, execute_job, in_process, is_finished, submitit_engine
-from fusionkit.sweep.plan import GROUPS, SweepJob, bind_data_root, parse_seeds, plan_sweep, resolve_reference, select_presets
+from fusionkit.sweep.plan import (
+    GROUPS,
+    SweepJob,
+    bind_data_root,
+    parse_seeds,
+    plan_sweep,
+    resolve_reference,
+    select_presets,
+)
 from fusionkit.sweep.runner import build_image_caches, prepare_data_root, run_sweep
 from fusionkit.sweep.stats import PairedRun, mean_std_ci, paired_difference
 from fusionkit.sweep.summary import collect_records, summarize, write_summary

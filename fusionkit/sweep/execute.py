@@ -84,8 +84,11 @@ def is_finished(job: SweepJob) -> bool:
     record = read_record(run_dir)
     saved = _saved_config(run_dir)
     return (
-        (run_dir / "report.md").is_file() and record is not None and record.get("status") == "ok"
-        and saved is not None and same_config(job.config, saved)
+        (run_dir / "report.md").is_file()
+        and record is not None
+        and record.get("status") == "ok"
+        and saved is not None
+        and same_config(job.config, saved)
     )
 
 
@@ -93,10 +96,18 @@ def _prepare_run_dir(job: SweepJob) -> bool:
     """Clear what cannot be continued; True when the run resumes from its last checkpoint."""
     run_dir = Path(job.run_dir)
     saved = _saved_config(run_dir)
-    if saved is not None and same_config(job.config, saved) and (run_dir / "checkpoints" / "last.safetensors").is_file():
+    if (
+        saved is not None
+        and same_config(job.config, saved)
+        and (run_dir / "checkpoints" / "last.safetensors").is_file()
+    ):
         return True
     if run_dir.exists():
-        why = "its config differs from the requested one" if saved is not None and not same_config(job.config, saved) else "it has no checkpoint to resume"
+        why = (
+            "its config differs from the requested one"
+            if saved is not None and not same_config(job.config, saved)
+            else "it has no checkpoint to resume"
+        )
         logger.info("%s: starting over (%s)", run_dir, why)
         shutil.rmtree(run_dir)
     return False
@@ -121,10 +132,20 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
 
     run_dir = Path(job.run_dir)
     record: dict[str, Any] = {
-        "preset": job.preset, "seed": job.seed, "fold": job.fold, "run_dir": str(run_dir),
-        "status": "failed", "reason": None, "seconds": None, "best_epoch": None,
-        "samples_per_s": None, "peak_gpu_mem_gib": None, "device": None, **_versions(),
-        "metrics": None, "config": job.config,
+        "preset": job.preset,
+        "seed": job.seed,
+        "fold": job.fold,
+        "run_dir": str(run_dir),
+        "status": "failed",
+        "reason": None,
+        "seconds": None,
+        "best_epoch": None,
+        "samples_per_s": None,
+        "peak_gpu_mem_gib": None,
+        "device": None,
+        **_versions(),
+        "metrics": None,
+        "config": job.config,
     }
     started = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -133,8 +154,12 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
     try:
         resume = _prepare_run_dir(job)
         trainer = train_and_evaluate(
-            job.run_config(), run_dir=run_dir, data_root=job.data_root, resume=resume,
-            progress=progress, gradcam_lesions=gradcam_lesions,
+            job.run_config(),
+            run_dir=run_dir,
+            data_root=job.data_root,
+            resume=resume,
+            progress=progress,
+            gradcam_lesions=gradcam_lesions,
         )
         device = trainer.device
         record["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
@@ -200,16 +225,26 @@ def _subprocess_job(job: SweepJob, device: str, log_dir: Path) -> dict[str, Any]
     with open(job_file.with_suffix(".log"), "w") as log:
         proc = subprocess.run(
             [sys.executable, "-m", "fusionkit.sweep.worker", str(job_file)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
     if proc.returncode == 130:
         raise KeyboardInterrupt
     record = read_record(job.run_dir)
     if record is None:
         tail = job_file.with_suffix(".log").read_text().strip().splitlines()
-        return {"preset": job.preset, "seed": job.seed, "fold": job.fold, "run_dir": job.run_dir,
-                "status": "failed", "reason": f"worker exited with status {proc.returncode}: {tail[-1] if tail else ''}",
-                "seconds": None, "metrics": None}
+        return {
+            "preset": job.preset,
+            "seed": job.seed,
+            "fold": job.fold,
+            "run_dir": job.run_dir,
+            "status": "failed",
+            "reason": f"worker exited with status {proc.returncode}: {tail[-1] if tail else ''}",
+            "seconds": None,
+            "metrics": None,
+        }
     return record
 
 
@@ -261,12 +296,18 @@ def submitit_engine(
     except ImportError:
         from fusionkit.errors import ConfigError
 
-        raise ConfigError("--launcher submitit needs the submitit package: pip install 'jiadf-fusion[cluster]'") from None
+        raise ConfigError(
+            "--launcher submitit needs the submitit package: pip install 'jiadf-fusion[cluster]'"
+        ) from None
 
     def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-        params: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_job,
-                                  "cpus_per_task": cpus_per_job, "name": "fusionkit-sweep"}
+        params: dict[str, Any] = {
+            "timeout_min": timeout_min,
+            "gpus_per_node": gpus_per_job,
+            "cpus_per_task": cpus_per_job,
+            "name": "fusionkit-sweep",
+        }
         if partition:
             params["slurm_partition"] = partition
         executor.update_parameters(**params)
@@ -283,8 +324,15 @@ def submitit_engine(
                         yield sjob.result()
                     except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out)
                         yield read_record(job.run_dir) or {
-                            "preset": job.preset, "seed": job.seed, "fold": job.fold, "run_dir": job.run_dir,
-                            "status": "failed", "reason": one_line(exc), "seconds": None, "metrics": None}
+                            "preset": job.preset,
+                            "seed": job.seed,
+                            "fold": job.fold,
+                            "run_dir": job.run_dir,
+                            "status": "failed",
+                            "reason": one_line(exc),
+                            "seconds": None,
+                            "metrics": None,
+                        }
             time.sleep(0.5)
 
     return run

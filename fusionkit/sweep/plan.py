@@ -160,8 +160,11 @@ def bind_data_root(jobs: list[SweepJob], root: Path) -> list[SweepJob]:
     for job in jobs:
         data = {k: v for k, v in job.config["data"].items() if k != "synthetic"}
         config = {**job.config, "data": {**data, "root": str(root)}}
-        out.append(SweepJob(preset=job.preset, seed=job.seed, fold=job.fold, run_dir=job.run_dir,
-                            data_root=str(root), config=config))
+        out.append(
+            SweepJob(
+                preset=job.preset, seed=job.seed, fold=job.fold, run_dir=job.run_dir, data_root=str(root), config=config
+            )
+        )
     return out
 
 
@@ -211,13 +214,24 @@ def plan_sweep(
     for seed in seeds:
         for fold in [None] if folds is None else range(folds):
             for preset in presets:
-                overrides = [*([] if own else [f"model.preset={preset}"]), *common, *per_preset.get(preset, []),
-                             f"train.seed={seed}", f"data.split_seed={seed}"]
+                overrides = [
+                    *([] if own else [f"model.preset={preset}"]),
+                    *common,
+                    *per_preset.get(preset, []),
+                    f"train.seed={seed}",
+                    f"data.split_seed={seed}",
+                ]
                 if fold is not None:
                     overrides += [f"data.folds={folds}", f"data.fold={fold}"]
                 config = load_run_config(config_path, overrides)
-                jobs.append(SweepJob(
-                    preset=preset, seed=seed, fold=fold, run_dir=str(run_dir_of(out, preset, seed, fold)),
-                    data_root=str(data_root), config=config.model_dump(mode="json"),
-                ))
+                jobs.append(
+                    SweepJob(
+                        preset=preset,
+                        seed=seed,
+                        fold=fold,
+                        run_dir=str(run_dir_of(out, preset, seed, fold)),
+                        data_root=str(data_root),
+                        config=config.model_dump(mode="json"),
+                    )
+                )
     return jobs

@@ -60,8 +60,10 @@ def build_image_caches(jobs: list[SweepJob], data_root: Path) -> None:
             continue
         done.add(key)
         Milk10kDataset(
-            files=find_split(data_root, "Training"), image_size=config.model.image_size,
-            cache_dir=config.data.cache_dir or default_cache_dir(), missing_image=config.data.missing_image,
+            files=find_split(data_root, "Training"),
+            image_size=config.model.image_size,
+            cache_dir=config.data.cache_dir or default_cache_dir(),
+            missing_image=config.data.missing_image,
         )
 
 
@@ -86,14 +88,24 @@ def run_sweep(
     stops it (the running run keeps its resumable checkpoint). Returns the summary mapping.
     """
     if reference not in {j.preset for j in jobs}:
-        raise ConfigError(f"--reference {reference!r} is not one of the sweep's presets ({', '.join(dict.fromkeys(j.preset for j in jobs))})")
+        raise ConfigError(
+            f"--reference {reference!r} is not one of the sweep's presets ({', '.join(dict.fromkeys(j.preset for j in jobs))})"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / PLAN_FILE, json.dumps({
-        "reference": reference, "data_root": str(data_root),
-        "presets": list(dict.fromkeys(j.preset for j in jobs)),
-        "seeds": sorted({j.seed for j in jobs}),
-        "folds": None if jobs[0].fold is None else len({j.fold for j in jobs}),
-    }, indent=1) + "\n")
+    atomic_write_text(
+        out / PLAN_FILE,
+        json.dumps(
+            {
+                "reference": reference,
+                "data_root": str(data_root),
+                "presets": list(dict.fromkeys(j.preset for j in jobs)),
+                "seeds": sorted({j.seed for j in jobs}),
+                "folds": None if jobs[0].fold is None else len({j.fold for j in jobs}),
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     todo = [j for j in jobs if not is_finished(j)]
     skipped = len(jobs) - len(todo)
     if skipped:
@@ -113,8 +125,14 @@ def run_sweep(
         job = by_dir[record["run_dir"]]
         elapsed = time.perf_counter() - began
         eta = elapsed / done * (len(todo) - done)  # throughput so far: parallel engines included
-        result = f"macro Dice {record['metrics']['dice']:.4f}" if record["status"] == "ok" else f"FAILED: {record.get('reason')}"
-        echo(f"[{done + skipped}/{len(jobs)}] done {job.label}: {result} ({record.get('seconds') or 0:.1f} s; "
-             f"sweep {_fmt_time(elapsed)}, ETA {_fmt_time(eta)})")
+        result = (
+            f"macro Dice {record['metrics']['dice']:.4f}"
+            if record["status"] == "ok"
+            else f"FAILED: {record.get('reason')}"
+        )
+        echo(
+            f"[{done + skipped}/{len(jobs)}] done {job.label}: {result} ({record.get('seconds') or 0:.1f} s; "
+            f"sweep {_fmt_time(elapsed)}, ETA {_fmt_time(eta)})"
+        )
     records = [r for r in (read_record(j.run_dir) for j in jobs) if r is not None]
     return write_summary(out, reference=reference, records=records, n_boot=n_boot)

@@ -30,8 +30,12 @@ from fusionkit.sweep.stats import PairedRun, mean_std_ci, paired_difference
 from fusionkit.utils.io import atomic_write_bytes, atomic_write_text
 
 COLUMN_TITLES: dict[str, str] = {
-    "auc": "AUC", "ppv": "Precision", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
-    "specificity": "Specificity", "dice": "Dice",
+    "auc": "AUC",
+    "ppv": "Precision",
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "dice": "Dice",
 }
 """The paper's column names for the macro metrics (Precision is the PPV)."""
 FIGURE3_METRICS: tuple[str, ...] = ("auc", "ppv", "sensitivity", "dice")
@@ -41,7 +45,9 @@ FIGURE3_METRICS: tuple[str, ...] = ("auc", "ppv", "sensitivity", "dice")
 def collect_records(out: Path) -> list[dict[str, Any]]:
     """Every run record under ``OUT/runs``, sorted by preset, seed, fold."""
     records = []
-    for path in sorted((out / "runs").glob(f"*/seed*/{RECORD_FILE}")) + sorted((out / "runs").glob(f"*/seed*/fold*/{RECORD_FILE}")):
+    for path in sorted((out / "runs").glob(f"*/seed*/{RECORD_FILE}")) + sorted(
+        (out / "runs").glob(f"*/seed*/fold*/{RECORD_FILE}")
+    ):
         records.append(json.loads(path.read_text()))
     return sorted(records, key=lambda r: (r["preset"], r["seed"], -1 if r["fold"] is None else r["fold"]))
 
@@ -71,7 +77,9 @@ def paired_runs(variant: list[dict[str, Any]], reference: list[dict[str, Any]]) 
     return pairs
 
 
-def summarize(records: Sequence[dict[str, Any]], *, reference: str, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    records: Sequence[dict[str, Any]], *, reference: str, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """The summary.json mapping (see the module docstring) from run records."""
     records = sorted(records, key=lambda r: (r["preset"], r["seed"], -1 if r["fold"] is None else r["fold"]))
     ok: dict[str, list[dict[str, Any]]] = {}
@@ -91,10 +99,23 @@ def summarize(records: Sequence[dict[str, Any]], *, reference: str, n_boot: int 
             auc, auc_ci = paired_difference(pairs, "auc", n_boot=n_boot, seed=seed)
             entry["vs_reference"] = {"dice_diff": dice, "dice_ci95": dice_ci, "auc_diff": auc, "auc_ci95": auc_ci}
         variants[preset] = entry
-    keep = ("preset", "seed", "fold", "status", "reason", "run_dir", "seconds", "best_epoch", "samples_per_s",
-            "peak_gpu_mem_gib", "device", "torch", "timm", "metrics")
-    return {"reference": reference, "variants": variants,
-            "runs": [{k: r.get(k) for k in keep} for r in records]}
+    keep = (
+        "preset",
+        "seed",
+        "fold",
+        "status",
+        "reason",
+        "run_dir",
+        "seconds",
+        "best_epoch",
+        "samples_per_s",
+        "peak_gpu_mem_gib",
+        "device",
+        "torch",
+        "timm",
+        "metrics",
+    )
+    return {"reference": reference, "variants": variants, "runs": [{k: r.get(k) for k in keep} for r in records]}
 
 
 # -- rendering ----------------------------------------------------------------------------------------
@@ -127,25 +148,44 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
     """summary.md: variants (mean ± std, 95% CI of Dice and AUC), paired differences, the paper's tables, runs."""
     ref = summary["reference"]
     variants = summary["variants"]
-    lines = ["# fusionkit sweep summary", "",
-             "Macro metrics over the 11 classes on each run's validation split (`fusionkit.metrics`): "
-             "mean ± sample std over seeds (and folds), with the Student-t 95% interval of the mean for "
-             "Dice and AUC.", ""]
+    lines = [
+        "# fusionkit sweep summary",
+        "",
+        "Macro metrics over the 11 classes on each run's validation split (`fusionkit.metrics`): "
+        "mean ± sample std over seeds (and folds), with the Student-t 95% interval of the mean for "
+        "Dice and AUC.",
+        "",
+    ]
     rows = []
     for preset, v in variants.items():
         m = v["metrics"]
         ci = [f"[{m[k]['ci95'][0]:.3f}, {m[k]['ci95'][1]:.3f}]" if m[k]["ci95"] else "-" for k in ("dice", "auc")]
         rows.append([f"`{preset}`", str(v["n_runs"]), *(_cell(m[k]) for k in COLUMN_TITLES), *ci])
     lines += [_table(["Variant", "Runs", *COLUMN_TITLES.values(), "Dice 95% CI", "AUC 95% CI"], rows), ""]
-    lines += [f"## Against the reference `{ref}`", "",
-              "Paired difference (variant minus reference) on the same validation lesions, mean over "
-              "seeds (folds), with the 95% paired-bootstrap interval over lesions.", ""]
-    rows = [[f"`{p}`", _interval(v["vs_reference"]["dice_diff"], v["vs_reference"]["dice_ci95"]),
-             _interval(v["vs_reference"]["auc_diff"], v["vs_reference"]["auc_ci95"])]
-            for p, v in variants.items() if v["vs_reference"] is not None and p != ref]
-    lines += [_table(["Variant", "Δ macro Dice [95% CI]", "Δ macro AUC [95% CI]"], rows) if rows else "No paired runs.", ""]
-    for title, layout, first in (("Table 2 (modality configurations)", TABLE2_ROWS, "Config."),
-                                 ("Table 3 (MMFA branches)", TABLE3_ROWS, "Fusion Variant")):
+    lines += [
+        f"## Against the reference `{ref}`",
+        "",
+        "Paired difference (variant minus reference) on the same validation lesions, mean over "
+        "seeds (folds), with the 95% paired-bootstrap interval over lesions.",
+        "",
+    ]
+    rows = [
+        [
+            f"`{p}`",
+            _interval(v["vs_reference"]["dice_diff"], v["vs_reference"]["dice_ci95"]),
+            _interval(v["vs_reference"]["auc_diff"], v["vs_reference"]["auc_ci95"]),
+        ]
+        for p, v in variants.items()
+        if v["vs_reference"] is not None and p != ref
+    ]
+    lines += [
+        _table(["Variant", "Δ macro Dice [95% CI]", "Δ macro AUC [95% CI]"], rows) if rows else "No paired runs.",
+        "",
+    ]
+    for title, layout, first in (
+        ("Table 2 (modality configurations)", TABLE2_ROWS, "Config."),
+        ("Table 3 (MMFA branches)", TABLE3_ROWS, "Fusion Variant"),
+    ):
         table = paper_table(summary, layout, first)
         if table:
             lines += [f"## {title}", "", table, ""]
@@ -158,16 +198,52 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
         mem = f"{r['peak_gpu_mem_gib']:.2f}" if r.get("peak_gpu_mem_gib") is not None else "-"
         sps = f"{r['samples_per_s']:.1f}" if r.get("samples_per_s") is not None else "-"
         secs = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"
-        rows.append([f"`{r['preset']}`", str(r["seed"]), "-" if r["fold"] is None else str(r["fold"]), r["status"],
-                     secs, str(r.get("best_epoch") or "-"), sps, mem, str(r.get("device") or "-"),
-                     f"{r.get('torch') or '-'} / {r.get('timm') or '-'}", dice])
-    lines += [_table(["Variant", "Seed", "Fold", "Status", "Seconds", "Best epoch", "Samples/s", "Peak GPU GiB",
-                      "Device", "torch / timm", "Dice"], rows), ""]
+        rows.append(
+            [
+                f"`{r['preset']}`",
+                str(r["seed"]),
+                "-" if r["fold"] is None else str(r["fold"]),
+                r["status"],
+                secs,
+                str(r.get("best_epoch") or "-"),
+                sps,
+                mem,
+                str(r.get("device") or "-"),
+                f"{r.get('torch') or '-'} / {r.get('timm') or '-'}",
+                dice,
+            ]
+        )
+    lines += [
+        _table(
+            [
+                "Variant",
+                "Seed",
+                "Fold",
+                "Status",
+                "Seconds",
+                "Best epoch",
+                "Samples/s",
+                "Peak GPU GiB",
+                "Device",
+                "torch / timm",
+                "Dice",
+            ],
+            rows,
+        ),
+        "",
+    ]
     failed = [r for r in summary["runs"] if r["status"] != "ok"]
     if failed:
-        lines += ["## Failed runs", ""] + [
-            f"- `{r['preset']}` seed {r['seed']}" + ("" if r["fold"] is None else f" fold {r['fold']}")
-            + f": {r['status']}: {r.get('reason') or 'no reason recorded'}" for r in failed] + [""]
+        lines += (
+            ["## Failed runs", ""]
+            + [
+                f"- `{r['preset']}` seed {r['seed']}"
+                + ("" if r["fold"] is None else f" fold {r['fold']}")
+                + f": {r['status']}: {r.get('reason') or 'no reason recorded'}"
+                for r in failed
+            ]
+            + [""]
+        )
     return "\n".join(lines)
 
 
@@ -176,7 +252,14 @@ def summary_csv(summary: dict[str, Any]) -> str:
     header = ["preset", "n_runs"]
     for k in MACRO_KEYS:
         header += [f"{k}_mean", f"{k}_std", f"{k}_ci95_lo", f"{k}_ci95_hi"]
-    header += ["dice_diff", "dice_diff_ci95_lo", "dice_diff_ci95_hi", "auc_diff", "auc_diff_ci95_lo", "auc_diff_ci95_hi"]
+    header += [
+        "dice_diff",
+        "dice_diff_ci95_lo",
+        "dice_diff_ci95_hi",
+        "auc_diff",
+        "auc_diff_ci95_lo",
+        "auc_diff_ci95_hi",
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -209,12 +292,20 @@ def plot_figure3(summary: dict[str, Any], path: Path, *, metrics: Sequence[str] 
     x = np.arange(len(metrics))
     for i, (label, preset) in enumerate(bars):
         stats = [variants[preset]["metrics"][k] for k in metrics]
-        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [s["mean"] for s in stats], width,
-               yerr=[s["std"] or 0.0 for s in stats], capsize=2, label=label)
+        ax.bar(
+            x + (i - (len(bars) - 1) / 2) * width,
+            [s["mean"] for s in stats],
+            width,
+            yerr=[s["std"] or 0.0 for s in stats],
+            capsize=2,
+            label=label,
+        )
     ax.set_xticks(x, [COLUMN_TITLES[k] for k in metrics])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("macro score (mean ± std over runs)")
-    ax.set_title("Fusion architecture ablation: multimetric comparison" if paper else "Variants: multimetric comparison")
+    ax.set_title(
+        "Fusion architecture ablation: multimetric comparison" if paper else "Variants: multimetric comparison"
+    )
     ax.legend(fontsize=7, ncols=min(len(bars), 3), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -222,7 +313,9 @@ def plot_figure3(summary: dict[str, Any], path: Path, *, metrics: Sequence[str] 
     return path
 
 
-def write_summary(out: Path, *, reference: str, records: Sequence[dict[str, Any]] | None = None, n_boot: int = 1000) -> dict[str, Any]:
+def write_summary(
+    out: Path, *, reference: str, records: Sequence[dict[str, Any]] | None = None, n_boot: int = 1000
+) -> dict[str, Any]:
     """Write summary.json/csv/md and figure3.png into ``out``; returns the summary mapping."""
     records = collect_records(out) if records is None else list(records)
     summary = summarize(records, reference=reference, n_boot=n_boot)

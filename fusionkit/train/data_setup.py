@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from fusionkit.data import (
@@ -22,6 +22,7 @@ from fusionkit.data import (
     MetadataEncoder,
     Milk10kDataset,
     Split,
+    batch_generator,
     build_transforms,
     find_split,
     kfold_splits,
@@ -29,17 +30,17 @@ from fusionkit.data import (
     make_loader,
     make_synthetic_milk10k,
     normalize_batch,
-    batch_generator,
     train_val_split,
 )
 from fusionkit.data.layout import Milk10kFiles
 from fusionkit.errors import ConfigError
+from fusionkit.runtime.config import RunConfig, default_cache_dir, preprocessing_model
 from fusionkit.runtime.distributed import DistInfo, barrier
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.runtime.config import RunConfig, default_cache_dir, preprocessing_model
 from fusionkit.train.resume import resume_changes
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.utils.io import atomic_write_text
+
 
 @dataclass
 class RunData:
@@ -99,19 +100,29 @@ class RunData:
         info = self.dist_info
         self._device_augment = DeviceAugment(config=data.augment) if self.augment_on == "device" else None
         self._train_sampler = EpochSampler(
-            self.train_set.labels, seed=train.seed, mode=train.sampler,
-            rank=info.rank, world_size=info.world_size, batch_size=train.batch_size,
+            self.train_set.labels,
+            seed=train.seed,
+            mode=train.sampler,
+            rank=info.rank,
+            world_size=info.world_size,
+            batch_size=train.batch_size,
         )
         self._train_loader = make_loader(
-            self.train_set, batch_size=train.batch_size, sampler=self._train_sampler,
-            num_workers=data.num_workers, seed=train.seed,
+            self.train_set,
+            batch_size=train.batch_size,
+            sampler=self._train_sampler,
+            num_workers=data.num_workers,
+            seed=train.seed,
         )
         val_sampler = EpochSampler(
             self.val_set.labels, seed=0, mode="sequential", rank=info.rank, world_size=info.world_size
         )
         self._val_loader = make_loader(
-            self.val_set, batch_size=train.eval_batch_size or 2 * train.batch_size,
-            sampler=val_sampler, num_workers=data.num_workers, seed=0,
+            self.val_set,
+            batch_size=train.eval_batch_size or 2 * train.batch_size,
+            sampler=val_sampler,
+            num_workers=data.num_workers,
+            seed=0,
         )
 
 
@@ -130,8 +141,13 @@ def _class_prior(labels: tuple[int, ...]) -> tuple[float, ...]:
 
 
 def _data_root(
-    config: RunConfig, *, run_dir: Path, data_root: str | Path | None, synthetic: bool,
-    saved: RunConfig | None, dist_info: DistInfo,
+    config: RunConfig,
+    *,
+    run_dir: Path,
+    data_root: str | Path | None,
+    synthetic: bool,
+    saved: RunConfig | None,
+    dist_info: DistInfo,
 ) -> Path:
     """The MILK10k folder the run reads: generated into the run directory, given, or recorded."""
     if synthetic:
@@ -174,7 +190,9 @@ def prepare_data(
     """
     resume = saved is not None
     data = config.data
-    root = _data_root(config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, saved=saved, dist_info=dist_info)
+    root = _data_root(
+        config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, saved=saved, dist_info=dist_info
+    )
     files = find_split(root, "Training")
     if files.ground_truth_csv is None:
         raise ConfigError(f"{root}: training needs MILK10k_Training_GroundTruth.csv")
@@ -199,15 +217,20 @@ def prepare_data(
     if not dist_info.is_main:
         barrier(dist_info)
     train_set = Milk10kDataset(
-        lesion_ids=split.train, encoder=encoder,
+        lesion_ids=split.train,
+        encoder=encoder,
         transform=build_transforms(
-            model_name=name, image_size=size, train=augment_on(config, dist_info.device) == "cpu",
-            augment=data.augment, normalize=False,
+            model_name=name,
+            image_size=size,
+            train=augment_on(config, dist_info.device) == "cpu",
+            augment=data.augment,
+            normalize=False,
         ),
         **common,
     )
     val_set = Milk10kDataset(
-        lesion_ids=split.val, encoder=train_set.encoder,
+        lesion_ids=split.val,
+        encoder=train_set.encoder,
         transform=build_transforms(model_name=name, image_size=size, train=False, normalize=False),
         **common,
     )
@@ -221,9 +244,12 @@ def prepare_data(
     if model.loss.logit_adjustment > 0 and model.loss.class_prior is None:
         loss = updates.get("loss", model.loss)
         updates["loss"] = loss.model_copy(update={"class_prior": _class_prior(train_set.labels)})
-    resolved = config.model_copy(update={
-        "model": model.model_copy(update=updates), "data": data.model_copy(update={"root": root}),
-    })
+    resolved = config.model_copy(
+        update={
+            "model": model.model_copy(update=updates),
+            "data": data.model_copy(update={"root": root}),
+        }
+    )
     resolved = RunConfig.model_validate(resolved.model_dump(mode="json"))
     changes = resume_changes(saved, resolved, run_dir=run_dir, synthetic=synthetic) if resume else []
     if dist_info.is_main:
@@ -232,9 +258,17 @@ def prepare_data(
             record["data"].pop("synthetic")
         atomic_write_text(RunFiles(run_dir).config, yaml.safe_dump(record, sort_keys=False))
         train_set.encoder.save(RunFiles(run_dir).metadata_encoder)
-        atomic_write_text(split_file, json.dumps({"root": str(root), "train": list(split.train), "val": list(split.val)}, indent=1))
+        atomic_write_text(
+            split_file, json.dumps({"root": str(root), "train": list(split.train), "val": list(split.val)}, indent=1)
+        )
     barrier(dist_info)
     return RunData(
-        config=resolved, files=files, split=split, encoder=train_set.encoder,
-        train_set=train_set, val_set=val_set, dist_info=dist_info, changes=tuple(changes),
+        config=resolved,
+        files=files,
+        split=split,
+        encoder=train_set.encoder,
+        train_set=train_set,
+        val_set=val_set,
+        dist_info=dist_info,
+        changes=tuple(changes),
     )

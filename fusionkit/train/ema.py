@@ -30,7 +30,9 @@ class ModelEma(nn.Module):
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _pairs(
+        self, model: nn.Module
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
         ema = [*self.module.parameters(), *self.module.buffers()]
         live = [*model.parameters(), *model.buffers()]
         if len(ema) != len(live):

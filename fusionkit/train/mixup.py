@@ -45,9 +45,7 @@ def _pixels(box: tuple[float, float, float, float], height: int, width: int) -> 
     return round(top * height), round(bottom * height), round(left * width), round(right * width)
 
 
-def mix_batch(
-    batch: dict[str, Any], *, spec: MixupSpec, num_classes: int
-) -> tuple[dict[str, Any], MixInfo]:
+def mix_batch(batch: dict[str, Any], *, spec: MixupSpec, num_classes: int) -> tuple[dict[str, Any], MixInfo]:
     """The batch with labels as soft targets (n, N), mixed with a shuffled copy with prob ``spec.prob``.
 
     Mixup: every image and the metadata become ``lam x + (1 - lam) x[perm]``, ``lam ~
@@ -87,7 +85,5 @@ def mix_batch(
                 out[key] = lam * batch[key] + (1.0 - lam) * batch[key][perm]
     out["label"] = lam * target + (1.0 - lam) * target[perm]
     mixed = images if cutmix else [*images, "meta"]
-    out["present"] = {
-        k: (v | v[perm]) if k in mixed else v for k, v in batch["present"].items()
-    }
+    out["present"] = {k: (v | v[perm]) if k in mixed else v for k, v in batch["present"].items()}
     return out, MixInfo(kind="cutmix" if cutmix else "mixup", lam=lam, perm=perm, box=box)

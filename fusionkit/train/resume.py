@@ -21,17 +21,31 @@ from pathlib import Path
 from typing import Any
 
 from fusionkit.errors import ConfigError
+from fusionkit.runtime.config import RunConfig, load_run_config
 from fusionkit.runtime.lock import LOCK_NAME
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.runtime.config import RunConfig, load_run_config
 from fusionkit.utils.io import atomic_write_text
 
-APPLIED_ON_RESUME = frozenset({
-    "train.epochs", "train.lr", "train.max_batches_per_epoch", "train.eval_batch_size",
-    "train.device", "train.precision", "train.channels_last", "train.step_mode", "train.compile_mode",
-    "train.grad_clip", "train.deterministic", "train.tracking",
-    "data.root", "data.num_workers", "data.cache", "data.cache_dir",
-})
+APPLIED_ON_RESUME = frozenset(
+    {
+        "train.epochs",
+        "train.lr",
+        "train.max_batches_per_epoch",
+        "train.eval_batch_size",
+        "train.device",
+        "train.precision",
+        "train.channels_last",
+        "train.step_mode",
+        "train.compile_mode",
+        "train.grad_clip",
+        "train.deterministic",
+        "train.tracking",
+        "data.root",
+        "data.num_workers",
+        "data.cache",
+        "data.cache_dir",
+    }
+)
 """Fields a resumed run may change (dotted paths): they are read afresh when the run resumes.
 
 With ``train.scheduler.kind: cosine`` the schedule's length and base lrs are fixed at the start
@@ -126,7 +140,7 @@ def resume_changes(saved: RunConfig, new: RunConfig, *, run_dir: Path, synthetic
         for dump in (old, cur):
             dump["data"].pop("synthetic", None)
     changes = _diff(old, cur)
-    model = [f"{p[len('model.'):]}: {a!r} -> {b!r}" for p, a, b in changes if p.startswith("model.")]
+    model = [f"{p[len('model.') :]}: {a!r} -> {b!r}" for p, a, b in changes if p.startswith("model.")]
     if model:
         raise ConfigError(
             f"{run_dir}: --resume with a different model spec ({'; '.join(model[:3])}); "
@@ -148,9 +162,13 @@ def record_resume(run_dir: Path, *, epoch: int, batch: int, changes: list[str], 
     """Append one record to ``resumes.json`` (time, where the run continued, what changed)."""
     path = RunFiles(run_dir).resumes
     records = json.loads(path.read_text()) if path.is_file() else []
-    records.append({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "from_epoch": epoch + 1, "from_batch": batch,
-        "restarted_from_beginning": restarted, "changes": changes,
-    })
+    records.append(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "from_epoch": epoch + 1,
+            "from_batch": batch,
+            "restarted_from_beginning": restarted,
+            "changes": changes,
+        }
+    )
     atomic_write_text(path, json.dumps(records, indent=2) + "\n")

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-
 SAMPLER_MODES = ("shuffle", "balanced", "sequential")
 """The orders :class:`EpochSampler` draws."""
 

@@ -71,7 +71,8 @@ class LrSchedule:
                 optimizer,
                 [
                     WarmupCosine(
-                        warmup_steps=warmup, total_steps=total,
+                        warmup_steps=warmup,
+                        total_steps=total,
                         floor=min(spec.min_lr / float(group["lr"]), 1.0),
                     )
                     for group in optimizer.param_groups

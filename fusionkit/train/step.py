@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from fusionkit.runtime.device import autocast_context
 from fusionkit.losses import JointIndividualLoss
+from fusionkit.runtime.device import autocast_context
 
 
 class EagerStep:

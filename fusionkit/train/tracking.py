@@ -18,7 +18,9 @@ from fusionkit.errors import ConfigError
 class Tracker:
     """Logs scalars per epoch and figures at the end; ``close()`` flushes every backend."""
 
-    def __init__(self, *, backends: Iterable[str], run_dir: str | Path, params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, *, backends: Iterable[str], run_dir: str | Path, params: Mapping[str, Any] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.backends = tuple(backends)
         self._tb = None
@@ -35,7 +37,9 @@ class Tracker:
             try:
                 import mlflow
             except ImportError as exc:
-                raise ConfigError("train.tracking: mlflow is not installed (pip install 'jiadf-fusion[mlflow]')") from exc
+                raise ConfigError(
+                    "train.tracking: mlflow is not installed (pip install 'jiadf-fusion[mlflow]')"
+                ) from exc
             self._mlflow = mlflow
             mlflow.start_run(run_name=self.run_dir.name)
             if params:

@@ -28,14 +28,19 @@ from fusionkit.metrics import isic_metrics
 from fusionkit.metrics.decision import macro_f1_argmax
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fusionkit.runtime.config import RunConfig, TrainSpec, load_run_config
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
 from fusionkit.runtime.distributed import (
-    DistInfo, barrier, broadcast_object, init_distributed, shutdown, sync_buffers,
+    DistInfo,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+    sync_buffers,
 )
-from fusionkit.runtime.predict import predict
 from fusionkit.runtime.lock import RunLock
+from fusionkit.runtime.predict import predict
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.runtime.config import RunConfig, TrainSpec, load_run_config
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.ema import ModelEma
 from fusionkit.train.mixup import mix_batch
@@ -118,14 +123,22 @@ class Trainer:
             start = self._claim_run_dir(resume=resume, overwrite=overwrite)
             seed_everything(config.train.seed + self.dist.rank)
             self.data: RunData = prepare_data(
-                config, run_dir=self.run_dir, data_root=data_root, synthetic=synthetic,
-                dist_info=self.dist, saved=start.saved,
+                config,
+                run_dir=self.run_dir,
+                data_root=data_root,
+                synthetic=synthetic,
+                dist_info=self.dist,
+                saved=start.saved,
             )
             self.config = self.data.config  # resolved: class weights, data root filled in
             self._setup_determinism()
             self._setup_logging()
-            logger.info("training on %s; augmentation on the %s (data.augment_on: %s)", self.device,
-                        "device" if self.data.augment_on == "device" else "loader (cpu)", self.config.data.augment_on)
+            logger.info(
+                "training on %s; augmentation on the %s (data.augment_on: %s)",
+                self.device,
+                "device" if self.data.augment_on == "device" else "loader (cpu)",
+                self.config.data.augment_on,
+            )
             self._build_model()
             self._setup_options(start)
             self._build_optimizer()
@@ -148,14 +161,11 @@ class Trainer:
         self.dist: DistInfo = init_distributed(resolve_device(train.device))
         self.device = self.dist.device
         self.bf16 = train.precision == "bf16" or (train.precision == "auto" and self.device.type == "cuda")
-        self.channels_last = (
-            self.device.type == "cuda" if train.channels_last == "auto" else bool(train.channels_last)
-        )
+        self.channels_last = self.device.type == "cuda" if train.channels_last == "auto" else bool(train.channels_last)
         if train.step_mode == "cuda_graph" and (self.device.type != "cuda" or self.dist.distributed):
             shutdown(self.dist)
             raise ConfigError(
-                "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); "
-                "use 'eager' or 'compile'"
+                "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); use 'eager' or 'compile'"
             )
 
     def _claim_run_dir(self, *, resume: bool, overwrite: bool) -> RunStart:
@@ -195,7 +205,9 @@ class Trainer:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("fusionkit")
         root.setLevel(logging.INFO)
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers):
+        if not any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers
+        ):
             root.addHandler(handler)
         self._log_handler = handler
 
@@ -224,7 +236,8 @@ class Trainer:
         if train.init_from is not None and not start.from_checkpoint:
             logger.info(warm_start(self.model, train.init_from).summary())
         self.tracker = Tracker(
-            backends=train.tracking if self.dist.is_main else (), run_dir=self.run_dir,
+            backends=train.tracking if self.dist.is_main else (),
+            run_dir=self.run_dir,
             params={f"train.{k}": v for k, v in train.model_dump(mode="json").items()},
         )
         self.ema = None if train.ema_decay is None else ModelEma(model=self.model, decay=train.ema_decay)
@@ -232,8 +245,12 @@ class Trainer:
     def _param_groups(self) -> list[dict[str, Any]]:
         train = self.config.train
         return param_groups(
-            self.model, lr=train.lr, weight_decay=train.weight_decay, backbone_lr=train.backbone_lr,
-            backbone_weight_decay=train.backbone_weight_decay, no_decay_norm_bias=train.no_decay_norm_bias,
+            self.model,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            backbone_lr=train.backbone_lr,
+            backbone_weight_decay=train.backbone_weight_decay,
+            no_decay_norm_bias=train.no_decay_norm_bias,
         )
 
     def _build_optimizer(self) -> None:
@@ -244,7 +261,10 @@ class Trainer:
         for group in groups:  # a graphed step reads the lr from a tensor
             group["lr"] = torch.tensor(group["lr"], device=self.device) if graphed else group["lr"]
         self.optimizer = torch.optim.AdamW(
-            groups, lr=train.lr, weight_decay=train.weight_decay, fused=(self.device.type == "cuda") or None,
+            groups,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            fused=(self.device.type == "cuda") or None,
             capturable=graphed,
         )
         steps = 0
@@ -259,8 +279,13 @@ class Trainer:
         train = self.config.train
         step_cls = CudaGraphStep if train.step_mode == "cuda_graph" else EagerStep
         self.step = step_cls(
-            model=self.step_net, loss_fn=self.loss_fn, optimizer=self.optimizer, device=self.device,
-            bf16=self.bf16, grad_clip=train.grad_clip, clip_parameters=self.model.parameters,
+            model=self.step_net,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            device=self.device,
+            bf16=self.bf16,
+            grad_clip=train.grad_clip,
+            clip_parameters=self.model.parameters,
         )
 
     def _begin(self, start: RunStart) -> None:
@@ -273,8 +298,11 @@ class Trainer:
                 self._reset_lr()
         if self.dist.is_main and (start.from_checkpoint or start.restarted):
             record_resume(
-                self.run_dir, epoch=self.start_epoch, batch=self.start_batch,
-                changes=list(self.data.changes), restarted=start.restarted,
+                self.run_dir,
+                epoch=self.start_epoch,
+                batch=self.start_batch,
+                changes=list(self.data.changes),
+                restarted=start.restarted,
             )
 
     def _reset_lr(self) -> None:
@@ -288,8 +316,12 @@ class Trainer:
     def _resume(self) -> None:
         last = self.files.checkpoint("last")
         info = load_checkpoint(
-            last, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            restore_rng=True, modules=self._extra_modules(),
+            last,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            restore_rng=True,
+            modules=self._extra_modules(),
         )
         self.start_epoch = int(info["epoch"])
         self.start_batch = int(info.get("batch", 0))
@@ -329,8 +361,11 @@ class Trainer:
         losses = torch.full((), loss_sum, device=self.device)
         batch_index = start_batch
         bar = tqdm(
-            total=total, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
-            disable=not (self.progress and self.dist.is_main), leave=False,
+            total=total,
+            desc=f"epoch {epoch + 1}/{train.epochs}",
+            unit="batch",
+            disable=not (self.progress and self.dist.is_main),
+            leave=False,
         )
         for step, batch in enumerate(loader):
             if step >= total:
@@ -378,7 +413,8 @@ class Trainer:
     def _divergence(self, epoch: int, what: str) -> DivergenceError:
         kept = (
             f"the last good checkpoint is {self.files.checkpoint('last')} (end of epoch {epoch})"
-            if epoch > 0 else "no checkpoint was saved"
+            if epoch > 0
+            else "no checkpoint was saved"
         )
         return DivergenceError(
             f"training diverged in epoch {epoch + 1}: {what} became NaN or infinite "
@@ -389,8 +425,12 @@ class Trainer:
     def validate(self) -> tuple[dict[str, Any], float]:
         """Macro metrics and the eq-7 loss (of P_final) on the validation split."""
         preds = predict(
-            self.eval_model, self.data.val_loader(), device=self.device, bf16=self.bf16,
-            channels_last=self.channels_last, dist_info=self.dist,
+            self.eval_model,
+            self.data.val_loader(),
+            device=self.device,
+            bf16=self.bf16,
+            channels_last=self.channels_last,
+            dist_info=self.dist,
             batch_transform=self.data.to_model_batch,
         )
         if not np.isfinite(preds.probs).all():  # finite but huge weights can still overflow
@@ -406,11 +446,18 @@ class Trainer:
         barrier(self.dist)
         if self.dist.is_main:
             save_checkpoint(
-                self.files.checkpoint("last"), model=self.model, optimizer=self.optimizer,
-                scheduler=self.scheduler, modules=self._extra_modules(),
+                self.files.checkpoint("last"),
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                modules=self._extra_modules(),
                 info={
-                    "epoch": epoch, "batch": batch, "best_dice": self.best_dice, "history": self.history,
-                    "epoch_loss_sum": partial[0], "epoch_seen": partial[1],
+                    "epoch": epoch,
+                    "batch": batch,
+                    "best_dice": self.best_dice,
+                    "history": self.history,
+                    "epoch_loss_sum": partial[0],
+                    "epoch_seen": partial[1],
                 },
             )
         barrier(self.dist)
@@ -441,9 +488,14 @@ class Trainer:
         is_best = score > self.best_dice
         lr = self.optimizer.param_groups[0]["lr"]
         record = EpochRecord(
-            epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_dice=dice,
-            val_auc=float(metrics["macro"]["auc"]), lr=float(lr),
-            seconds=seconds, samples_per_s=seen * self.dist.world_size / max(seconds, 1e-9),
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_dice=dice,
+            val_auc=float(metrics["macro"]["auc"]),
+            lr=float(lr),
+            seconds=seconds,
+            samples_per_s=seen * self.dist.world_size / max(seconds, 1e-9),
             best=is_best,
         )
         self.history.append(record.__dict__)
@@ -451,7 +503,9 @@ class Trainer:
             self.best_dice = score
             if self.dist.is_main:
                 save_checkpoint(
-                    self.files.checkpoint("best"), model=self.eval_model, include_rng=False,
+                    self.files.checkpoint("best"),
+                    model=self.eval_model,
+                    include_rng=False,
                     info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
                 )
         self._save_last(epoch + 1)
@@ -464,8 +518,7 @@ class Trainer:
         line = (
             f"epoch {record.epoch}/{self.config.train.epochs}  train loss {record.train_loss:.4f}  "
             f"val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}  val auc {record.val_auc:.4f}  "
-            f"lr {record.lr:.2e}  {record.samples_per_s:.1f} samples/s"
-            + ("  *best*" if record.best else "")
+            f"lr {record.lr:.2e}  {record.samples_per_s:.1f} samples/s" + ("  *best*" if record.best else "")
         )
         tqdm.write(line)
         logger.info(line)
@@ -494,8 +547,12 @@ class Trainer:
                 pass
         try:
             epochs = tqdm(
-                range(self.start_epoch, train.epochs), initial=self.start_epoch, total=train.epochs,
-                desc="training", unit="epoch", disable=not (self.progress and self.dist.is_main),
+                range(self.start_epoch, train.epochs),
+                initial=self.start_epoch,
+                total=train.epochs,
+                desc="training",
+                unit="epoch",
+                disable=not (self.progress and self.dist.is_main),
             )
             for epoch in epochs:
                 self._report(*self._train_and_check(epoch))
@@ -546,12 +603,17 @@ def train_run(
     nothing from :mod:`fusionkit.evaluate`.
     """
     trainer = Trainer(
-        config, run_dir=run_dir, data_root=data_root, synthetic=synthetic, resume=resume,
-        overwrite=overwrite, progress=progress, after_fit=after_fit,
+        config,
+        run_dir=run_dir,
+        data_root=data_root,
+        synthetic=synthetic,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        after_fit=after_fit,
     )
     try:
         trainer.fit()
     finally:
         trainer.close()
     return trainer
-

@@ -51,7 +51,7 @@ def source_weights(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
         if not path.is_file():
             raise ConfigError(f"train.init_from: {path.parent.parent} is a folder without {path}")
     tensors, _ = read_checkpoint(path)
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     if model:
         return path, model
     return path, {k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng.", "ema."))}

@@ -16,10 +16,10 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from fusionkit.components.base import DecisionSpec
 from fusionkit.components.decisions._masking import masked_log_softmax
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.components.base import DecisionSpec
 
 
 class ADFDecisionSpec(DecisionSpec):
@@ -65,10 +65,7 @@ class ADFDecision(nn.Module):
 
     def forward(self, logits: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """Log fusion weights ``log alpha`` (B, 3), renormalised over present branches."""
-        parts = [
-            logits[name].masked_fill(~present[:, i : i + 1], 0.0)
-            for i, name in enumerate(self.branches)
-        ]
+        parts = [logits[name].masked_fill(~present[:, i : i + 1], 0.0) for i, name in enumerate(self.branches)]
         s = torch.cat(parts, dim=-1)
         if self.detach_logits:
             s = s.detach()

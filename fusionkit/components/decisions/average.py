@@ -10,9 +10,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from fusionkit.components.base import DecisionSpec
 from fusionkit.components.decisions._masking import masked_log_softmax
 from fusionkit.registry import register
-from fusionkit.components.base import DecisionSpec
 
 
 class AverageDecisionSpec(DecisionSpec):

@@ -11,8 +11,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from fusionkit.registry import register
 from fusionkit.components.base import DecisionSpec
+from fusionkit.registry import register
 
 
 class SingleDecisionSpec(DecisionSpec):
@@ -32,9 +32,7 @@ class SingleDecisionSpec(DecisionSpec):
 class SingleDecision(nn.Module):
     """Log weight 0 on the deciding branch: ``log P_final = log_softmax(z_branch)``."""
 
-    def __init__(
-        self, *, num_classes: int, branches: tuple[str, ...], branch: str = "joint"
-    ) -> None:
+    def __init__(self, *, num_classes: int, branches: tuple[str, ...], branch: str = "joint") -> None:
         super().__init__()
         if branches != (branch,):
             raise ValueError(f"single decision on {branch!r} got branches {branches}")

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusionkit.registry import register
 from fusionkit.components.base import FusionSpec
+from fusionkit.registry import register
 
 
 class ConcatFusionSpec(FusionSpec):

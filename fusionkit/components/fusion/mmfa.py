@@ -25,9 +25,9 @@ from einops import rearrange
 from pydantic import PositiveInt
 from torch import nn
 
+from fusionkit.components.base import FusionSpec
 from fusionkit.components.layers import Activation, make_activation
 from fusionkit.registry import register
-from fusionkit.components.base import FusionSpec
 
 
 class MMFASpec(FusionSpec):
@@ -65,9 +65,7 @@ class SkipOnlySpec(FusionSpec):
 class TwoTokenAttention(nn.Module):
     """Eqs 8-10: per-modality Q/K/V projections, H heads of 2x2 attention, and W^O."""
 
-    def __init__(
-        self, *, image_dim: int, meta_dim: int, heads: int, head_dim: int, out_dim: int
-    ) -> None:
+    def __init__(self, *, image_dim: int, meta_dim: int, heads: int, head_dim: int, out_dim: int) -> None:
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
@@ -127,9 +125,7 @@ class MMFAFusion(nn.Module):
             else None
         )
         self.transform = (
-            nn.Sequential(nn.Linear(out_dim, out_dim), make_activation(activation))
-            if use_attention
-            else None
+            nn.Sequential(nn.Linear(out_dim, out_dim), make_activation(activation)) if use_attention else None
         )
         self.skip = nn.Linear(image_dim + meta_dim, out_dim, bias=False) if use_skip else None
         self.out_dim = out_dim
@@ -175,6 +171,4 @@ class SkipOnlyFusion(MMFAFusion):
     """``f_IM = W_skip [f_I || f_M]``: MMFA's residual path alone (an affine map, no bias)."""
 
     def __init__(self, *, image_dim: int, meta_dim: int, out_dim: int = 512) -> None:
-        super().__init__(
-            image_dim=image_dim, meta_dim=meta_dim, out_dim=out_dim, use_attention=False
-        )
+        super().__init__(image_dim=image_dim, meta_dim=meta_dim, out_dim=out_dim, use_attention=False)
