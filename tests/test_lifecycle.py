@@ -21,10 +21,10 @@ from train_helpers import tiny_run_config, write_config
 
 import fusionkit.train.trainer as trainer_module
 from fusionkit.data import make_synthetic_milk10k
-from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted, RunLockedError
+from fusionkit.errors import ConfigError, DivergenceError, RunInterrupted
 from fusionkit.runtime.checkpoint import read_checkpoint
 from fusionkit.runtime.config import RunConfig, load_run_config
-from fusionkit.runtime.lock import LOCK_NAME, RunLock
+from fusionkit.runtime.lock import LOCK_NAME
 from fusionkit.train.resume import claim_run_dir, resume_changes
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.train.trainer import Trainer, train_run
@@ -39,37 +39,6 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
-
-
-# -- the lock ------------------------------------------------------------------------------------
-def test_lock_refuses_a_live_holder_takes_over_a_dead_one_and_releases(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    lock = RunLock(run).acquire()
-    holder = json.loads((run / LOCK_NAME).read_text())
-    assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
-    lock.release()
-    assert not (run / LOCK_NAME).exists()
-
-    (run / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
-    with pytest.raises(RunLockedError, match=f"pid {os.getppid()}"):
-        RunLock(run).acquire()
-    (run / LOCK_NAME).write_text(json.dumps({"pid": 1234, "host": "elsewhere"}))
-    with pytest.raises(RunLockedError, match="host elsewhere.*delete"):
-        RunLock(run).acquire()
-    (run / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
-    with RunLock(run):  # a stale lock is taken over
-        assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
-    assert not (run / LOCK_NAME).exists()
-
-
-def test_a_locked_run_directory_is_refused_before_anything_is_touched(tmp_path: Path, cache_dir: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
-    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
-    with pytest.raises(RunLockedError, match="another process"):
-        Trainer(config, run_dir=run, synthetic=True, resume=True, progress=False)
-    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
 
 
 # -- start, resume, overwrite ---------------------------------------------------------------------

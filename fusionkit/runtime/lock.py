@@ -1,16 +1,29 @@
 """The run-directory lock: one process trains in a run directory at a time.
 
-Own code rather than ``filelock``: the lock must name its holder (pid, host) in the refusal and be
-taken over when that process is dead, which an ``flock`` lock file does not report.
+The lock is the kernel's: ``fcntl.flock(LOCK_EX | LOCK_NB)`` on the file ``run.lock``, held open
+for the whole run. The kernel releases it when the holder exits or is killed (even by SIGKILL), so
+there is no stale lock to take over and no guess about whether a holder is alive. Once the lock is
+held, the holder writes ``{"pid": ..., "host": ...}`` into the file; a refused process reads it only
+to name the holder in its one-line message, and never decides anything from it (a file it cannot
+parse is "a process that is starting").
 
-The lock is the file ``run.lock`` holding ``{"pid": ..., "host": ...}``, created with ``O_EXCL``. A
-lock left by a dead process on this host is taken over (with a warning); a lock held by a live
-process, or by a process on another host (whose liveness cannot be checked), is refused with one
-line that names the holder and the file to delete if the holder is known to be gone.
+Own code rather than ``filelock`` (which also uses ``flock``): the refusal must name the holder,
+and the lock file must be removed on release without letting a third process lock an unlinked
+file; both need the file descriptor that ``filelock`` keeps private. After ``flock`` succeeds the
+holder checks that ``run.lock`` is still the file it locked (same inode), and starts over if a
+releasing holder unlinked it meanwhile.
+
+Network filesystems: on NFS, Linux maps ``flock`` onto NFS byte-range locks, which hold across
+clients only where the server's lock manager works; on Lustre (without ``-o flock``), CIFS/SMB and
+FUSE filesystems such as sshfs a ``flock`` may protect only processes on the same machine. The lock
+warns once when the run directory is on such a filesystem: two machines must not train one run
+directory there.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -25,71 +38,110 @@ logger = logging.getLogger("fusionkit.train")
 LOCK_NAME = RunFiles(".").lock.name
 """File name of the lock in a run directory (``run.lock``)."""
 
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "gpfs", "beegfs", "ceph", "glusterfs"}
+)
+"""Filesystem types where ``flock`` may not exclude processes on other machines (a warning is logged)."""
 
-def _alive(pid: int) -> bool:
+
+def filesystem_type(path: str | Path) -> str | None:
+    """The type (``ext4``, ``nfs4``, ...) of the filesystem holding ``path``, from /proc/self/mounts (None if unknown)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 class RunLock:
-    """Exclusive lock on ``run_dir`` for this process; use as a context manager or acquire/release."""
+    """Exclusive lock on ``run_dir`` for this process; use as a context manager or acquire/release.
+
+    A second :meth:`acquire` in any process (this one included, through another ``RunLock``) is
+    refused with :class:`~fusionkit.errors.RunLockedError` while the first is held.
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
-        self.held = False
+        self._fd: int | None = None
 
-    def _holder(self) -> dict | None:
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def holder(self) -> dict[str, object] | None:
+        """What the holder wrote (``pid``, ``host``), or None where the file is absent or not yet written."""
         try:
             holder = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError):
-            return {}  # unreadable (being written, or garbage): treated as a dead holder
-        return holder if isinstance(holder, dict) else {}
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    def _refusal(self) -> RunLockedError:
+        holder = self.holder() or {}
+        pid, host = holder.get("pid"), holder.get("host")
+        if host not in (None, socket.gethostname()):
+            who = f"process {pid} on host {host}"
+        elif pid is not None:
+            who = f"another process (pid {pid})"
+        else:
+            who = "another process (starting up)"
+        return RunLockedError(f"{self.path.parent}: {who} is running this run; wait for it to finish or stop it")
 
     def acquire(self) -> RunLock:
         """Take the lock (creating the run directory); raises :class:`RunLockedError` if it is held."""
+        if self.held:
+            raise RunLockedError(f"{self.path.parent}: this RunLock already holds the run")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(3):
+        kind = filesystem_type(self.path.parent)
+        if kind in NETWORK_FILESYSTEMS:
+            logger.warning(
+                "%s is on a %s filesystem, where the run lock may not keep out processes on other machines; "
+                "train one run directory from one machine only",
+                self.path.parent,
+                kind,
+            )
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None:
-                    continue  # released meanwhile: try again
-                pid, host = holder.get("pid"), holder.get("host")
-                if host not in (None, me["host"]):
-                    raise RunLockedError(
-                        f"{self.path.parent}: the run is locked by process {pid} on host {host}; "
-                        f"if that process is gone, delete {self.path}"
-                    ) from None
-                if isinstance(pid, int) and pid != me["pid"] and _alive(pid):
-                    raise RunLockedError(
-                        f"{self.path.parent}: another process (pid {pid}) is running this run; "
-                        "wait for it to finish or stop it"
-                    ) from None
-                logger.warning("taking over the stale lock %s of process %s (no longer running)", self.path, pid)
-                self.path.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise self._refusal() from None
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder unlinked the file after we opened it: lock the new one
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            self.held = True
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+            self._fd = fd
             return self
         raise RunLockedError(f"{self.path}: cannot take the run lock (it keeps changing hands)")
 
     def release(self) -> None:
-        """Remove the lock file if this process holds it (safe to call twice)."""
-        if self.held:
-            holder = self._holder()
-            if holder is not None and holder.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
+        """Remove the lock file and drop the lock if this object holds it (safe to call twice)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked: no one can lock it between unlink and close
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()

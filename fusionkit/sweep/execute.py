@@ -108,8 +108,17 @@ def _prepare_run_dir(job: SweepJob) -> bool:
             if saved is not None and not same_config(job.config, saved)
             else "it has no checkpoint to resume"
         )
-        logger.info("%s: starting over (%s)", run_dir, why)
-        shutil.rmtree(run_dir)
+        from fusionkit.runtime.lock import LOCK_NAME, RunLock
+
+        with RunLock(run_dir):  # refuses, in one line, a run that another process is training
+            logger.info("%s: starting over (%s)", run_dir, why)
+            for path in run_dir.iterdir():
+                if path.name == LOCK_NAME:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
     return False
 
 

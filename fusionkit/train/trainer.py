@@ -5,6 +5,7 @@ What the run directory holds is listed in :mod:`fusionkit.runtime.rundir`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from fusionkit.runtime.distributed import (
     shutdown,
     sync_buffers,
 )
-from fusionkit.runtime.lock import RunLock
+from fusionkit.runtime.lock import LOCK_NAME, RunLock
 from fusionkit.runtime.predict import predict
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.data_setup import RunData, prepare_data
@@ -145,10 +146,29 @@ class Trainer:
             self._build_step()
             self._begin(start)
         except BaseException:
-            self.close()
-            if self._created_dir and self.dist.is_main and not self.files.checkpoint("last").is_file():
-                shutil.rmtree(self.run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+            self._abandon_start()
             raise
+
+    def _abandon_start(self) -> None:
+        """Undo a failed start: close everything and, if this process made the run directory and no
+        checkpoint exists, remove it. The directory's contents go while the lock is still held, so a
+        process waiting for the lock never finds its own new run deleted."""
+        lock, self._lock = self._lock, None
+        self.close()
+        remove = lock is not None and self._created_dir and not self.files.checkpoint("last").is_file()
+        if remove:
+            for path in self.run_dir.iterdir():
+                if path.name == LOCK_NAME:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        if lock is not None:
+            lock.release()
+        if remove:
+            with contextlib.suppress(OSError):  # not empty: another process has claimed it since
+                self.run_dir.rmdir()
 
     # -- setup steps -------------------------------------------------------------------------------
     @property
@@ -176,9 +196,10 @@ class Trainer:
         start = RunStart(saved=None)
         refused: FusionkitError | None = None
         if self.dist.is_main:
-            self._created_dir = not self.run_dir.exists()
+            created = not self.run_dir.exists()
             try:
                 self._lock = RunLock(self.run_dir).acquire()
+                self._created_dir = created  # only a process that holds the lock may remove what it made
                 start = claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
             except FusionkitError as exc:  # told to every rank first, or they would wait forever
                 refused = exc

@@ -1,0 +1,210 @@
+"""The run lock (``fusionkit.runtime.lock``): exactly one holder, whatever the timing, and a killed
+holder frees the run directory at once.
+
+The race test runs N worker processes that meet at a barrier and then all try to take the same lock;
+each trial must end with exactly one holder. It runs the three starting states a lock file can be
+in: absent, left by a dead process (its JSON names a dead pid), and empty (a holder killed before
+it wrote its JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fusionkit.errors import RunLockedError
+from fusionkit.runtime.lock import LOCK_NAME, RunLock, filesystem_type
+
+WORKERS = 6
+TRIALS = 70  # x 3 starting states = 210 trials
+
+HOLDER = """
+import sys
+from fusionkit.runtime.lock import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+def _hold(run: Path) -> subprocess.Popen:
+    """A separate process that holds the lock on ``run`` until its stdin is closed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _contender(run: str, barrier, results, trials: int) -> None:
+    for _ in range(trials):
+        barrier.wait()  # the lock file is prepared
+        barrier.wait()  # everyone starts together
+        lock = RunLock(run)
+        try:
+            lock.acquire()
+            won = True
+        except RunLockedError:
+            won = False
+        barrier.wait()  # every attempt is over while the winner still holds
+        results.put(won)
+        lock.release()
+        barrier.wait()  # released before the next trial is prepared
+
+
+def test_many_processes_at_once_exactly_one_holder_every_trial(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(WORKERS + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_contender, args=(str(run), barrier, results, 3 * TRIALS), daemon=True)
+        for _ in range(WORKERS)
+    ]
+    for p in procs:
+        p.start()
+    dead = _dead_pid()
+    holders = []
+    for trial in range(3 * TRIALS):
+        state = trial % 3
+        lock_file = run / LOCK_NAME
+        if state == 1:
+            lock_file.write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+        elif state == 2:
+            lock_file.write_text("")
+        barrier.wait(timeout=60)
+        barrier.wait(timeout=60)
+        barrier.wait(timeout=60)
+        holders.append(sum(results.get(timeout=60) for _ in range(WORKERS)))
+        barrier.wait(timeout=60)
+    for p in procs:
+        p.join(timeout=60)
+    assert [(t, n) for t, n in enumerate(holders) if n != 1] == []  # (trial, holders) of every failure
+    assert len(holders) == 3 * TRIALS >= 200
+
+
+def test_a_live_holder_is_refused_by_name_and_a_sigkilled_one_frees_the_run_at_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    holder = _hold(run)
+    assert json.loads((run / LOCK_NAME).read_text()) == {"pid": holder.pid, "host": socket.gethostname()}
+    with pytest.raises(RunLockedError) as refused:
+        RunLock(run).acquire()
+    assert str(refused.value) == (
+        f"{run}: another process (pid {holder.pid}) is running this run; wait for it to finish or stop it"
+    )
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with RunLock(run) as lock:  # no wait, no takeover guess: the kernel dropped the dead holder's lock
+        assert lock.held
+        assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_a_file_left_behind_is_not_a_holder_and_a_second_lock_in_one_process_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for leftover in ("", "{half", json.dumps({"pid": os.getppid(), "host": socket.gethostname()})):
+        (run / LOCK_NAME).write_text(leftover)
+        first = RunLock(run).acquire()
+        with pytest.raises(RunLockedError, match="is running this run"):
+            RunLock(run).acquire()
+        with pytest.raises(RunLockedError, match="already holds"):
+            first.acquire()
+        first.release()
+        first.release()  # twice is harmless
+        assert not (run / LOCK_NAME).exists()
+
+
+def test_a_holder_on_another_host_is_named(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    holder = _hold(run)
+    try:
+        (run / LOCK_NAME).write_text(json.dumps({"pid": 77, "host": "node-b"}))  # what a remote holder wrote
+        with pytest.raises(RunLockedError, match=r"process 77 on host node-b is running this run"):
+            RunLock(run).acquire()
+    finally:
+        holder.communicate("")
+
+
+def test_filesystem_type_reads_the_mount_table(tmp_path: Path) -> None:
+    kind = filesystem_type(tmp_path)
+    mounts = Path("/proc/self/mounts").read_text()
+    assert kind is not None and f" {kind} " in mounts
+    assert filesystem_type("/proc") == "proc"
+
+
+def test_a_refused_trainer_never_deletes_the_folder_a_winner_made_meanwhile(tmp_path: Path, monkeypatch) -> None:
+    """The race of issue 28: the loser looks (no folder yet), the winner creates the folder and takes
+    the lock, the loser is refused. The loser must leave the winner's folder alone; before the fix it
+    removed the folder on its failed-start path. The winner is started exactly between the two steps
+    by wrapping the lock the trainer takes."""
+    from train_helpers import tiny_run_config
+
+    import fusionkit.train.trainer as trainer_module
+    from fusionkit.runtime.config import RunConfig
+    from fusionkit.train.trainer import Trainer
+
+    config = RunConfig.model_validate(tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=40))
+    run = tmp_path / "run"
+    holders: list[subprocess.Popen] = []
+
+    class WinnerFirst(RunLock):
+        def acquire(self) -> RunLock:
+            holders.append(_hold(run))
+            (run / "config.yaml").write_text("the winner's file\n")
+            return super().acquire()
+
+    monkeypatch.setattr(trainer_module, "RunLock", WinnerFirst)
+    try:
+        with pytest.raises(RunLockedError, match="is running this run"):
+            Trainer(config, run_dir=run, synthetic=True, progress=False)
+        assert sorted(p.name for p in run.iterdir()) == ["config.yaml", LOCK_NAME]
+        assert (run / "config.yaml").read_text() == "the winner's file\n"
+    finally:
+        for holder in holders:
+            holder.communicate("")
+
+
+def test_a_sweep_never_clears_a_run_folder_that_a_live_process_holds(tmp_path: Path) -> None:
+    """Issue 28: a sweep whose job folder holds another config starts it over, but not while a live
+    ``train`` holds it: the job fails with the lock's one line and every file of the live run stays."""
+    from train_helpers import tiny_run_config, write_config
+
+    from fusionkit.sweep.execute import execute_job
+    from fusionkit.sweep.plan import SweepJob
+
+    run = tmp_path / "run"
+    holder = _hold(run)
+    try:
+        write_config(run / "config.yaml", tiny_run_config(tmp_path / "cache", epochs=6))
+        (run / "history.json").write_text("[]")
+        job = SweepJob(
+            preset="ji-adf",
+            seed=0,
+            fold=None,
+            run_dir=str(run),
+            data_root=str(tmp_path / "data"),
+            config=tiny_run_config(tmp_path / "cache", epochs=1),
+        )
+        record = execute_job(job)
+        assert record["status"] == "failed" and "is running this run" in record["reason"]
+        assert {"config.yaml", "history.json", LOCK_NAME} <= {p.name for p in run.iterdir()}
+        assert (run / "history.json").read_text() == "[]"
+    finally:
+        holder.communicate("")
