@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from data_fixtures import edit_csv, make_set, read_rows
 
 from fusionkit.data import Milk10kDataset, find_split
@@ -272,3 +274,35 @@ def test_unknown_lesion_in_selection(files):
     with pytest.raises(DataError, match="not in the Training split") as info:
         Milk10kDataset(files=files, lesion_ids=["IL_0000000"])
     assert info.value.lesion_id == "IL_0000000"
+
+
+def test_a_16_bit_png_named_jpg_keeps_its_content_and_32_bit_images_are_refused(tmp_path: Path) -> None:
+    """Issue 28: PIL's convert('RGB') clips 16-bit values to 255 (an all-white image, no message)."""
+    import numpy as np
+    from PIL import Image
+
+    from fusionkit.data.images import ImageSource, decode_image
+
+    ramp = (np.arange(64 * 32, dtype=np.uint32).reshape(32, 64) * 32).astype(np.uint16)  # 0 .. 65504
+    path = tmp_path / "ISIC_0000001.jpg"
+    Image.fromarray(ramp).save(path, format="PNG")
+    source = ImageSource(isic_id="ISIC_0000001", lesion_id="IL_1", path=path, metadata_csv=tmp_path / "m.csv", line=2)
+    decoded = decode_image(source)
+    assert decoded.dtype == torch.uint8 and tuple(decoded.shape) == (3, 32, 64)
+    expected = torch.from_numpy((ramp >> 8).astype(np.uint8))
+    assert all(torch.equal(decoded[c], expected) for c in range(3))
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(path, format="TIFF")  # a float TIFF
+    with pytest.raises(DataError, match=r"cannot decode image ISIC_0000001 \('F' images \(32 bits per sample\)"):
+        decode_image(source)
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_metadata_csv_that_is_not_utf8_is_refused_naming_the_file_and_line(files, encoding):
+    """Issue 28: a Latin-1 or UTF-16 export of the metadata CSV was a UnicodeDecodeError traceback."""
+    rows = read_rows(files.metadata_csv)
+    rows[4][3] = "Hospital Clínic de Barcelona"  # the attribution of line 5
+    with files.metadata_csv.open("w", newline="", encoding=encoding) as handle:
+        csv.writer(handle).writerows(rows)
+    with pytest.raises(DataError, match=r"cannot decode the metadata CSV .*expected UTF-8 text") as info:
+        Milk10kDataset(files=files)
+    _assert_names(info.value, files.metadata_csv, 5 if encoding == "latin-1" else 1, None)

@@ -112,3 +112,39 @@ def test_an_image_encoder_without_a_timm_model_gets_the_default_preprocessing(tm
         model = config.model.model_construct(**{**dict(config.model), "image_encoder": encoder})
         stand_in = config.model_construct(**{**dict(config), "model": model})
         assert preprocessing_model(stand_in) == DEFAULT_PREPROCESSING_MODEL == "resnet18"
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.seed=-1", "train.seed"),
+        ("train.seed=100000000000000000000000", "train.seed"),
+        ("data.split_seed=-7", "data.split_seed"),
+        ("train.lr=1.0e+308", "train.lr"),
+        ("train.backbone_lr=11", "train.backbone_lr"),
+        ("data.num_workers=100000", "data.num_workers"),
+        ("model.image_size=100000", "model.image_size"),
+        ("train.epochs=1000000", "train.epochs"),
+        ("data.synthetic.image_size=[100000,10]", "data.synthetic.image_size"),
+    ],
+)
+def test_every_number_that_could_take_the_machine_down_has_a_bound(tmp_path, override, field):
+    """Issue 28: unbounded seeds, lr, workers and sizes crashed or exhausted the machine."""
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError) as info:
+        load_run_config(_preset_config(tmp_path), [override])
+    assert [".".join(str(p) for p in e["loc"][:3]) for e in info.value.errors()][0].startswith(field)
+
+
+def test_the_bounds_leave_every_useful_value_alone(tmp_path):
+    config = load_run_config(
+        _preset_config(tmp_path),
+        ["train.seed=4294967295", "data.split_seed=0", "train.lr=1", "data.num_workers=64", "model.image_size=2048"],
+    )
+    assert (config.train.seed, config.train.lr, config.data.num_workers, config.model.image_size) == (
+        2**32 - 1,
+        1.0,
+        64,
+        2048,
+    )

@@ -140,15 +140,22 @@ def test_load_spec_takes_the_model_of_a_run_config(tmp_path):
         ("bad.yaml", "fusion: [unclosed", "not valid YAML"),
         ("bad.json", "{'single': 'quotes'}", "not valid JSON"),
         ("list.yaml", "- derm\n- meta\n", "expected a mapping"),
+        ("twice.yaml", "image_size: 64\nimage_size: 32\n", "not valid YAML: the key 'image_size' is given twice"),
+        ("nested.yaml", "fusion:\n  kind: mmfa\n  kind: concat\n", "the key 'kind' is given twice"),
+        ("twice.json", '{"image_size": 64, "image_size": 32}', "not valid JSON: the key 'image_size' is given twice"),
+        ("latin1.yaml", b"# r\xe9sum\xe9\nimage_size: 64\n", "not UTF-8 text"),
+        ("deep.yaml", "a: " + "[" * 50_000 + "]" * 50_000 + "\n", "not valid YAML"),
     ],
 )
 def test_load_spec_file_errors_name_the_file(tmp_path, name, text, message):
     path = tmp_path / name
-    if text is not None:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
         path.write_text(text)
     with pytest.raises(fk.ConfigError, match=message) as info:
         fk.load_spec(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_load_spec_reports_validation_errors_with_paths(tmp_path):

@@ -79,6 +79,18 @@ def missing_image_error(source: ImageSource) -> DataError:
     )
 
 
+def _rgb8(image: Image.Image) -> np.ndarray:
+    """An (H, W, 3) uint8 array of ``image``. 16-bit greyscale keeps its high byte: PIL's own
+    ``convert("RGB")`` clips every value above 255, turning a 16-bit image all white. Other modes
+    with more than 8 bits per sample (32-bit integer, float) have no agreed scale and are refused."""
+    if image.mode.startswith("I;16"):
+        high = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(high[:, :, None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        raise ValueError(f"{image.mode!r} images (32 bits per sample) are not supported")
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 def decode_image(source: ImageSource) -> torch.Tensor:
     """Decode one JPEG into a uint8 RGB tensor of shape ``(3, H, W)`` (channels-last strided).
 
@@ -89,9 +101,7 @@ def decode_image(source: ImageSource) -> torch.Tensor:
     try:
         with Image.open(source.path) as image:
             image.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            array = np.array(image)
+            array = _rgb8(image)
     except FileNotFoundError as error:
         raise missing_image_error(source) from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

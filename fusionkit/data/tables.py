@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fusionkit.data.images import ImageSource, scan_images
 from fusionkit.data.layout import Milk10kFiles
@@ -114,6 +114,47 @@ class Milk10kTable:
         return self.files.ground_truth_csv is not None
 
 
+def _first_undecodable_line(path: Path) -> int | None:
+    """The 1-based number of the first line of ``path`` that is not UTF-8 (the decoder reads ahead in
+    blocks, so the reader's own line count would point before it)."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return None
+
+
+class _decoded:
+    """A ``csv.reader`` whose decoding and CSV errors become one :class:`DataError` naming the file and line."""
+
+    def __init__(self, reader: Any, path: Path, what: str) -> None:
+        self._reader, self._path, self._what = reader, path, what
+
+    @property
+    def line_num(self) -> int:
+        return int(self._reader.line_num)
+
+    def __iter__(self) -> _decoded:
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return list(next(self._reader))
+        except UnicodeDecodeError:
+            raise DataError(
+                f"cannot decode the {self._what} CSV (a Latin-1 or UTF-16 export?); expected UTF-8 text",
+                path=self._path,
+                row=_first_undecodable_line(self._path),
+            ) from None
+        except csv.Error as error:
+            raise DataError(
+                f"cannot read the {self._what} CSV ({error}); expected a CSV file",
+                path=self._path,
+                row=self._reader.line_num,
+            ) from None
+
+
 def _rows(path: Path, expected: Sequence[str], what: str) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line, row)`` of a CSV whose header must hold exactly the ``expected`` columns."""
     try:
@@ -121,7 +162,7 @@ def _rows(path: Path, expected: Sequence[str], what: str) -> Iterator[tuple[int,
     except OSError as error:
         raise DataError(f"cannot open the {what} ({error})", path=path) from error
     with handle:
-        reader = csv.reader(handle)
+        reader = _decoded(csv.reader(handle), path, what)
         header = next(reader, None)
         if header is None:
             raise DataError(f"empty file; expected the {what} header {','.join(expected)}", path=path, row=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -19,6 +19,13 @@ from fusionkit.errors import ConfigError
 from fusionkit.presets import apply_overrides, preset_dict
 from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
+
+MAX_SEED = 2**32 - 1
+"""Largest seed (numpy's seed range); seeds are non-negative."""
+MAX_LR = 10.0
+"""Largest learning rate a spec accepts: far above any useful one, and far below float32 overflow in AdamW."""
+MAX_WORKERS = 64
+"""Most DataLoader workers a spec accepts (each is a process: 100,000 spawned ~1,500 before it was stopped)."""
 
 
 class SchedulerSpec(FrozenSpec):
@@ -90,18 +97,18 @@ class TrainSpec(FrozenSpec):
     - ``max_batches_per_epoch``: cap for quick runs (``null`` = whole epoch).
     """
 
-    epochs: PositiveInt = 50
+    epochs: int = Field(default=50, ge=1, le=100_000)
     """Epochs to train (50 in the paper)."""
-    batch_size: PositiveInt = 16
+    batch_size: int = Field(default=16, ge=1, le=65_536)
     """Training batch size per process (16 in the paper)."""
-    eval_batch_size: PositiveInt | None = None
+    eval_batch_size: int | None = Field(default=None, ge=1, le=65_536)
     """Evaluation batch size (default: twice batch_size)."""
-    lr: float = Field(default=1e-4, gt=0.0)
+    lr: float = Field(default=1e-4, gt=0.0, le=MAX_LR)
     """AdamW learning rate (1e-4 in the paper)."""
     weight_decay: float = Field(default=1e-5, ge=0.0)
     """AdamW weight decay (1e-5 in the paper)."""
     scheduler: SchedulerSpec = SchedulerSpec()
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds initialisation, sampling order, augmentation and dropout."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -129,7 +136,7 @@ class TrainSpec(FrozenSpec):
         "validate, select and save the averaged weights (null: off).",
     )
     backbone_lr: float | None = Field(
-        default=None, gt=0.0, description="Learning rate of the image backbones (null: train.lr)."
+        default=None, gt=0.0, le=MAX_LR, description="Learning rate of the image backbones (null: train.lr)."
     )
     backbone_weight_decay: float | None = Field(
         default=None, ge=0.0, description="Weight decay of the image backbones (null: train.weight_decay)."
@@ -153,9 +160,9 @@ class TrainSpec(FrozenSpec):
 class SyntheticSpec(FrozenSpec):
     """A generated MILK10k-layout set (used by ``--synthetic``)."""
 
-    n_lesions: PositiveInt = 200
-    image_size: tuple[PositiveInt, PositiveInt] = (96, 72)
-    seed: int = 0
+    n_lesions: int = Field(default=200, ge=1, le=100_000)
+    image_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] = (96, 72)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class DataSpec(FrozenSpec):
@@ -170,14 +177,14 @@ class DataSpec(FrozenSpec):
     synthetic: SyntheticSpec = SyntheticSpec()
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Share of lesions in the validation split (0.2 in the paper)."""
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds the lesion-level split (train/validation, or the k folds)."""
     folds: int | None = Field(default=None, ge=2)
     """k-fold cross-validation: the number of lesion-level stratified folds (null: one split by
     ``val_fraction``). With it, ``fold`` picks the validation fold (``fusionkit.data.kfold_splits``)."""
     fold: int = Field(default=0, ge=0)
     """Which of the ``folds`` folds is the validation set (0-based; only with ``folds``)."""
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0, le=MAX_WORKERS)
     """DataLoader workers (0 is fastest for the cached uint8 pipeline without heavy augmentation)."""
     cache: bool = True
     """Keep a memory-mapped uint8 cache of resized images (no JPEG decoding after the first epoch)."""

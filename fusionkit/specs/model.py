@@ -155,7 +155,7 @@ class ModelSpec(FrozenSpec):
     """Inputs used: a subset of derm, clinical, meta (kept in that order)."""
     num_classes: PositiveInt = 11
     """N, the number of classes (11 for MILK10k)."""
-    image_size: PositiveInt = 384
+    image_size: int = Field(default=384, ge=1, le=4096)
     """Square input size of both images (384 in the paper). Kept on the model spec, not the data
     section: the trained weights, the ONNX export's input signature and inference's preprocessing
     must all agree with it, so it travels with the model."""
