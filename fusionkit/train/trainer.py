@@ -349,6 +349,8 @@ class Trainer:
         self.best_dice = float(info.get("best_dice", -math.inf))
         self.history = list(info.get("history", []))
         self._partial = (float(info.get("epoch_loss_sum", 0.0)), int(info.get("epoch_seen", 0)))
+        if self.dist.is_main:
+            self._recover_epoch_records()
         for group in self.optimizer.param_groups:  # a graphed step reads the lr from a tensor
             if self.config.train.step_mode == "cuda_graph" and not isinstance(group["lr"], torch.Tensor):
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
@@ -532,15 +534,38 @@ class Trainer:
         self._save_last(epoch + 1)
         return record, metrics, seen
 
-    def _report(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
-        """One line per epoch on stdout and in train.log; history.json rewritten; the trackers."""
-        if not self.dist.is_main:
-            return
-        line = (
+    def _epoch_line(self, record: EpochRecord) -> str:
+        return (
             f"epoch {record.epoch}/{self.config.train.epochs}  train loss {record.train_loss:.4f}  "
             f"val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}  val auc {record.val_auc:.4f}  "
             f"lr {record.lr:.2e}  {record.samples_per_s:.1f} samples/s" + ("  *best*" if record.best else "")
         )
+
+    def _recover_epoch_records(self) -> None:
+        """After a resume: the epochs the checkpoint holds but history.json and train.log lack.
+
+        The last checkpoint is written before an epoch's report, so a kill between the two leaves
+        them an epoch behind; the records come back from the checkpoint (and, for the final epoch,
+        there is no later epoch whose report would have rewritten them)."""
+        try:
+            written = len(json.loads(self.files.history.read_text()))
+        except (OSError, ValueError, TypeError):
+            written = 0
+        if written >= len(self.history):
+            return
+        for entry in self.history[written:]:
+            try:
+                line = self._epoch_line(EpochRecord(**entry))
+            except TypeError:  # a record of another layout: history.json still gets it
+                line = f"epoch {entry.get('epoch')}"
+            logger.info("%s  (recovered from the last checkpoint)", line)
+        atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
+
+    def _report(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
+        """One line per epoch on stdout and in train.log; history.json rewritten; the trackers."""
+        if not self.dist.is_main:
+            return
+        line = self._epoch_line(record)
         tqdm.write(line)
         logger.info(line)
         atomic_write_text(self.files.history, json.dumps(self.history, indent=2))

@@ -1,11 +1,11 @@
-"""The run lock (``fusionkit.runtime.lock``): exactly one holder, whatever the timing, and a killed
-holder frees the run directory at once.
+"""Run safety (issue 28): the run lock keeps exactly one holder whatever the timing, a killed holder
+frees the run directory at once, a refused process deletes nothing, and a kill between the final
+checkpoint and its report is recovered by --resume.
 
 The race test runs N worker processes that meet at a barrier and then all try to take the same lock;
 each trial must end with exactly one holder. It runs the three starting states a lock file can be
 in: absent, left by a dead process (its JSON names a dead pid), and empty (a holder killed before
-it wrote its JSON).
-"""
+it wrote its JSON)."""
 
 from __future__ import annotations
 
@@ -208,3 +208,28 @@ def test_a_sweep_never_clears_a_run_folder_that_a_live_process_holds(tmp_path: P
         assert (run / "history.json").read_text() == "[]"
     finally:
         holder.communicate("")
+
+
+def test_a_kill_between_the_final_checkpoint_and_its_report_is_recovered_by_resume(tmp_path: Path) -> None:
+    """Issue 28: the last checkpoint is written before the epoch's report (history.json, the train.log
+    line). A SIGKILL between the two on the final epoch left both an epoch short after --resume,
+    which had no epoch left to report. The state such a kill leaves is made exactly: the finished
+    run's history.json and train.log lose their final epoch."""
+    from train_helpers import tiny_run_config
+
+    from fusionkit.runtime.config import RunConfig
+    from fusionkit.train.trainer import train_run
+
+    config = RunConfig.model_validate(tiny_run_config(tmp_path / "cache", epochs=2, n_lesions=40))
+    run = tmp_path / "run"
+    full = train_run(config, run_dir=run, synthetic=True, progress=False)
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and history == full.history
+    (run / "history.json").write_text(json.dumps(history[:1]))
+    log = (run / "train.log").read_text().splitlines(keepends=True)
+    (run / "train.log").write_text("".join(line for line in log if "epoch 2/2" not in line))
+
+    train_run(config, run_dir=run, synthetic=True, resume=True, progress=False)
+    assert json.loads((run / "history.json").read_text()) == history
+    recovered = [line for line in (run / "train.log").read_text().splitlines() if "epoch 2/2" in line]
+    assert len(recovered) == 1 and recovered[0].endswith("(recovered from the last checkpoint)")
