@@ -233,3 +233,30 @@ def test_a_kill_between_the_final_checkpoint_and_its_report_is_recovered_by_resu
     assert json.loads((run / "history.json").read_text()) == history
     recovered = [line for line in (run / "train.log").read_text().splitlines() if "epoch 2/2" in line]
     assert len(recovered) == 1 and recovered[0].endswith("(recovered from the last checkpoint)")
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_kill_while_config_yaml_was_written_is_no_dead_end(tmp_path: Path, resume: bool, caplog) -> None:
+    """Issue 28: SIGKILL during the atomic write of config.yaml left only its temporary file, and a
+    rerun, --resume and --overwrite all refused the folder. The temporary file is no run: it is
+    removed (with a warning) and the run starts."""
+    from train_helpers import tiny_run_config
+
+    from fusionkit.runtime.config import RunConfig
+    from fusionkit.train.trainer import train_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    partial = run / ".config.yaml.k2j4x9.tmp"
+    partial.write_text("model:\n  name: ji-a")
+    config = RunConfig.model_validate(tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=40))
+    if resume:  # --resume of a folder with no run in it is refused in one line, naming what to do
+        with pytest.raises(Exception, match="no run there"):
+            train_run(config, run_dir=run, synthetic=True, resume=True, progress=False)
+        assert not partial.exists()
+        partial.write_text("model:\n  name: ji-a")
+    caplog.clear()
+    trainer = train_run(config, run_dir=run, synthetic=True, progress=False)
+    assert [r["epoch"] for r in trainer.history] == [1]
+    assert not partial.exists() and not any(p.name.endswith(".tmp") for p in run.iterdir())
+    assert f"{run}: removed .config.yaml.k2j4x9.tmp, a file whose write was interrupted" in caplog.messages

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from fusionkit.errors import ConfigError
 from fusionkit.runtime.config import RunConfig, load_run_config
 from fusionkit.runtime.lock import LOCK_NAME
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.io import atomic_write_text, remove_partial_writes
+
+logger = logging.getLogger("fusionkit.train")
 
 APPLIED_ON_RESUME = frozenset(
     {
@@ -96,6 +99,8 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> RunStart:
     files = RunFiles(run_dir)
     if resume and overwrite:
         raise ConfigError("give either --resume (continue the run) or --overwrite (start it over), not both")
+    for partial in remove_partial_writes(run_dir):  # this process holds the lock: no writer is alive
+        logger.warning("%s: removed %s, a file whose write was interrupted", run_dir, partial.name)
     others = sorted(p.name for p in run_dir.iterdir() if p.name not in SCRATCH) if run_dir.is_dir() else []
     is_run = files.config.is_file()
     if overwrite:

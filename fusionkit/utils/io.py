@@ -25,6 +25,28 @@ def file_mode(path: str | Path) -> int:
         return 0o666 & ~umask
 
 
+PARTIAL_SUFFIX = ".tmp"
+"""Suffix of :func:`atomic_open`'s temporary files (``.<name>.<random>.tmp`` beside the target)."""
+
+
+def is_partial_write(path: str | Path) -> bool:
+    """Whether ``path`` is the temporary file of an :func:`atomic_open` write (left behind when the
+    writer was killed before its rename: never a finished file)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and name.count(".") >= 3
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of killed atomic writes directly in ``folder``; returns them.
+
+    Call it only while no other process can be writing there (e.g. holding the run lock)."""
+    folder = Path(folder)
+    removed = [p for p in folder.iterdir() if p.is_file() and is_partial_write(p)] if folder.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it is fsynced and renamed to ``path``.
@@ -36,7 +58,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode_ = file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
