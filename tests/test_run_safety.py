@@ -260,3 +260,19 @@ def test_a_kill_while_config_yaml_was_written_is_no_dead_end(tmp_path: Path, res
     assert [r["epoch"] for r in trainer.history] == [1]
     assert not partial.exists() and not any(p.name.endswith(".tmp") for p in run.iterdir())
     assert f"{run}: removed .config.yaml.k2j4x9.tmp, a file whose write was interrupted" in caplog.messages
+
+
+def test_an_empty_validation_split_is_refused_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Issue 28: a split too small for its val_fraction crashed later with a traceback."""
+    from train_helpers import tiny_run_config
+
+    from fusionkit.errors import ConfigError
+    from fusionkit.runtime.config import RunConfig
+    from fusionkit.train.trainer import train_run
+
+    raw = tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=1)  # one lesion: its class cannot split
+    with pytest.raises(ConfigError) as refused:
+        train_run(RunConfig.model_validate(raw), run_dir=tmp_path / "run", synthetic=True, progress=False)
+    message = str(refused.value)
+    assert "the validation split is empty (1 lesion(s), data.val_fraction 0.2)" in message and "\n" not in message
+    assert not (tmp_path / "run").exists()

@@ -207,6 +207,12 @@ def prepare_data(
             split = kfold_splits(ids, labels, k=data.folds, seed=data.split_seed)[data.fold]
         else:
             split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
+    for part, lesions in (("training", split.train), ("validation", split.val)):
+        if not lesions:
+            raise ConfigError(
+                f"{files.metadata_csv}: the {part} split is empty ({len(split.train) + len(split.val)} lesion(s), "
+                f"data.val_fraction {data.val_fraction}); expected at least one lesion in each part"
+            )
 
     size = config.model.image_size
     name = preprocessing_model(config)
