@@ -89,9 +89,7 @@ def decode_image(source: ImageSource) -> torch.Tensor:
     try:
         with Image.open(source.path) as image:
             image.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            array = np.array(image)
+            array = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except FileNotFoundError as error:
         raise missing_image_error(source) from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
