@@ -87,6 +87,11 @@ def cross_entropy(
 class JointIndividualLoss(nn.Module):
     """Eq 7 with the auxiliary weights and long-tail options of a :class:`~fusionkit.specs.LossSpec`."""
 
+    class_weights: torch.Tensor | None
+    """Buffer: the per-class weights w of the cross-entropy (None: unweighted)."""
+    log_prior: torch.Tensor | None
+    """Buffer: log pi, the normalised log class prior of logit adjustment (None without one)."""
+
     def __init__(
         self,
         *,

@@ -53,11 +53,11 @@ class ImageStream(nn.Module):
         self.shared = enc_spec.shared and len(self.modalities) > 1
         self.combine = enc_spec.combine
         if self.shared:
-            encoder = entry.component(**enc_spec.component_kwargs())
-            self.encoders = nn.ModuleDict({"shared": encoder})
+            encoders = {"shared": entry.component(**enc_spec.component_kwargs())}
         else:
-            self.encoders = nn.ModuleDict({m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities})
-        width = next(iter(self.encoders.values())).out_dim
+            encoders = {m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities}
+        self.encoders = nn.ModuleDict(encoders)
+        width: int = next(iter(encoders.values())).out_dim
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(width)) for m in self.modalities})
         self.width = width
         multiplier = len(self.modalities) if self.combine == "concat" else 1
@@ -87,7 +87,7 @@ class MetaStream(nn.Module):
         enc_spec = spec.metadata_encoder
         component = registry("metadata_encoder").get(enc_spec.kind).component
         self.encoder = component(in_dim=metadata_width, **enc_spec.component_kwargs())
-        self.out_dim = self.encoder.out_dim
+        self.out_dim: int = self.encoder.out_dim
         self.missing = nn.Parameter(torch.zeros(self.out_dim))
 
     def forward(self, meta: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ class FusionModel(nn.Module):
         """
         size, device = self._batch_size(batch)
         given = batch.get("present") or {}
-        present = {}
+        present: dict[str, torch.Tensor] = {}
         for m in self.modalities:
             if m not in batch:
                 raise MissingModalityError(
