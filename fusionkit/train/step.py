@@ -142,6 +142,7 @@ class CudaGraphStep(EagerStep):
             self._capture(batch)
         if size != self.batch_size:
             return super().__call__(batch)
+        assert self.graph is not None and self.static_batch is not None and self.static_loss is not None  # captured
         _copy_into(self.static_batch, batch)
         self.graph.replay()
         self.terms = self.static_terms
