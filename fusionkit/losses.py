@@ -15,6 +15,7 @@ class prior) and soft targets (mixup/cutmix) apply to the final and the auxiliar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -147,6 +148,10 @@ class JointIndividualLoss(nn.Module):
             logit_adjustment=self.logit_adjustment,
             mask=mask,
         )
+
+    if TYPE_CHECKING:  # nn.Module.__call__ runs forward (with hooks); this gives it forward's types
+
+        def __call__(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown: ...
 
     def forward(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown:
         """The loss for a batch's output and its targets: class indices (B,) or soft targets (B, N)."""

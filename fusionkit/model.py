@@ -8,7 +8,7 @@ forward takes the batch dict (``derm``, ``clinical``: (B, 3, H, W); ``meta``: (B
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -241,6 +241,10 @@ class FusionModel(nn.Module):
         """
         branch_present = self.branch_presence(self.presence(batch, dropout=False))
         self._check_decidable(torch.stack([branch_present[b] for b in self.decision_branches], dim=1))
+
+    if TYPE_CHECKING:  # nn.Module.__call__ runs forward (with hooks); this gives it forward's types
+
+        def __call__(self, batch: dict[str, Any]) -> FusionOutput: ...
 
     def forward(self, batch: dict[str, Any]) -> FusionOutput:
         """Run the model on a batch dict; see :class:`FusionOutput`."""

@@ -256,7 +256,7 @@ def evaluate_run(
     return path
 
 
-def _decision_section(rows: list[dict[str, Any]], tta: str, data_root) -> str:
+def _decision_section(rows: list[dict[str, Any]], tta: str, data_root: str | Path | None) -> str:
     where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
     return "\n".join(
         [
@@ -289,7 +289,18 @@ def _gate_markdown(table: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n, data_root, *, decision_md="") -> str:
+def _report_markdown(
+    run: LoadedRun,
+    metrics: dict[str, Any],
+    calibration: dict[str, Any],
+    gate_md: str,
+    ablation_md: str,
+    figures: list[tuple[str, str]],
+    n: int,
+    data_root: str | Path | None,
+    *,
+    decision_md: str = "",
+) -> str:
     spec = run.config.model
     info = run.checkpoint_info
     macro = metrics["macro"]

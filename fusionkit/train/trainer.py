@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, cast
 
 import numpy as np
@@ -463,7 +464,7 @@ class Trainer:
             )
         barrier(self.dist)
 
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
         if self._interrupted:  # a second signal: stop at once
             raise RunInterrupted(signum, self.run_dir)
         self._interrupted = signum
