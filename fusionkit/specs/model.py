@@ -136,11 +136,16 @@ def _slot_spec(slot: str, value: Any, default_kind: str | None) -> Any:
     return _adapter(spec).validate_python({kind: data})[kind]
 
 
-# A slot: any registered spec class of its kind (validated by ModelSpec._registered_kind, serialised as itself).
+# A slot holds any registered spec class of its kind: ModelSpec._registered_kind validates it by its
+# ``kind``, it serialises as its own class, and the JSON schema lists the kinds registered at the time.
 ImageEncoderSlot = Annotated[SerializeAsAny[ImageEncoderSpec], _RegisteredKinds("image_encoder")]
+"""The type of ``ModelSpec.image_encoder``: any registered image-encoder spec."""
 MetadataEncoderSlot = Annotated[SerializeAsAny[MetadataEncoderSpec], _RegisteredKinds("metadata_encoder")]
+"""The type of ``ModelSpec.metadata_encoder``: any registered metadata-encoder spec."""
 FusionSlot = Annotated[SerializeAsAny[FusionSpec], _RegisteredKinds("fusion")]
+"""The type of ``ModelSpec.fusion``: any registered fusion spec."""
 DecisionSlot = Annotated[SerializeAsAny[DecisionSpec], _RegisteredKinds("decision")]
+"""The type of ``ModelSpec.decision``: any registered decision spec."""
 
 
 class ModelSpec(FrozenSpec):
