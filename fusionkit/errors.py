@@ -8,6 +8,7 @@ Spec validation errors are pydantic's own ``ValidationError`` (it names the fiel
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 
 class FusionkitError(Exception):
@@ -17,6 +18,14 @@ class FusionkitError(Exception):
     """
 
     exit_code: int = 2
+
+
+class DataLocation(TypedDict, total=False):
+    """Where in the data a problem lies: the keyword arguments of :class:`DataError` (``**where``)."""
+
+    path: str | Path | None
+    row: int | None
+    lesion_id: str | None
 
 
 class DataError(FusionkitError):

@@ -15,6 +15,7 @@ class prior) and soft targets (mixup/cutmix) apply to the final and the auxiliar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -87,6 +88,11 @@ def cross_entropy(
 class JointIndividualLoss(nn.Module):
     """Eq 7 with the auxiliary weights and long-tail options of a :class:`~fusionkit.specs.LossSpec`."""
 
+    class_weights: torch.Tensor | None
+    """Buffer: the per-class weights w of the cross-entropy (None: unweighted)."""
+    log_prior: torch.Tensor | None
+    """Buffer: log pi, the normalised log class prior of logit adjustment (None without one)."""
+
     def __init__(
         self,
         *,
@@ -142,6 +148,10 @@ class JointIndividualLoss(nn.Module):
             logit_adjustment=self.logit_adjustment,
             mask=mask,
         )
+
+    if TYPE_CHECKING:  # nn.Module.__call__ runs forward (with hooks); this gives it forward's types
+
+        def __call__(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown: ...
 
     def forward(self, output: FusionOutput, target: torch.Tensor) -> LossBreakdown:
         """The loss for a batch's output and its targets: class indices (B,) or soft targets (B, N)."""

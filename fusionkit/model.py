@@ -8,7 +8,7 @@ forward takes the batch dict (``derm``, ``clinical``: (B, 3, H, W); ``meta``: (B
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -53,11 +53,11 @@ class ImageStream(nn.Module):
         self.shared = enc_spec.shared and len(self.modalities) > 1
         self.combine = enc_spec.combine
         if self.shared:
-            encoder = entry.component(**enc_spec.component_kwargs())
-            self.encoders = nn.ModuleDict({"shared": encoder})
+            encoders = {"shared": entry.component(**enc_spec.component_kwargs())}
         else:
-            self.encoders = nn.ModuleDict({m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities})
-        width = next(iter(self.encoders.values())).out_dim
+            encoders = {m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities}
+        self.encoders = nn.ModuleDict(encoders)
+        width: int = next(iter(encoders.values())).out_dim
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(width)) for m in self.modalities})
         self.width = width
         multiplier = len(self.modalities) if self.combine == "concat" else 1
@@ -87,7 +87,7 @@ class MetaStream(nn.Module):
         enc_spec = spec.metadata_encoder
         component = registry("metadata_encoder").get(enc_spec.kind).component
         self.encoder = component(in_dim=metadata_width, **enc_spec.component_kwargs())
-        self.out_dim = self.encoder.out_dim
+        self.out_dim: int = self.encoder.out_dim
         self.missing = nn.Parameter(torch.zeros(self.out_dim))
 
     def forward(self, meta: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ class FusionModel(nn.Module):
         """
         size, device = self._batch_size(batch)
         given = batch.get("present") or {}
-        present = {}
+        present: dict[str, torch.Tensor] = {}
         for m in self.modalities:
             if m not in batch:
                 raise MissingModalityError(
@@ -241,6 +241,10 @@ class FusionModel(nn.Module):
         """
         branch_present = self.branch_presence(self.presence(batch, dropout=False))
         self._check_decidable(torch.stack([branch_present[b] for b in self.decision_branches], dim=1))
+
+    if TYPE_CHECKING:  # nn.Module.__call__ runs forward (with hooks); this gives it forward's types
+
+        def __call__(self, batch: dict[str, Any]) -> FusionOutput: ...
 
     def forward(self, batch: dict[str, Any]) -> FusionOutput:
         """Run the model on a batch dict; see :class:`FusionOutput`."""

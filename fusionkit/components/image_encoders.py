@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import timm
@@ -134,7 +134,7 @@ class TimmImageEncoder(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        kwargs = dict(num_classes=0, drop_rate=drop_rate)
+        kwargs: dict[str, Any] = {"num_classes": 0, "drop_rate": drop_rate}
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
         use_hub = pretrained and weights_file is None
@@ -168,7 +168,7 @@ class TimmImageEncoder(nn.Module):
         state = _read_state_dict(path)
         model_keys = set(self.backbone.state_dict())
         # a checkpoint saved with its classifier carries head keys this backbone (num_classes=0) lacks
-        head = self.backbone.default_cfg.get("classifier", "classifier")
+        head = self._default_cfg().get("classifier", "classifier")
         heads = (head,) if isinstance(head, str) else tuple(head)
         state = {k: v for k, v in state.items() if k in model_keys or not k.startswith(tuple(heads))}
         missing = sorted(model_keys - set(state))
@@ -184,11 +184,16 @@ class TimmImageEncoder(nn.Module):
         except RuntimeError as exc:
             raise PretrainedWeightsError(f"{path}: weights do not fit: {exc}") from exc
 
+    def _default_cfg(self) -> dict[str, Any]:
+        """The timm backbone's ``default_cfg`` (its pretrained config as a dict; empty if it has none)."""
+        cfg: dict[str, Any] = getattr(self.backbone, "default_cfg", None) or {}
+        return cfg
+
     def _measure_width(self) -> int:
         width = getattr(self.backbone, "head_hidden_size", None)
         if isinstance(width, int) and width > 0:
             return width
-        size = self.backbone.default_cfg.get("input_size", (3, 224, 224))
+        size = self._default_cfg().get("input_size", (3, 224, 224))
         was_training = self.backbone.training
         self.backbone.eval()
         with torch.no_grad():

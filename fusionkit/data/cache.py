@@ -94,10 +94,10 @@ class ImageCache:
 
     def read_rows(self, rows: Sequence[int]) -> torch.Tensor:
         """Copies of several cached images as one uint8 ``(len(rows), 3, S, S)`` tensor (one gather)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
-        out[order] = self.array[rows[order]]
+        positions = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(positions, kind="stable")
+        out = np.empty((len(positions), *self.array.shape[1:]), dtype=np.uint8)
+        out[order] = self.array[positions[order]]
         return torch.from_numpy(out)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ exactly the same augmentations, whatever device or batch composition came before
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +148,9 @@ class DeviceAugment:
         return out.clamp_(0.0, 255.0).round_().to(torch.uint8).view(images.shape)
 
 
-def _where(mask: torch.Tensor, op, images: torch.Tensor, *, batched: bool | None = None) -> torch.Tensor:
+def _where(
+    mask: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, *, batched: bool | None = None
+) -> torch.Tensor:
     """``op`` applied to the images where the CPU ``mask`` is True.
 
     ``batched`` (default: on CUDA): the whole batch is transformed and selected with ``torch.where``

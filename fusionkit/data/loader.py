@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ def make_loader(
         if prefetch_factor is not None:
             options["prefetch_factor"] = prefetch_factor
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    if batched and collate_fn is None and callable(getattr(dataset, "collate", None)):
+    if batched and collate_fn is None and callable(getattr(dataset, "collate", None)) and isinstance(dataset, Sized):
         if shuffle:
             base: Sampler = RandomSampler(dataset, generator=generator)
         else:

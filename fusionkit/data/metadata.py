@@ -28,7 +28,7 @@ import torch
 
 from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
 from fusionkit.data.tables import ImageRecord, LesionRecord
-from fusionkit.errors import DataError, FusionkitError
+from fusionkit.errors import DataError, DataLocation, FusionkitError
 from fusionkit.utils.io import atomic_write_text
 
 _FORMAT = "fusionkit.metadata_encoder"
@@ -109,18 +109,24 @@ class MetadataEncoder:
         return self.transform([record])[0]
 
     def _check_fitted(self) -> None:
-        if not self.fitted:
+        self._statistics()
+
+    def _statistics(self) -> tuple[float, float, tuple[float, ...], tuple[float, ...]]:
+        """``(age_mean, age_std, monet_mean, monet_std)`` of a fitted encoder; raises when not fitted."""
+        if self.age_mean is None or self.age_std is None or self.monet_mean is None or self.monet_std is None:
             raise FusionkitError(
                 "MetadataEncoder is not fitted: call fit(training records) or MetadataEncoder.load(path)"
             )
+        return self.age_mean, self.age_std, self.monet_mean, self.monet_std
 
     def _encode(self, record: LesionRecord) -> np.ndarray:
-        where = {"path": record.metadata_csv, "row": record.line, "lesion_id": record.lesion_id}
+        where: DataLocation = {"path": record.metadata_csv, "row": record.line, "lesion_id": record.lesion_id}
+        age_mean, age_std, monet_mean, monet_std = self._statistics()
         v = np.zeros(self.width, dtype=np.float32)
         if record.age is None:
             v[1] = 1.0
         else:
-            v[0] = (record.age - self.age_mean) / self.age_std
+            v[0] = (record.age - age_mean) / age_std
         offset = 2
         v[offset + _index(record.sex, SEXES, "sex", where, unknown=True)] = 1.0
         offset += len(SEXES) + 1
@@ -134,8 +140,8 @@ class MetadataEncoder:
                 scores = np.asarray(image.monet, dtype=np.float64)
                 if scores.shape != (len(MONET_COLUMNS),) or not np.all((scores >= 0) & (scores <= 1)):
                     raise DataError(f"MONET scores {image.monet}; expected 7 values in [0, 1]", **where)
-                mean = np.asarray(self.monet_mean[j * 7 : (j + 1) * 7])
-                std = np.asarray(self.monet_std[j * 7 : (j + 1) * 7])
+                mean = np.asarray(monet_mean[j * 7 : (j + 1) * 7])
+                std = np.asarray(monet_std[j * 7 : (j + 1) * 7])
                 v[offset + j * 7 : offset + (j + 1) * 7] = (scores - mean) / std
         offset += 2 * len(MONET_COLUMNS)
         v[offset] = float(_altered(record.derm, where))
@@ -144,14 +150,14 @@ class MetadataEncoder:
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted state as plain JSON-able data."""
-        self._check_fitted()
+        age_mean, age_std, monet_mean, monet_std = self._statistics()
         return {
             "format": _FORMAT,
             "version": _VERSION,
             "feature_names": list(self.feature_names),
             "n_fitted": self.n_fitted,
-            "age": {"mean": self.age_mean, "std": self.age_std},
-            "monet": {"mean": list(self.monet_mean), "std": list(self.monet_std)},
+            "age": {"mean": age_mean, "std": age_std},
+            "monet": {"mean": list(monet_mean), "std": list(monet_std)},
         }
 
     @classmethod
@@ -215,7 +221,7 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return mean, (std if std > 1e-12 else 1.0)
 
 
-def _index(value: object, vocabulary: Sequence[object], column: str, where: dict, *, unknown: bool) -> int:
+def _index(value: object, vocabulary: Sequence[object], column: str, where: DataLocation, *, unknown: bool) -> int:
     if value is None and unknown:
         return len(vocabulary)
     try:
@@ -226,7 +232,7 @@ def _index(value: object, vocabulary: Sequence[object], column: str, where: dict
         ) from None
 
 
-def _altered(image: ImageRecord | None, where: dict) -> bool:
+def _altered(image: ImageRecord | None, where: DataLocation) -> bool:
     if image is None:
         return False
     if image.manipulation not in ("instrument only", "altered"):

@@ -62,7 +62,7 @@ def lesion_labels(files: Milk10kFiles) -> tuple[list[str], list[int]]:
     if files.ground_truth_csv is None:
         raise DataError("split has no ground truth; expected a labelled split", path=files.metadata_csv)
     table = read_milk10k(files, missing_image="absent")
-    return [x.lesion_id for x in table.lesions], [int(x.label) for x in table.lesions]
+    return [x.lesion_id for x in table.lesions], [_label(x) for x in table.lesions]
 
 
 class Milk10kDataset(Dataset):
@@ -117,7 +117,10 @@ class Milk10kDataset(Dataset):
             raise ValueError("give exactly one of root= or files=")
         if cache_dir is not None and image_size is None:
             raise ValueError("cache_dir needs image_size (the cache stores images at that size)")
-        self.files = files if files is not None else find_split(root, split)
+        if files is None:
+            assert root is not None  # exactly one of the two, checked above
+            files = find_split(root, split)
+        self.files = files
         table = read_milk10k(self.files, missing_image=missing_image)
         logger.info(summarize(table))
         self.records: tuple[LesionRecord, ...] = _select(table.lesions, lesion_ids, self.files)
@@ -143,6 +146,7 @@ class Milk10kDataset(Dataset):
         ).reshape(len(self.records), 3)
         self.cache: ImageCache | None = None
         if cache_dir is not None:
+            assert image_size is not None  # checked above
             self.cache = ImageCache.open_or_build(
                 cache_dir=cache_dir,
                 name=_cache_name(self.files, image_size),
@@ -161,7 +165,7 @@ class Milk10kDataset(Dataset):
     @property
     def labels(self) -> tuple[int, ...] | None:
         """Class indices in item order (``None`` for an unlabelled split)."""
-        return tuple(int(r.label) for r in self.records) if self.labelled else None
+        return tuple(_label(r) for r in self.records) if self.labelled else None
 
     @property
     def meta_width(self) -> int:
@@ -211,7 +215,7 @@ class Milk10kDataset(Dataset):
         present = self._present[index]
         item["present"] = {"derm": present[0], "clinical": present[1], "meta": present[2]}
         if self.labelled:
-            item["label"] = int(self.records[index].label)
+            item["label"] = _label(self.records[index])
         return item
 
     def __getitem__(self, index: int | Sequence[int]) -> dict[str, Any]:
@@ -223,16 +227,17 @@ class Milk10kDataset(Dataset):
         copy per image straight into the batch (in shared memory inside a worker).
         :func:`~fusionkit.data.loader.make_loader` uses this with a batch sampler.
         """
+        value: Any = index  # an integer (Python, numpy or torch) or a sequence of them: told apart by trying
         try:
-            index = operator.index(index)
+            position = operator.index(value)
         except TypeError:
-            return self.collate(list(index))
+            return self.collate(list(value))
         images = {}
         for key in _IMAGE_KEYS:
-            isic_id = self._image_id(index, key)
+            isic_id = self._image_id(position, key)
             if isic_id is not None:
                 images[key] = self._raw(isic_id)
-        return self._item(index, images)
+        return self._item(position, images)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items for a whole batch (used by ``DataLoader``'s default fetcher)."""
@@ -255,6 +260,7 @@ class Milk10kDataset(Dataset):
         transform = self.transform
         assert isinstance(transform, ImageTransform)
         size = self.image_size
+        assert size is not None  # batch_fast_path holds
         count = len(indices)
         index_t = torch.tensor(indices, dtype=torch.long)
         present = self._present.index_select(0, index_t)
@@ -286,7 +292,7 @@ class Milk10kDataset(Dataset):
         batch["meta"] = self._meta.index_select(0, index_t)
         batch["present"] = {key: present[:, m].contiguous() for m, key in enumerate(("derm", "clinical", "meta"))}
         if self.labelled:
-            batch["label"] = torch.tensor([int(self.records[i].label) for i in indices], dtype=torch.long)
+            batch["label"] = torch.tensor([_label(self.records[i]) for i in indices], dtype=torch.long)
         return batch
 
     def __repr__(self) -> str:
@@ -327,6 +333,18 @@ def _select(
             )
         chosen.append(by_id[lesion_id])
     return tuple(chosen)
+
+
+def _label(record: LesionRecord) -> int:
+    """The class index of a lesion of a labelled split."""
+    if record.label is None:
+        raise DataError(
+            "lesion has no label; expected a labelled split",
+            path=record.metadata_csv,
+            row=record.line,
+            lesion_id=record.lesion_id,
+        )
+    return record.label
 
 
 def _cache_name(files: Milk10kFiles, image_size: int) -> str:

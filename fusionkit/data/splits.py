@@ -38,8 +38,10 @@ def _shuffled_classes(lesion_ids: Sequence[str], labels: Sequence[Hashable], see
         raise ValueError(f"{len(lesion_ids)} lesion ids but {len(labels)} labels; expected one label per lesion")
     if len(set(lesion_ids)) != len(lesion_ids):
         seen: set[str] = set()
-        duplicate = next(x for x in lesion_ids if x in seen or seen.add(x))
-        raise ValueError(f"lesion id {duplicate!r} occurs twice; expected unique lesion ids")
+        for lesion_id in lesion_ids:
+            if lesion_id in seen:
+                raise ValueError(f"lesion id {lesion_id!r} occurs twice; expected unique lesion ids")
+            seen.add(lesion_id)
     groups: dict[Hashable, list[str]] = defaultdict(list)
     for lesion_id, label in zip(lesion_ids, labels, strict=True):
         groups[label].append(lesion_id)

@@ -252,6 +252,7 @@ def make_synthetic_milk10k(
     metadata_rows: list[list[str]] = []
     for i, lesion_id in enumerate(lesion_ids):
         name = CLASS_NAMES[labels[i]]
+        age = ages[i]
         colour = SYNTHETIC_CLASS_COLOURS.get(name, SYNTHETIC_NEUTRAL_COLOUR)
         lesion_rng = np.random.default_rng([seed, 7919, i])
         folder = image_dir / lesion_id
@@ -276,7 +277,7 @@ def make_synthetic_milk10k(
                     ATTRIBUTION,
                     COPYRIGHT_LICENSE,
                     "altered" if altered[image_type][i] else "instrument only",
-                    "" if ages[i] is None else str(int(ages[i])),
+                    "" if age is None else str(int(age)),
                     str(sexes[i]),
                     str(int(tones[i])),
                     sites[i] or "",

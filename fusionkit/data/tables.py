@@ -30,7 +30,7 @@ from fusionkit.data.schema import (
     SITES,
     SKIN_TONES,
 )
-from fusionkit.errors import DataError
+from fusionkit.errors import DataError, DataLocation
 
 logger = logging.getLogger("fusionkit.data")
 
@@ -198,16 +198,21 @@ def _rows(path: Path, expected: Sequence[str], what: str) -> Iterator[tuple[int,
             yield line, {k: v.strip() for k, v in zip(header, values, strict=True)}
 
 
-def _choice(value: str, vocabulary: Sequence[str], column: str, blank_ok: bool, where: dict) -> str | None:
-    if value == "" and blank_ok:
-        return None
+def _choice(value: str, vocabulary: Sequence[str], column: str, where: DataLocation, *, blank_ok: bool = False) -> str:
     if value not in vocabulary:
         allowed = ", ".join(repr(v) for v in vocabulary) + (" or blank" if blank_ok else "")
         raise DataError(f"column {column!r} is {value!r}; expected one of {allowed}", **where)
     return value
 
 
-def _number(value: str, column: str, low: float, high: float, where: dict, integer: bool = False) -> float:
+def _optional_choice(value: str, vocabulary: Sequence[str], column: str, where: DataLocation) -> str | None:
+    """``None`` for a blank ``value``, else :func:`_choice` (whose message then allows a blank)."""
+    if value == "":
+        return None
+    return _choice(value, vocabulary, column, where, blank_ok=True)
+
+
+def _number(value: str, column: str, low: float, high: float, where: DataLocation, integer: bool = False) -> float:
     try:
         number = float(value)
     except ValueError:
@@ -230,7 +235,7 @@ def read_metadata(path: str | Path) -> list[LesionRecord]:
     seen_images: dict[str, int] = {}
     for line, row in _rows(path, METADATA_COLUMNS, "metadata"):
         lesion_id = row["lesion_id"]
-        where = {"path": path, "row": line, "lesion_id": lesion_id or None}
+        where: DataLocation = {"path": path, "row": line, "lesion_id": lesion_id or None}
         if not lesion_id:
             raise DataError("blank lesion_id; expected an id such as IL_0000652", **where)
         isic_id = row["isic_id"]
@@ -242,15 +247,15 @@ def read_metadata(path: str | Path) -> list[LesionRecord]:
                 **where,
             )
         seen_images[isic_id] = line
-        image_type = _choice(row["image_type"], IMAGE_TYPES, "image_type", False, where)
-        manipulation = _choice(row["image_manipulation"], MANIPULATIONS, "image_manipulation", False, where)
+        image_type = _choice(row["image_type"], IMAGE_TYPES, "image_type", where)
+        manipulation = _choice(row["image_manipulation"], MANIPULATIONS, "image_manipulation", where)
         age = None if row["age_approx"] == "" else _number(row["age_approx"], "age_approx", *AGE_RANGE, where)
-        sex = _choice(row["sex"], SEXES, "sex", True, where)
+        sex = _optional_choice(row["sex"], SEXES, "sex", where)
         tone_text = row["skin_tone_class"]
         skin_tone = None
         if tone_text != "":
             skin_tone = int(_number(tone_text, "skin_tone_class", SKIN_TONES[0], SKIN_TONES[-1], where, integer=True))
-        site = _choice(row["site"], SITES, "site", True, where)
+        site = _optional_choice(row["site"], SITES, "site", where)
         monet = tuple(_number(row[c], c, 0.0, 1.0, where) for c in MONET_COLUMNS)
         image = ImageRecord(isic_id=isic_id, image_type=image_type, manipulation=manipulation, monet=monet, line=line)
         fields = {"age": age, "sex": sex, "skin_tone": skin_tone, "site": site}
@@ -299,7 +304,7 @@ def read_ground_truth(path: str | Path) -> dict[str, tuple[int, int]]:
     labels: dict[str, tuple[int, int]] = {}
     for line, row in _rows(path, ("lesion_id", *CLASS_NAMES), "ground-truth"):
         lesion_id = row["lesion_id"]
-        where = {"path": path, "row": line, "lesion_id": lesion_id or None}
+        where: DataLocation = {"path": path, "row": line, "lesion_id": lesion_id or None}
         if not lesion_id:
             raise DataError("blank lesion_id; expected an id such as IL_0000652", **where)
         if lesion_id in labels:

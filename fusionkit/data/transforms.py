@@ -91,10 +91,17 @@ def backbone_preprocessing(model_name: str) -> Preprocessing:
     if interpolation not in _INTERPOLATIONS:
         interpolation = "bicubic"
     return Preprocessing(
-        mean=tuple(float(x) for x in config["mean"]),
-        std=tuple(float(x) for x in config["std"]),
+        mean=_rgb(config["mean"], "mean", model_name),
+        std=_rgb(config["std"], "std", model_name),
         interpolation=interpolation,
     )
+
+
+def _rgb(values: Sequence[float], what: str, model_name: str) -> tuple[float, float, float]:
+    """A per-channel ``mean`` or ``std`` of an RGB backbone as three floats."""
+    if len(values) != 3:
+        raise ConfigError(f"backbone {model_name!r} has a {len(values)}-channel {what}; expected 3 (RGB)")
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 class RandomRot90(torch.nn.Module):
@@ -118,6 +125,8 @@ class ColorJitterUint8(torch.nn.Module):
     """
 
     _GRAY = (0.2989, 0.587, 0.114)
+    gray: torch.Tensor
+    """Buffer: the RGB weights of the grey level."""
 
     def __init__(self, *, brightness: float, contrast: float, saturation: float) -> None:
         super().__init__()
@@ -132,9 +141,9 @@ class ColorJitterUint8(torch.nn.Module):
             spread = self.ranges[op]
             if spread > 0:
                 factors[op] = float(torch.empty(()).uniform_(max(0.0, 1.0 - spread), 1.0 + spread))
-        return self.apply(image, order=order, factors=factors)
+        return self.jitter(image, order=order, factors=factors)
 
-    def apply(self, image: torch.Tensor, *, order: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
+    def jitter(self, image: torch.Tensor, *, order: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
         """Jitter with given parameters: ``order`` of brightness (0), contrast (1), saturation (2),
         and their ``factors`` (1 leaves a step out)."""
         pixels = image.reshape(3, -1).float()
@@ -160,6 +169,11 @@ class ColorJitterUint8(torch.nn.Module):
 
 class Normalize(torch.nn.Module):
     """uint8 ``(3, H, W)`` to float32 ``(x / 255 - mean) / std`` in one fused multiply-add."""
+
+    scale: torch.Tensor
+    """Buffer: ``1 / (255 std)`` per channel, shape ``(3, 1, 1)``."""
+    shift: torch.Tensor
+    """Buffer: ``-mean / std`` per channel, shape ``(3, 1, 1)``."""
 
     def __init__(self, *, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

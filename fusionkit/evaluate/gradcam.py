@@ -15,8 +15,8 @@ package would add opencv, ttach and matplotlib to the dependencies; grad-cam 1.5
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch.nn import functional as F
@@ -25,8 +25,14 @@ from fusionkit.errors import ConfigError
 from fusionkit.model import FusionModel
 
 
+class _FeatureBackbone(Protocol):
+    """A timm backbone: ``forward_features`` maps images to the last feature map."""
+
+    forward_features: Callable[[torch.Tensor], torch.Tensor]
+
+
 @contextlib.contextmanager
-def _capture_features(backbone: torch.nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+def _capture_features(backbone: _FeatureBackbone, store: list[torch.Tensor]) -> Iterator[None]:
     original = backbone.forward_features
 
     def forward_features(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +63,12 @@ def gradcam(
     if stream is None or modality not in stream.modalities:
         raise ConfigError(f"the model has no {modality!r} image stream for Grad-CAM")
     key = "shared" if stream.shared else modality
-    backbone = stream.encoders[key].backbone
+    backbone = getattr(stream.encoders[key], "backbone", None)
+    if backbone is None or not hasattr(backbone, "forward_features"):
+        raise ConfigError(
+            f"Grad-CAM needs a timm image encoder (a .backbone with forward_features); "
+            f"the {modality!r} stream has {type(stream.encoders[key]).__name__}"
+        )
     store: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
@@ -78,6 +89,8 @@ def gradcam(
             f"{tuple(features.shape)}"
         )
     grads = features.grad
+    if grads is None:
+        raise ConfigError(f"no gradient reached the {modality!r} feature map of {type(backbone).__name__}")
     if stream.shared:  # the shared backbone saw all images stacked in modality order
         index = stream.modalities.index(modality)
         features = features.chunk(len(stream.modalities))[index]

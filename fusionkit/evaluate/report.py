@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
+from fusionkit.data import CLASS_NAMES, ImageTransform, Milk10kDataset, normalize_batch
 from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
@@ -126,6 +126,8 @@ def _gradcam_figure(run: LoadedRun, dataset: Milk10kDataset, preds: Predictions,
     items = [dataset[i] for i in chosen]
     batch = torch.utils.data.default_collate(items)
     transform = dataset.transform
+    if not isinstance(transform, ImageTransform):
+        raise TypeError(f"Grad-CAM needs a dataset built with build_transforms (for mean and std), got {transform!r}")
     device_batch = normalize_batch(batch, mean=transform.mean, std=transform.std, device=run.device)
     maps = {m: gradcam(run.model, device_batch, modality=m).cpu().numpy() for m in images}
     pred_index = {lesion: i for i, lesion in enumerate(preds.lesion_ids)}
@@ -254,7 +256,7 @@ def evaluate_run(
     return path
 
 
-def _decision_section(rows: list[dict[str, Any]], tta: str, data_root) -> str:
+def _decision_section(rows: list[dict[str, Any]], tta: str, data_root: str | Path | None) -> str:
     where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
     return "\n".join(
         [
@@ -287,7 +289,18 @@ def _gate_markdown(table: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _report_markdown(run, metrics, calibration, gate_md, ablation_md, figures, n, data_root, *, decision_md="") -> str:
+def _report_markdown(
+    run: LoadedRun,
+    metrics: dict[str, Any],
+    calibration: dict[str, Any],
+    gate_md: str,
+    ablation_md: str,
+    figures: list[tuple[str, str]],
+    n: int,
+    data_root: str | Path | None,
+    *,
+    decision_md: str = "",
+) -> str:
     spec = run.config.model
     info = run.checkpoint_info
     macro = metrics["macro"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     py = random.getstate()
-    np_state = np.random.get_state()
+    # the global generator is an MT19937 and legacy=True (the default) gives the tuple; numpy's stubs say dict
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     plain = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],

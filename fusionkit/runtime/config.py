@@ -219,20 +219,25 @@ class RunConfig(FrozenSpec):
     @model_validator(mode="before")
     @classmethod
     def _resolve_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            model = data["model"]
-            if "preset" in model:
-                extra = set(model) - {"preset", "overrides"}
-                if extra:
-                    raise ValueError(f"model: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
-                data = {**data, "model": apply_overrides(preset_dict(model["preset"]), model.get("overrides"))}
-        return data
+        return _expand_preset(data)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (the model spec in full)."""
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _expand_preset(data: Any) -> Any:
+    """``data`` with a ``model: {preset: NAME, overrides: {...}}`` section expanded into the preset's spec."""
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        model = data["model"]
+        if "preset" in model:
+            extra = set(model) - {"preset", "overrides"}
+            if extra:
+                raise ValueError(f"model: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
+            data = {**data, "model": apply_overrides(preset_dict(model["preset"]), model.get("overrides"))}
+    return data
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -248,7 +253,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     data = apply_overrides(data, early)
     model = data["model"]
     if isinstance(model, dict) and "preset" in model:
-        data = {**data, "model": RunConfig._resolve_preset({"model": model})["model"]}
+        data = {**data, "model": _expand_preset({"model": model})["model"]}
     data = apply_overrides(data, late)
     return RunConfig.model_validate(data)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_context(device: torch.device, bf16: bool):
+def autocast_context(device: torch.device, bf16: bool) -> AbstractContextManager[Any]:
     """bf16 autocast on ``device`` when asked, else a no-op context."""
     if not bf16:
         return nullcontext()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fusionkit.errors import ConfigError
 from fusionkit.utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # the spec classes import every component; reading a file needs none of them
+    from fusionkit.specs.model import ModelSpec
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -63,7 +66,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_spec(spec, path: str | Path) -> Path:
+def dump_spec(spec: ModelSpec, path: str | Path) -> Path:
     """Write a spec to ``path`` as YAML (or JSON for ``.json``), atomically."""
     path = Path(path)
     text = spec.to_json() if path.suffix == ".json" else spec.to_yaml()

@@ -15,6 +15,7 @@ fewest it can combine (``min_branches``) on its spec class (see :class:`~fusionk
 from __future__ import annotations
 
 from functools import cache
+from types import GenericAlias
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, PositiveInt, SerializeAsAny, TypeAdapter, field_validator, model_validator
@@ -38,7 +39,7 @@ from fusionkit.registry import REGISTRIES
 Modality = Literal["derm", "clinical", "meta"]
 """The three inputs: dermoscopic image, clinical close-up image, patient metadata."""
 
-MODALITIES: tuple[str, ...] = ("derm", "clinical", "meta")
+MODALITIES: tuple[Modality, ...] = ("derm", "clinical", "meta")
 IMAGE_MODALITIES: tuple[str, ...] = ("derm", "clinical")
 BRANCHES: tuple[str, ...] = ("image", "joint", "meta")
 """The branches in the paper's order (I, IM, M): the order of the ADF weights alpha."""
@@ -112,7 +113,8 @@ class _RegisteredKinds:
 @cache
 def _adapter(spec: type) -> TypeAdapter:
     # validating {kind: data} puts the kind in the error path, as in "fusion.mmfa.num_head"
-    return TypeAdapter(dict[str, spec])
+    keyed: Any = GenericAlias(dict, (str, spec))  # dict[str, spec]: a type built at run time
+    return TypeAdapter(keyed)
 
 
 def _slot_spec(slot: str, value: Any, default_kind: str | None) -> Any:
@@ -121,7 +123,7 @@ def _slot_spec(slot: str, value: Any, default_kind: str | None) -> Any:
         return value  # None, or a wrong type that the slot's base class rejects
     reg = REGISTRIES[slot]
     kind = value.kind if isinstance(value, ComponentSpec) else value.get("kind", default_kind)
-    if kind not in reg:
+    if not isinstance(kind, str) or kind not in reg:
         raise PydanticCustomError(
             "union_tag_invalid",
             "Input tag '{tag}' found using 'kind' does not match any of the expected tags: {expected_tags}",
@@ -134,8 +136,16 @@ def _slot_spec(slot: str, value: Any, default_kind: str | None) -> Any:
     return _adapter(spec).validate_python({kind: data})[kind]
 
 
-def _slot(base: type, slot: str) -> Any:
-    return Annotated[SerializeAsAny[base], _RegisteredKinds(slot)]
+# A slot holds any registered spec class of its kind: ModelSpec._registered_kind validates it by its
+# ``kind``, it serialises as its own class, and the JSON schema lists the kinds registered at the time.
+ImageEncoderSlot = Annotated[SerializeAsAny[ImageEncoderSpec], _RegisteredKinds("image_encoder")]
+"""The type of ``ModelSpec.image_encoder``: any registered image-encoder spec."""
+MetadataEncoderSlot = Annotated[SerializeAsAny[MetadataEncoderSpec], _RegisteredKinds("metadata_encoder")]
+"""The type of ``ModelSpec.metadata_encoder``: any registered metadata-encoder spec."""
+FusionSlot = Annotated[SerializeAsAny[FusionSpec], _RegisteredKinds("fusion")]
+"""The type of ``ModelSpec.fusion``: any registered fusion spec."""
+DecisionSlot = Annotated[SerializeAsAny[DecisionSpec], _RegisteredKinds("decision")]
+"""The type of ``ModelSpec.decision``: any registered decision spec."""
 
 
 class ModelSpec(FrozenSpec):
@@ -159,13 +169,13 @@ class ModelSpec(FrozenSpec):
     """Square input size of both images (384 in the paper). Kept on the model spec, not the data
     section: the trained weights, the ONNX export's input signature and inference's preprocessing
     must all agree with it, so it travels with the model."""
-    image_encoder: _slot(ImageEncoderSpec, "image_encoder") = TimmImageEncoderSpec()
+    image_encoder: ImageEncoderSlot = TimmImageEncoderSpec()
     """M_I of eq 1, per image; chosen by kind."""
-    metadata_encoder: _slot(MetadataEncoderSpec, "metadata_encoder") = MLPMetadataEncoderSpec()
+    metadata_encoder: MetadataEncoderSlot = MLPMetadataEncoderSpec()
     """M_M of eq 1; chosen by kind."""
-    fusion: _slot(FusionSpec, "fusion") | None = MMFASpec()
+    fusion: FusionSlot | None = MMFASpec()
     """FM of eq 2 (null: no joint branch); chosen by kind."""
-    decision: _slot(DecisionSpec, "decision") = ADFDecisionSpec()
+    decision: DecisionSlot = ADFDecisionSpec()
     """How the branch posteriors form P_final; chosen by kind."""
     heads: HeadSpec = HeadSpec()
     """The branch classifiers C_I, C_IM, C_M of eq 3."""

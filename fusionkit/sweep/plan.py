@@ -202,18 +202,21 @@ def plan_sweep(
     raw = read_mapping(config_path)
     model = raw.get("model")
     own = presets is None
-    if own:
-        presets = (model["preset"] if isinstance(model, dict) and "preset" in model else Path(config_path).stem,)
+    names: tuple[str, ...]
+    if presets is None:
+        names = (model["preset"] if isinstance(model, dict) and "preset" in model else Path(config_path).stem,)
     elif not isinstance(model, dict) or "preset" not in model:
         raise ConfigError(
             f"{config_path}: a sweep config's model section must be 'preset: NAME' with optional "
             "'overrides:' (each run swaps in its own preset)"
         )
-    common, per_preset = split_overrides(list(sets or []), presets)
+    else:
+        names = presets
+    common, per_preset = split_overrides(list(sets or []), names)
     jobs = []
     for seed in seeds:
         for fold in [None] if folds is None else range(folds):
-            for preset in presets:
+            for preset in names:
                 overrides = [
                     *([] if own else [f"model.preset={preset}"]),
                     *common,

@@ -36,9 +36,10 @@ def prepare_data_root(jobs: list[SweepJob], *, out: Path, data_root: Path | None
             s = jobs[0].run_config().data.synthetic
             make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
     else:
-        root = data_root or jobs[0].run_config().data.root
-        if root is None:
+        given = data_root or jobs[0].run_config().data.root
+        if given is None:
             raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
+        root = Path(given)
     files = find_split(root, "Training")
     if files.ground_truth_csv is None:
         raise ConfigError(f"{root}: a sweep needs the labelled Training split (MILK10k_Training_GroundTruth.csv)")

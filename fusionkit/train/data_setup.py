@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from fusionkit.data import (
     CLASS_NAMES,
     DeviceAugment,
+    ImageTransform,
     MetadataEncoder,
     Milk10kDataset,
     Split,
@@ -72,7 +73,7 @@ class RunData:
         generator seeded by ``(train.seed, epoch, batch_index, rank)``, so a resumed run repeats
         them exactly.
         """
-        transform = self.train_set.transform
+        transform = self._transform
         if self._device_augment is not None and epoch is not None and batch_index is not None:
             generator = batch_generator(
                 seed=self.config.train.seed, epoch=epoch, batch_index=batch_index, rank=self.dist_info.rank
@@ -98,9 +99,13 @@ class RunData:
     def __post_init__(self) -> None:
         train, data = self.config.train, self.config.data
         info = self.dist_info
+        transform = self.train_set.transform
+        if not isinstance(transform, ImageTransform):
+            raise TypeError(f"RunData needs a train_set built with build_transforms, got {transform!r}")
+        self._transform = transform
         self._device_augment = DeviceAugment(config=data.augment) if self.augment_on == "device" else None
         self._train_sampler = EpochSampler(
-            self.train_set.labels,
+            _labels(self.train_set),
             seed=train.seed,
             mode=train.sampler,
             rank=info.rank,
@@ -115,7 +120,7 @@ class RunData:
             seed=train.seed,
         )
         val_sampler = EpochSampler(
-            self.val_set.labels, seed=0, mode="sequential", rank=info.rank, world_size=info.world_size
+            _labels(self.val_set), seed=0, mode="sequential", rank=info.rank, world_size=info.world_size
         )
         self._val_loader = make_loader(
             self.val_set,
@@ -124,6 +129,13 @@ class RunData:
             num_workers=data.num_workers,
             seed=0,
         )
+
+
+def _labels(dataset: Milk10kDataset) -> tuple[int, ...]:
+    """The class indices of a labelled split's dataset (training needs a ground truth)."""
+    if dataset.labels is None:
+        raise ConfigError(f"{dataset.files.metadata_csv}: training needs a labelled split (a ground-truth CSV)")
+    return dataset.labels
 
 
 def _class_weights(labels: tuple[int, ...]) -> tuple[float, ...]:
@@ -157,12 +169,12 @@ def _data_root(
             make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
         barrier(dist_info)
         return root.resolve()
-    root = data_root if data_root is not None else config.data.root
-    if root is None and saved is not None:  # a resumed run reads the folder it recorded
-        root = saved.data.root
-    if root is None:
+    given = data_root if data_root is not None else config.data.root
+    if given is None and saved is not None:  # a resumed run reads the folder it recorded
+        given = saved.data.root
+    if given is None:
         raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
-    return Path(root).expanduser().resolve()
+    return Path(given).expanduser().resolve()
 
 
 def augment_on(config: RunConfig, device: torch.device) -> str:
@@ -217,7 +229,6 @@ def prepare_data(
     size = config.model.image_size
     name = preprocessing_model(config)
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
-    common = dict(files=files, image_size=size, missing_image=data.missing_image, cache_dir=cache_dir)
     encoder = MetadataEncoder.load(RunFiles(run_dir).metadata_encoder) if resume else None
     # rank 0 builds the image cache first; the others then open it
     if not dist_info.is_main:
@@ -232,13 +243,19 @@ def prepare_data(
             augment=data.augment,
             normalize=False,
         ),
-        **common,
+        files=files,
+        image_size=size,
+        missing_image=data.missing_image,
+        cache_dir=cache_dir,
     )
     val_set = Milk10kDataset(
         lesion_ids=split.val,
         encoder=train_set.encoder,
         transform=build_transforms(model_name=name, image_size=size, train=False, normalize=False),
-        **common,
+        files=files,
+        image_size=size,
+        missing_image=data.missing_image,
+        cache_dir=cache_dir,
     )
     if dist_info.is_main:
         barrier(dist_info)
@@ -246,10 +263,10 @@ def prepare_data(
     model = config.model
     updates: dict[str, Any] = {}
     if config.train.class_weighting == "inverse_frequency" and model.loss.class_weights is None:
-        updates["loss"] = model.loss.model_copy(update={"class_weights": _class_weights(train_set.labels)})
+        updates["loss"] = model.loss.model_copy(update={"class_weights": _class_weights(_labels(train_set))})
     if model.loss.logit_adjustment > 0 and model.loss.class_prior is None:
         loss = updates.get("loss", model.loss)
-        updates["loss"] = loss.model_copy(update={"class_prior": _class_prior(train_set.labels)})
+        updates["loss"] = loss.model_copy(update={"class_prior": _class_prior(_labels(train_set))})
     resolved = config.model_copy(
         update={
             "model": model.model_copy(update=updates),
@@ -257,7 +274,7 @@ def prepare_data(
         }
     )
     resolved = RunConfig.model_validate(resolved.model_dump(mode="json"))
-    changes = resume_changes(saved, resolved, run_dir=run_dir, synthetic=synthetic) if resume else []
+    changes = resume_changes(saved, resolved, run_dir=run_dir, synthetic=synthetic) if saved is not None else []
     if dist_info.is_main:
         record = resolved.model_dump(mode="json")
         if not synthetic:  # the generated set's block would read as if it had been used

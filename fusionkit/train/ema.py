@@ -10,12 +10,15 @@ each graph replay (it reads the parameters the replay has just written), not ins
 from __future__ import annotations
 
 import copy
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
 
-class ModelEma(nn.Module):
+
+class ModelEma(nn.Module, Generic[M]):
     """``W_ema <- decay * W_ema + (1 - decay) * W`` after every optimizer step.
 
     Floating-point parameters and buffers (BatchNorm running statistics) are averaged; integer
@@ -23,7 +26,10 @@ class ModelEma(nn.Module):
     mode holding the averaged weights; ``state_dict()`` is that copy's.
     """
 
-    def __init__(self, *, model: nn.Module, decay: float) -> None:
+    module: M
+    """The frozen copy holding the averaged weights (the model's own class)."""
+
+    def __init__(self, *, model: M, decay: float) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1); got {decay}")
@@ -50,6 +56,6 @@ class ModelEma(nn.Module):
         for e, w in others:
             e.copy_(w)
 
-    def forward(self, *args, **kwargs):  # noqa: D401 - nn.Module protocol
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401 - nn.Module protocol
         """The averaged model's forward."""
         return self.module(*args, **kwargs)

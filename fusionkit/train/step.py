@@ -12,6 +12,7 @@ stays on the device until the caller reads it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class EagerStep:
         """The last step's eq-7 terms (``final``, ``joint``, ``image``, ``meta``), detached."""
 
     def _forward_backward(self, batch: dict[str, Any], *, cache: bool = True) -> torch.Tensor:
+        context: AbstractContextManager[Any]
         if self.bf16:
             context = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
         else:
@@ -142,6 +144,7 @@ class CudaGraphStep(EagerStep):
             self._capture(batch)
         if size != self.batch_size:
             return super().__call__(batch)
+        assert self.graph is not None and self.static_batch is not None and self.static_loss is not None  # captured
         _copy_into(self.static_batch, batch)
         self.graph.replay()
         self.terms = self.static_terms

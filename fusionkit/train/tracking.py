@@ -61,18 +61,18 @@ class Tracker:
 
     def log_figures(self, paths: Iterable[str | Path], *, step: int = 0) -> None:
         """The report's figure files (PNG) as images / artifacts."""
-        paths = [Path(p) for p in paths]
+        files = [Path(p) for p in paths]
         if self._tb is not None:
             import numpy as np
             from PIL import Image
 
-            for path in paths:
+            for path in files:
                 with Image.open(path) as image:
                     array = np.asarray(image.convert("RGB"))
                 self._tb.add_image(f"report/{path.stem}", array, step, dataformats="HWC")
             self._tb.flush()
         if self._mlflow is not None:
-            for path in paths:
+            for path in files:
                 self._mlflow.log_artifact(str(path), artifact_path="figures")
 
     def close(self) -> None:

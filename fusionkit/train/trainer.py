@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ class Trainer:
         self._interrupted: int | bool = False
         self._lock: RunLock | None = None
         self.tracker: Tracker | None = None
-        self.ema: ModelEma | None = None
+        self.ema: ModelEma[FusionModel] | None = None
         self._log_handler: logging.Handler | None = None
         self._created_dir = False
         self._was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -246,9 +247,10 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.step_net = self.net
+        self.step_net: torch.nn.Module = self.net
         if train.step_mode == "compile":
-            self.step_net = torch.compile(self.net, mode=train.compile_mode)
+            # compiling a Module gives an OptimizedModule (a Module); torch's stubs say only Callable
+            self.step_net = cast(torch.nn.Module, torch.compile(self.net, mode=train.compile_mode))
 
     def _setup_options(self, start: RunStart) -> None:
         """The options of docs/how-to/training-options.md: warm start (a fresh run only), the
@@ -405,7 +407,7 @@ class Trainer:
             self.scheduler.after_step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            if self.tracker.active:
+            if self.tracker is not None and self.tracker.active:
                 for key, value in self.step.terms.items():
                     self._term_sums[key] = self._term_sums.get(key, 0.0) + value * size
             losses += loss * size
@@ -485,7 +487,7 @@ class Trainer:
             )
         barrier(self.dist)
 
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
         if self._interrupted:  # a second signal: stop at once
             raise RunInterrupted(signum, self.run_dir)
         self._interrupted = signum
@@ -573,7 +575,7 @@ class Trainer:
 
     def _track_epoch(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
         """Send one epoch to the trackers: each eq-7 term, the validation metrics, each group's lr."""
-        if not self.tracker.active:
+        if self.tracker is None or not self.tracker.active:
             return
         values = {"train/loss": record.train_loss, "val/loss": record.val_loss}
         values |= {f"train/loss_{k}": float(v) / max(seen, 1) for k, v in self._term_sums.items()}
@@ -611,7 +613,8 @@ class Trainer:
                 signal.signal(signum, handler)
         if self.after_fit is not None and self.dist.is_main:
             self.after_fit(self.run_dir)
-            self.tracker.log_figures(sorted(self.run_dir.glob("*.png")), step=train.epochs)
+            if self.tracker is not None:
+                self.tracker.log_figures(sorted(self.run_dir.glob("*.png")), step=train.epochs)
         barrier(self.dist)
         return self.history
 

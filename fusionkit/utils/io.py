@@ -12,10 +12,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
-def file_mode(path: str | Path) -> int:
+def file_mode(path: str | os.PathLike[str]) -> int:
     """The mode a write to ``path`` should leave: the existing file's, else ``0o666 & ~umask``."""
     try:
         return os.stat(path).st_mode & 0o7777
@@ -48,7 +48,7 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it is fsynced and renamed to ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
@@ -72,13 +72,13 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:
         handle.write(data)

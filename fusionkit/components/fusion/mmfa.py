@@ -132,12 +132,13 @@ class MMFAFusion(nn.Module):
 
     def forward(self, f_image: torch.Tensor, f_meta: torch.Tensor) -> torch.Tensor:
         """The joint representation f_IM (B, out_dim)."""
-        out = None
+        out: torch.Tensor | None = None
         if self.skip is not None:
             out = self.skip(torch.cat([f_image, f_meta], dim=-1))
-        if self.attention is not None:
+        if self.attention is not None and self.transform is not None:
             attended = self.transform(self.attention(f_image, f_meta))
             out = attended if out is None else out + attended
+        assert out is not None  # the constructor requires the skip path, the attention path or both
         return out
 
 
