@@ -49,7 +49,8 @@ def gradcam(
     modality: str,
     target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Grad-CAM maps (B, H, W) in [0, 1] for one image ``modality`` of a normalised batch.
+    """Grad-CAM maps (B, H, W) in [0, 1] for one image ``modality`` of a batch normalised as the
+    model declares (:attr:`FusionModel.preprocessing <fusionkit.model.FusionModel.preprocessing>`).
 
     ``target`` holds one class index per sample (default: the predicted class).
     """
@@ -57,7 +58,10 @@ def gradcam(
     if stream is None or modality not in stream.modalities:
         raise ConfigError(f"the model has no {modality!r} image stream for Grad-CAM")
     key = "shared" if stream.shared else modality
-    backbone = stream.encoders[key].backbone
+    encoder = stream.encoders[key]
+    backbone = getattr(encoder, "backbone", encoder)
+    if not callable(getattr(backbone, "forward_features", None)):
+        raise ConfigError(f"Grad-CAM needs a backbone with timm's forward_features; {type(encoder).__name__} has none")
     store: list[torch.Tensor] = []
     was_training = model.training
     model.eval()

@@ -125,8 +125,10 @@ def _gradcam_figure(run: LoadedRun, dataset: Milk10kDataset, preds: Predictions,
     chosen = (complete + rest)[:n]
     items = [dataset[i] for i in chosen]
     batch = torch.utils.data.default_collate(items)
-    transform = dataset.transform
-    device_batch = normalize_batch(batch, mean=transform.mean, std=transform.std, device=run.device)
+    preprocessing = run.model.preprocessing  # what the model's image encoders declare
+    if preprocessing is None:  # no image inputs
+        return None
+    device_batch = normalize_batch(batch, mean=preprocessing.mean, std=preprocessing.std, device=run.device)
     maps = {m: gradcam(run.model, device_batch, modality=m).cpu().numpy() for m in images}
     pred_index = {lesion: i for i, lesion in enumerate(preds.lesion_ids)}
     titles = []
