@@ -35,7 +35,7 @@ def _triple(name: str, value: Any, *, positive: bool) -> tuple[float, float, flo
         raise ConfigError(f"preprocessing {name} must be three finite numbers (R, G, B), got {value!r}")
     if positive and min(values) <= 0:
         raise ConfigError(f"preprocessing {name} must be positive, got {value!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 @dataclass(frozen=True)
