@@ -222,7 +222,7 @@ class FusionModel(nn.Module):
 
     def __init__(
         self,
-        spec: ModelSpec | None = None,
+        spec: ModelSpec | dict[str, Any] | None = None,
         /,
         *,
         metadata_width: int | None = None,
@@ -253,11 +253,16 @@ class FusionModel(nn.Module):
                     ("decision", decision),
                     ("has_weights", has_weights),
                     ("image_size", image_size),
+                    ("combine", None if combine == "concat" else combine),
+                    ("head_dropout", head_dropout or None),
+                    ("modality_dropout", modality_dropout or None),
                 )
                 if value is not None
             ]
             if given:
                 raise ConfigError(f"give a spec or built modules, not both (got a spec and {', '.join(given)})")
+            if not isinstance(spec, ModelSpec):
+                spec = ModelSpec.model_validate(spec)
             self._assemble_from_spec(spec, metadata_width)
             return
         if num_classes is None or decision is None:
@@ -281,8 +286,6 @@ class FusionModel(nn.Module):
     @classmethod
     def from_spec(cls, spec: ModelSpec | dict[str, Any], *, metadata_width: int | None = None) -> FusionModel:
         """The model a spec describes, every component built from its registry (see :func:`build_model`)."""
-        if not isinstance(spec, ModelSpec):
-            spec = ModelSpec.model_validate(spec)
         return cls(spec, metadata_width=metadata_width)
 
     def _assemble_from_spec(self, spec: ModelSpec, metadata_width: int | None) -> None:

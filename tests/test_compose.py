@@ -243,6 +243,9 @@ def test_missing_declarations_and_bad_combinations_are_one_line_errors():
 
 def test_from_spec_is_build_model():
     spec = tiny_spec()
+    assert fk.FusionModel(spec.to_dict(), metadata_width=META_DIM).spec == spec  # the 0.1 positional form
+    with pytest.raises(fk.ConfigError, match=r"not both \(got a spec and combine, modality_dropout\)"):
+        fk.FusionModel(spec, metadata_width=META_DIM, combine="mean", modality_dropout=0.2)
     torch.manual_seed(0)
     a = fk.FusionModel.from_spec(spec.to_dict(), metadata_width=META_DIM)
     b = build_tiny(spec)
