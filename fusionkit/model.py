@@ -1,21 +1,26 @@
 """The assembled fusion model: encoders -> fusion -> branch heads -> decision (Section 2.1).
 
-``FusionModel`` is built from a :class:`~fusionkit.specs.ModelSpec` by :func:`build_model`. Its
-forward takes the batch dict (``derm``, ``clinical``: (B, 3, H, W); ``meta``: (B, F); optional
+``FusionModel`` is built from a :class:`~fusionkit.specs.ModelSpec` by :func:`build_model` /
+:meth:`FusionModel.from_spec`, or composed from built modules (``FusionModel(num_classes=...,
+image_encoders=..., ...)``). It reports the image preprocessing its encoders declare
+(:attr:`FusionModel.preprocessing`). Its forward takes the batch dict (``derm``, ``clinical``: (B, 3, H, W); ``meta``: (B, F); optional
 ``present``: a dict of (B,) bool masks per modality) and returns a :class:`FusionOutput`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
+from fusionkit.components.base import declared_preprocessing
+from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import ConfigError, MissingModalityError
 from fusionkit.registry import registry
-from fusionkit.specs.model import BRANCHES, ModelSpec
+from fusionkit.specs.model import BRANCHES, IMAGE_MODALITIES, ModelSpec
 
 
 @dataclass
@@ -39,25 +44,84 @@ class FusionOutput:
     present: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def module_width(module: nn.Module, what: str) -> int:
+    """``module.out_dim``, the width every built module reports; one line naming it if it does not."""
+    width = getattr(module, "out_dim", None)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(
+            f"{what} ({type(module).__name__}) reports no out_dim: set an int `out_dim` attribute "
+            f"(its output width); got {width!r}"
+        )
+    return width
+
+
+def _probe(module: nn.Module, inputs: tuple[torch.Tensor, ...], *, what: str, given: str, out_dim: int) -> None:
+    """Run ``module`` once on zeros of the widths it will see (eval mode, no grad) and check its output
+    width, so a width mismatch is a one-line :class:`ConfigError` at construction, not a shape error later."""
+    param = next(iter(module.parameters()), None)
+    if param is not None:
+        inputs = tuple(x.to(device=param.device, dtype=param.dtype) for x in inputs)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(*inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the same width mismatch
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"{what} ({type(module).__name__}) does not accept {given}: {type(exc).__name__}: {reason}"
+        ) from None
+    finally:
+        module.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != (inputs[0].shape[0], out_dim):
+        raise ConfigError(
+            f"{what} ({type(module).__name__}) returned shape {shape} for {given}; expected (B, {out_dim})"
+        )
+
+
 class ImageStream(nn.Module):
     """M_I of eq 1: one backbone per image (or one shared), missing images as learned embeddings.
 
-    ``f_I`` is the concatenation (``combine="concat"``) or mean of the per-image features.
+    ``encoders`` maps each image modality (``derm``, ``clinical``) to its encoder; the same module
+    object under both names is one shared backbone (stored once, as ``encoders["shared"]``). Every
+    encoder reports ``out_dim`` (all alike) and declares its ``preprocessing``
+    (:class:`~fusionkit.components.base.ImageEncoder`); both images go through one transform, so
+    the encoders must declare the same mean, std and interpolation. ``f_I`` is the concatenation
+    (``combine="concat"``) or mean of the per-image features.
     """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, *, encoders: Mapping[str, nn.Module], combine: str = "concat", label: str = "image encoder"):
         super().__init__()
-        enc_spec = spec.image_encoder
-        entry = registry("image_encoder").get(enc_spec.kind)
-        self.modalities = spec.image_modalities
-        self.shared = enc_spec.shared and len(self.modalities) > 1
-        self.combine = enc_spec.combine
+        unknown = sorted(set(encoders) - set(IMAGE_MODALITIES))
+        if unknown or not encoders:
+            raise ConfigError(
+                f"image_encoders must map image modalities {list(IMAGE_MODALITIES)} to encoders; got {sorted(encoders)}"
+            )
+        if combine not in ("concat", "mean"):
+            raise ConfigError(f"combine must be 'concat' or 'mean', got {combine!r}")
+        self.modalities = tuple(m for m in IMAGE_MODALITIES if m in encoders)
+        first = encoders[self.modalities[0]]
+        self.shared = len(self.modalities) > 1 and all(encoders[m] is first for m in self.modalities)
+        self.combine = combine
         if self.shared:
-            encoders = {"shared": entry.component(**enc_spec.component_kwargs())}
+            self.encoders = nn.ModuleDict({"shared": first})
         else:
-            encoders = {m: entry.component(**enc_spec.component_kwargs()) for m in self.modalities}
-        self.encoders = nn.ModuleDict(encoders)
-        width: int = next(iter(encoders.values())).out_dim
+            self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
+        widths = {m: module_width(encoders[m], f"{label} for {m!r}") for m in self.modalities}
+        declared = {m: declared_preprocessing(encoders[m], name=f"{label} for {m!r}") for m in self.modalities}
+        if len(set(widths.values())) > 1:
+            raise ConfigError(f"the image encoders report different out_dim {widths}; f_I needs one width")
+        normalisations = {m: (p.mean, p.std, p.interpolation) for m, p in declared.items()}
+        if len(set(normalisations.values())) > 1:
+            said = "; ".join(f"{m}: mean {v[0]}, std {v[1]}, {v[2]}" for m, v in normalisations.items())
+            raise ConfigError(
+                f"the image encoders declare different preprocessing ({said}); both images go through "
+                "one transform, so use encoders that agree"
+            )
+        self.preprocessing: ImagePreprocessing = declared[self.modalities[0]]
+        """The preprocessing the encoders declare (at their native ``input_size``)."""
+        width = widths[self.modalities[0]]
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(width)) for m in self.modalities})
         self.width = width
         multiplier = len(self.modalities) if self.combine == "concat" else 1
@@ -82,12 +146,10 @@ class ImageStream(nn.Module):
 class MetaStream(nn.Module):
     """M_M of eq 1: the metadata encoder, with a learned embedding for missing metadata."""
 
-    def __init__(self, spec: ModelSpec, metadata_width: int) -> None:
+    def __init__(self, *, encoder: nn.Module, label: str = "metadata encoder") -> None:
         super().__init__()
-        enc_spec = spec.metadata_encoder
-        component = registry("metadata_encoder").get(enc_spec.kind).component
-        self.encoder = component(in_dim=metadata_width, **enc_spec.component_kwargs())
-        self.out_dim: int = self.encoder.out_dim
+        self.encoder = encoder
+        self.out_dim = module_width(encoder, label)
         self.missing = nn.Parameter(torch.zeros(self.out_dim))
 
     def forward(self, meta: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -110,62 +172,331 @@ class ClassifierHead(nn.Module):
         return self.linear(self.dropout(features))
 
 
+_WIDTH_HINT = "fusionkit.data.MetadataEncoder.width"
+
+
 class FusionModel(nn.Module):
-    """A multimodal classifier assembled from a :class:`ModelSpec` (see :func:`build_model`).
+    """A multimodal classifier: image encoders and metadata encoder -> fusion -> branch heads -> decision.
+
+    Two ways to build one:
+
+    - **from a spec** (the serialisable path): :meth:`from_spec` / :func:`build_model` (or
+      ``FusionModel(spec, metadata_width=...)``) build every component from the registry;
+      ``model.spec`` is that :class:`ModelSpec`.
+    - **from built modules** (torchmultimodal style, no registration needed)::
+
+          model = FusionModel(
+              num_classes=11,
+              image_encoders={"derm": enc_d, "clinical": enc_c},  # the same object twice: shared
+              metadata_encoder=meta_enc,  # (B, metadata_width) -> (B, out_dim)
+              fusion=my_block,  # forward(f_image, f_meta) -> (B, out_dim)
+              decision=fk.components.decisions.adf.ADFDecision(num_classes=11, branches=BRANCHES),
+          )
+
+      ``model.spec`` is ``None``: such a model can be trained and saved as weights, but it cannot
+      be rebuilt from a file without the code that built its modules.
+
+    Every module reports its output width ``out_dim``; image encoders also declare their
+    ``preprocessing`` (:class:`~fusionkit.components.base.ImageEncoder`). Widths are checked when
+    the model is built (the fusion block, the heads and the metadata encoder are run once on zeros),
+    each mismatch a one-line :class:`~fusionkit.errors.ConfigError`.
+
+    Keyword arguments of the module path:
+
+    - ``num_classes``: N.
+    - ``image_encoders``: ``{"derm": ..., "clinical": ...}`` (either or both); ``combine``: how the
+      image features form f_I, ``concat`` (default) or ``mean``.
+    - ``metadata_encoder`` and ``metadata_width`` (its input width; default: the encoder's ``in_dim``).
+    - ``fusion``: the fusion block (eq 2), taking ``(f_image, f_meta)``; needs images and metadata.
+    - ``heads``: the branch classifiers by branch name (``image``, ``joint``, ``meta``); default: a
+      :class:`ClassifierHead` (``head_dropout``) for every branch the model has.
+    - ``decision``: ``forward(logits, present) -> (B, K)`` log weights over ``decision.branches``;
+      ``has_weights``: whether its weights are reported (default: the decision's ``has_weights``
+      attribute, else whether it combines more than one branch).
+    - ``image_size``: the square input size (default: the encoders' declared ``input_size``).
+    - ``modality_dropout``: training-time modality dropout probability (0: off).
 
     ``metadata_width`` is the width of the encoded metadata vector M (its encoder's input); the
     feature widths D_I, D_M, D_IM of eqs 1-2 are ``feature_dims["image"|"meta"|"joint"]``.
     """
 
-    def __init__(self, spec: ModelSpec, *, metadata_width: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec | dict[str, Any] | None = None,
+        /,
+        *,
+        metadata_width: int | None = None,
+        num_classes: int | None = None,
+        image_encoders: Mapping[str, nn.Module] | None = None,
+        combine: Literal["concat", "mean"] = "concat",
+        metadata_encoder: nn.Module | None = None,
+        fusion: nn.Module | None = None,
+        heads: Mapping[str, nn.Module] | None = None,
+        head_dropout: float = 0.0,
+        decision: nn.Module | None = None,
+        has_weights: bool | None = None,
+        image_size: int | None = None,
+        modality_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.spec = spec
-        self.num_classes = spec.num_classes
-        self.modalities = spec.modalities
-        widths: dict[str, int] = {}
-        self.image_stream = ImageStream(spec) if spec.image_modalities else None
-        if self.image_stream is not None:
-            widths["image"] = self.image_stream.out_dim
-        self.meta_stream = None
-        if spec.uses_meta:
-            if metadata_width is None:
-                raise ConfigError(
-                    "the metadata encoder's input width is unknown: pass metadata_width= to "
-                    "build_model (the width of the encoded metadata, "
-                    "fusionkit.data.MetadataEncoder.width)"
+        self.spec: ModelSpec | None = None
+        """The spec the model was built from; ``None`` for a model composed from modules."""
+        if spec is not None:
+            given = [
+                name
+                for name, value in (
+                    ("num_classes", num_classes),
+                    ("image_encoders", image_encoders),
+                    ("metadata_encoder", metadata_encoder),
+                    ("fusion", fusion),
+                    ("heads", heads),
+                    ("decision", decision),
+                    ("has_weights", has_weights),
+                    ("image_size", image_size),
+                    ("combine", None if combine == "concat" else combine),
+                    ("head_dropout", head_dropout or None),
+                    ("modality_dropout", modality_dropout or None),
                 )
-            self.meta_stream = MetaStream(spec, metadata_width)
-            widths["meta"] = self.meta_stream.out_dim
-        self.metadata_width = metadata_width
-        """Width of the encoded metadata vector M (None without metadata)."""
-        self.fusion = None
-        if spec.fusion is not None:
-            entry = registry("fusion").get(spec.fusion.kind)
-            self.fusion = entry.component(
-                image_dim=widths["image"], meta_dim=widths["meta"], **spec.fusion.component_kwargs()
-            )
-            widths["joint"] = self.fusion.out_dim
-        self.heads = nn.ModuleDict(
-            {
-                b: ClassifierHead(in_dim=widths[b], num_classes=spec.num_classes, dropout=spec.heads.dropout)
-                for b in spec.head_branches
-            }
+                if value is not None
+            ]
+            if given:
+                raise ConfigError(f"give a spec or built modules, not both (got a spec and {', '.join(given)})")
+            if not isinstance(spec, ModelSpec):
+                spec = ModelSpec.model_validate(spec)
+            self._assemble_from_spec(spec, metadata_width)
+            return
+        if num_classes is None or decision is None:
+            raise ConfigError("a FusionModel needs a spec, or num_classes= and decision= with the modules it combines")
+        self._assemble(
+            num_classes=num_classes,
+            image_encoders=image_encoders,
+            combine=combine,
+            metadata_encoder=metadata_encoder,
+            metadata_width=metadata_width,
+            fusion=fusion,
+            heads=heads,
+            head_dropout=head_dropout,
+            decision=decision,
+            has_weights=has_weights,
+            image_size=image_size,
+            modality_dropout=modality_dropout,
+            probe=True,
         )
-        self.decision_branches = spec.decision_branches
-        self.decision = (
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec | dict[str, Any], *, metadata_width: int | None = None) -> FusionModel:
+        """The model a spec describes, every component built from its registry (see :func:`build_model`)."""
+        return cls(spec, metadata_width=metadata_width)
+
+    def _assemble_from_spec(self, spec: ModelSpec, metadata_width: int | None) -> None:
+        """Build the spec's components (in a fixed order, so a seed gives the same weights) and assemble them."""
+        if spec.uses_meta and metadata_width is None:
+            raise ConfigError(
+                "the metadata encoder's input width is unknown: pass metadata_width= to "
+                f"build_model (the width of the encoded metadata, {_WIDTH_HINT})"
+            )
+        enc_spec = spec.image_encoder
+        image_encoders: dict[str, nn.Module] = {}
+        if spec.image_modalities:
+            component = registry("image_encoder").get(enc_spec.kind).component
+            if enc_spec.shared:
+                encoder = component(**enc_spec.component_kwargs())
+                image_encoders = dict.fromkeys(spec.image_modalities, encoder)
+            else:
+                image_encoders = {m: component(**enc_spec.component_kwargs()) for m in spec.image_modalities}
+        widths: dict[str, int] = {}
+        if image_encoders:
+            width = module_width(next(iter(image_encoders.values())), f"image encoder {enc_spec.kind!r}")
+            widths["image"] = width * (len(spec.image_modalities) if enc_spec.combine == "concat" else 1)
+        metadata_encoder = None
+        if spec.uses_meta:
+            meta_spec = spec.metadata_encoder
+            component = registry("metadata_encoder").get(meta_spec.kind).component
+            metadata_encoder = component(in_dim=metadata_width, **meta_spec.component_kwargs())
+            widths["meta"] = module_width(metadata_encoder, f"metadata encoder {meta_spec.kind!r}")
+        fusion = None
+        if spec.fusion is not None:
+            component = registry("fusion").get(spec.fusion.kind).component
+            fusion = component(image_dim=widths["image"], meta_dim=widths["meta"], **spec.fusion.component_kwargs())
+            widths["joint"] = module_width(fusion, f"fusion {spec.fusion.kind!r}")
+        heads = {
+            b: ClassifierHead(in_dim=widths[b], num_classes=spec.num_classes, dropout=spec.heads.dropout)
+            for b in spec.head_branches
+        }
+        decision = (
             registry("decision")
             .get(spec.decision.kind)
             .component(
-                num_classes=spec.num_classes,
-                branches=self.decision_branches,
-                **spec.decision.component_kwargs(),
+                num_classes=spec.num_classes, branches=spec.decision_branches, **spec.decision.component_kwargs()
             )
         )
-        self.has_weights = type(spec.decision).has_weights
+        self._assemble(
+            num_classes=spec.num_classes,
+            image_encoders=image_encoders or None,
+            combine=enc_spec.combine,
+            metadata_encoder=metadata_encoder,
+            metadata_width=metadata_width if spec.uses_meta else None,
+            fusion=fusion,
+            heads=heads,
+            head_dropout=spec.heads.dropout,
+            decision=decision,
+            has_weights=type(spec.decision).has_weights,
+            image_size=spec.image_size,
+            modality_dropout=spec.modality_dropout.p,
+            probe=False,
+            labels={
+                "image": f"image encoder {enc_spec.kind!r}",
+                "meta": f"metadata encoder {spec.metadata_encoder.kind!r}",
+                "fusion": f"fusion {spec.fusion.kind!r}" if spec.fusion is not None else "fusion",
+            },
+        )
+        self.spec = spec
+
+    def _assemble(
+        self,
+        *,
+        num_classes: int,
+        image_encoders: Mapping[str, nn.Module] | None,
+        combine: str,
+        metadata_encoder: nn.Module | None,
+        metadata_width: int | None,
+        fusion: nn.Module | None,
+        heads: Mapping[str, nn.Module] | None,
+        head_dropout: float,
+        decision: nn.Module,
+        has_weights: bool | None,
+        image_size: int | None,
+        modality_dropout: float,
+        probe: bool,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Check the built modules against each other and hold them (the state-dict layout of both paths)."""
+        labels = {"image": "image encoder", "meta": "metadata encoder", "fusion": "fusion block", **(labels or {})}
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ConfigError(f"modality_dropout must be in [0, 1), got {modality_dropout!r}")
+        self.num_classes = num_classes
+        widths: dict[str, int] = {}
+        self.image_stream = None
+        if image_encoders:
+            self.image_stream = ImageStream(encoders=image_encoders, combine=combine, label=labels["image"])
+            widths["image"] = self.image_stream.out_dim
+        self.image_modalities: tuple[str, ...] = self.image_stream.modalities if self.image_stream else ()
+        """The image inputs used, in the order (derm, clinical)."""
+        self.meta_stream = None
+        if metadata_encoder is not None:
+            declared = getattr(metadata_encoder, "in_dim", None)
+            if metadata_width is None:
+                metadata_width = declared
+            if not isinstance(metadata_width, int) or isinstance(metadata_width, bool) or metadata_width < 1:
+                raise ConfigError(
+                    f"the metadata encoder's input width is unknown: pass metadata_width= (the width of "
+                    f"the encoded metadata, {_WIDTH_HINT}) or give the encoder an int in_dim"
+                )
+            if isinstance(declared, int) and declared != metadata_width:
+                raise ConfigError(f"metadata_width is {metadata_width} but the metadata encoder's in_dim is {declared}")
+            self.meta_stream = MetaStream(encoder=metadata_encoder, label=labels["meta"])
+            widths["meta"] = self.meta_stream.out_dim
+            if probe:
+                _probe(
+                    metadata_encoder,
+                    (torch.zeros(2, metadata_width),),
+                    what=labels["meta"],
+                    given=f"metadata of width {metadata_width}",
+                    out_dim=widths["meta"],
+                )
+        elif metadata_width is not None:
+            raise ConfigError("metadata_width is given but there is no metadata_encoder")
+        self.metadata_width = metadata_width
+        """Width of the encoded metadata vector M (None without metadata)."""
+        self.modalities: tuple[str, ...] = (*self.image_modalities, *(("meta",) if self.meta_stream else ()))
+        """The inputs used, in the order (derm, clinical, meta)."""
+        if not self.modalities:
+            raise ConfigError("a FusionModel needs image_encoders, a metadata_encoder, or both")
+        if modality_dropout > 0 and len(self.modalities) < 2:
+            raise ConfigError("modality_dropout needs at least two modalities to drop between")
+        self.modality_dropout = modality_dropout
+        """Probability of dropping each present modality of a training sample (0: off)."""
+        self.fusion = fusion
+        if fusion is not None:
+            if "image" not in widths or "meta" not in widths:
+                raise ConfigError(
+                    f"the {labels['fusion']} fuses image and metadata features, but the model has only "
+                    f"{list(self.modalities)}; drop the fusion block or add the missing encoder"
+                )
+            widths["joint"] = module_width(fusion, labels["fusion"])
+            if probe:
+                _probe(
+                    fusion,
+                    (torch.zeros(2, widths["image"]), torch.zeros(2, widths["meta"])),
+                    what=labels["fusion"],
+                    given=f"f_I of width {widths['image']} and f_M of width {widths['meta']}",
+                    out_dim=widths["joint"],
+                )
+        available = tuple(b for b in BRANCHES if b in widths)
+        if heads is None:
+            heads = {
+                b: ClassifierHead(in_dim=widths[b], num_classes=num_classes, dropout=head_dropout) for b in available
+            }
+        extra = [b for b in heads if b not in available]
+        if extra:
+            raise ConfigError(f"heads has a {extra[0]!r} head but the model's branches are {list(available)}")
+        for branch, head in heads.items():
+            width = module_width(head, f"the {branch!r} head")
+            if width != num_classes:
+                raise ConfigError(f"the {branch!r} head has out_dim {width}; expected num_classes = {num_classes}")
+            if probe:
+                _probe(
+                    head,
+                    (torch.zeros(2, widths[branch]),),
+                    what=f"the {branch!r} head",
+                    given=f"features of width {widths[branch]}",
+                    out_dim=num_classes,
+                )
+        self.heads = nn.ModuleDict({b: heads[b] for b in BRANCHES if b in heads})
+        branches = getattr(decision, "branches", None)
+        if not isinstance(branches, tuple | list) or not branches:
+            raise ConfigError(
+                f"the decision ({type(decision).__name__}) has no `branches`: set the tuple of branch names it "
+                f"combines (from {list(available)})"
+            )
+        lacking = [b for b in branches if b not in self.heads]
+        if lacking:
+            raise ConfigError(
+                f"the decision combines the {lacking[0]!r} branch, which has no head (heads: {list(self.heads)})"
+            )
+        self.decision_branches: tuple[str, ...] = tuple(branches)
+        """The branches the decision combines."""
+        self.decision = decision
+        if has_weights is None:
+            has_weights = bool(getattr(decision, "has_weights", len(branches) > 1))
+        self.has_weights = has_weights
+        """Whether ``FusionOutput.weights`` reports the decision's weights (None otherwise)."""
         self.feature_dims = widths
+        if image_size is None and self.image_stream is not None:
+            image_size = self.image_stream.preprocessing.input_size
+        if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+        ):
+            raise ConfigError(f"image_size must be a positive int, got {image_size!r}")
+        self.image_size: int | None = image_size if self.image_stream is not None else None
+        """The square input size of both images (``ModelSpec.image_size``); None without images."""
         self.validate_presence = True
         """Check that every sample has a branch to decide on (a host sync; the trainer turns it off
         after checking the masks on the CPU, so CUDA steps stay asynchronous and graph-capturable)."""
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing | None:
+        """The image preprocessing this model needs, as its image encoders declare it, at
+        :attr:`image_size`: the transforms, the trainer and evaluation read it from here.
+
+        Both images share it (the encoders must agree, see :class:`ImageStream`). ``None`` for a model
+        without image inputs.
+        """
+        if self.image_stream is None or self.image_size is None:
+            return None
+        return self.image_stream.preprocessing.with_size(self.image_size)
 
     # ------------------------------------------------------------------------------------------
     def _batch_size(self, batch: dict[str, Any]) -> tuple[int, torch.device]:
@@ -196,13 +527,13 @@ class FusionModel(nn.Module):
             else:
                 mask = torch.as_tensor(mask, device=device).reshape(size).bool()
             present[m] = mask
-        if dropout and self.training and self.spec.modality_dropout.p > 0:
+        if dropout and self.training and self.modality_dropout > 0:
             present = self._drop_modalities(present)
         return present
 
     def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stacked = torch.stack([present[m] for m in self.modalities], dim=1)
-        keep = torch.rand(stacked.shape, device=stacked.device) >= self.spec.modality_dropout.p
+        keep = torch.rand(stacked.shape, device=stacked.device) >= self.modality_dropout
         keep &= stacked
         lost_all = ~keep.any(dim=1) & stacked.any(dim=1)
         # keep one random present modality for samples that would otherwise lose everything
@@ -214,7 +545,7 @@ class FusionModel(nn.Module):
     def branch_presence(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per branch, which samples have it: image (any image), meta, joint (any modality)."""
         out = {}
-        images = [present[m] for m in self.spec.image_modalities]
+        images = [present[m] for m in self.image_modalities]
         any_modality = torch.stack(list(present.values()), dim=0).any(dim=0)
         if images:
             out["image"] = torch.stack(images, dim=0).any(dim=0)
@@ -281,12 +612,10 @@ class FusionModel(nn.Module):
 
 
 def build_model(spec: ModelSpec | dict[str, Any], *, metadata_width: int | None = None) -> FusionModel:
-    """Assemble the model a spec describes.
+    """Assemble the model a spec describes (:meth:`FusionModel.from_spec`).
 
     ``metadata_width`` is the width of the encoded metadata vector M
     (:attr:`fusionkit.data.MetadataEncoder.width`, 35 for MILK10k); it is needed when the model uses
     metadata. (fusionkit 0.1.0 called it ``meta_dim``, the name the fusion blocks give D_M.)
     """
-    if not isinstance(spec, ModelSpec):
-        spec = ModelSpec.model_validate(spec)
-    return FusionModel(spec, metadata_width=metadata_width)
+    return FusionModel.from_spec(spec, metadata_width=metadata_width)

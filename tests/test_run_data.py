@@ -14,9 +14,12 @@ import torch
 import yaml
 from train_helpers import tiny_run_config
 
+import fusionkit as fk
 import fusionkit.train.data_setup as ds
 from fusionkit.data import (
+    ImagePreprocessing,
     MetadataEncoder,
+    backbone_preprocessing,
     batch_generator,
     find_split,
     kfold_splits,
@@ -26,10 +29,12 @@ from fusionkit.data import (
     train_val_split,
 )
 from fusionkit.errors import ConfigError
-from fusionkit.runtime.config import RunConfig, preprocessing_model
+from fusionkit.runtime.config import RunConfig
 from fusionkit.runtime.distributed import DistInfo
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+# a preprocessing no timm model declares, so what the transforms use can only have come from it
+DECLARED = ImagePreprocessing(input_size=32, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), interpolation="bilinear")
 FLIP_ONLY = {
     "hflip": 1.0,
     "vflip": 0.0,
@@ -115,21 +120,22 @@ def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, mil
     assert data.split == split and data.files == files and data.changes == ()
     assert data.class_names == ds.CLASS_NAMES
 
-    name = preprocessing_model(config)
+    # the image transforms wait for the model's declared preprocessing
+    assert spies["build_transforms"].calls() == [] and data.preprocessing is None
+    with pytest.raises(ConfigError, match="use_preprocessing"):
+        data.train_loader(epoch=0)
+    data.use_preprocessing(DECLARED)
     assert spies["build_transforms"].calls() == [
-        ((), {"model_name": name, "image_size": 32, "train": True, "augment": config.data.augment, "normalize": False}),
-        ((), {"model_name": name, "image_size": 32, "train": False, "normalize": False}),
+        ((), {"preprocessing": DECLARED, "train": True, "augment": config.data.augment, "normalize": False}),
+        ((), {"preprocessing": DECLARED, "train": False, "normalize": False}),
     ]
+    assert data.preprocessing == data.train_set.transform.preprocessing == data.val_set.transform.preprocessing
+    assert data.preprocessing == DECLARED
     (_, train_kw), (_, val_kw) = spies["Milk10kDataset"].calls()
     common = {"files": files, "image_size": 32, "missing_image": "absent", "cache_dir": tmp_path / "cache"}
-    assert train_kw == {"lesion_ids": split.train, "encoder": None, "transform": train_kw["transform"], **common}
-    assert val_kw == {
-        "lesion_ids": split.val,
-        "encoder": data.train_set.encoder,
-        "transform": val_kw["transform"],
-        **common,
-    }
-    assert train_kw["transform"].train and not val_kw["transform"].train
+    assert train_kw == {"lesion_ids": split.train, "encoder": None, **common}
+    assert val_kw == {"lesion_ids": split.val, "encoder": data.train_set.encoder, **common}
+    assert data.train_set.transform.train and not data.val_set.transform.train
     assert data.encoder is data.train_set.encoder is data.val_set.encoder
 
     (train_labels,), train_sampler = spies["EpochSampler"].calls()[0]
@@ -374,6 +380,7 @@ def test_train_loader_sets_the_epoch_the_skipped_items_and_the_seed(tmp_path: Pa
     data = ds.prepare_data(
         _config(tmp_path, seed=3), run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU
     )
+    data.use_preprocessing(DECLARED)
     loader = data.train_loader(epoch=2, start_batch=1)
     assert loader is data._train_loader
     assert (data._train_sampler.epoch, data._train_sampler.start) == (2, 8)
@@ -389,10 +396,11 @@ def test_device_batches_are_augmented_only_for_training_batches(tmp_path: Path, 
     data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=info)
     assert data.augment_on == "device"
     assert spies["DeviceAugment"].calls() == [((), {"config": config.data.augment})]
+    data.use_preprocessing(DECLARED)
     assert not spies["build_transforms"].calls()[0][1]["train"]
     batch = data.train_set.collate(range(4))
     original = {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    transform = data.train_set.transform
+    transform = DECLARED
     plain = normalize_batch(batch, mean=transform.mean, std=transform.std)
     for kwargs in ({}, {"epoch": 1}, {"batch_index": 2}):
         out = data.to_model_batch(batch, **kwargs)
@@ -412,12 +420,13 @@ def test_device_batches_are_augmented_only_for_training_batches(tmp_path: Path, 
 def test_device_augmentation_draws_from_the_batch_generator_alone(tmp_path: Path, milk: Path) -> None:
     config = _config(tmp_path, data={"augment_on": "device"}, seed=6)
     data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU)
+    data.use_preprocessing(DECLARED)
     batch = data.train_set.collate(range(4))
     torch.manual_seed(0)
     out = data.to_model_batch(batch, epoch=2, batch_index=1)
     generator = batch_generator(seed=6, epoch=2, batch_index=1, rank=0)
     augment = ds.DeviceAugment(config=config.data.augment)
-    transform = data.train_set.transform
+    transform = DECLARED
     for key in ("derm", "clinical"):  # one generator, derm first
         expected = normalize_batch(
             {key: augment(batch[key], generator=generator)}, mean=transform.mean, std=transform.std
@@ -438,6 +447,7 @@ def test_augmentation_draws_are_seeded_by_rank(tmp_path: Path, milk: Path, spies
     info = DistInfo(1, 2, 1, torch.device("cpu"))
     config = _config(tmp_path, data={"augment_on": "device"}, seed=6)
     data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=info)
+    data.use_preprocessing(DECLARED)
     spies["log"].clear()
     data.to_model_batch(data.train_set.collate(range(2)), epoch=0, batch_index=0)
     assert spies["batch_generator"].calls() == [((), {"seed": 6, "epoch": 0, "batch_index": 0, "rank": 1})]
@@ -445,3 +455,26 @@ def test_augmentation_draws_are_seeded_by_rank(tmp_path: Path, milk: Path, spies
         batch_generator(seed=6, epoch=0, batch_index=0, rank=1).initial_seed()
         != batch_generator(seed=6, epoch=0, batch_index=0, rank=0).initial_seed()
     )
+
+
+def test_the_datasets_take_the_built_models_declared_preprocessing(tmp_path: Path, milk: Path, caplog) -> None:
+    """What the trainer does: the model built from the spec declares the preprocessing (timm's config of
+    its backbone, at the spec's image_size); a model without images passes them through as x / 255;
+    a preprocessing for another size than the spec's is refused."""
+    config = _config(tmp_path, data={"cache": False})
+    data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU)
+    model = fk.build_model(config.model, metadata_width=data.encoder.width)
+    with caplog.at_level("INFO", logger="fusionkit.train.data_setup"):
+        data.use_preprocessing(model.preprocessing)
+    assert data.preprocessing == model.preprocessing == backbone_preprocessing("test_efficientnet").with_size(32)
+    assert "image preprocessing (declared by the model's image encoders): 32px, mean [0.485" in caplog.text
+    batch = data.to_model_batch(data.val_set.collate([0]))
+    mean = torch.tensor(model.preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(model.preprocessing.std).view(3, 1, 1)
+    raw = data.val_set.collate([0])["derm"][0].float() / 255
+    torch.testing.assert_close(batch["derm"][0], (raw - mean) / std)
+
+    data.use_preprocessing(None)
+    assert data.preprocessing == ImagePreprocessing(input_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    with pytest.raises(ConfigError, match="preprocessing is for 64px images but model.image_size is 32"):
+        data.use_preprocessing(DECLARED.with_size(64))

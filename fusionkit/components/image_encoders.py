@@ -11,9 +11,10 @@ from urllib.parse import urlparse
 import timm
 import torch
 from pydantic import Field, field_validator
-from torch import nn
+from timm.data import resolve_model_data_config
 
-from fusionkit.components.base import ImageEncoderSpec
+from fusionkit.components.base import ImageEncoder, ImageEncoderSpec
+from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import PretrainedWeightsError
 from fusionkit.registry import register
 
@@ -116,8 +117,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 @register("image_encoder", TimmImageEncoderSpec)
-class TimmImageEncoder(nn.Module):
+class TimmImageEncoder(ImageEncoder):
     """One timm backbone mapping (B, 3, H, W) images to pooled features (B, out_dim).
+
+    ``preprocessing`` is what timm declares for the model it built
+    (``timm.data.resolve_model_data_config(backbone)``, i.e. its ``pretrained_cfg``): mean, std,
+    interpolation and native input size.
 
     ``out_dim`` is the backbone's ``head_hidden_size`` (the width of what ``forward`` returns with
     ``num_classes=0``), which differs from ``num_features`` on models with a hidden head layer; when
@@ -163,6 +168,12 @@ class TimmImageEncoder(nn.Module):
             self._load_weights_file(Path(weights_file))
         self.model_name = model_name
         self.out_dim = self._measure_width()
+        self._preprocessing = ImagePreprocessing.from_timm_config(resolve_model_data_config(self.backbone))
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """The backbone's preprocessing as timm declares it (its pretrained config)."""
+        return self._preprocessing
 
     def _load_weights_file(self, path: Path) -> None:
         state = _read_state_dict(path)

@@ -11,6 +11,7 @@ from fusionkit.data.layout import Milk10kFiles, find_split
 from fusionkit.data.loader import make_loader, seed_worker
 from fusionkit.data.metadata import MetadataEncoder
 from fusionkit.data.milk10k import Milk10kDataset, ToFloat, lesion_labels
+from fusionkit.data.preprocessing import INTERPOLATIONS, ImagePreprocessing
 from fusionkit.data.schema import (
     CLASS_NAMES,
     GROUND_TRUTH_COLUMNS,
@@ -32,7 +33,6 @@ from fusionkit.data.tables import ImageRecord, LesionRecord, Milk10kTable, read_
 from fusionkit.data.transforms import (
     AugmentConfig,
     ImageTransform,
-    Preprocessing,
     backbone_preprocessing,
     build_transforms,
     normalize_batch,
@@ -41,6 +41,7 @@ from fusionkit.data.transforms import (
 __all__ = [
     "CLASS_NAMES",
     "GROUND_TRUTH_COLUMNS",
+    "INTERPOLATIONS",
     "METADATA_COLUMNS",
     "MODALITIES",
     "MONET_COLUMNS",
@@ -53,6 +54,7 @@ __all__ = [
     "AugmentParams",
     "DeviceAugment",
     "ImageCache",
+    "ImagePreprocessing",
     "ImageRecord",
     "ImageSource",
     "ImageTransform",
@@ -61,7 +63,6 @@ __all__ = [
     "Milk10kDataset",
     "Milk10kFiles",
     "Milk10kTable",
-    "Preprocessing",
     "Split",
     "ToFloat",
     "backbone_preprocessing",

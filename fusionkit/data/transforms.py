@@ -1,10 +1,10 @@
-"""Image transforms built from a backbone's own preprocessing config, on uint8 ``(3, H, W)`` tensors.
+"""Image transforms built from a model's declared preprocessing, on uint8 ``(3, H, W)`` tensors.
 
 The same transform serves the JPEG path and the cache path (both hand it uint8 tensors). Two ways
 to normalise:
 
-* ``normalize=True`` (default): the transform returns float32 images normalised with the
-  backbone's mean/std, as the model expects.
+* ``normalize=True`` (default): the transform returns float32 images normalised with the mean/std
+  the model's image encoders declare (:class:`~fusionkit.data.ImagePreprocessing`).
 * ``normalize=False`` (the fast path): the transform returns uint8 images, the DataLoader moves
   4x fewer bytes, and :func:`normalize_batch` turns the collated batch into normalised float32 on
   the device (zeroing absent images, as the per-item path does). Use this when CPU cores are few.
@@ -13,13 +13,13 @@ to normalise:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms import InterpolationMode, v2
 
+from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import ConfigError
 
 _INTERPOLATIONS = {
@@ -59,17 +59,12 @@ class AugmentConfig(BaseModel):
     hue: float = Field(0.0, ge=0.0, le=0.5)
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """A backbone's input preprocessing: per-channel mean/std (on 0..1 values) and interpolation."""
+def backbone_preprocessing(model_name: str) -> ImagePreprocessing:
+    """The preprocessing timm declares for ``model_name`` (its pretrained config; no download).
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str
-
-
-def backbone_preprocessing(model_name: str) -> Preprocessing:
-    """Mean, std and interpolation of a timm backbone, from its pretrained config (no download).
+    This reads timm's registry by name; a built encoder declares its own
+    (:attr:`fusionkit.components.TimmImageEncoder.preprocessing` reads the same config from its
+    model), and that declaration, not a name, is what the trainer and evaluation use.
 
     Raises:
         ConfigError: timm knows no such model.
@@ -87,14 +82,7 @@ def backbone_preprocessing(model_name: str) -> Preprocessing:
         config = resolve_data_config(model=model)
     else:
         raise ConfigError(f"unknown backbone {model_name!r}; expected a timm model name (see timm.list_models())")
-    interpolation = str(config.get("interpolation", "bicubic")) or "bicubic"
-    if interpolation not in _INTERPOLATIONS:
-        interpolation = "bicubic"
-    return Preprocessing(
-        mean=_rgb(config["mean"], "mean", model_name),
-        std=_rgb(config["std"], "std", model_name),
-        interpolation=interpolation,
-    )
+    return ImagePreprocessing.from_timm_config(config)
 
 
 def _rgb(values: Sequence[float], what: str, model_name: str) -> tuple[float, float, float]:
@@ -193,9 +181,10 @@ class ImageTransform:
     Built by :func:`build_transforms`; picklable, so DataLoader workers can use it.
 
     Attributes:
-        image_size: output height and width.
-        mean: the backbone's per-channel mean (0..1 scale).
-        std: the backbone's per-channel std.
+        preprocessing: the :class:`~fusionkit.data.ImagePreprocessing` it applies.
+        image_size: output height and width (``preprocessing.input_size``).
+        mean: the per-channel mean (0..1 scale) of ``preprocessing``.
+        std: the per-channel std of ``preprocessing``.
         interpolation: resize interpolation name.
         train: whether augmentations are applied.
         augment: the augmentations (``None`` at evaluation).
@@ -205,13 +194,13 @@ class ImageTransform:
     def __init__(
         self,
         *,
-        image_size: int,
-        preprocessing: Preprocessing,
+        preprocessing: ImagePreprocessing,
         train: bool,
         augment: AugmentConfig | None,
         normalize: bool,
     ) -> None:
-        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.image_size = image_size = preprocessing.input_size
         self.mean = preprocessing.mean
         self.std = preprocessing.std
         self.interpolation = preprocessing.interpolation
@@ -290,30 +279,42 @@ class ImageTransform:
 
 def build_transforms(
     *,
-    model_name: str,
-    image_size: int,
+    preprocessing: ImagePreprocessing | None = None,
     train: bool,
     augment: AugmentConfig | None = None,
     normalize: bool = True,
+    model_name: str | None = None,
+    image_size: int | None = None,
 ) -> ImageTransform:
-    """The image transform for ``model_name`` at ``image_size`` x ``image_size``.
+    """The image transform for a model's declared ``preprocessing``.
 
-    Uses the backbone's own mean/std and interpolation (e.g. ``tf_efficientnetv2_*``: mean = std =
-    0.5, bicubic). Images are resized to a square (no crop, so the whole lesion stays in view).
+    Pass the built model's :attr:`fusionkit.FusionModel.preprocessing`: its size, mean/std and
+    interpolation are what the model's image encoders declared (e.g. ``tf_efficientnetv2_*``: mean
+    = std = 0.5, bicubic). Images are resized to a square (no crop, so the whole lesion stays in view).
 
     Args:
-        model_name: a timm model name (with or without a pretrained tag).
-        image_size: output height and width.
+        preprocessing: the :class:`~fusionkit.data.ImagePreprocessing` to apply.
         train: apply augmentations (``augment``, or ``AugmentConfig()`` when ``None``);
             evaluation transforms never augment.
         augment: the training augmentations.
         normalize: return normalised float32 (default) or uint8 for :func:`normalize_batch`.
+        model_name: transitional, instead of ``preprocessing``: a timm model name whose registry
+            config (:func:`backbone_preprocessing`) is used at ``image_size``. Only for callers that
+            have no built model yet; it knows nothing of plugin encoders.
+        image_size: the output size, with ``model_name`` only (``preprocessing`` carries its own).
     """
-    if image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+    if (preprocessing is None) == (model_name is None):
+        raise ValueError("build_transforms needs exactly one of preprocessing= (the model's) or model_name=")
+    if preprocessing is None:
+        if image_size is None:
+            raise ValueError("build_transforms(model_name=...) needs image_size")
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        preprocessing = backbone_preprocessing(str(model_name)).with_size(image_size)
+    elif image_size is not None:
+        raise ValueError("image_size goes with model_name only; the preprocessing carries its input_size")
     return ImageTransform(
-        image_size=image_size,
-        preprocessing=backbone_preprocessing(model_name),
+        preprocessing=preprocessing,
         train=train,
         augment=(augment or AugmentConfig()) if train else None,
         normalize=normalize,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch.nn import functional as F
@@ -55,7 +55,8 @@ def gradcam(
     modality: str,
     target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Grad-CAM maps (B, H, W) in [0, 1] for one image ``modality`` of a normalised batch.
+    """Grad-CAM maps (B, H, W) in [0, 1] for one image ``modality`` of a batch normalised as the
+    model declares (:attr:`FusionModel.preprocessing <fusionkit.model.FusionModel.preprocessing>`).
 
     ``target`` holds one class index per sample (default: the predicted class).
     """
@@ -63,12 +64,11 @@ def gradcam(
     if stream is None or modality not in stream.modalities:
         raise ConfigError(f"the model has no {modality!r} image stream for Grad-CAM")
     key = "shared" if stream.shared else modality
-    backbone = getattr(stream.encoders[key], "backbone", None)
-    if backbone is None or not hasattr(backbone, "forward_features"):
-        raise ConfigError(
-            f"Grad-CAM needs a timm image encoder (a .backbone with forward_features); "
-            f"the {modality!r} stream has {type(stream.encoders[key]).__name__}"
-        )
+    encoder = stream.encoders[key]
+    candidate = getattr(encoder, "backbone", encoder)
+    if not callable(getattr(candidate, "forward_features", None)):
+        raise ConfigError(f"Grad-CAM needs a backbone with timm's forward_features; {type(encoder).__name__} has none")
+    backbone = cast(_FeatureBackbone, candidate)
     store: list[torch.Tensor] = []
     was_training = model.training
     model.eval()

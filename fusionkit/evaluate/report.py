@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.data import CLASS_NAMES, ImageTransform, Milk10kDataset, normalize_batch
+from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
 from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
@@ -125,10 +125,10 @@ def _gradcam_figure(run: LoadedRun, dataset: Milk10kDataset, preds: Predictions,
     chosen = (complete + rest)[:n]
     items = [dataset[i] for i in chosen]
     batch = torch.utils.data.default_collate(items)
-    transform = dataset.transform
-    if not isinstance(transform, ImageTransform):
-        raise TypeError(f"Grad-CAM needs a dataset built with build_transforms (for mean and std), got {transform!r}")
-    device_batch = normalize_batch(batch, mean=transform.mean, std=transform.std, device=run.device)
+    preprocessing = run.model.preprocessing  # what the model's image encoders declare
+    if preprocessing is None:  # no image inputs
+        return None
+    device_batch = normalize_batch(batch, mean=preprocessing.mean, std=preprocessing.std, device=run.device)
     maps = {m: gradcam(run.model, device_batch, modality=m).cpu().numpy() for m in images}
     pred_index = {lesion: i for i, lesion in enumerate(preds.lesion_ids)}
     titles = []

@@ -258,15 +258,24 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return RunConfig.model_validate(data)
 
 
-DEFAULT_PREPROCESSING_MODEL = "resnet18"
-"""Backbone whose preprocessing (ImageNet mean/std) is used when the image encoder names no timm model."""
-
-
 def default_cache_dir() -> Path:
     """``$FUSIONKIT_CACHE`` or ``~/.cache/fusionkit``: where preprocessed image caches live."""
     return Path(os.environ.get("FUSIONKIT_CACHE", "~/.cache/fusionkit")).expanduser()
 
 
 def preprocessing_model(config: RunConfig) -> str:
-    """The timm model whose preprocessing config (mean, std, interpolation) the images get."""
-    return getattr(config.model.image_encoder, "model_name", None) or DEFAULT_PREPROCESSING_MODEL
+    """Transitional: the timm model name whose registry preprocessing a timm-encoder run gets.
+
+    The image preprocessing is declared by the built model (:attr:`fusionkit.FusionModel.preprocessing`),
+    and that is what the trainer and evaluation read. This name-based helper remains only for the
+    prediction code not yet moved to that (it goes with ``build_transforms(model_name=...)``). It
+    never guesses: an image encoder without a timm ``model_name`` is an error naming it.
+    """
+    name = getattr(config.model.image_encoder, "model_name", None)
+    if not name:
+        kind = getattr(config.model.image_encoder, "kind", None)
+        raise ConfigError(
+            f"image encoder {kind!r} names no timm model: its preprocessing is what the built encoder "
+            "declares (FusionModel.preprocessing), not a timm name"
+        )
+    return str(name)

@@ -1,12 +1,14 @@
 """Everything a run needs from the data: the split, the fitted metadata encoder, datasets, loaders.
 
 Images travel as uint8 (4x fewer bytes through the DataLoader) and are normalised on the device
-with the backbone's own mean and std (:func:`fusionkit.data.normalize_batch`).
+with the mean and std the model's image encoders declare (:attr:`fusionkit.FusionModel.preprocessing`,
+given to :meth:`RunData.use_preprocessing` once the model is built; :func:`fusionkit.data.normalize_batch`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 from fusionkit.data import (
     CLASS_NAMES,
     DeviceAugment,
-    ImageTransform,
+    ImagePreprocessing,
     MetadataEncoder,
     Milk10kDataset,
     Split,
@@ -35,12 +37,14 @@ from fusionkit.data import (
 )
 from fusionkit.data.layout import Milk10kFiles
 from fusionkit.errors import ConfigError
-from fusionkit.runtime.config import RunConfig, default_cache_dir, preprocessing_model
+from fusionkit.runtime.config import RunConfig, default_cache_dir
 from fusionkit.runtime.distributed import DistInfo, barrier
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.resume import resume_changes
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.utils.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +61,53 @@ class RunData:
     class_names: tuple[str, ...] = CLASS_NAMES
     changes: tuple[str, ...] = ()
     """Settings a resumed run changed (``"path: old -> new"``); empty for a fresh run."""
+    preprocessing: ImagePreprocessing | None = None
+    """The image preprocessing the datasets apply: the model's, set by :meth:`use_preprocessing`."""
+
+    def use_preprocessing(self, preprocessing: ImagePreprocessing | None) -> None:
+        """Give both datasets the built model's declared image preprocessing (its
+        :attr:`~fusionkit.FusionModel.preprocessing`) and log it to train.log.
+
+        ``None`` (a model without image inputs, which never reads the images) passes the images
+        through as ``x / 255``. Until this is called the loaders and :meth:`to_model_batch` refuse.
+
+        Raises:
+            ConfigError: the preprocessing's ``input_size`` is not the spec's ``image_size``.
+        """
+        size = self.config.model.image_size
+        if preprocessing is None:
+            preprocessing = ImagePreprocessing(input_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+            source = "the model takes no images"
+        else:
+            source = "declared by the model's image encoders"
+        if preprocessing.input_size != size:
+            raise ConfigError(
+                f"the model's preprocessing is for {preprocessing.input_size}px images but model.image_size is {size}"
+            )
+        self.train_set.transform = build_transforms(
+            preprocessing=preprocessing,
+            train=self.augment_on == "cpu",
+            augment=self.config.data.augment,
+            normalize=False,
+        )
+        self.val_set.transform = build_transforms(preprocessing=preprocessing, train=False, normalize=False)
+        self.preprocessing = preprocessing
+        logger.info(
+            "image preprocessing (%s): %dpx, mean %s, std %s, %s",
+            source,
+            preprocessing.input_size,
+            list(preprocessing.mean),
+            list(preprocessing.std),
+            preprocessing.interpolation,
+        )
+
+    def _require_preprocessing(self) -> ImagePreprocessing:
+        if self.preprocessing is None:
+            raise ConfigError(
+                "the run's image preprocessing is not set: call RunData.use_preprocessing(model.preprocessing) "
+                "once the model is built"
+            )
+        return self.preprocessing
 
     @property
     def augment_on(self) -> str:
@@ -73,7 +124,7 @@ class RunData:
         generator seeded by ``(train.seed, epoch, batch_index, rank)``, so a resumed run repeats
         them exactly.
         """
-        transform = self._transform
+        preprocessing = self._require_preprocessing()
         if self._device_augment is not None and epoch is not None and batch_index is not None:
             generator = batch_generator(
                 seed=self.config.train.seed, epoch=epoch, batch_index=batch_index, rank=self.dist_info.rank
@@ -82,10 +133,11 @@ class RunData:
             for key in ("derm", "clinical"):
                 if key in batch:
                     batch[key] = self._device_augment(batch[key], generator=generator)
-        return normalize_batch(batch, mean=transform.mean, std=transform.std)
+        return normalize_batch(batch, mean=preprocessing.mean, std=preprocessing.std)
 
     def train_loader(self, *, epoch: int, start_batch: int = 0) -> DataLoader:
         """The training loader for ``epoch``, skipping ``start_batch`` batches (resume)."""
+        self._require_preprocessing()
         train = self.config.train
         sampler = self._train_sampler
         sampler.set_epoch(epoch, start=start_batch * train.batch_size)
@@ -94,15 +146,12 @@ class RunData:
 
     def val_loader(self) -> DataLoader:
         """The validation loader (sharded across ranks, dataset order)."""
+        self._require_preprocessing()
         return self._val_loader
 
     def __post_init__(self) -> None:
         train, data = self.config.train, self.config.data
         info = self.dist_info
-        transform = self.train_set.transform
-        if not isinstance(transform, ImageTransform):
-            raise TypeError(f"RunData needs a train_set built with build_transforms, got {transform!r}")
-        self._transform = transform
         self._device_augment = DeviceAugment(config=data.augment) if self.augment_on == "device" else None
         self._train_sampler = EpochSampler(
             _labels(self.train_set),
@@ -199,6 +248,9 @@ def prepare_data(
     files (rank 0). ``saved`` is the run's own config when it resumes from a checkpoint: the split
     and the encoder are read back, and the changed fields are checked
     (:func:`fusionkit.train.resume.resume_changes`; listed in ``RunData.changes``).
+
+    The datasets get their image transforms from the built model: call
+    :meth:`RunData.use_preprocessing` with ``model.preprocessing`` before reading batches.
     """
     resume = saved is not None
     data = config.data
@@ -227,22 +279,15 @@ def prepare_data(
             )
 
     size = config.model.image_size
-    name = preprocessing_model(config)
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
     encoder = MetadataEncoder.load(RunFiles(run_dir).metadata_encoder) if resume else None
-    # rank 0 builds the image cache first; the others then open it
+    # rank 0 builds the image cache first; the others then open it. The image transforms come from
+    # the built model (RunData.use_preprocessing), which needs the metadata width fitted here.
     if not dist_info.is_main:
         barrier(dist_info)
     train_set = Milk10kDataset(
         lesion_ids=split.train,
         encoder=encoder,
-        transform=build_transforms(
-            model_name=name,
-            image_size=size,
-            train=augment_on(config, dist_info.device) == "cpu",
-            augment=data.augment,
-            normalize=False,
-        ),
         files=files,
         image_size=size,
         missing_image=data.missing_image,
@@ -251,7 +296,6 @@ def prepare_data(
     val_set = Milk10kDataset(
         lesion_ids=split.val,
         encoder=train_set.encoder,
-        transform=build_transforms(model_name=name, image_size=size, train=False, normalize=False),
         files=files,
         image_size=size,
         missing_image=data.missing_image,
