@@ -156,6 +156,7 @@ def test_bad_batches_are_rejected():
 def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augment_on):
     from train_helpers import tiny_run_config
 
+    from fusionkit.data import ImagePreprocessing
     from fusionkit.runtime.config import RunConfig
     from fusionkit.runtime.distributed import DistInfo
     from fusionkit.train.data_setup import prepare_data
@@ -169,6 +170,7 @@ def test_run_data_augments_training_batches_where_the_spec_says(tmp_path, augmen
         synthetic=True,
         dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
     )
+    data.use_preprocessing(ImagePreprocessing(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
     assert (data.train_set.transform.augment is None) == (augment_on == "device")
     batch = data.train_set.collate(range(8))
     plain = data.to_model_batch(batch)
