@@ -195,7 +195,9 @@ def register(kind: str, spec: type, component: type | str | None = None) -> Any:
     builder knows (see the spec base classes in :mod:`fusionkit.specs`), and the component exposes its
     output width as ``out_dim``.
     """
-    reg = _registry(kind)  # registering does not fill the registries: plugins register while they load
+    reg = _registry(kind)
+    # the built-ins first (they also bind each slot's spec base); not the plugins: they register while they load
+    importlib.import_module(BUILT_IN_MODULE)
     if component is not None:
         reg.add(spec, component)
         return component
