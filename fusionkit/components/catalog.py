@@ -4,7 +4,8 @@ Each spec class here is a component's constructor arguments as validated fields 
 implements are named in its docstring and in its component's module). Importing this module
 registers every built-in under its spec's ``kind``, naming the component class by its import path
 (``"module:Class"``): the class, and torch with it, is imported when a model is first built, so
-listing components, reading presets or writing the JSON schema never imports torch.
+listing components or presets and writing the JSON schema never import torch (validating a spec
+imports timm, for the image encoder's model-name check).
 """
 
 from __future__ import annotations
