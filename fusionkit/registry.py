@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import importlib.metadata
 import inspect
 import warnings
 from collections.abc import Callable
@@ -242,6 +241,8 @@ def load_plugins(*, force: bool = False) -> list[str]:
     target, and skipped. An entry point may name a module (its import registers components) or a
     callable that is not a class (called with no arguments to register them).
     """
+    import importlib.metadata  # here: reading the installed distributions' metadata is the slow part
+
     global _plugins_loaded
     if _plugins_loaded and not force:
         return []
