@@ -9,9 +9,19 @@ Compose a model from a spec::
     model = fk.build_model(spec, metadata_width=35)
     out = model({"derm": derm, "clinical": clinical, "meta": meta})
     out.probs, out.logits["joint"], out.weights
+
+``import fusionkit`` is light: the errors and the registry functions (standard library only) are
+imported here, every other public name from its module when first used (PEP 562, as transformers
+does), so ``fusionkit.__version__`` or the command line's help needs no torch, and the component
+plugins load when the registries are first asked, not here.
 """
 
-from fusionkit import specs
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# eager, and after the submodule import: ``fusionkit.registry`` is the function, not the module
 from fusionkit.errors import (
     ConfigError,
     DataError,
@@ -19,9 +29,6 @@ from fusionkit.errors import (
     MissingModalityError,
     PretrainedWeightsError,
 )
-from fusionkit.losses import JointIndividualLoss, LossBreakdown
-from fusionkit.model import FusionModel, FusionOutput, build_model
-from fusionkit.presets import list_presets, load_preset, load_spec
 from fusionkit.registry import (
     COMPONENT_KINDS,
     PluginWarning,
@@ -30,9 +37,23 @@ from fusionkit.registry import (
     register,
     registry,
 )
-from fusionkit.specs import ModelSpec, dump_spec, spec_json_schema
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "FusionModel": "fusionkit.model",
+    "FusionOutput": "fusionkit.model",
+    "JointIndividualLoss": "fusionkit.losses",
+    "LossBreakdown": "fusionkit.losses",
+    "ModelSpec": "fusionkit.specs",
+    "build_model": "fusionkit.model",
+    "dump_spec": "fusionkit.specs",
+    "list_presets": "fusionkit.presets",
+    "load_preset": "fusionkit.presets",
+    "load_spec": "fusionkit.presets",
+    "spec_json_schema": "fusionkit.specs",
+}
+"""The lazy public names and the module each is imported from on first use (``specs`` is the subpackage)."""
 
 __all__ = [
     "COMPONENT_KINDS",
@@ -60,4 +81,26 @@ __all__ = [
     "spec_json_schema",
 ]
 
-load_plugins()
+if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports the lazy names stand for
+    from fusionkit import specs
+    from fusionkit.losses import JointIndividualLoss, LossBreakdown
+    from fusionkit.model import FusionModel, FusionOutput, build_model
+    from fusionkit.presets import list_presets, load_preset, load_spec
+    from fusionkit.specs import ModelSpec, dump_spec, spec_json_schema
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or the ``specs`` subpackage) from its module on first use (PEP 562)."""
+    if name == "specs":
+        value: Any = importlib.import_module("fusionkit.specs")
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'fusionkit' has no attribute {name!r}")
+    globals()[name] = value  # later uses are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names and the module's own attributes (what ``dir(fusionkit)`` lists)."""
+    return sorted({*globals(), *__all__})

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from fusionkit.errors import ConfigError, FusionkitError
+from fusionkit.errors import ConfigError, FusionkitError, require_extra
 
 app = typer.Typer(
     name="fusionkit",
@@ -25,7 +25,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: boolean options show as flags, not "<bool>"
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits -h
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fusionkit import __version__
+
+        typer.echo(f"fusionkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Multimodal fusion models (JI-ADF) for skin-lesion classification on MILK10k."""
 
 
 def _fail(message: str) -> None:
@@ -226,12 +245,35 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
 ) -> None:
     """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
+    require_extra("onnx", what="ONNX export")
     from fusionkit.evaluate.export import EXPORT_FORMATS, export_onnx
 
     if format_ not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     path = export_onnx(run, out=out, checkpoint=checkpoint)
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path,
+        typer.Argument(metavar="PATH", help="File to write (a folder: PATH/quickstart.yaml)."),
+    ] = Path("quickstart.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite PATH if it exists.")] = False,
+) -> None:
+    """Write a starter run config (the quick-start run): then fusionkit train quickstart.yaml --synthetic."""
+    from importlib import resources
+
+    from fusionkit.utils.io import atomic_write_text
+
+    if path.is_dir():
+        path = path / "quickstart.yaml"
+    if path.exists() and not force:
+        _fail(f"{path} exists; pass --force to overwrite it")
+    text = resources.files("fusionkit").joinpath("templates", "quickstart.yaml").read_text()
+    atomic_write_text(path, text)
+    typer.echo(f"wrote {path}; next: fusionkit train {path} --synthetic --out runs/{path.stem}")
 
 
 @app.command()
@@ -440,15 +482,15 @@ def _run_sweep_jobs(
     """
     from fusionkit.sweep import bind_data_root, device_queue, in_process, prepare_data_root, run_sweep, submitit_engine
 
-    root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
-    jobs = bind_data_root(jobs, root)
     progress = not quiet and sys.stderr.isatty()
-    if isinstance(engine_kind, dict):
+    if isinstance(engine_kind, dict):  # the engine first: a missing extra fails before any data is made
         engine = submitit_engine(**engine_kind)
     elif engine_kind != "local":
         engine = device_queue([d.strip() for d in engine_kind.split(",") if d.strip()], log_dir=out / "logs")
     else:
         engine = in_process(progress=progress)
+    root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
+    jobs = bind_data_root(jobs, root)
     summary = run_sweep(
         jobs,
         out=out,

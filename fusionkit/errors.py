@@ -7,7 +7,9 @@ Spec validation errors are pydantic's own ``ValidationError`` (it names the fiel
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import TypedDict
 
 
@@ -102,3 +104,42 @@ class RunInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         """``128 + signum`` (the shell's convention for a process ended by a signal)."""
         return 128 + self.signum
+
+
+EXTRAS: dict[str, str] = {
+    "onnx": "export",
+    "onnxruntime": "export",
+    "tensorboard": "tracking",
+    "mlflow": "mlflow",
+    "submitit": "cluster",
+}
+"""Each optional dependency (its import name) and the extra of ``jiadf-fusion`` that installs it."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional dependency that the config or command asks for is not installed.
+
+    The message is one line naming the feature and the extra that installs the dependency.
+    """
+
+    def __init__(self, what: str, *, package: str) -> None:
+        self.package = package
+        self.extra = EXTRAS[package]
+        super().__init__(f"{what} needs the {self.extra} extra: pip install 'jiadf-fusion[{self.extra}]'")
+
+
+def require_extra(package: str, *, what: str, module: str | None = None) -> ModuleType:
+    """Import the optional dependency ``package`` (or ``module``, which needs it), or raise
+    :class:`MissingExtraError` naming its extra.
+
+    ``what`` names the feature in the message: ``require_extra("onnx", what="ONNX export")`` fails
+    with ``ONNX export needs the export extra: pip install 'jiadf-fusion[export]'``. ``package``
+    must be a key of :data:`EXTRAS`; ``module`` is what to import when that is not the package
+    itself (``torch.utils.tensorboard`` for ``tensorboard``).
+    """
+    if package not in EXTRAS:
+        raise KeyError(f"{package!r} is not an optional dependency of fusionkit; known: {', '.join(EXTRAS)}")
+    try:
+        return importlib.import_module(module or package)
+    except ImportError as exc:
+        raise MissingExtraError(what, package=package) from exc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from fusionkit.components.base import declared_preprocessing
+from fusionkit.components.contract import declared_preprocessing
 from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import ConfigError, MissingModalityError
 from fusionkit.registry import registry
@@ -86,7 +86,7 @@ class ImageStream(nn.Module):
     ``encoders`` maps each image modality (``derm``, ``clinical``) to its encoder; the same module
     object under both names is one shared backbone (stored once, as ``encoders["shared"]``). Every
     encoder reports ``out_dim`` (all alike) and declares its ``preprocessing``
-    (:class:`~fusionkit.components.base.ImageEncoder`); both images go through one transform, so
+    (:class:`~fusionkit.components.contract.ImageEncoder`); both images go through one transform, so
     the encoders must declare the same mean, std and interpolation. ``f_I`` is the concatenation
     (``combine="concat"``) or mean of the per-image features.
     """
@@ -197,7 +197,7 @@ class FusionModel(nn.Module):
       be rebuilt from a file without the code that built its modules.
 
     Every module reports its output width ``out_dim``; image encoders also declare their
-    ``preprocessing`` (:class:`~fusionkit.components.base.ImageEncoder`). Widths are checked when
+    ``preprocessing`` (:class:`~fusionkit.components.contract.ImageEncoder`). Widths are checked when
     the model is built (the fusion block, the heads and the metadata encoder are run once on zeros),
     each mismatch a one-line :class:`~fusionkit.errors.ConfigError`.
 

@@ -13,17 +13,23 @@ The name is the spec's ``kind`` literal, so the spec and the component can never
     class GatedSumFusion(nn.Module):
         def __init__(self, *, image_dim: int, meta_dim: int, out_dim: int) -> None: ...
 
+A component may also be named by its import path, ``fk.register("fusion", GatedSumSpec,
+"my_plugin.fusion:GatedSumFusion")``: the class (and torch with it) is imported when a model is
+first built from it, so listing components or validating specs stays light.
+
 Third-party packages register through the entry-point group ``fusionkit.components``: each entry
-point names a module (or an object in one) that registers its components when imported. Plugins are
-loaded once, when ``fusionkit`` is imported; a plugin that fails to load is a warning naming it, and
-is skipped. Every registration re-opens the spec unions, so a component registered at any time is
-accepted by :class:`fusionkit.ModelSpec` from then on.
+point names a module (or an object in one) that registers its components when imported. The
+registries fill themselves when first asked (listed, looked up, used to validate or build a spec),
+nerfstudio-style, not when ``fusionkit`` is imported: the built-in components
+(:mod:`fusionkit.components`) and then the plugins load once, at that moment. A plugin that fails
+to load is a warning naming it, and is skipped. Every registration re-opens the spec unions, so a
+component registered at any time is accepted by :class:`fusionkit.ModelSpec` from then on.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib.metadata
+import importlib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -37,6 +43,8 @@ ComponentKind = Literal["image_encoder", "metadata_encoder", "fusion", "decision
 
 COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
 PLUGIN_GROUP = "fusionkit.components"
+BUILT_IN_MODULE = "fusionkit.components"
+"""The package whose import registers the built-in components (by name: it is a layer above this one)."""
 
 
 class PluginWarning(UserWarning):
@@ -45,13 +53,34 @@ class PluginWarning(UserWarning):
 
 @dataclass(frozen=True)
 class ComponentEntry:
-    """One registered component: its kind, name, class and spec class, and where it came from."""
+    """One registered component: its kind, name, spec class and class, and where it came from.
+
+    ``target`` is the class, or its import path ``"module:Class"``; :attr:`component` imports it
+    then (the first model built from it does), so a registration never has to import torch.
+    """
 
     kind: str
     name: str
-    component: type
     spec: type
     module: str
+    target: type | str
+
+    @property
+    def qualname(self) -> str:
+        """The component class's qualified name inside :attr:`module`."""
+        return self.target.partition(":")[2] if isinstance(self.target, str) else self.target.__qualname__
+
+    @property
+    def component(self) -> type:
+        """The component class (imported on first use when it was registered by its path)."""
+        if not isinstance(self.target, str):
+            return self.target
+        obj: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        if not inspect.isclass(obj):
+            raise TypeError(f"{self.kind} {self.name!r}: {self.target} is not a class; got {obj!r}")
+        return obj
 
 
 class Registry:
@@ -63,31 +92,40 @@ class Registry:
         self._entries: dict[str, ComponentEntry] = {}
 
     def __contains__(self, name: object) -> bool:
+        ensure_loaded()
         return name in self._entries
 
     def __len__(self) -> int:
+        ensure_loaded()
         return len(self._entries)
 
-    def add(self, spec: type, component: type) -> ComponentEntry:
-        """Register ``component`` under the ``kind`` literal of ``spec``; a duplicate name is an error."""
+    def add(self, spec: type, component: type | str) -> ComponentEntry:
+        """Register ``component`` (a class, or its path ``"module:Class"``) under the ``kind`` literal
+        of ``spec``; a duplicate name is an error."""
         if self.spec_base is not None and not (isinstance(spec, type) and issubclass(spec, self.spec_base)):
             raise TypeError(f"a {self.kind} spec must subclass {self.spec_base.__name__}; got {spec!r}")
         name = spec_kind_name(spec)
         if name in self._entries:
             old = self._entries[name]
             raise ValueError(
-                f"{self.kind} {name!r} is already registered "
-                f"(by {old.module}.{old.component.__name__}); choose another kind name"
+                f"{self.kind} {name!r} is already registered (by {old.module}.{old.qualname}); choose another kind name"
             )
-        if not inspect.isclass(component):
+        if isinstance(component, str):
+            module, sep, qualname = component.partition(":")
+            if not (sep and module and qualname):
+                raise TypeError(f"a {self.kind} component path must read 'module:Class'; got {component!r}")
+        elif inspect.isclass(component):
+            module = component.__module__
+        else:
             raise TypeError(f"a {self.kind} component must be a class; got {component!r}")
-        entry = ComponentEntry(self.kind, name, component, spec, component.__module__)
+        entry = ComponentEntry(self.kind, name, spec, module, component)
         self._entries[name] = entry
         _notify()
         return entry
 
     def get(self, name: str) -> ComponentEntry:
         """The entry registered as ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
+        ensure_loaded()
         try:
             return self._entries[name]
         except KeyError:
@@ -96,10 +134,12 @@ class Registry:
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names matching an fnmatch ``pattern``."""
+        ensure_loaded()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def specs(self) -> list[type]:
         """The registered spec classes, sorted by name."""
+        ensure_loaded()
         return [self._entries[n].spec for n in sorted(self._entries)]
 
 
@@ -129,23 +169,34 @@ def on_register(listener: Callable[[], None]) -> None:
     _listeners.append(listener)
 
 
-def registry(kind: str) -> Registry:
-    """The registry of one component kind; an unknown kind is a :class:`ConfigError`."""
+def _registry(kind: str) -> Registry:
     try:
         return REGISTRIES[kind]
     except KeyError:
         raise ConfigError(f"unknown component kind {kind!r}; expected one of {', '.join(COMPONENT_KINDS)}") from None
 
 
-def register(kind: str, spec: type, component: type | None = None) -> Any:
+def registry(kind: str) -> Registry:
+    """The registry of one component kind, filled (built-ins, then plugins) on first use; an
+    unknown kind is a :class:`ConfigError`."""
+    reg = _registry(kind)
+    ensure_loaded()
+    return reg
+
+
+def register(kind: str, spec: type, component: type | str | None = None) -> Any:
     """Register a component class of ``kind`` with its spec class.
 
     Use as a decorator, ``@fk.register("fusion", MySpec)``, or directly,
-    ``fk.register("fusion", MySpec, MyFusion)``. The component's constructor takes the spec's fields
-    (except ``kind``) as keyword arguments, plus the widths the builder knows (see the spec base
-    classes in :mod:`fusionkit.specs`), and the component exposes its output width as ``out_dim``.
+    ``fk.register("fusion", MySpec, MyFusion)``; ``fk.register("fusion", MySpec, "pkg.mod:MyFusion")``
+    names the class by its import path, imported when a model is first built from it. The component's
+    constructor takes the spec's fields (except ``kind``) as keyword arguments, plus the widths the
+    builder knows (see the spec base classes in :mod:`fusionkit.specs`), and the component exposes its
+    output width as ``out_dim``.
     """
-    reg = registry(kind)
+    reg = _registry(kind)
+    # the built-ins first (they also bind each slot's spec base); not the plugins: they register while they load
+    importlib.import_module(BUILT_IN_MODULE)
     if component is not None:
         reg.add(spec, component)
         return component
@@ -159,12 +210,28 @@ def register(kind: str, spec: type, component: type | None = None) -> Any:
 
 def list_components(kind: str | None = None, pattern: str = "*") -> list[str] | dict[str, list[str]]:
     """Registered component names of ``kind`` matching ``pattern``, or all kinds as a dict."""
+    ensure_loaded()
     if kind is None:
         return {k: REGISTRIES[k].names(pattern) for k in COMPONENT_KINDS}
     return registry(kind).names(pattern)
 
 
 _plugins_loaded = False
+_loaded = False
+
+
+def ensure_loaded() -> None:
+    """Fill the registries once: import the built-in components, then load the plugins.
+
+    Every way of asking a registry (:func:`registry`, :func:`list_components`, a lookup, a spec
+    validated or built) calls this first; ``import fusionkit`` does not, so it stays fast.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first: a plugin that asks the registry while it loads must not start this again
+    importlib.import_module(BUILT_IN_MODULE)
+    load_plugins()
 
 
 def load_plugins(*, force: bool = False) -> list[str]:
@@ -174,6 +241,8 @@ def load_plugins(*, force: bool = False) -> list[str]:
     target, and skipped. An entry point may name a module (its import registers components) or a
     callable that is not a class (called with no arguments to register them).
     """
+    import importlib.metadata  # here: reading the installed distributions' metadata is the slow part
+
     global _plugins_loaded
     if _plugins_loaded and not force:
         return []

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Literal
 
 import pydantic
@@ -259,3 +262,97 @@ def test_a_plugin_calling_sys_exit_is_skipped_like_any_broken_plugin(monkeypatch
     monkeypatch.delitem(sys.modules, "plugin_exits_at_import", raising=False)
     with pytest.warns(fk.PluginWarning, match="exiting_plugin.*SystemExit: 3"):
         assert fk.load_plugins(force=True) == []
+
+
+# -- when the registries fill ------------------------------------------------------------------------
+LAZY_PLUGIN = '''\
+"""A plugin that registers its fusion block by import path, so listing it needs no torch."""
+from typing import Literal
+
+import fusionkit as fk
+
+
+class LazySumSpec(fk.specs.FusionSpec):
+    kind: Literal["lazy_sum"] = "lazy_sum"
+
+
+fk.register("fusion", LazySumSpec, "lazy_sum_impl:LazySum")
+'''
+
+LAZY_PLUGIN_IMPL = """\
+import torch
+from torch import nn
+
+
+class LazySum(nn.Module):
+    def __init__(self, *, image_dim: int, meta_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(meta_dim, image_dim)
+        self.out_dim = image_dim
+
+    def forward(self, f_image: torch.Tensor, f_meta: torch.Tensor) -> torch.Tensor:
+        return f_image + self.proj(f_meta)
+"""
+
+
+def test_plugins_load_when_a_registry_is_first_asked_not_on_import(tmp_path):
+    """An installed entry point (a dist-info on the path) is loaded by the first listing, not by
+    ``import fusionkit``; registered by import path, its class (and torch) waits for a build."""
+    (tmp_path / "lazy_sum_plugin.py").write_text(LAZY_PLUGIN)
+    (tmp_path / "lazy_sum_impl.py").write_text(LAZY_PLUGIN_IMPL)
+    info = tmp_path / "lazy_sum_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lazy-sum-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\nlazy_sum = lazy_sum_plugin\n")
+    code = (
+        "import sys, fusionkit as fk\n"
+        "def loaded(): return [m for m in ('lazy_sum_plugin', 'lazy_sum_impl', 'torch') if m in sys.modules]\n"
+        "print(loaded())\n"
+        "print(fk.list_components('fusion'))\n"
+        "print(loaded())\n"
+        "entry = fk.registry('fusion').get('lazy_sum')\n"
+        "print(entry.module, entry.qualname, loaded())\n"
+        "print(entry.component.__name__, loaded())\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    on_import, listing, after_listing, entry, built = proc.stdout.splitlines()
+    assert on_import == "[]"
+    assert listing == str(sorted([*BUILT_INS["fusion"], "lazy_sum"]))
+    assert after_listing == "['lazy_sum_plugin']"
+    assert entry == "lazy_sum_impl LazySum ['lazy_sum_plugin']"
+    assert built == "LazySum ['lazy_sum_plugin', 'lazy_sum_impl', 'torch']"
+
+
+def test_registering_before_anything_was_asked_still_checks_the_slot_base(tmp_path):
+    code = (
+        "from typing import Literal\n"
+        "from pydantic import BaseModel\n"
+        "from fusionkit.registry import register\n"
+        "class Loose(BaseModel):\n"
+        "    kind: Literal['loose'] = 'loose'\n"
+        "try:\n"
+        "    register('fusion', Loose, 'somewhere:Loose')\n"
+        "except TypeError as exc:\n"
+        "    print(exc)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert proc.stdout.startswith("a fusion spec must subclass FusionSpec"), proc.stdout + proc.stderr
+
+
+def test_a_component_named_by_path_must_read_module_colon_class(registrations):
+    with pytest.raises(TypeError, match="'module:Class'"):
+        fk.register("fusion", MyTestFusionSpec, "no_colon_here")
+    fk.register("fusion", MyTestFusionSpec, f"{__name__}:MyTestFusion")
+    entry = fk.registry("fusion").get("my_test_fusion")
+    assert entry.component is MyTestFusion and entry.module == __name__ and entry.qualname == "MyTestFusion"
+    model = build_tiny(tiny_spec(fusion={"kind": "my_test_fusion", "out_dim": 3})).eval()
+    assert isinstance(model.fusion, MyTestFusion)

@@ -127,12 +127,12 @@ def test_a_missing_backend_package_is_named_with_its_extra(tmp_path: Path, monke
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
     with pytest.raises(ConfigError) as exc:
         Tracker(backends=("mlflow",), run_dir=tmp_path)
-    assert str(exc.value) == "train.tracking: mlflow is not installed (pip install 'jiadf-fusion[mlflow]')"
+    assert str(exc.value) == "train.tracking: mlflow needs the mlflow extra: pip install 'jiadf-fusion[mlflow]'"
     assert isinstance(exc.value.__cause__, ImportError)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError) as exc:
         Tracker(backends=("tensorboard",), run_dir=tmp_path)
     assert str(exc.value) == (
-        "train.tracking: tensorboard needs the tensorboard package (pip install 'jiadf-fusion[tracking]')"
+        "train.tracking: tensorboard needs the tracking extra: pip install 'jiadf-fusion[tracking]'"
     )
     assert isinstance(exc.value.__cause__, ImportError)

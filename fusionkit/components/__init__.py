@@ -1,5 +1,8 @@
-"""The built-in components; importing this package registers them."""
+"""The built-in components; importing this package registers them (without importing torch).
 
-from fusionkit.components import image_encoders, metadata_encoders  # noqa: F401
-from fusionkit.components.decisions import adf, average, single  # noqa: F401
-from fusionkit.components.fusion import concat, mmfa  # noqa: F401
+The registrations live in :mod:`fusionkit.components.catalog`, which holds the spec classes and
+names each component class by its import path; a component module (and torch) is imported when a
+model is first built from it.
+"""
+
+from fusionkit.components import catalog  # noqa: F401

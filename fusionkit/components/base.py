@@ -5,9 +5,10 @@ field. Its other fields are the component constructor's keyword arguments; the w
 assembled model knows (the input widths, the number of classes) are passed by the builder and are
 never stored in a spec.
 
-Image encoders also declare their input preprocessing: :class:`ImageEncoder` is the contract
-(``out_dim`` and a ``preprocessing`` property), and :func:`declared_preprocessing` is the check the
-model applies to every image encoder it is built with, registered or not.
+Image encoders also declare their input preprocessing: :class:`fusionkit.components.contract.ImageEncoder`
+is the contract (``out_dim`` and a ``preprocessing`` property), and
+:func:`~fusionkit.components.contract.declared_preprocessing` is the check the model applies to every
+image encoder it is built with, registered or not. They live apart so that this module needs no torch.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
-from torch import nn
-
-from fusionkit.data.preprocessing import ImagePreprocessing
-from fusionkit.errors import ConfigError
 
 
 class FrozenSpec(BaseModel):
@@ -120,49 +117,6 @@ class DecisionSpec(ComponentSpec):
     def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
         """The branches this decision combines, given those the model has."""
         return available
-
-
-class ImageEncoder(nn.Module):
-    """The image-encoder contract (M_I of eq 1, per image): ``forward((B, 3, H, W)) -> (B, out_dim)``.
-
-    A subclass sets ``out_dim`` and overrides :attr:`preprocessing` with the input it was trained
-    for (size, mean, std, interpolation), as a timm model carries its ``pretrained_cfg``. Encoders
-    need not subclass it, but every image encoder a model is built with must have both attributes
-    (:func:`declared_preprocessing` checks it with a one-line error naming the encoder).
-    """
-
-    out_dim: int
-    """Width of the pooled features ``forward`` returns."""
-
-    @property
-    def preprocessing(self) -> ImagePreprocessing:
-        """The preprocessing this encoder's input needs; every image encoder must declare it."""
-        raise NotImplementedError(f"{type(self).__name__} declares no preprocessing")
-
-
-def declared_preprocessing(encoder: nn.Module, *, name: str) -> ImagePreprocessing:
-    """The :class:`~fusionkit.data.ImagePreprocessing` that ``encoder`` declares.
-
-    ``name`` says which encoder it is in the error (e.g. ``"image encoder 'timm'"``).
-
-    Raises:
-        ConfigError: the encoder has no ``preprocessing`` or it is not an ``ImagePreprocessing``.
-    """
-    where = f"{name} ({type(encoder).__module__}.{type(encoder).__qualname__})"
-    try:
-        value = encoder.preprocessing
-    except (AttributeError, NotImplementedError):
-        value = None
-    if value is None:
-        raise ConfigError(
-            f"{where} declares no preprocessing: give it a `preprocessing` property returning "
-            "fusionkit.data.ImagePreprocessing(input_size=..., mean=..., std=..., interpolation=...)"
-        )
-    if not isinstance(value, ImagePreprocessing):
-        raise ConfigError(
-            f"{where}: preprocessing must be a fusionkit.data.ImagePreprocessing, got {type(value).__name__}"
-        )
-    return value
 
 
 def _bind_registry_bases() -> None:

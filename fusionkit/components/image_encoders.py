@@ -5,54 +5,19 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
 import torch
-from pydantic import Field, field_validator
 from timm.data import resolve_model_data_config
 
-from fusionkit.components.base import ImageEncoder, ImageEncoderSpec
+from fusionkit.components.catalog import TimmImageEncoderSpec  # noqa: F401 - spec re-exported
+
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.contract import ImageEncoder
 from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import PretrainedWeightsError
-from fusionkit.registry import register
-
-
-class TimmImageEncoderSpec(ImageEncoderSpec):
-    """A timm backbone, ``timm.create_model(model_name, num_classes=0)``.
-
-    Weights: ``pretrained: true`` loads the model's default pretrained tag from the Hugging Face hub
-    (or its cache); ``weights_file`` loads a local ``.safetensors``/``.pth`` state dict instead.
-    Asking for weights that cannot be had is an error, never a silent random initialisation.
-    """
-
-    kind: Literal["timm"] = "timm"
-    model_name: str = "tf_efficientnetv2_s.in1k"
-    """A timm model name, optionally with a pretrained tag (e.g. tf_efficientnetv2_s.in1k)."""
-    pretrained: bool = True
-    """Load the tag's pretrained weights from the Hugging Face hub (an error if they cannot be had)."""
-    weights_file: Path | None = None
-    """A local .safetensors/.pth state dict to load instead of hub weights."""
-    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
-    """Dropout before the backbone's (removed) classifier."""
-    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
-    """Stochastic depth rate of the backbone."""
-
-    @field_validator("model_name")
-    @classmethod
-    def _known_to_timm(cls, name: str) -> str:
-        if not timm.is_model(name.split(".")[0]):
-            close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-            hint = f"; similar: {', '.join(close)}" if close else ""
-            raise ValueError(f"timm has no model {name!r}{hint}")
-        arch, _, tag = name.partition(".")
-        if tag and name not in timm.list_pretrained(name):
-            tags = timm.list_pretrained(f"{arch}.*")
-            raise ValueError(
-                f"timm model {arch!r} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
-            )
-        return name
 
 
 def _has_pretrained_source(model_name: str) -> bool:
@@ -116,7 +81,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-@register("image_encoder", TimmImageEncoderSpec)
 class TimmImageEncoder(ImageEncoder):
     """One timm backbone mapping (B, 3, H, W) images to pooled features (B, out_dim).
 

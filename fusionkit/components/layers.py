@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
-Activation = Literal["relu", "gelu", "silu", "tanh"]
-"""The pointwise nonlinearities a spec may name."""
+from fusionkit.components.catalog import Activation
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

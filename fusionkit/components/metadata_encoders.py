@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, PositiveInt
 from torch import nn
 
-from fusionkit.components.base import MetadataEncoderSpec
-from fusionkit.components.layers import Activation, make_activation
-from fusionkit.registry import register
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.catalog import Activation, MLPMetadataEncoderSpec  # noqa: F401 - spec re-exported
+from fusionkit.components.layers import make_activation
 
 
-class MLPMetadataEncoderSpec(MetadataEncoderSpec):
-    """An MLP ``in_dim -> hidden_dims... -> out_dim`` (the paper's D_M = 256).
-
-    Each layer is Linear, optional LayerNorm, activation and dropout; the last layer ends with the
-    activation too, so ``f_M`` is a feature vector like the pooled image features. The paper gives
-    only D_M; the hidden widths, the norm and the dropout are fusionkit's choices.
-    """
-
-    kind: Literal["mlp"] = "mlp"
-    hidden_dims: tuple[PositiveInt, ...] = (128,)
-    """Widths of the hidden layers."""
-    out_dim: PositiveInt = 256
-    """D_M, the metadata feature width (256 in the paper)."""
-    activation: Activation = "relu"
-    """Nonlinearity after every layer."""
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    """Dropout after every layer."""
-    layer_norm: bool = True
-    """LayerNorm after every Linear layer."""
-
-
-@register("metadata_encoder", MLPMetadataEncoderSpec)
 class MLPMetadataEncoder(nn.Module):
     """MLP from the encoded metadata vector (B, in_dim) to metadata features (B, out_dim)."""
 

@@ -8,13 +8,17 @@ from fusionkit.components.base import (
     ImageEncoderSpec,
     MetadataEncoderSpec,
 )
-from fusionkit.components.decisions.adf import ADFDecisionSpec
-from fusionkit.components.decisions.average import AverageDecisionSpec
-from fusionkit.components.decisions.single import SingleDecisionSpec
-from fusionkit.components.fusion.concat import ConcatFusionSpec
-from fusionkit.components.fusion.mmfa import AttentionOnlySpec, MMFASpec, SkipOnlySpec
-from fusionkit.components.image_encoders import TimmImageEncoderSpec
-from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
+from fusionkit.components.catalog import (
+    ADFDecisionSpec,
+    AttentionOnlySpec,
+    AverageDecisionSpec,
+    ConcatFusionSpec,
+    MLPMetadataEncoderSpec,
+    MMFASpec,
+    SingleDecisionSpec,
+    SkipOnlySpec,
+    TimmImageEncoderSpec,
+)
 from fusionkit.specs.io import dump_spec
 from fusionkit.specs.model import (
     BRANCHES,

@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, PositiveInt, SerializeAsAny, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-import fusionkit.components  # noqa: F401  (registers the built-in components)
 from fusionkit.components.base import (
     ComponentSpec,
     DecisionSpec,
@@ -30,10 +29,12 @@ from fusionkit.components.base import (
     ImageEncoderSpec,
     MetadataEncoderSpec,
 )
-from fusionkit.components.decisions.adf import ADFDecisionSpec
-from fusionkit.components.fusion.mmfa import MMFASpec
-from fusionkit.components.image_encoders import TimmImageEncoderSpec
-from fusionkit.components.metadata_encoders import MLPMetadataEncoderSpec
+from fusionkit.components.catalog import (  # importing fusionkit.components registers the built-ins
+    ADFDecisionSpec,
+    MLPMetadataEncoderSpec,
+    MMFASpec,
+    TimmImageEncoderSpec,
+)
 from fusionkit.registry import REGISTRIES
 
 Modality = Literal["derm", "clinical", "meta"]

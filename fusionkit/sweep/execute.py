@@ -300,14 +300,9 @@ def submitit_engine(
 ) -> Engine:
     """Each job becomes a SLURM job through ``submitit.AutoExecutor`` (``cluster="local"``: local
     processes, as in the tests). Needs the ``cluster`` extra (``pip install 'jiadf-fusion[cluster]'``)."""
-    try:
-        import submitit
-    except ImportError:
-        from fusionkit.errors import ConfigError
+    from fusionkit.errors import require_extra
 
-        raise ConfigError(
-            "--launcher submitit needs the submitit package: pip install 'jiadf-fusion[cluster]'"
-        ) from None
+    submitit = require_extra("submitit", what="--launcher submitit")
 
     def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fusionkit.errors import ConfigError
+from fusionkit.errors import require_extra
 
 
 class Tracker:
@@ -26,20 +26,12 @@ class Tracker:
         self._tb = None
         self._mlflow = None
         if "tensorboard" in self.backends:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ConfigError(
-                    "train.tracking: tensorboard needs the tensorboard package (pip install 'jiadf-fusion[tracking]')"
-                ) from exc
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            tensorboard = require_extra(
+                "tensorboard", what="train.tracking: tensorboard", module="torch.utils.tensorboard"
+            )
+            self._tb = tensorboard.SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if "mlflow" in self.backends:
-            try:
-                import mlflow
-            except ImportError as exc:
-                raise ConfigError(
-                    "train.tracking: mlflow is not installed (pip install 'jiadf-fusion[mlflow]')"
-                ) from exc
+            mlflow = require_extra("mlflow", what="train.tracking: mlflow")
             self._mlflow = mlflow
             mlflow.start_run(run_name=self.run_dir.name)
             if params:

@@ -10,37 +10,15 @@ is masked out of the softmax, which renormalises alpha over the branches present
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import PositiveInt
 from torch import nn
 
-from fusionkit.components.base import DecisionSpec
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.catalog import Activation, ADFDecisionSpec  # noqa: F401 - spec re-exported
 from fusionkit.components.decisions._masking import masked_log_softmax
-from fusionkit.components.layers import Activation, make_activation
-from fusionkit.registry import register
+from fusionkit.components.layers import make_activation
 
 
-class ADFDecisionSpec(DecisionSpec):
-    """The eq 5 gate: ``hidden_dim`` (width of W_1), ``activation`` (sigma), ``detach_logits``.
-
-    The paper calls the gate "lightweight" without a width; fusionkit uses 64 and ReLU.
-    ``detach_logits`` stops the gate's gradient into the branch heads (the paper does not: False).
-    """
-
-    kind: Literal["adf"] = "adf"
-    required_branches: ClassVar[tuple[str, ...]] = ("image", "joint", "meta")
-    requirement: ClassVar[str] = "(eq 5) weighs the image, joint and metadata branches"
-    hidden_dim: PositiveInt = 64
-    """Width of the gate's hidden layer (W_1 in eq 5)."""
-    activation: Activation = "relu"
-    """sigma of eq 5."""
-    detach_logits: bool = False
-    """Stop the gate's gradient into the branch heads (the paper does not)."""
-
-
-@register("decision", ADFDecisionSpec)
 class ADFDecision(nn.Module):
     """The gating network of eq 5, returning ``log alpha`` (B, 3) in the order (I, IM, M)."""
 

@@ -5,25 +5,14 @@ P_final = (1/K) sum_k P_k over the K branches a sample has (all three when nothi
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 from torch import nn
 
-from fusionkit.components.base import DecisionSpec
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.catalog import AverageDecisionSpec  # noqa: F401 - spec re-exported
 from fusionkit.components.decisions._masking import masked_log_softmax
-from fusionkit.registry import register
 
 
-class AverageDecisionSpec(DecisionSpec):
-    """Equal weights over every branch the model has, renormalised over those present."""
-
-    kind: Literal["average"] = "average"
-    min_branches: ClassVar[int] = 2
-    requirement: ClassVar[str] = "averages branch posteriors"
-
-
-@register("decision", AverageDecisionSpec)
 class AverageDecision(nn.Module):
     """Log weights ``log(1 / K_present)`` on present branches, ``-inf`` on absent ones."""
 

@@ -6,29 +6,13 @@ auxiliary weights it is the paper's "Late concat" and "JF-MMFA".
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 from torch import nn
 
-from fusionkit.components.base import DecisionSpec
-from fusionkit.registry import register
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.catalog import SingleDecisionSpec  # noqa: F401 - spec re-exported
 
 
-class SingleDecisionSpec(DecisionSpec):
-    """One branch's posterior is the final posterior; ``branch`` names it (``joint`` by default)."""
-
-    kind: Literal["single"] = "single"
-    branch: Literal["image", "joint", "meta"] = "joint"
-    """The branch whose posterior is final (joint by default)."""
-    has_weights: ClassVar[bool] = False
-
-    def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
-        """Just the deciding branch."""
-        return (self.branch,)
-
-
-@register("decision", SingleDecisionSpec)
 class SingleDecision(nn.Module):
     """Log weight 0 on the deciding branch: ``log P_final = log_softmax(z_branch)``."""
 

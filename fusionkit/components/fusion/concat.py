@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-from fusionkit.components.base import FusionSpec
-from fusionkit.registry import register
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.catalog import ConcatFusionSpec  # noqa: F401 - spec re-exported
 
 
-class ConcatFusionSpec(FusionSpec):
-    """Concatenate the image and metadata features; the joint width is D_I + D_M."""
-
-    kind: Literal["concat"] = "concat"
-
-
-@register("fusion", ConcatFusionSpec)
 class ConcatFusion(nn.Module):
     """``f_IM = [f_I || f_M]`` (B, image_dim + meta_dim)."""
 

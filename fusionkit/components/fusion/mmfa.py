@@ -18,48 +18,14 @@ have no biases on Q/K/V, W^O and W_skip, so neither do these layers.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import PositiveInt
 from torch import nn
 
-from fusionkit.components.base import FusionSpec
-from fusionkit.components.layers import Activation, make_activation
-from fusionkit.registry import register
-
-
-class MMFASpec(FusionSpec):
-    """MMFA, eqs 8-11: ``heads`` (H), ``head_dim`` (d_h), ``out_dim`` (D_IM), ``activation`` (of g).
-
-    The paper does not give H, d_h, D_IM or g's nonlinearity; fusionkit's defaults are H = 8,
-    d_h = 64, D_IM = 512 and GELU.
-    """
-
-    kind: Literal["mmfa"] = "mmfa"
-    heads: PositiveInt = 8
-    """H, the number of attention heads (eq 8)."""
-    head_dim: PositiveInt = 64
-    """d_h, the width of each head's query, key and value (eq 8)."""
-    out_dim: PositiveInt = 512
-    """D_IM, the width of f_IM (eq 10-11)."""
-    activation: Activation = "gelu"
-    """The nonlinearity of g in eq 11."""
-
-
-class AttentionOnlySpec(MMFASpec):
-    """MMFA without the residual path: ``f_IM = g(o)`` (Table 3, "Attention-only")."""
-
-    kind: Literal["attention_only"] = "attention_only"  # type: ignore[assignment]
-
-
-class SkipOnlySpec(FusionSpec):
-    """MMFA's residual path alone: ``f_IM = W_skip [f_I || f_M]`` (Table 3, "Skip-only")."""
-
-    kind: Literal["skip_only"] = "skip_only"
-    out_dim: PositiveInt = 512
-    """D_IM, the width of f_IM."""
+# the spec lives in the catalog (no torch there) and is importable here too, next to its component
+from fusionkit.components.catalog import Activation, AttentionOnlySpec, MMFASpec, SkipOnlySpec  # noqa: F401 - spec re-exported
+from fusionkit.components.layers import make_activation
 
 
 class TwoTokenAttention(nn.Module):
@@ -94,7 +60,6 @@ class TwoTokenAttention(nn.Module):
         return self.out_proj(rearrange(u, "b h t d -> b (h t d)"))
 
 
-@register("fusion", MMFASpec)
 class MMFAFusion(nn.Module):
     """``f_IM = W_skip [f_I || f_M] + g(o)`` (eq 11), with either term switchable for Table 3."""
 
@@ -142,7 +107,6 @@ class MMFAFusion(nn.Module):
         return out
 
 
-@register("fusion", AttentionOnlySpec)
 class AttentionOnlyFusion(MMFAFusion):
     """``f_IM = g(o)``: MMFA without its residual path."""
 
@@ -167,7 +131,6 @@ class AttentionOnlyFusion(MMFAFusion):
         )
 
 
-@register("fusion", SkipOnlySpec)
 class SkipOnlyFusion(MMFAFusion):
     """``f_IM = W_skip [f_I || f_M]``: MMFA's residual path alone (an affine map, no bias)."""
 

@@ -1,0 +1,175 @@
+"""The built-in components: their specs (what a YAML spec may say) and where their code lives.
+
+Each spec class here is a component's constructor arguments as validated fields (the equations it
+implements are named in its docstring and in its component's module). Importing this module
+registers every built-in under its spec's ``kind``, naming the component class by its import path
+(``"module:Class"``): the class, and torch with it, is imported when a model is first built, so
+listing components or presets and writing the JSON schema never import torch (validating a spec
+imports timm, for the image encoder's model-name check).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from fusionkit.components.base import DecisionSpec, FusionSpec, ImageEncoderSpec, MetadataEncoderSpec
+from fusionkit.registry import register
+
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+"""The pointwise nonlinearities a spec may name."""
+
+
+class TimmImageEncoderSpec(ImageEncoderSpec):
+    """A timm backbone, ``timm.create_model(model_name, num_classes=0)``.
+
+    Weights: ``pretrained: true`` loads the model's default pretrained tag from the Hugging Face hub
+    (or its cache); ``weights_file`` loads a local ``.safetensors``/``.pth`` state dict instead.
+    Asking for weights that cannot be had is an error, never a silent random initialisation.
+    """
+
+    kind: Literal["timm"] = "timm"
+    model_name: str = "tf_efficientnetv2_s.in1k"
+    """A timm model name, optionally with a pretrained tag (e.g. tf_efficientnetv2_s.in1k)."""
+    pretrained: bool = True
+    """Load the tag's pretrained weights from the Hugging Face hub (an error if they cannot be had)."""
+    weights_file: Path | None = None
+    """A local .safetensors/.pth state dict to load instead of hub weights."""
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout before the backbone's (removed) classifier."""
+    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Stochastic depth rate of the backbone."""
+
+    @field_validator("model_name")
+    @classmethod
+    def _known_to_timm(cls, name: str) -> str:
+        import timm  # here, not at import: listing presets or the schema needs no torch
+
+        if not timm.is_model(name.split(".")[0]):
+            close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise ValueError(f"timm has no model {name!r}{hint}")
+        arch, _, tag = name.partition(".")
+        if tag and name not in timm.list_pretrained(name):
+            tags = timm.list_pretrained(f"{arch}.*")
+            raise ValueError(
+                f"timm model {arch!r} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
+            )
+        return name
+
+
+class MLPMetadataEncoderSpec(MetadataEncoderSpec):
+    """An MLP ``in_dim -> hidden_dims... -> out_dim`` (the paper's D_M = 256).
+
+    Each layer is Linear, optional LayerNorm, activation and dropout; the last layer ends with the
+    activation too, so ``f_M`` is a feature vector like the pooled image features. The paper gives
+    only D_M; the hidden widths, the norm and the dropout are fusionkit's choices.
+    """
+
+    kind: Literal["mlp"] = "mlp"
+    hidden_dims: tuple[PositiveInt, ...] = (128,)
+    """Widths of the hidden layers."""
+    out_dim: PositiveInt = 256
+    """D_M, the metadata feature width (256 in the paper)."""
+    activation: Activation = "relu"
+    """Nonlinearity after every layer."""
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Dropout after every layer."""
+    layer_norm: bool = True
+    """LayerNorm after every Linear layer."""
+
+
+class ConcatFusionSpec(FusionSpec):
+    """Concatenate the image and metadata features; the joint width is D_I + D_M."""
+
+    kind: Literal["concat"] = "concat"
+
+
+class MMFASpec(FusionSpec):
+    """MMFA, eqs 8-11: ``heads`` (H), ``head_dim`` (d_h), ``out_dim`` (D_IM), ``activation`` (of g).
+
+    The paper does not give H, d_h, D_IM or g's nonlinearity; fusionkit's defaults are H = 8,
+    d_h = 64, D_IM = 512 and GELU.
+    """
+
+    kind: Literal["mmfa"] = "mmfa"
+    heads: PositiveInt = 8
+    """H, the number of attention heads (eq 8)."""
+    head_dim: PositiveInt = 64
+    """d_h, the width of each head's query, key and value (eq 8)."""
+    out_dim: PositiveInt = 512
+    """D_IM, the width of f_IM (eq 10-11)."""
+    activation: Activation = "gelu"
+    """The nonlinearity of g in eq 11."""
+
+
+class AttentionOnlySpec(MMFASpec):
+    """MMFA without the residual path: ``f_IM = g(o)`` (Table 3, "Attention-only")."""
+
+    kind: Literal["attention_only"] = "attention_only"  # type: ignore[assignment]
+
+
+class SkipOnlySpec(FusionSpec):
+    """MMFA's residual path alone: ``f_IM = W_skip [f_I || f_M]`` (Table 3, "Skip-only")."""
+
+    kind: Literal["skip_only"] = "skip_only"
+    out_dim: PositiveInt = 512
+    """D_IM, the width of f_IM."""
+
+
+class SingleDecisionSpec(DecisionSpec):
+    """One branch's posterior is the final posterior; ``branch`` names it (``joint`` by default)."""
+
+    kind: Literal["single"] = "single"
+    branch: Literal["image", "joint", "meta"] = "joint"
+    """The branch whose posterior is final (joint by default)."""
+    has_weights: ClassVar[bool] = False
+
+    def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        """Just the deciding branch."""
+        return (self.branch,)
+
+
+class AverageDecisionSpec(DecisionSpec):
+    """Equal weights over every branch the model has, renormalised over those present."""
+
+    kind: Literal["average"] = "average"
+    min_branches: ClassVar[int] = 2
+    requirement: ClassVar[str] = "averages branch posteriors"
+
+
+class ADFDecisionSpec(DecisionSpec):
+    """The eq 5 gate: ``hidden_dim`` (width of W_1), ``activation`` (sigma), ``detach_logits``.
+
+    The paper calls the gate "lightweight" without a width; fusionkit uses 64 and ReLU.
+    ``detach_logits`` stops the gate's gradient into the branch heads (the paper does not: False).
+    """
+
+    kind: Literal["adf"] = "adf"
+    required_branches: ClassVar[tuple[str, ...]] = ("image", "joint", "meta")
+    requirement: ClassVar[str] = "(eq 5) weighs the image, joint and metadata branches"
+    hidden_dim: PositiveInt = 64
+    """Width of the gate's hidden layer (W_1 in eq 5)."""
+    activation: Activation = "relu"
+    """sigma of eq 5."""
+    detach_logits: bool = False
+    """Stop the gate's gradient into the branch heads (the paper does not)."""
+
+
+BUILT_INS: tuple[tuple[str, type, str], ...] = (
+    ("image_encoder", TimmImageEncoderSpec, "fusionkit.components.image_encoders:TimmImageEncoder"),
+    ("metadata_encoder", MLPMetadataEncoderSpec, "fusionkit.components.metadata_encoders:MLPMetadataEncoder"),
+    ("fusion", ConcatFusionSpec, "fusionkit.components.fusion.concat:ConcatFusion"),
+    ("fusion", MMFASpec, "fusionkit.components.fusion.mmfa:MMFAFusion"),
+    ("fusion", AttentionOnlySpec, "fusionkit.components.fusion.mmfa:AttentionOnlyFusion"),
+    ("fusion", SkipOnlySpec, "fusionkit.components.fusion.mmfa:SkipOnlyFusion"),
+    ("decision", SingleDecisionSpec, "fusionkit.components.decisions.single:SingleDecision"),
+    ("decision", AverageDecisionSpec, "fusionkit.components.decisions.average:AverageDecision"),
+    ("decision", ADFDecisionSpec, "fusionkit.components.decisions.adf:ADFDecision"),
+)
+"""(kind, spec class, ``"module:Class"`` of the component) of every built-in component."""
+
+for _kind, _spec, _component in BUILT_INS:
+    register(_kind, _spec, _component)
