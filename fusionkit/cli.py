@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
@@ -302,7 +302,8 @@ def components(
     """List the registered components (built-in and plugins)."""
     import fusionkit as fk
 
-    listing = {kind: fk.list_components(kind, pattern)} if kind else fk.list_components(pattern=pattern)
+    found = {kind: fk.list_components(kind, pattern)} if kind else fk.list_components(pattern=pattern)
+    listing = cast(dict[str, list[str]], found)  # one kind: its names; all kinds: names per kind
     for k, names in listing.items():
         typer.echo(f"{k}: {', '.join(names) if names else '-'}")
 
@@ -443,7 +444,7 @@ def sweep(
         sets=set_ or [],
     )
     if launcher == "submitit":
-        engine_kind = dict(
+        engine_kind: dict[str, Any] | str = dict(
             folder=out / "submitit",
             cluster=cluster,
             partition=partition,
@@ -513,9 +514,11 @@ def _run_sweep_jobs(
         raise SystemExit(1)  # runs failed: not a user error (2), and not hidden by standalone_mode
 
 
-def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+def _click_classes() -> tuple[tuple[type[Any], ...], tuple[type[Any], ...], tuple[type[Any], ...]]:
     """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
-    errors, no_args, aborts = [], [], []
+    errors: list[type[Any]] = []
+    no_args: list[type[Any]] = []
+    aborts: list[type[Any]] = []
     modules = []
     base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     modules.append(sys.modules[base.__module__])
@@ -559,7 +562,7 @@ def _trap_interrupts() -> None:
             except KeyboardInterrupt as exc:
                 raise _Interrupted(exc) from exc
 
-        trapped._traps_interrupts = True
+        setattr(trapped, "_traps_interrupts", True)  # noqa: B010 - marks the wrapper on a function object
         info.callback = trapped
 
 
