@@ -342,7 +342,7 @@ def sweep(
     reference: Annotated[
         str | None,
         typer.Option(
-            help="Variant the others are compared against (paired bootstrap; default ji-adf when it runs, else the first)."
+            help="Variant the others are compared against (paired intervals and tests; default ji-adf when it runs, else the first)."
         ),
     ] = None,
     devices: Annotated[
@@ -360,7 +360,9 @@ def sweep(
     partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
     time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,
     gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
-    bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap replicates.")] = 1000,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap replicates of the intervals (runs and lesions resampled).")
+    ] = 1000,
     report_only: Annotated[
         Path | None,
         typer.Option(

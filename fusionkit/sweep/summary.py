@@ -323,7 +323,9 @@ def interval_sentences(summary: dict[str, Any]) -> list[str]:
     else:
         lines += [
             "Intervals rest on " + ", ".join(str(c) for c in counts) + " run(s) per variant (the Runs "
-            "column); a variant with one run has an interval over test-set sampling only.",
+            "column); a variant with one run has an interval over test-set sampling only. With fewer than "
+            "about 10 runs the bootstrap sees no more spread than the runs happened to show, so its interval can "
+            "be too narrow: when it excludes 0 but the corrected test's p is above 0.05, trust the p and add seeds.",
             "",
         ]
     return lines
