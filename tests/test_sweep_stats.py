@@ -413,3 +413,22 @@ def test_summary_without_statsmodels_says_so(tmp_path: Path, monkeypatch) -> Non
     assert vs["dice_p"] is not None and vs["dice_p_holm"] is None and vs["dice_mde"] is None
     assert summary["warnings"][-1] == STATSMODELS_MISSING + "."
     assert STATSMODELS_MISSING in summary_markdown(summary)
+
+
+def test_summary_marks_intervals_the_test_does_not_back_and_groups_split_warnings(tmp_path: Path) -> None:
+    records = sweep_records(tmp_path, seeds=(0, 1), folds=(None,), n=50)
+    summary = summarize(records, reference="ji-adf", n_boot=200)
+    assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("Seed 0, seed 1: the validation")
+    text = summary_markdown(summary)
+    marked = 0
+    for preset in ("derm-only", "meta-only"):
+        vs = summary["variants"][preset]["vs_reference"]
+        row = [line for line in text.splitlines() if line.startswith(f"| `{preset}` | 2 runs | ")][-1]  # 2nd table
+        cells = row.split(" | ")
+        for metric, cell in (("dice", cells[2]), ("auc", cells[5])):
+            lo, hi = vs[f"{metric}_ci95"]
+            expected = vs[f"{metric}_p"] >= 0.05 and (lo > 0 or hi < 0)
+            assert cell.endswith("†") == expected
+            marked += expected
+    assert marked > 0  # the case occurs here: two seeds that agree give a narrow bootstrap but p > 0.05
+    assert ("† The interval excludes 0 but the corrected t-test" in text) == (marked > 0)

@@ -177,12 +177,15 @@ def _split_warnings(records: Sequence[dict[str, Any]]) -> list[str]:
         labels = np.asarray([CLASS_NAMES.index(c) for c in r["val_labels"].values()])
         small = small_classes(labels, len(CLASS_NAMES))
         seen[(r["seed"], r["fold"])] = [f"{CLASS_NAMES[c]} {n}" for c, n in small.items()]
+    same: dict[tuple[str, ...], list[str]] = {}  # runs whose splits fall short on the same classes
+    for key, small in sorted(seen.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        if small:
+            same.setdefault(tuple(small), []).append(_run_name(*key))
     return [
-        f"{_run_name(*key).capitalize()}: the validation split has fewer than {MIN_CLASS_LESIONS} lesions of "
+        f"{', '.join(runs).capitalize()}: the validation split has fewer than {MIN_CLASS_LESIONS} lesions of "
         f"{len(small)} class(es) ({', '.join(small)}); their per-class scores, and so the macro scores and "
         "intervals, rest on too few lesions to say much."
-        for key, small in sorted(seen.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))
-        if small
+        for small, runs in same.items()
     ]
 
 
@@ -366,8 +369,10 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
     for p, vs in compared.items():
         row = [f"`{p}`", _runs_phrase(vs["n_runs"], vs["n_seeds"])]
         for metric in ("dice", "auc"):
+            lo, hi = vs[f"{metric}_ci95"]
+            disagree = vs[f"{metric}_p"] is not None and vs[f"{metric}_p"] >= 0.05 and (lo > 0 or hi < 0)
             row += [
-                _interval(vs[f"{metric}_diff"], vs[f"{metric}_ci95"]),
+                _interval(vs[f"{metric}_diff"], vs[f"{metric}_ci95"]) + (" †" if disagree else ""),
                 "-" if vs[f"{metric}_p"] is None else f"{_p(vs[f'{metric}_p_holm'])} ({_p(vs[f'{metric}_p'])})",
                 "-" if vs[f"{metric}_mde"] is None else f"{vs[f'{metric}_mde']:.3f}",
             ]
@@ -385,6 +390,12 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
         "AUC DeLong p per run",
     ]
     lines += [_table(header, rows) if rows else "No paired runs.", ""]
+    if any("†" in cell for row in rows for cell in row):
+        lines += [
+            "† The interval excludes 0 but the corrected t-test does not find the difference (raw p >= 0.05): "
+            "too few runs to call it.",
+            "",
+        ]
     lines += interval_sentences(summary) if variants else []
     for title, layout, first in (
         ("Table 2 (modality configurations)", TABLE2_ROWS, "Config."),
