@@ -175,17 +175,17 @@ def _split_warnings(records: Sequence[dict[str, Any]]) -> list[str]:
         if r["status"] != "ok" or (r["seed"], r["fold"]) in seen or not r.get("val_labels"):
             continue
         labels = np.asarray([CLASS_NAMES.index(c) for c in r["val_labels"].values()])
-        small = small_classes(labels, len(CLASS_NAMES))
-        seen[(r["seed"], r["fold"])] = [f"{CLASS_NAMES[c]} {n}" for c, n in small.items()]
+        counts = small_classes(labels, len(CLASS_NAMES))
+        seen[(r["seed"], r["fold"])] = [f"{CLASS_NAMES[c]} {n}" for c, n in counts.items()]
     same: dict[tuple[str, ...], list[str]] = {}  # runs whose splits fall short on the same classes
-    for key, small in sorted(seen.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        if small:
-            same.setdefault(tuple(small), []).append(_run_name(*key))
+    for key, short in sorted(seen.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        if short:
+            same.setdefault(tuple(short), []).append(_run_name(*key))
     return [
         f"{', '.join(runs).capitalize()}: the validation split has fewer than {MIN_CLASS_LESIONS} lesions of "
-        f"{len(small)} class(es) ({', '.join(small)}); their per-class scores, and so the macro scores and "
+        f"{len(short)} class(es) ({', '.join(short)}); their per-class scores, and so the macro scores and "
         "intervals, rest on too few lesions to say much."
-        for small, runs in same.items()
+        for short, runs in same.items()
     ]
 
 
