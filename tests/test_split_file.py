@@ -131,3 +131,20 @@ def test_split_file_errors_at_the_command_line(tmp_path: Path) -> None:
         .splitlines()[-1]
         .endswith('lesion IL_9999999: listed in "train" but not in the data\'s Training split')
     )
+
+
+def test_folds_from_a_split_file_through_train_folds(tmp_path: Path) -> None:
+    """``train --folds 2 --split-file`` (the sweep's machinery): each fold validates on the file's fold."""
+    files = make_synthetic_milk10k(tmp_path / "data", n_lesions=30, image_size=(40, 30), seed=3)
+    ids = sorted(lesion_labels(files)[0])
+    folds = [ids[:14], ids[14:28]]  # two lesions in neither fold
+    split_file = write(tmp_path, {"folds": folds})
+    config = write_config(tmp_path / "cfg.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=30))
+    out = tmp_path / "cv"
+    result = fusionkit(
+        "train", config, "--data", tmp_path / "data", "--folds", 2, "--split-file", split_file, "--out", out, "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    for j, val in enumerate(folds):
+        stored = json.loads(next(out.glob(f"runs/*/seed*/fold{j}/split.json")).read_text())
+        assert (stored["val"], stored["train"]) == (val, folds[1 - j])
