@@ -52,6 +52,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _with_split_file(sets: list[str] | None, split_file: Path | None) -> list[str]:
+    """``--set`` overrides plus ``data.split_file`` (absolute, so every run and worker finds it)."""
+    if split_file is None:
+        return list(sets or [])
+    if not split_file.is_file():
+        _fail(f"--split-file {split_file}: no such file")
+    return [*(sets or []), f"data.split_file={split_file.resolve()}"]
+
+
 def _validation_message(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -89,6 +98,13 @@ def train(
             help="Train K runs, one per lesion-level stratified fold, into --out/runs/<name>/seed<s>/fold<j> (run again to resume); predict with the fold ensemble: fusionkit predict OUT.",
         ),
     ] = None,
+    split_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--split-file",
+            help='Use these lesions instead of drawing a split: JSON {"train": [ids], "val": [ids]} (a run\'s split.json) or {"folds": [...]} with --folds (sets data.split_file).',
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
@@ -110,7 +126,8 @@ def train(
 
     if data is not None and synthetic:
         _fail("give either --data DIR or --synthetic, not both")
-    cfg = load_run_config(config, set_ or [])
+    set_ = _with_split_file(set_, split_file)
+    cfg = load_run_config(config, set_)
     run_dir = out or Path("runs") / config.stem
     if folds is not None:
         if resume or overwrite:
@@ -385,7 +402,7 @@ def sweep(
     reference: Annotated[
         str | None,
         typer.Option(
-            help="Variant the others are compared against (paired bootstrap; default ji-adf when it runs, else the first)."
+            help="Variant the others are compared against (paired intervals and tests; default ji-adf when it runs, else the first)."
         ),
     ] = None,
     devices: Annotated[
@@ -403,11 +420,20 @@ def sweep(
     partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
     time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,
     gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
-    bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap replicates.")] = 1000,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap replicates of the intervals (runs and lesions resampled).")
+    ] = 1000,
     report_only: Annotated[
         Path | None,
         typer.Option(
             "--report-only", help="Rebuild the summary of the sweep in this folder from its runs; run nothing."
+        ),
+    ] = None,
+    split_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--split-file",
+            help='Use these lesions instead of drawing a split: JSON {"train": [ids], "val": [ids]} (a run\'s split.json) or {"folds": [...]} with --folds (sets data.split_file).',
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -432,6 +458,7 @@ def sweep(
         raise ConfigError("give either --data DIR or --synthetic, not both")
     if launcher not in ("local", "submitit"):
         raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
+    set_ = _with_split_file(set_, split_file)
     chosen = select_presets(group=group, presets=presets)
     reference = resolve_reference(chosen, reference)
     jobs = plan_sweep(

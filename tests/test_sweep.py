@@ -11,14 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from train_helpers import tiny_run_config, write_config
 
 from fusionkit.errors import ConfigError
-from fusionkit.metrics import isic_metrics
-from fusionkit.sweep import PairedRun, paired_difference, parse_seeds, plan_sweep, select_presets
-from fusionkit.sweep.stats import macro_auc, macro_dice, mean_std_ci
+from fusionkit.sweep import parse_seeds, plan_sweep, select_presets
 
 PRESETS = "ji-adf,derm-only,meta-only,jf-concat"
 ENV = {
@@ -235,74 +231,6 @@ def test_plan_pairs_variants_and_folds(config, tmp_path) -> None:
     assert parse_seeds(" 0, 1,2") == (0, 1, 2)
     with pytest.raises(ConfigError):
         plan_sweep(config, presets=("ji-adf",), seeds=(0,), folds=1, out=tmp_path, data_root=tmp_path)
-
-
-@given(st.integers(0, 2**16), st.integers(8, 30))
-def test_fast_metrics_equal_isic_metrics(seed: int, n: int) -> None:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 11, n)
-    probs = rng.dirichlet(np.full(11, 0.3), n)
-    probs[0] = np.round(probs[0], 1)  # ties
-    macro = isic_metrics(labels, probs, [str(i) for i in range(11)])["macro"]
-    assert macro_dice(labels, probs) == pytest.approx(macro["dice"], abs=1e-12)
-    assert macro_auc(labels, probs) == pytest.approx(macro["auc"], abs=1e-12)
-
-
-def test_paired_bootstrap_equals_direct_computation() -> None:
-    rng = np.random.default_rng(1)
-    pairs = []
-    for n in (25, 31):
-        labels = rng.integers(0, 11, n)
-        pairs.append(
-            PairedRun(
-                labels=labels, variant=rng.dirichlet(np.full(11, 0.3), n), reference=rng.dirichlet(np.full(11, 0.3), n)
-            )
-        )
-    diff, ci = paired_difference(pairs, "dice", n_boot=300, seed=7)
-
-    # direct: one replicate at a time with the same draws, per-class Dice counted in a loop (the
-    # vectorised metric itself is checked against isic_metrics above)
-    def dice(labels, probs):
-        scores = []
-        for c in range(11):
-            tp = sum(1 for y, p in zip(labels, probs, strict=True) if y == c and p[c] > 0.5)
-            fp = sum(1 for y, p in zip(labels, probs, strict=True) if y != c and p[c] > 0.5)
-            fn = sum(1 for y, p in zip(labels, probs, strict=True) if y == c and not p[c] > 0.5)
-            scores.append(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-        return sum(scores) / 11
-
-    draws = np.random.default_rng(7)
-    idx = [draws.integers(0, len(p.labels), size=(300, len(p.labels))) for p in pairs]
-    boot = [
-        np.mean(
-            [
-                dice(p.labels[i[b]], p.variant[i[b]]) - dice(p.labels[i[b]], p.reference[i[b]])
-                for p, i in zip(pairs, idx, strict=True)
-            ]
-        )
-        for b in range(300)
-    ]
-    assert ci == pytest.approx(list(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
-    names = [str(i) for i in range(11)]
-    direct = np.mean(
-        [
-            isic_metrics(p.labels, p.variant, names)["macro"]["dice"]
-            - isic_metrics(p.labels, p.reference, names)["macro"]["dice"]
-            for p in pairs
-        ]
-    )
-    assert diff == pytest.approx(direct, abs=1e-12)
-    same = paired_difference(
-        [PairedRun(labels=pairs[0].labels, variant=pairs[0].variant, reference=pairs[0].variant)], "auc", n_boot=50
-    )
-    assert same == (0.0, [0.0, 0.0])
-
-
-def test_mean_std_ci_is_student_t() -> None:
-    s = mean_std_ci([0.2, 0.4, 0.6])
-    assert s["mean"] == pytest.approx(0.4) and s["std"] == pytest.approx(0.2)
-    assert s["ci95"] == pytest.approx([0.4 - 4.302653 * 0.2 / 3**0.5, 0.4 + 4.302653 * 0.2 / 3**0.5], abs=1e-6)
-    assert mean_std_ci([0.5]) == {"mean": 0.5, "std": None, "ci95": None}
 
 
 def test_device_queue_runs_subprocesses(config) -> None:

@@ -20,7 +20,7 @@ from fusionkit.data.schema import (
     MONET_COLUMNS,
     SITES,
 )
-from fusionkit.data.splits import Split, kfold_splits, train_val_split
+from fusionkit.data.splits import Split, kfold_splits, read_split_file, train_val_split
 from fusionkit.data.synthetic import (
     SYNTHETIC_CLINICAL_CLASSES,
     SYNTHETIC_DERM_CLASSES,
@@ -75,6 +75,7 @@ __all__ = [
     "make_synthetic_milk10k",
     "normalize_batch",
     "read_milk10k",
+    "read_split_file",
     "scan_images",
     "seed_worker",
     "synthetic_class_counts",

@@ -8,16 +8,23 @@ the guarantees tests/test_data_splits.py states: ``StratifiedShuffleSplit`` refu
 lesion and can leave a two-lesion class out of validation (MAL_OTH, 2 of 216 lesions, got none at
 ``val_fraction=0.2``, seed 0, scikit-learn 1.x, checked 2026-11-27), and both depend on the order
 of the input rows.
+
+:func:`read_split_file` reads a split the user supplies instead (``data.split_file``), so a
+comparison with another library or a published split uses the same lesions.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from fusionkit.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -111,3 +118,72 @@ def kfold_splits(lesion_ids: Sequence[str], labels: Sequence[Hashable], *, k: in
         )
         for fold in range(k)
     ]
+
+
+def read_split_file(path: str | Path, lesion_ids: Sequence[str], *, folds: int | None, fold: int = 0) -> Split:
+    """The split a user supplies in a JSON file, checked against the data's lesion ids.
+
+    The file holds lesion ids per part, ``{"train": [...], "val": [...]}`` (a run's ``split.json`` is
+    one; other keys are ignored), or per fold, ``{"folds": [...]}`` whose entries are either such a
+    ``{"train", "val"}`` mapping or the list of that fold's validation ids (it then trains on the
+    lesions of the other folds). ``folds`` must be None for a two-part file and equal the number of
+    folds in a fold file, whose fold ``fold`` is returned. Lesions the file does not list are not used;
+    the order of the file is kept. Raises :class:`~fusionkit.errors.DataError` (one line naming the file,
+    and the part and lesion where one is at fault).
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+    except OSError as exc:
+        raise DataError(f"cannot read the split file: {exc.strerror or exc}", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not JSON (line {exc.lineno}: {exc.msg})", path=path) from None
+    if not isinstance(content, dict) or not ({"train", "val"} <= content.keys() or "folds" in content):
+        raise DataError('expected {"train": [ids], "val": [ids]} or {"folds": [...]}', path=path)
+    if "folds" in content:
+        entries = content["folds"]
+        if not isinstance(entries, list) or len(entries) < 2:
+            raise DataError('"folds" must list at least two folds', path=path)
+        if folds != len(entries):
+            asked = f"{folds} folds" if folds is not None else f"none (set data.folds / --folds to {len(entries)})"
+            raise DataError(f"the file has {len(entries)} folds but the run asks for {asked}", path=path)
+        entry = entries[fold]
+        if isinstance(entry, dict):
+            if not {"train", "val"} <= entry.keys():
+                raise DataError(f'fold {fold}: expected {{"train": [ids], "val": [ids]}} or a list of ids', path=path)
+            parts = {"train": entry["train"], "val": entry["val"]}
+        else:
+            others = [e["val"] if isinstance(e, dict) else e for i, e in enumerate(entries) if i != fold]
+            parts = {"train": [x for part in others for x in _id_list(part, path, "folds")], "val": entry}
+        where = f"fold {fold} "
+    else:
+        if folds is not None:
+            raise DataError(f"the run asks for {folds} folds but the file has one train/val split", path=path)
+        parts = {"train": content["train"], "val": content["val"]}
+        where = ""
+    known = set(lesion_ids)
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, ids in parts.items():
+        ids = _id_list(ids, path, f"{where}{name}")
+        if not ids:
+            raise DataError(f'"{where}{name}" lists no lesions', path=path)
+        seen: set[str] = set()
+        for lesion in ids:
+            if lesion not in known:
+                raise DataError(
+                    f'listed in "{where}{name}" but not in the data\'s Training split', path=path, lesion_id=lesion
+                )
+            if lesion in seen:
+                raise DataError(f'occurs twice in "{where}{name}"', path=path, lesion_id=lesion)
+            seen.add(lesion)
+        checked[name] = tuple(ids)
+    overlap = next((x for x in checked["val"] if x in set(checked["train"])), None)
+    if overlap is not None:
+        raise DataError(f'is in both "{where}train" and "{where}val"', path=path, lesion_id=overlap)
+    return Split(train=checked["train"], val=checked["val"])
+
+
+def _id_list(value: object, path: Path, part: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise DataError(f'"{part}" must be a list of lesion ids (strings)', path=path)
+    return value

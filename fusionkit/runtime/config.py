@@ -184,6 +184,10 @@ class DataSpec(FrozenSpec):
     ``val_fraction``). With it, ``fold`` picks the validation fold (``fusionkit.data.kfold_splits``)."""
     fold: int = Field(default=0, ge=0)
     """Which of the ``folds`` folds is the validation set (0-based; only with ``folds``)."""
+    split_file: Path | None = None
+    """A supplied split instead of a drawn one (``split_seed`` and ``val_fraction`` then unused): JSON
+    lesion ids per part, ``{"train": [...], "val": [...]}`` (a run's ``split.json`` is one), or per
+    fold, ``{"folds": [...]}`` with ``folds`` set to their number (``fusionkit.data.read_split_file``)."""
     num_workers: int = Field(default=0, ge=0, le=MAX_WORKERS)
     """DataLoader workers (0 is fastest for the cached uint8 pipeline without heavy augmentation)."""
     cache: bool = True

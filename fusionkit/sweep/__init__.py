@@ -2,8 +2,9 @@
 
 A plan of (variant, seed[, fold]) runs with paired splits (:mod:`~fusionkit.sweep.plan`), engines
 that run them in this process, on a local GPU queue or through submitit
-(:mod:`~fusionkit.sweep.execute`), statistics over seeds and paired bootstrap differences against a
-reference (:mod:`~fusionkit.sweep.stats`), and the summary files (:mod:`~fusionkit.sweep.summary`).
+(:mod:`~fusionkit.sweep.execute`), two-level (runs and lesions) bootstrap intervals and paired differences against a reference
+(:mod:`~fusionkit.sweep.stats`), the corrected t-test, Holm, detectable effects and DeLong's test
+(:mod:`~fusionkit.sweep.significance`), and the summary files (:mod:`~fusionkit.sweep.summary`).
 """
 
 from fusionkit.sweep.execute import device_queue, execute_job, in_process, is_finished, submitit_engine
@@ -17,21 +18,28 @@ from fusionkit.sweep.plan import (
     select_presets,
 )
 from fusionkit.sweep.runner import build_image_caches, prepare_data_root, run_sweep
-from fusionkit.sweep.stats import PairedRun, mean_std_ci, paired_difference
+from fusionkit.sweep.significance import corrected_ttest, delong_macro_auc, holm, minimum_detectable_effect
+from fusionkit.sweep.stats import PairedDifference, PairedRun, ScoredRun, metric_intervals, paired_difference
 from fusionkit.sweep.summary import collect_records, summarize, write_summary
 
 __all__ = [
     "GROUPS",
+    "PairedDifference",
     "PairedRun",
+    "ScoredRun",
     "SweepJob",
     "bind_data_root",
     "build_image_caches",
     "collect_records",
+    "corrected_ttest",
+    "delong_macro_auc",
     "device_queue",
     "execute_job",
+    "holm",
     "in_process",
     "is_finished",
-    "mean_std_ci",
+    "metric_intervals",
+    "minimum_detectable_effect",
     "paired_difference",
     "parse_seeds",
     "plan_sweep",

@@ -3,7 +3,7 @@
 Each job's run directory is an ordinary fusionkit run (``fusionkit evaluate/predict`` read it) plus
 ``sweep_run.json``: status (``ok``, ``failed`` with a one-line reason, ``interrupted``), seconds,
 best epoch, samples/s, peak GPU memory, device, torch/timm versions, the macro metrics, and the
-validation labels (for the paired bootstrap). A run is *finished* when its report exists, its
+validation labels (for the summary's bootstrap and tests). A run is *finished* when its report exists, its
 record says ``ok`` and its resolved config equals the requested one; an unfinished run with a
 ``last`` checkpoint and the requested config is resumed; anything else in its folder is cleared.
 The queue and the cluster scheduling are ``concurrent.futures`` and ``submitit``: none of our own.

@@ -1,82 +1,261 @@
-"""Statistics of a sweep: spread over seeds/folds, and paired bootstrap differences against a reference.
+"""Intervals of a sweep that include the training noise: a two-level (hierarchical) bootstrap over
+runs and lesions, for a variant's macro metrics and for its paired difference from the reference.
 
-Own code rather than a library because scipy's ``bootstrap`` resamples one statistic of arrays,
-while a paired difference of two *macro* metrics, resampled within each (seed, fold) validation set
-and pooled, needs the metric inside the resampling loop; the metric functions here are vectorised
-over the bootstrap replicates and equal :func:`fusionkit.metrics.isic_metrics` on the full set.
+One replicate of the bootstrap (:func:`hierarchical_bootstrap`):
+
+1. draws the seeds with replacement (as many as there are);
+2. within each drawn seed, draws its folds with replacement (one "fold" per seed without ``--folds``);
+3. within each drawn run, draws the validation lesions with replacement *within each class*
+   (stratified: every class keeps its number of lesions, so a resample never drops a rare class and
+   scores both models 1.0 on it by the 0/0 rule, which biased the old lesion bootstrap toward zero);
+
+and averages the drawn runs' scores. The interval is the percentile interval of the replicates, so
+it stays inside the metric's range (a difference inside [-1, 1]). Resampling the lesions as well as
+the runs counts the test-set noise twice (a run's score already carries its own), which makes the
+interval a little wide, never narrow; with one run only level 3 is left and the interval covers
+test-set sampling only (:attr:`PairedDifference.covers` says which).
+
+Own code rather than a library: ``scipy.stats.bootstrap`` resamples one level of independent
+observations, and rliable's stratified bootstrap resamples runs within tasks but not the lesions
+inside a run; neither takes a macro metric over classes, which must be computed inside the
+resampling loop. The resampled lesions are represented as multiplicity weights (how often each
+lesion is drawn), so the metrics here are weighted versions of :func:`fusionkit.metrics.isic_metrics`'s
+macro metrics, vectorised over replicates, and equal it on the full set (weights of one).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 _THRESHOLD = 0.5  # the ISIC scorer's binarisation (fusionkit.metrics.isic)
+METRICS: tuple[str, ...] = ("auc", "ppv", "accuracy", "sensitivity", "specificity", "dice")
+"""The macro metrics the bootstrap computes (the paper's Table 2-3 columns)."""
+MIN_CLASS_LESIONS = 5
+"""The small-split rule: a class with fewer validation lesions than this in a run makes the split too
+small to say much about that class (one lesion moves its Dice by 0.2 or more, the macro Dice by about
+0.02), and the summary warns."""
+_CHUNK = 256  # lesion resamples scored at a time (bounds memory: CHUNK x lesions weights)
 
 
-def mean_std_ci(values: Sequence[float], *, level: float = 0.95) -> dict[str, float | list[float] | None]:
-    """Mean, sample std (ddof 1) and the Student-t ``level`` interval of the mean.
+# -- weighted macro metrics -------------------------------------------------------------------------
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, the scorer's "freebie" 1.0 where the denominator is 0."""
+    return np.where(denominator == 0, 1.0, numerator / np.where(denominator == 0, 1.0, denominator))
 
-    With one value the std and the interval are undefined (None).
+
+def _auc(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC of one class for weighted lesions (Mann-Whitney, ties counted half).
+
+    ``truth`` (n,) bool, ``scores`` (n,), ``weights`` (m, n); NaN where the weighted positives or
+    negatives are empty. Lesions are sorted once; per tie group the weighted positives times the
+    weighted negatives below (plus half those tied) give the U statistic of every replicate.
     """
-    x = np.asarray([float(v) for v in values], dtype=float)
-    if x.size == 0:
-        raise ValueError("no values")
-    mean = float(x.mean())
-    if x.size < 2:
-        return {"mean": mean, "std": None, "ci95": None}
-    std = float(x.std(ddof=1))
-    half = float(scipy_stats.t.ppf(0.5 + level / 2, df=x.size - 1)) * std / math.sqrt(x.size)
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    w = weights[:, order]
+    pos = np.add.reduceat(w * truth[order], starts, axis=1)
+    neg = np.add.reduceat(w * ~truth[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    u = np.sum(pos * (below + 0.5 * neg), axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
-def macro_dice(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Macro Dice (2TP / (2TP + FP + FN), 1.0 for 0/0, per class then mean) over the last two axes.
+def weighted_macro_metrics(
+    labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, metrics: Sequence[str] = METRICS
+) -> np.ndarray:
+    """Macro metrics of lesions counted ``weights`` times: shape (m, len(metrics)).
 
-    ``labels`` (..., n) class indices, ``probs`` (..., n, k); a class is predicted when its
-    probability is above 0.5, as in the ISIC scorer. Returns shape (...).
+    ``labels`` (n,) class indices, ``probs`` (n, k) posteriors, ``weights`` (m, n) how often each
+    lesion counts in each of m replicates. With weights of one this is
+    :func:`fusionkit.metrics.isic_metrics`'s ``"macro"`` (a class is predicted above 0.5; the 0/0
+    "freebie" 1.0; AUC over classes with positives and negatives), and a weight ``w`` equals the
+    lesion repeated ``w`` times.
     """
-    k = probs.shape[-1]
-    truth = labels[..., None] == np.arange(k)
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=float)
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    k = probs.shape[1]
+    truth = labels[:, None] == np.arange(k)
     pred = probs > _THRESHOLD
-    tp = np.sum(truth & pred, axis=-2)
-    fp = np.sum(~truth & pred, axis=-2)
-    fn = np.sum(truth & ~pred, axis=-2)
-    denom = 2 * tp + fp + fn
-    dice = np.where(denom == 0, 1.0, 2 * tp / np.maximum(denom, 1))
-    return dice.mean(axis=-1)
-
-
-def macro_auc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Macro one-vs-rest ROC AUC (Mann-Whitney with tied ranks averaged), classes without
-    positives or negatives left out; shapes as in :func:`macro_dice`. NaN if no class has both."""
-    k = probs.shape[-1]
-    n = labels.shape[-1]
+    tp = weights @ (truth & pred)
+    fp = weights @ (~truth & pred)
+    fn = weights @ (truth & ~pred)
+    tn = weights @ (~truth & ~pred)
+    per_class = {
+        "accuracy": lambda: (tp + tn) / (tp + tn + fp + fn),
+        "sensitivity": lambda: _ratio(tp, tp + fn),
+        "specificity": lambda: _ratio(tn, tn + fp),
+        "dice": lambda: _ratio(2 * tp, 2 * tp + fp + fn),
+        "ppv": lambda: _ratio(tp, tp + fp),
+        "auc": lambda: np.stack([_auc(truth[:, j], probs[:, j], weights) for j in range(k)], axis=1),
+    }
     out = []
-    for j in range(k):
-        pos = labels == j
-        n_pos = pos.sum(axis=-1)
-        n_neg = n - n_pos
-        ranks = scipy_stats.rankdata(probs[..., j], axis=-1)
-        u = np.sum(ranks * pos, axis=-1) - n_pos * (n_pos + 1) / 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan))
-    stacked = np.stack(out, axis=-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicate: NaN, as isic_metrics
-        return np.nanmean(stacked, axis=-1)
+    for name in metrics:
+        values = per_class[name]()
+        defined = ~np.isnan(values)
+        with np.errstate(invalid="ignore"):
+            out.append(np.where(defined.any(axis=1), np.nansum(values, axis=1) / defined.sum(axis=1), np.nan))
+    return np.stack(out, axis=1)
 
 
-METRIC_FUNCTIONS = {"dice": macro_dice, "auc": macro_auc}
-"""The metrics the paired comparison reports."""
+# -- resampling ---------------------------------------------------------------------------------------
+def stratified_weights(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` stratified resamples of the lesions as multiplicity weights, shape (size, n).
+
+    Within each class (ascending class index, one ``rng.multinomial`` call each) the class's lesions
+    are drawn with replacement as many times as the class has lesions, so every resample keeps each
+    class's count.
+    """
+    labels = np.asarray(labels)
+    weights = np.zeros((size, labels.size))
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        weights[:, members] = rng.multinomial(members.size, np.full(members.size, 1 / members.size), size=size)
+    return weights
 
 
-@dataclass(frozen=True)
+Statistic = Callable[[int, np.ndarray], np.ndarray]
+"""``stat(run, weights)``: the statistic(s) of run ``run`` on its lesions counted ``weights`` (m, n)
+times, shape (m, s)."""
+
+
+def hierarchical_bootstrap(
+    groups: Sequence[Sequence[int]],
+    labels: Sequence[np.ndarray],
+    stat: Statistic,
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Replicates (n_boot, s) of the mean over runs of ``stat``, resampling seeds, folds and lesions.
+
+    ``groups`` lists the run indices of each seed (its folds); ``labels[r]`` are run ``r``'s
+    validation labels. Draw order: the seeds ``rng.integers(0, G, (n_boot, G))``, then
+    ``rng.random((n_boot, G, F))`` (F the most folds of a seed) picks ``floor(u * folds)`` of each drawn
+    seed, then for each run in index order its lesion resamples (:func:`stratified_weights`, in
+    chunks of 256), assigned to its draws in row-major order. A replicate averages all drawn runs.
+    """
+    if not groups or not all(groups):
+        raise ValueError("every seed needs at least one run")
+    n_groups = len(groups)
+    n_folds = np.array([len(g) for g in groups])
+    table = np.full((n_groups, n_folds.max()), -1)
+    for g, runs in enumerate(groups):
+        table[g, : len(runs)] = runs
+    seeds = rng.integers(0, n_groups, size=(n_boot, n_groups))
+    u = rng.random((n_boot, n_groups, table.shape[1]))
+    folds_of = n_folds[seeds][..., None]
+    valid = np.arange(table.shape[1]) < folds_of
+    drawn = np.where(valid, table[seeds[..., None], np.minimum((u * folds_of).astype(int), folds_of - 1)], -1)
+    drawn = drawn.reshape(n_boot, -1)
+    total: np.ndarray | None = None
+    for run in np.unique(table[table >= 0]):
+        rows, _ = np.nonzero(drawn == run)
+        pieces = []
+        for start in range(0, rows.size, _CHUNK):
+            size = min(_CHUNK, rows.size - start)
+            pieces.append(np.asarray(stat(int(run), stratified_weights(labels[run], size, rng)), dtype=float))
+        if not pieces:
+            continue
+        values = np.concatenate(pieces).reshape(rows.size, -1)
+        if total is None:
+            total = np.zeros((n_boot, values.shape[1]))
+        np.add.at(total, rows, values)
+    assert total is not None
+    return total / (drawn >= 0).sum(axis=1, keepdims=True)
+
+
+def _percentile(replicates: np.ndarray, level: float) -> list[float]:
+    lo, hi = np.nanquantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def _groups(seeds: Sequence[int | None]) -> list[list[int]]:
+    """Run indices per seed in first-seen order; runs without a seed are a seed each."""
+    keyed: dict[object, list[int]] = {}
+    for i, seed in enumerate(seeds):
+        keyed.setdefault(("run", i) if seed is None else seed, []).append(i)
+    return list(keyed.values())
+
+
+def coverage(groups: Sequence[Sequence[int]]) -> str:
+    """What an interval over these runs covers: ``"runs and lesions"`` or, with one run, ``"lesions"``."""
+    return "lesions" if sum(len(g) for g in groups) == 1 else "runs and lesions"
+
+
+# -- a variant alone ----------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ScoredRun:
+    """One finished run of a variant: its posteriors on its validation lesions."""
+
+    labels: np.ndarray
+    """(n,) class indices of the validation lesions."""
+    probs: np.ndarray
+    """(n, k) posteriors, rows in the same lesion order."""
+    seed: int | None = None
+    """The run's seed (runs of one seed are its folds); None: a seed of its own."""
+    fold: int | None = None
+    """The run's fold (None without ``--folds``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricIntervals:
+    """A variant's macro metrics: mean over runs and the two-level bootstrap interval of that mean."""
+
+    mean: dict[str, float]
+    """Mean over runs of each metric."""
+    interval: dict[str, list[float]]
+    """The ``level`` percentile interval of each metric, inside [0, 1]."""
+    n_runs: int
+    """How many runs the interval rests on."""
+    n_seeds: int
+    """How many seeds those runs come from."""
+    covers: str
+    """``"runs and lesions"``, or ``"lesions"`` (test-set sampling only) with one run."""
+
+
+def metric_intervals(
+    runs: Sequence[ScoredRun],
+    *,
+    metrics: Sequence[str] = METRICS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> MetricIntervals:
+    """Mean over runs of each macro metric and its two-level bootstrap interval (module docstring).
+
+    Replicates come from :func:`hierarchical_bootstrap` with ``numpy.random.default_rng(seed)``.
+    """
+    if not runs:
+        raise ValueError("no runs")
+    groups = _groups([r.seed for r in runs])
+    point = np.mean(
+        [weighted_macro_metrics(r.labels, r.probs, np.ones((1, len(r.labels))), metrics)[0] for r in runs], axis=0
+    )
+    boot = hierarchical_bootstrap(
+        groups,
+        [r.labels for r in runs],
+        lambda i, w: weighted_macro_metrics(runs[i].labels, runs[i].probs, w, metrics),
+        n_boot=n_boot,
+        rng=np.random.default_rng(seed),
+    )
+    return MetricIntervals(
+        mean={m: float(point[j]) for j, m in enumerate(metrics)},
+        interval={m: _percentile(boot[:, j], level) for j, m in enumerate(metrics)},
+        n_runs=len(runs),
+        n_seeds=len(groups),
+        covers=coverage(groups),
+    )
+
+
+# -- a variant against the reference ------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
 class PairedRun:
     """One seed (and fold): the variant's and the reference's posteriors on the same lesions."""
 
@@ -86,27 +265,70 @@ class PairedRun:
     """(n, k) the variant's posteriors, rows in the same lesion order."""
     reference: np.ndarray
     """(n, k) the reference's posteriors."""
+    seed: int | None = None
+    """The seed both ran with (pairs of one seed are its folds); None: a seed of its own."""
+    fold: int | None = None
+    """The fold (None without ``--folds``)."""
+    n_train: int | None = None
+    """Training lesions of the split (for the corrected t-test's test/train ratio); None: unknown."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedDifference:
+    """``metric(variant) - metric(reference)``: mean over runs, its interval, and each run's difference."""
+
+    estimate: float
+    """Mean over runs of the difference on all validation lesions."""
+    interval: list[float]
+    """The ``level`` percentile interval of the two-level bootstrap, inside [-1, 1]."""
+    run_differences: list[float]
+    """Each run's difference, in the order of the pairs."""
+    n_runs: int
+    """How many runs (seed x fold pairs) the interval rests on."""
+    n_seeds: int
+    """How many seeds those runs come from."""
+    covers: str
+    """``"runs and lesions"``, or ``"lesions"`` (test-set sampling only) with one run."""
 
 
 def paired_difference(
     pairs: Sequence[PairedRun], metric: str, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, list[float]]:
-    """Mean over pairs of ``metric(variant) - metric(reference)``, and its percentile bootstrap interval.
+) -> PairedDifference:
+    """Mean over pairs of ``metric(variant) - metric(reference)`` and its two-level bootstrap interval.
 
-    Each replicate resamples, with replacement, the lesions of every pair independently (draws in
-    pair order from ``numpy.random.default_rng(seed)``: ``integers(0, n, size=(n_boot, n))`` per
-    pair), scores both models on the same resampled lesions, and averages the differences over
-    pairs; the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles.
+    Each replicate resamples the seeds, the folds within a seed and the lesions within each class of
+    every drawn run (:func:`hierarchical_bootstrap`, ``numpy.random.default_rng(seed)``), scores both
+    models on the same resampled lesions and averages the differences over the drawn runs; the
+    interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. With one pair it covers
+    test-set sampling only (``covers == "lesions"``).
     """
     if not pairs:
         raise ValueError("no paired runs")
-    fn = METRIC_FUNCTIONS[metric]
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([fn(p.labels, p.variant) - fn(p.labels, p.reference) for p in pairs]))
-    boot = np.zeros(n_boot)
-    for p in pairs:
-        idx = rng.integers(0, len(p.labels), size=(n_boot, len(p.labels)))
-        boot += fn(p.labels[idx], p.variant[idx]) - fn(p.labels[idx], p.reference[idx])
-    boot /= len(pairs)
-    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return point, [float(lo), float(hi)]
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
+
+    def diff(i: int, w: np.ndarray) -> np.ndarray:
+        p = pairs[i]
+        return weighted_macro_metrics(p.labels, p.variant, w, [metric]) - weighted_macro_metrics(
+            p.labels, p.reference, w, [metric]
+        )
+
+    runs = [float(diff(i, np.ones((1, len(p.labels))))[0, 0]) for i, p in enumerate(pairs)]
+    groups = _groups([p.seed for p in pairs])
+    boot = hierarchical_bootstrap(
+        groups, [p.labels for p in pairs], diff, n_boot=n_boot, rng=np.random.default_rng(seed)
+    )
+    return PairedDifference(
+        estimate=float(np.mean(runs)),
+        interval=_percentile(boot[:, 0], level),
+        run_differences=runs,
+        n_runs=len(pairs),
+        n_seeds=len(groups),
+        covers=coverage(groups),
+    )
+
+
+def small_classes(labels: np.ndarray, n_classes: int, *, minimum: int = MIN_CLASS_LESIONS) -> dict[int, int]:
+    """Classes with fewer than ``minimum`` validation lesions (:data:`MIN_CLASS_LESIONS`): {class: count}."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
+    return {c: int(n) for c, n in enumerate(counts) if n < minimum}

@@ -33,6 +33,7 @@ from fusionkit.data import (
     make_loader,
     make_synthetic_milk10k,
     normalize_batch,
+    read_split_file,
     train_val_split,
 )
 from fusionkit.data.layout import Milk10kFiles
@@ -267,7 +268,9 @@ def prepare_data(
         split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]))
     else:
         ids, labels = lesion_labels(files)
-        if data.folds is not None:
+        if data.split_file is not None:
+            split = read_split_file(data.split_file, ids, folds=data.folds, fold=data.fold)
+        elif data.folds is not None:
             split = kfold_splits(ids, labels, k=data.folds, seed=data.split_seed)[data.fold]
         else:
             split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
