@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FusionModel",
+    "FusionPipeline",
     "FusionOutput",
     "FusionkitError",
     "JointIndividualLoss",
@@ -61,3 +62,12 @@ __all__ = [
 ]
 
 load_plugins()
+
+
+def __getattr__(name: str):
+    """Lazy public names: ``FusionPipeline`` imports the inference layer on first use."""
+    if name == "FusionPipeline":
+        from fusionkit.inference.pipeline import FusionPipeline
+
+        return FusionPipeline
+    raise AttributeError(f"module 'fusionkit' has no attribute {name!r}")

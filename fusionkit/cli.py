@@ -160,13 +160,22 @@ def predict(
         str,
         typer.Option(
             "--decision",
-            help="What the CSV holds: probs (posteriors), argmax (one-hot top class) or thresholds (per-class thresholds fitted on the validation split for macro Dice at > 0.5).",
+            help="What the CSV holds: probs (posteriors, rows sum to 1), argmax (one-hot top class) or thresholds (decision scores: each class rescaled so that > 0.5 means its threshold, fitted on the validation split at the end of training, is passed; rows need not sum to 1).",
         ),
     ] = "thresholds",
+    refit_thresholds: Annotated[
+        bool,
+        typer.Option(
+            "--refit-thresholds",
+            help="Fit the thresholds again on the runs' validation split (reads the training folder) instead of using those stored at the end of training.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
-    from fusionkit.evaluate.ensemble import predict_split
+    import json
+
+    from fusionkit.inference.ensemble import predict_split
 
     path = predict_split(
         runs,
@@ -176,9 +185,11 @@ def predict(
         checkpoint=checkpoint,
         tta=tta,
         decision=decision,
+        refit_thresholds=refit_thresholds,
         progress=not quiet,
     )
-    typer.echo(f"wrote {path}")
+    record = json.loads(path.with_suffix(".json").read_text())
+    typer.echo(f"wrote {path} ({record['lesions']} lesions): {record['values']}")
 
 
 @app.command()
@@ -203,8 +214,9 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
-    from fusionkit.evaluate.ensemble import evaluate_ensemble, find_runs
+    from fusionkit.evaluate.ensemble_report import evaluate_ensemble
     from fusionkit.evaluate.report import evaluate_run
+    from fusionkit.inference.ensemble import find_runs
 
     found = find_runs(runs)
     if len(found) == 1 and out is None:
@@ -226,11 +238,12 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
 ) -> None:
     """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
-    from fusionkit.evaluate.export import EXPORT_FORMATS, export_onnx
+    from fusionkit.inference.export import EXPORT_FORMATS
+    from fusionkit.inference.pipeline import FusionPipeline
 
     if format_ not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
-    path = export_onnx(run, out=out, checkpoint=checkpoint)
+    path = FusionPipeline.from_run(run, checkpoint=checkpoint, device="cpu").export_onnx(out)
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 

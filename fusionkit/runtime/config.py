@@ -185,6 +185,17 @@ class DataSpec(FrozenSpec):
     """Where the cache lives (default $FUSIONKIT_CACHE or ~/.cache/fusionkit)."""
     missing_image: Literal["error", "absent"] = "error"
     """A lesion with one image: an error, or the image marked absent in the presence masks."""
+    metadata_features: tuple[Literal["age", "sex", "site", "skin_tone", "monet", "altered"], ...] = (
+        "age",
+        "sex",
+        "site",
+        "skin_tone",
+        "monet",
+        "altered",
+    )
+    """The metadata feature groups the model sees (default all). Leave out ``monet`` to train a model
+    that needs no MONET concept scores (a clinic has none for a new photo); see
+    :class:`fusionkit.data.MetadataEncoder`."""
     augment: AugmentConfig = AugmentConfig()
     augment_on: Literal["auto", "cpu", "device"] = "auto"
     """Where training augmentation runs: ``device`` (whole batches on the training device after the
@@ -192,6 +203,13 @@ class DataSpec(FrozenSpec):
     ``cpu`` (per image in the DataLoader), or ``auto``: ``device`` when training on a GPU, ``cpu``
     otherwise (on a CPU the batched ops are slower than per-image ones: benchmarks/results/loading-*).
     Both draw from the same distribution; train.log says which ran."""
+
+    @model_validator(mode="after")
+    def _features_known(self) -> DataSpec:
+        from fusionkit.data.metadata import check_features
+
+        check_features(self.metadata_features)
+        return self
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> DataSpec:

@@ -212,7 +212,11 @@ def prepare_data(
     name = preprocessing_model(config)
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
     common = dict(files=files, image_size=size, missing_image=data.missing_image, cache_dir=cache_dir)
-    encoder = MetadataEncoder.load(RunFiles(run_dir).metadata_encoder) if resume else None
+    encoder = (
+        MetadataEncoder.load(RunFiles(run_dir).metadata_encoder)
+        if resume
+        else MetadataEncoder(features=data.metadata_features)  # fitted on the training split below
+    )
     # rank 0 builds the image cache first; the others then open it
     if not dist_info.is_main:
         barrier(dist_info)

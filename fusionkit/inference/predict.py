@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fusionkit.inference.tta import tta_views, view_batch
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
-from fusionkit.runtime.tta import tta_views, view_batch
 from fusionkit.utils.progress import bars_enabled
 
 
@@ -69,7 +69,7 @@ def predict(
 ) -> Predictions:
     """Predict every batch of ``loader`` in eval mode; ``absent`` masks modalities out.
 
-    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.runtime.tta`) averages the posterior
+    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.inference.tta`) averages the posterior
     P_final and the fusion weights over dihedral views of both images of each lesion;
     ``log_probs`` is then the log of that mean.
 
