@@ -98,6 +98,7 @@ def test_selection_score_reads_the_named_metric() -> None:
 def test_report_shows_tta_and_each_decision_rule(run_dir: Path) -> None:
     text = evaluate_run(run_dir, gradcam_lesions=0, tta="flips").read_text()
     assert "## Test-time augmentation and decision rule" in text
+    assert "The model carries the `thresholds` rule (`inference.json`), fitted at the end of training" in text
     rows = json.loads((run_dir / "decision.json").read_text())["rows"]
     assert [(r["tta"], r["decision"]) for r in rows] == [
         (t, d) for t in ("none", "flips") for d in ("probs", "argmax", "thresholds")
@@ -199,6 +200,7 @@ def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path
     expected = run.predict_dataset(run.dataset(lesion_ids=ids))
     assert [g["lesion_id"] for g in got] == expected.lesion_ids
     probs = np.array([[g["probs"][c] for c in CLASS_NAMES] for g in got])
+    assert [g["classes"] for g in got] == run.decision.predicted(probs)  # the stored rule travels in the sidecar
     np.testing.assert_allclose(probs, expected.probs, atol=2e-2)  # Pillow's resize, not torchvision's
 
 

@@ -29,6 +29,7 @@ from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
 from fusionkit.errors import ConfigError, DataError
 from fusionkit.inference.decision import MIN_POSITIVES, DecisionRecord, fit_decision
 from fusionkit.inference.inputs import check_model_batch
+from fusionkit.inference.predict import predict
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
@@ -163,6 +164,8 @@ def test_inputs_are_checked_at_the_door(pipe: fk.FusionPipeline, run_dir: Path) 
     batch["meta"] = torch.zeros(2, 30)
     with pytest.raises(DataError, match=r"batch\['meta'\]: shape \(2, 30\); expected \(B, 35\)"):
         check_model_batch(batch, modalities=pipe.modalities, metadata_width=35)
+    with pytest.raises(DataError, match=r"batch\['meta'\]: shape \(2, 30\); expected \(B, 35\)"):
+        predict(pipe.model, [{**batch, "lesion_id": ["a", "b"]}], device=torch.device("cpu"))  # the loop checks too
 
 
 def test_missing_metadata_fields_are_imputed_only_when_asked(pipe: fk.FusionPipeline, run_dir: Path) -> None:
@@ -427,3 +430,11 @@ def test_old_encoder_files_load_with_every_feature(tmp_path: Path) -> None:
         fk.data.MetadataEncoder(features=("age", "weight"))
     with pytest.raises(Exception, match="metadata_features"):
         RunConfig.model_validate({**tiny_run_config(tmp_path), "data": {"metadata_features": ["age", "colour"]}})
+
+
+def test_a_hub_id_that_cannot_be_had_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^nobody/no-such-model: cannot download the Hub repository") as info:
+        fk.FusionPipeline.from_pretrained("nobody/no-such-model", local_files_only=True, cache_dir=tmp_path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="not a folder written by FusionPipeline.save"):
+        fk.FusionPipeline.from_pretrained(tmp_path / "missing" / "folder")

@@ -39,6 +39,7 @@ from fusionkit.evaluate.plots import (
     plot_roc_curves,
 )
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
+from fusionkit.inference.decision import DecisionRecord
 from fusionkit.inference.pipeline import FusionPipeline, load_run
 from fusionkit.inference.predict import Predictions
 from fusionkit.inference.submission import write_submission
@@ -254,15 +255,24 @@ def evaluate_run(
         figures,
         len(preds),
         data_root,
-        decision_md=_decision_section(decisions, tta, data_root),
+        decision_md=_decision_section(decisions, tta, data_root, stored=run.decision),
     )
     path = RunFiles(run_dir).report
     atomic_write_text(path, report)
     return path
 
 
-def _decision_section(rows: list[dict[str, Any]], tta: str, data_root) -> str:
+def _decision_section(rows: list[dict[str, Any]], tta: str, data_root, *, stored: DecisionRecord) -> str:
     where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
+    carried = "The run stores no decision rule (trained before fusionkit stored one)."
+    if stored.thresholds is not None:
+        fitted = [c for c, f in zip(stored.class_names, stored.fitted or (), strict=True) if f]
+        carried = (
+            f"The model carries the `{stored.rule}` rule (`inference.json`), fitted at the end of training on "
+            f"{stored.lesions} validation lesions: thresholds for {', '.join(fitted) or 'no class'}; the other "
+            f"classes keep 0.5 (fewer than {stored.min_positives} validation positives). `fusionkit predict` "
+            "uses it; under it the CSV holds decision scores, not probabilities."
+        )
     return "\n".join(
         [
             "## Test-time augmentation and decision rule",
@@ -272,6 +282,8 @@ def _decision_section(rows: list[dict[str, Any]], tta: str, data_root) -> str:
             f"rescales each class at a threshold fitted for Dice on {where}.",
             "",
             decision_markdown(rows),
+            "",
+            carried,
             "",
             "",
         ]

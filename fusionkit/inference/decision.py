@@ -244,7 +244,7 @@ def average_decisions(records: Sequence[DecisionRecord]) -> DecisionRecord:
     return DecisionRecord(
         rule=first.rule,
         class_names=first.class_names,
-        thresholds=tuple(float(t) for t in np.mean([r.thresholds for r in records], axis=0)),
+        thresholds=tuple(float(t) for t in np.mean([list(r.thresholds or ()) for r in records], axis=0)),
         fitted=tuple(bool(any(f)) for f in zip(*(r.fitted or () for r in records), strict=True)),
         positives=tuple(int(sum(p)) for p in zip(*(r.positives or () for r in records), strict=True)),
         min_positives=first.min_positives,

@@ -69,11 +69,15 @@ def load_runs(
                 f"{run.run_dir}: {run.config.model.num_classes} classes, but {first.run_dir} has "
                 f"{first.config.model.num_classes}; an ensemble needs one class list"
             )
-        if run.encoder.feature_names != first.encoder.feature_names:
+        if _features(run) != _features(first):
             raise ConfigError(
                 f"{run.run_dir}: its metadata encoding differs from {first.run_dir}'s; an ensemble needs one encoding"
             )
     return runs
+
+
+def _features(run: FusionPipeline) -> tuple[str, ...]:
+    return run.encoder.feature_names if run.encoder is not None else ()
 
 
 def mean_predictions(parts: Sequence[Predictions]) -> Predictions:

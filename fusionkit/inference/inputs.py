@@ -364,7 +364,7 @@ def collate_lesions(lesions: Sequence[LesionInput], *, image_size: int) -> dict[
     batch: dict[str, Any] = {"lesion_id": [x.lesion_id for x in lesions]}
     present: dict[str, torch.Tensor] = {}
     for m in IMAGE_MODALITIES:
-        batch[m] = torch.stack([x.images[m] if x.images[m] is not None else blank for x in lesions])
+        batch[m] = torch.stack([image if (image := x.images[m]) is not None else blank for x in lesions])
         present[m] = torch.tensor([x.images[m] is not None for x in lesions], dtype=torch.bool)
     batch["meta"] = torch.stack([x.meta for x in lesions])
     present["meta"] = torch.tensor(["meta" not in x.missing for x in lesions], dtype=torch.bool)

@@ -84,7 +84,7 @@ class ImagePreprocessing:
         mean, std = tuple(float(x) for x in state["mean"]), tuple(float(x) for x in state["std"])
         if len(mean) != 3 or len(std) != 3 or int(state["size"]) < 1:
             raise ValueError("expected a positive size and three means and standard deviations")
-        return cls(size=int(state["size"]), mean=mean, std=std, interpolation=str(state["interpolation"]))  # type: ignore[arg-type]
+        return cls(size=int(state["size"]), mean=mean, std=std, interpolation=str(state["interpolation"]))
 
 
 def image_preprocessing(config: RunConfig) -> ImagePreprocessing:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fusionkit.inference.inputs import check_model_batch
 from fusionkit.inference.tta import tta_views, view_batch
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
@@ -75,7 +76,9 @@ def predict(
 
     Under torch.distributed each rank predicts its shard and the results are gathered on every
     rank; duplicates from padded shards are dropped. ``batch_transform`` runs on each batch once it
-    is on the device (e.g. :func:`fusionkit.data.normalize_batch` for uint8 loaders).
+    is on the device (e.g. :func:`fusionkit.data.normalize_batch` for uint8 loaders). Each batch is
+    checked first (:func:`fusionkit.inference.inputs.check_model_batch`: tensors, (B, 3, H, W)
+    images, the model's metadata width), so a wrong input is one line naming it.
     """
     was_training = model.training
     model.eval()
@@ -84,7 +87,9 @@ def predict(
     probs, log_probs, labels, weights = [], [], [], []
     present: dict[str, list[np.ndarray]] = {}
     try:
+        modalities = tuple(getattr(model, "modalities", ()))
         for batch in tqdm(loader, desc=desc, disable=not bars_enabled(progress), leave=False):
+            check_model_batch(batch, modalities=modalities, metadata_width=getattr(model, "metadata_width", None))
             batch = move_batch(mask_modalities(batch, absent), device, channels_last=channels_last)
             if batch_transform is not None:
                 batch = batch_transform(batch)
