@@ -27,7 +27,7 @@ from train_helpers import tiny_run_config
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
 from fusionkit.errors import ConfigError, DataError
-from fusionkit.inference.decision import MIN_POSITIVES, DecisionRecord, fit_decision
+from fusionkit.inference.decision import MIN_POSITIVES, DecisionRecord, average_decisions, fit_decision
 from fusionkit.inference.inputs import check_model_batch
 from fusionkit.inference.predict import predict
 from fusionkit.runtime.config import RunConfig
@@ -438,3 +438,13 @@ def test_a_hub_id_that_cannot_be_had_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="not a folder written by FusionPipeline.save"):
         fk.FusionPipeline.from_pretrained(tmp_path / "missing" / "folder")
+
+
+def test_an_ensemble_averages_its_members_stored_thresholds() -> None:
+    names = ("a", "b", "c")
+    one = DecisionRecord("thresholds", names, (0.2, 0.5, 0.9), (True, False, True), (6, 1, 7), 5, 14)
+    two = DecisionRecord("thresholds", names, (0.4, 0.5, 0.5), (True, False, False), (5, 2, 3), 5, 10)
+    both = average_decisions([one, two])
+    assert both.thresholds == pytest.approx((0.3, 0.5, 0.7)) and both.fitted == (True, False, True)
+    assert both.positives == (11, 3, 10) and both.lesions == 24 and both.rule == "thresholds"
+    assert average_decisions([one]) is one

@@ -402,7 +402,7 @@ class FusionPipeline(
     ) -> Predictions:
         """Posteriors for every lesion of ``split`` of the MILK10k ``folder`` (apply the decision
         rule with ``pipe.decision.apply(preds.probs)``)."""
-        check_tta(tta)
+        _check_tta(tta)
         return self.predict_dataset(
             self.dataset(data_root=folder, split=split), absent=absent, progress=progress, tta=tta, desc="predict"
         )
@@ -467,10 +467,7 @@ class FusionPipeline(
     def predict_batch(self, lesions: Sequence[Mapping[str, Any]], *, tta: str = "none") -> list[LesionPrediction]:
         """Predict many lesions; each is a dict of :meth:`predict`'s keyword arguments
         (``derm``, ``clinical``, ``metadata``, optionally ``absent``, ``impute``, ``lesion_id``)."""
-        try:
-            check_tta(tta)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        _check_tta(tta)
         allowed = {"derm", "clinical", "metadata", "absent", "impute", "lesion_id"}
         checked = []
         for i, lesion in enumerate(lesions):
@@ -552,6 +549,13 @@ class FusionPipeline(
             tta=tta,
         )
         return self.decision
+
+
+def _check_tta(tta: str) -> None:
+    try:
+        check_tta(tta)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _device(device: str | torch.device | None) -> torch.device:
