@@ -448,3 +448,22 @@ def test_an_ensemble_averages_its_members_stored_thresholds() -> None:
     assert both.thresholds == pytest.approx((0.3, 0.5, 0.7)) and both.fitted == (True, False, True)
     assert both.positives == (11, 3, 10) and both.lesions == 24 and both.rule == "thresholds"
     assert average_decisions([one]) is one
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> list:
+    from fusionkit.data.tables import read_metadata
+
+    files = make_synthetic_milk10k(tmp_path_factory.mktemp("records"), n_lesions=30, image_size=(8, 6), seed=4)
+    return read_metadata(files.metadata_csv)
+
+
+@settings(max_examples=20, deadline=None)
+@given(features=st.sets(st.sampled_from(("age", "sex", "site", "skin_tone", "monet", "altered")), min_size=1))
+def test_an_encoder_of_some_features_encodes_those_columns_of_the_full_encoding(records, features: set[str]) -> None:
+    full = fk.data.MetadataEncoder().fit(records)
+    some = fk.data.MetadataEncoder(features=sorted(features)).fit(records)
+    columns = [full.feature_names.index(name) for name in some.feature_names]
+    assert torch.equal(some.transform(records), full.transform(records)[:, columns])
+    assert some.features == tuple(f for f in fk.data.metadata.FEATURE_GROUPS if f in features)
+    assert fk.data.MetadataEncoder.from_dict(some.to_dict()).feature_names == some.feature_names
