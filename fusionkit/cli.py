@@ -146,7 +146,7 @@ def predict(
         list[Path],
         typer.Argument(
             metavar="RUN",
-            help="Run directories (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).",
+            help="Run directories or saved pipeline folders (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).",
         ),
     ],
     data: Annotated[Path, typer.Option("--data", help="MILK10k folder holding the split to predict.")],
@@ -230,7 +230,13 @@ def evaluate(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run directory written by 'fusionkit train'.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN",
+            help="A run directory written by 'fusionkit train', or a folder saved by FusionPipeline.save.",
+        ),
+    ],
     format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
     out: Annotated[
         Path, typer.Option("--out", help="File to write; the preprocessing and metadata encoder go beside it as .json.")
@@ -238,12 +244,15 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
 ) -> None:
     """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
+    from fusionkit.inference.ensemble import load_runs
     from fusionkit.inference.export import EXPORT_FORMATS
-    from fusionkit.inference.pipeline import FusionPipeline
 
     if format_ not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
-    path = FusionPipeline.from_run(run, checkpoint=checkpoint, device="cpu").export_onnx(out)
+    pipes = load_runs([run], checkpoint=checkpoint, device="cpu")  # a run directory or a saved pipeline folder
+    if len(pipes) != 1:
+        raise ConfigError(f"{run} holds {len(pipes)} runs; export one run directory or saved pipeline")
+    path = pipes[0].export_onnx(out)
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 

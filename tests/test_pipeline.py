@@ -28,6 +28,7 @@ import fusionkit as fk
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
 from fusionkit.errors import ConfigError, DataError
 from fusionkit.inference.decision import MIN_POSITIVES, DecisionRecord, average_decisions, fit_decision
+from fusionkit.inference.ensemble import load_runs
 from fusionkit.inference.inputs import check_model_batch
 from fusionkit.inference.predict import predict
 from fusionkit.runtime.config import RunConfig
@@ -196,6 +197,7 @@ def test_save_then_from_pretrained_round_trips_bit_exactly(pipe: fk.FusionPipeli
     assert np.array_equal(a.probs, b.probs) and np.array_equal(a.weights, b.weights)
     assert loaded.decision == pipe.decision and loaded.preprocessing == pipe.preprocessing
     assert loaded.encoder.to_dict() == pipe.encoder.to_dict()
+    assert loaded.origin == saved and [p.origin for p in load_runs([saved])] == [saved]
     again = loaded.save(saved.parent / "again")
     assert (again / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
     preprocessing = json.loads((saved / "preprocessing.json").read_text())["image"]
@@ -307,6 +309,16 @@ def test_fresh_process_from_pretrained_equals_the_predict_csv_row(saved: Path, r
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert "decision scores, not probabilities" in cli.stdout  # the command says what the CSV holds
+    folder = subprocess.run(
+        [sys.executable, "-m", "fusionkit.cli", "predict", str(saved), "--data", str(run_dir / "synthetic"),
+         "--split", "Training", "--out", str(tmp_path / "folder.csv"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )  # fmt: skip
+    assert folder.returncode == 0, folder.stderr  # a saved pipeline folder predicts as its run does
+    assert (tmp_path / "folder.csv").read_text() == (tmp_path / "sub.csv").read_text()
     with (tmp_path / "sub.csv").open() as f:
         row = next(r for r in csv.DictReader(f) if r["lesion_id"] == lesion)
     np.testing.assert_allclose(

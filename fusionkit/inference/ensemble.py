@@ -42,36 +42,49 @@ logger = logging.getLogger("fusionkit.inference")
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories: each path itself when it holds ``config.yaml``, else the runs under ``runs/**/``."""
+    """Models to predict with: each path itself when it is a run directory (``config.yaml``) or a
+    saved pipeline folder (``config.json``), else the runs under ``runs/**/`` (a sweep or k-fold output)."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if RunFiles(path).config.is_file():
+        if RunFiles(path).config.is_file() or _is_saved_pipeline(path):
             found.append(path)
             continue
         inside = sorted(p.parent for p in (path / "runs").glob("**/config.yaml"))
         if not inside:
-            raise ConfigError(f"{path}: neither a fusionkit run (no config.yaml) nor a sweep (no runs/**/config.yaml)")
+            raise ConfigError(
+                f"{path}: neither a fusionkit run (no config.yaml), a saved pipeline (no config.json) "
+                "nor a sweep (no runs/**/config.yaml)"
+            )
         found += inside
     if not found:
         raise ConfigError("no runs given")
     return found
 
 
+def _is_saved_pipeline(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
 def load_runs(
     paths: Iterable[str | Path], *, checkpoint: str = "best", device: str | None = None
 ) -> list[FusionPipeline]:
     """The pipelines of every run of :func:`find_runs`, checked that they can be averaged."""
-    runs = [FusionPipeline.from_run(p, checkpoint=checkpoint, device=device) for p in find_runs(paths)]
+    runs = [
+        FusionPipeline.from_pretrained(p, device=device)
+        if _is_saved_pipeline(p) and not RunFiles(p).config.is_file()
+        else FusionPipeline.from_run(p, checkpoint=checkpoint, device=device)
+        for p in find_runs(paths)
+    ]
     first = runs[0]
     for run in runs[1:]:
         if run.config.model.num_classes != first.config.model.num_classes:
             raise ConfigError(
-                f"{run.run_dir}: {run.config.model.num_classes} classes, but {first.run_dir} has "
+                f"{run.origin}: {run.config.model.num_classes} classes, but {first.origin} has "
                 f"{first.config.model.num_classes}; an ensemble needs one class list"
             )
         if _features(run) != _features(first):
             raise ConfigError(
-                f"{run.run_dir}: its metadata encoding differs from {first.run_dir}'s; an ensemble needs one encoding"
+                f"{run.origin}: its metadata encoding differs from {first.origin}'s; an ensemble needs one encoding"
             )
     return runs
 
@@ -119,7 +132,7 @@ def ensemble_predict(
                 run.dataset(data_root=data_root, split=split, lesion_ids=lesion_ids),
                 tta=tta,
                 progress=progress,
-                desc=f"predict {run.run_dir.name}",
+                desc=f"predict {run.origin.name}",
             )
             for run in runs
         ]
@@ -180,7 +193,7 @@ def ensemble_decision(
     """
     check_decision(rule)
     stored = [r.decision for r in runs]
-    missing = [str(r.run_dir) for r in runs if r.decision.thresholds is None]
+    missing = [str(r.origin) for r in runs if r.decision.thresholds is None]
     if rule == "thresholds" and (refit or missing):
         if missing and not refit:
             logger.warning(
@@ -248,7 +261,7 @@ def predict_split(
     )
     path = write_submission(out, preds.lesion_ids, record.apply(preds.probs), record.class_names)
     state: dict[str, Any] = {
-        "runs": [str(r.run_dir) for r in runs],
+        "runs": [str(r.origin) for r in runs],
         "checkpoint": checkpoint,
         "data": str(data_root),
         "split": split,

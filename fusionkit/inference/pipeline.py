@@ -179,6 +179,7 @@ class FusionPipeline(
         provenance: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
         source: RunSource | None = None,
+        folder: Path | None = None,
     ) -> None:
         self.device = _device(device)
         self.model = model.to(self.device).eval()
@@ -188,6 +189,8 @@ class FusionPipeline(
         self.run_config = run_config
         self.provenance = dict(provenance or {})
         self.source = source
+        self.folder = folder
+        """The saved folder this pipeline was loaded from (:meth:`from_pretrained` only)."""
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -275,7 +278,7 @@ class FusionPipeline(
             local_files_only=local_files_only,
             force_download=force_download,
         )
-        return cls(**read_folder(folder), device=device)
+        return cls(**read_folder(folder), device=device, folder=folder)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from fusionkit.inference.hub import write_folder
@@ -304,6 +307,15 @@ class FusionPipeline(
     def config(self) -> RunConfig:
         """The run config (alias of ``run_config``)."""
         return self.run_config
+
+    @property
+    def origin(self) -> Path:
+        """Where the pipeline was loaded from: its run directory or its saved folder."""
+        if self.source is not None:
+            return self.source.run_dir
+        if self.folder is not None:
+            return self.folder
+        raise FusionkitError("this pipeline was built in memory: it has no run directory or folder")
 
     @property
     def run_dir(self) -> Path:
@@ -345,6 +357,7 @@ class FusionPipeline(
             provenance=self.provenance,
             device=self.device,
             source=self.source,
+            folder=self.folder,
         )
 
     def __repr__(self) -> str:
