@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
-from fusionkit.evaluate.ensemble import ensemble_predict, fit_ensemble_thresholds, load_runs
+from fusionkit.inference.decision import apply_decision
+from fusionkit.inference.ensemble import ensemble_predict, fit_ensemble_thresholds, load_runs
 from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.decision import apply_decision
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 

@@ -461,7 +461,7 @@ def section_inference(s: Settings, out: dict[str, Any], save, work: Path) -> Non
     """``predict`` samples/s at batch ``predict_batch`` over the end-to-end run's whole training split."""
     import torch
 
-    from fusionkit.evaluate.inference import load_run
+    from fusionkit.inference.pipeline import load_run
 
     run_dir = work / "e2e-run"
     if not (run_dir / "checkpoints" / "best.safetensors").is_file():
@@ -470,11 +470,11 @@ def section_inference(s: Settings, out: dict[str, Any], save, work: Path) -> Non
     dataset = loaded.dataset()
     out["lesions"] = len(dataset)
     out["batch"] = loaded.config.train.eval_batch_size
-    loaded.predict(dataset)  # warm-up (cuDNN autotuning, cache pages)
+    loaded.predict_dataset(dataset)  # warm-up (cuDNN autotuning, cache pages)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize()
     began = time.perf_counter()
-    preds = loaded.predict(dataset)
+    preds = loaded.predict_dataset(dataset)
     seconds = time.perf_counter() - began
     out["samples_per_s"] = len(preds) / seconds
     out["ok"] = len(preds) == len(dataset) and bool(torch.isfinite(torch.as_tensor(preds.probs)).all())

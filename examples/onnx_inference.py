@@ -4,8 +4,10 @@
     python examples/onnx_inference.py model.onnx MILK10k_Test_Metadata.csv MILK10k_Test_Input/ IL_0000652
 
 Reads the raw metadata CSV rows of each lesion, encodes them exactly as the sidecar's fitted metadata
-encoder says (fusionkit.data.MetadataEncoder), resizes and normalises both images, runs the graph
-and prints one JSON object per lesion: its class posteriors and the top class.
+encoder says (fusionkit.data.MetadataEncoder, with the feature groups it encodes), resizes and
+normalises both images, runs the graph and prints one JSON object per lesion: its class
+posteriors, the top class and the classes the stored decision rule predicts (a class whose
+probability passes its threshold, fitted at the end of training).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest"
 def encode_metadata(rows: list[dict[str, str]], sidecar: dict) -> np.ndarray:
     """The encoded metadata vector of one lesion (its clinical and dermoscopic CSV rows)."""
     enc, voc = sidecar["metadata_encoder"], sidecar["vocabularies"]
+    names = ["age", "age_missing", *(f"sex={s}" for s in [*voc["sex"], "unknown"])]
+    names += [f"site={s}" for s in [*voc["site"], "unknown"]] + [f"skin_tone={t}" for t in voc["skin_tone"]]
+    names += [f"{m}.{c}" for m in ("derm", "clinical") for c in voc["monet"]] + ["derm.altered", "clinical.altered"]
     by_type = {row["image_type"]: row for row in rows}
     first = rows[0]
-    v = [0.0] * len(enc["feature_names"])
+    v = [0.0] * len(names)  # every feature group; the encoder's own ones are picked at the end
     if first["age_approx"] == "":
         v[1] = 1.0
     else:
@@ -53,7 +58,7 @@ def encode_metadata(rows: list[dict[str, str]], sidecar: dict) -> np.ndarray:
     for j, kind in enumerate(("dermoscopic", "clinical: close-up")):
         row = by_type.get(kind)
         v[offset + j] = float(row is not None and row["image_manipulation"] == "altered")
-    return np.asarray(v, dtype=np.float32)
+    return np.asarray([v[names.index(name)] for name in enc["feature_names"]], dtype=np.float32)
 
 
 def load_image(path: Path | None, image: dict) -> np.ndarray:
@@ -99,13 +104,22 @@ def main() -> None:
             feeds["present_meta"].append(np.asarray(True))
     outputs = session.run(["probs"], {k: np.stack(v) for k, v in feeds.items()})
     classes = sidecar["class_names"]
+    decision = sidecar.get("decision") or {}
+    thresholds = decision.get("thresholds") if decision.get("rule") == "thresholds" else None
     for lesion, probs in zip(args.lesion_ids, outputs[0], strict=True):
+        if thresholds is not None:
+            chosen = [c for c, p in zip(classes, probs, strict=True) if p > thresholds[c]]
+        elif decision.get("rule") == "argmax":
+            chosen = [classes[int(np.argmax(probs))]]
+        else:
+            chosen = [c for c, p in zip(classes, probs, strict=True) if p > 0.5]
         print(
             json.dumps(
                 {
                     "lesion_id": lesion,
                     "probs": dict(zip(classes, map(float, probs), strict=True)),
                     "top": classes[int(np.argmax(probs))],
+                    "classes": chosen,
                 }
             )
         )

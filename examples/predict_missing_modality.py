@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.inference import load_run
+from fusionkit.inference.pipeline import load_run
 from fusionkit.metrics import isic_metrics
 
 CASES: dict[str, tuple[str, ...]] = {
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     val = run.validation_dataset()
     print(f"{'case':<20} {'macro Dice':>10} {'alpha_I':>8} {'alpha_IM':>8} {'alpha_M':>8}")
     for name, absent in CASES.items():
-        preds = run.predict(val, absent=absent)
+        preds = run.predict_dataset(val, absent=absent)
         dice = isic_metrics(preds.labels, preds.probs, CLASS_NAMES)["macro"]["dice"]
         alpha = np.asarray(preds.weights).mean(axis=0)  # columns (alpha_I, alpha_IM, alpha_M), eq 5
         print(f"{name:<20} {dice:>10.3f} {alpha[0]:>8.3f} {alpha[1]:>8.3f} {alpha[2]:>8.3f}")

@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "FusionModel": "fusionkit.model",
     "FusionOutput": "fusionkit.model",
+    "FusionPipeline": "fusionkit.inference.pipeline",
     "JointIndividualLoss": "fusionkit.losses",
     "LossBreakdown": "fusionkit.losses",
     "ModelSpec": "fusionkit.specs",
@@ -60,6 +61,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FusionModel",
+    "FusionPipeline",
     "FusionOutput",
     "FusionkitError",
     "JointIndividualLoss",
@@ -83,6 +85,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports the lazy names stand for
     from fusionkit import specs
+    from fusionkit.inference.pipeline import FusionPipeline
     from fusionkit.losses import JointIndividualLoss, LossBreakdown
     from fusionkit.model import FusionModel, FusionOutput, build_model
     from fusionkit.presets import list_presets, load_preset, load_spec

@@ -182,7 +182,7 @@ def predict(
         list[Path],
         typer.Argument(
             metavar="RUN",
-            help="Run directories (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).",
+            help="Run directories or saved pipeline folders (several: an ensemble averaging their posteriors), or a sweep/k-fold folder (its runs/**/).",
         ),
     ],
     data: Annotated[Path, typer.Option("--data", help="MILK10k folder holding the split to predict.")],
@@ -196,13 +196,22 @@ def predict(
         str,
         typer.Option(
             "--decision",
-            help="What the CSV holds: probs (posteriors), argmax (one-hot top class) or thresholds (per-class thresholds fitted on the validation split for macro Dice at > 0.5).",
+            help="What the CSV holds: probs (posteriors, rows sum to 1), argmax (one-hot top class) or thresholds (decision scores: each class rescaled so that > 0.5 means its threshold, fitted on the validation split at the end of training, is passed; rows need not sum to 1).",
         ),
     ] = "thresholds",
+    refit_thresholds: Annotated[
+        bool,
+        typer.Option(
+            "--refit-thresholds",
+            help="Fit the thresholds again on the runs' validation split (reads the training folder) instead of using those stored at the end of training.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
-    from fusionkit.evaluate.ensemble import predict_split
+    import json
+
+    from fusionkit.inference.ensemble import predict_split
 
     path = predict_split(
         runs,
@@ -212,9 +221,11 @@ def predict(
         checkpoint=checkpoint,
         tta=tta,
         decision=decision,
+        refit_thresholds=refit_thresholds,
         progress=not quiet,
     )
-    typer.echo(f"wrote {path}")
+    record = json.loads(path.with_suffix(".json").read_text())
+    typer.echo(f"wrote {path} ({record['lesions']} lesions): {record['values']}")
 
 
 @app.command()
@@ -239,8 +250,9 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
-    from fusionkit.evaluate.ensemble import evaluate_ensemble, find_runs
+    from fusionkit.evaluate.ensemble_report import evaluate_ensemble
     from fusionkit.evaluate.report import evaluate_run
+    from fusionkit.inference.ensemble import find_runs
 
     found = find_runs(runs)
     if len(found) == 1 and out is None:
@@ -254,7 +266,13 @@ def evaluate(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run directory written by 'fusionkit train'.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN",
+            help="A run directory written by 'fusionkit train', or a folder saved by FusionPipeline.save.",
+        ),
+    ],
     format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
     out: Annotated[
         Path, typer.Option("--out", help="File to write; the preprocessing and metadata encoder go beside it as .json.")
@@ -263,11 +281,15 @@ def export(
 ) -> None:
     """Export a run for deployment: ONNX with inputs derm, clinical, meta (+ presence masks), dynamic batch."""
     require_extra("onnx", what="ONNX export")
-    from fusionkit.evaluate.export import EXPORT_FORMATS, export_onnx
+    from fusionkit.inference.ensemble import load_runs
+    from fusionkit.inference.export import EXPORT_FORMATS
 
     if format_ not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format_!r}; expected one of {', '.join(EXPORT_FORMATS)}")
-    path = export_onnx(run, out=out, checkpoint=checkpoint)
+    pipes = load_runs([run], checkpoint=checkpoint, device="cpu")  # a run directory or a saved pipeline folder
+    if len(pipes) != 1:
+        raise ConfigError(f"{run} holds {len(pipes)} runs; export one run directory or saved pipeline")
+    path = pipes[0].export_onnx(out)
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 

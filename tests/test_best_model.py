@@ -19,16 +19,16 @@ from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.ensemble import (
+from fusionkit.evaluate.ensemble_report import evaluate_ensemble
+from fusionkit.evaluate.report import evaluate_run
+from fusionkit.inference.ensemble import (
     ensemble_predict,
-    evaluate_ensemble,
     fit_ensemble_thresholds,
     load_runs,
     predict_split,
 )
-from fusionkit.evaluate.export import ExportWrapper, example_inputs, export_onnx
-from fusionkit.evaluate.inference import load_run
-from fusionkit.evaluate.report import evaluate_run
+from fusionkit.inference.export import ExportWrapper, example_inputs, export_onnx
+from fusionkit.inference.pipeline import load_run
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
 from fusionkit.runtime.config import RunConfig
@@ -98,6 +98,7 @@ def test_selection_score_reads_the_named_metric() -> None:
 def test_report_shows_tta_and_each_decision_rule(run_dir: Path) -> None:
     text = evaluate_run(run_dir, gradcam_lesions=0, tta="flips").read_text()
     assert "## Test-time augmentation and decision rule" in text
+    assert "The model carries the `thresholds` rule (`inference.json`), fitted at the end of training" in text
     rows = json.loads((run_dir / "decision.json").read_text())["rows"]
     assert [(r["tta"], r["decision"]) for r in rows] == [
         (t, d) for t in ("none", "flips") for d in ("probs", "argmax", "thresholds")
@@ -196,9 +197,10 @@ def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line) for line in proc.stdout.splitlines()]
     run = load_run(run_dir, device="cpu")
-    expected = run.predict(run.dataset(lesion_ids=ids))
+    expected = run.predict_dataset(run.dataset(lesion_ids=ids))
     assert [g["lesion_id"] for g in got] == expected.lesion_ids
     probs = np.array([[g["probs"][c] for c in CLASS_NAMES] for g in got])
+    assert [g["classes"] for g in got] == run.decision.predicted(probs)  # the stored rule travels in the sidecar
     np.testing.assert_allclose(probs, expected.probs, atol=2e-2)  # Pillow's resize, not torchvision's
 
 
@@ -261,12 +263,22 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
         assert len(err.strip().splitlines()) == 1, err
 
 
-def test_thresholds_read_the_validation_lesions_from_data_when_the_training_folder_moved(
+def test_refit_thresholds_read_the_validation_lesions_from_data_when_the_training_folder_moved(
     run_dir: Path, tmp_path: Path
 ) -> None:
     moved = shutil.copytree(run_dir, tmp_path / "moved", ignore=shutil.ignore_patterns("synthetic"))
     split = json.loads((moved / "split.json").read_text())
     (moved / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "gone")}))
-    predict_split(moved, data_root=run_dir / "synthetic", split="Training", out=tmp_path / "s.csv", progress=False)
-    thresholds = json.loads((tmp_path / "s.json").read_text())["thresholds"]
-    assert tuple(thresholds.values()) == pytest.approx(fit_ensemble_thresholds(load_runs([run_dir], device="cpu")))
+    predict_split(
+        moved,
+        data_root=run_dir / "synthetic",
+        split="Training",
+        out=tmp_path / "s.csv",
+        progress=False,
+        refit_thresholds=True,
+    )
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["thresholds_from"] == "refit"
+    assert tuple(record["thresholds"].values()) == pytest.approx(
+        fit_ensemble_thresholds(load_runs([run_dir], device="cpu"))
+    )

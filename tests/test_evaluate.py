@@ -13,8 +13,8 @@ from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 import fusionkit as fk
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.evaluate.report import evaluate_run
+from fusionkit.inference.predict import mask_modalities
 from fusionkit.runtime.config import RunConfig
-from fusionkit.runtime.predict import mask_modalities
 from fusionkit.train.trainer import train_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

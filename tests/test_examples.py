@@ -151,3 +151,22 @@ def test_plugin_package_installs_and_registers_its_fusion_block(tmp_path):
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "fusionkit.cli"]
     cli = run_ok([*command, "components", "fusion"], _env(tmp_path, target), tmp_path)
     assert cli.strip() == "fusion: attention_only, concat, gated_sum, mmfa, skip_only"
+
+
+def test_use_trained_model_saves_loads_and_predicts_one_lesion(python_api_run, monkeypatch):
+    tmp, _ = python_api_run
+    monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp / "cache"))
+    out = run_example("use_trained_model.py", str(tmp / "run"), "--out", str(tmp / "model"))
+    assert sorted(p.name for p in (tmp / "model").iterdir()) == [
+        "README.md",
+        "config.json",
+        "metadata_encoder.json",
+        "model.safetensors",
+        "preprocessing.json",
+    ]
+    lines = out.splitlines()
+    assert lines[0].startswith("FusionPipeline(") and "decision 'thresholds'" in lines[0]
+    assert re.match(r"IL_\d+: top class \w+ \(p = [\d.]+\); decision thresholds: \[", lines[1])
+    weights = [float(v) for v in re.findall(r"': ([\d.]+)", lines[2])]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=2e-3)
+    assert lines[3].startswith("without the clinical photo: missing ['clinical'], top class ")

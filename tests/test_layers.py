@@ -30,11 +30,12 @@ LEVELS: dict[str, int] = {
     "model": 5,
     "losses": 6,
     "runtime": 7,
-    "train": 8,
-    "evaluate": 9,
-    "export": 9,
-    "sweep": 10,
-    "cli": 11,
+    "inference": 8,
+    "train": 9,
+    "evaluate": 10,
+    "export": 10,
+    "sweep": 11,
+    "cli": 12,
 }
 
 

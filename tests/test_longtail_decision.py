@@ -12,18 +12,17 @@ from torch.nn import functional as F
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
-from fusionkit.losses import cross_entropy
-from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.decision import (
+from fusionkit.inference.decision import (
     _dice_by_threshold,
     apply_decision,
     fit_thresholds,
-    macro_f1_argmax,
     one_hot_argmax,
     rescale,
 )
-from fusionkit.runtime.predict import predict
-from fusionkit.runtime.tta import tta_views, view_batch
+from fusionkit.inference.predict import predict
+from fusionkit.inference.tta import tta_views, view_batch
+from fusionkit.losses import cross_entropy
+from fusionkit.metrics import isic_metrics, macro_f1_argmax
 
 
 def _case(seed: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

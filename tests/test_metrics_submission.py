@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusionkit.metrics import METRIC_KEYS, isic_metrics, write_submission
+from fusionkit.inference.submission import write_submission
+from fusionkit.metrics import METRIC_KEYS, isic_metrics
 
 pytest.importorskip("isic_challenge_scoring")
 from isic_challenge_scoring import (  # noqa: E402

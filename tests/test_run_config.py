@@ -16,7 +16,6 @@ from fusionkit.runtime.config import (
     RunConfig,
     default_cache_dir,
     load_run_config,
-    preprocessing_model,
 )
 
 
@@ -93,34 +92,6 @@ def test_the_image_cache_folder_is_fusionkit_cache_or_the_user_cache(monkeypatch
     assert default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path / "abs"))
     assert default_cache_dir() == tmp_path / "abs"
-
-
-def test_images_get_the_preprocessing_of_the_image_encoders_timm_model(tmp_path):
-    config = load_run_config(_preset_config(tmp_path))
-    assert preprocessing_model(config) == "test_efficientnet"
-
-
-def test_an_image_encoder_without_a_timm_model_is_never_given_a_guessed_preprocessing(tmp_path):
-    """No image encoder, or a plugin's that names no timm model: an error naming it (its preprocessing
-    is what the built encoder declares), never ImageNet's mean and std by default."""
-    config = load_run_config(_preset_config(tmp_path))
-
-    class Plugin:  # stands in for a plugin's image-encoder spec, which has no model_name
-        kind = "plugin"
-
-    for encoder, kind in (
-        (None, None),
-        (Plugin(), "plugin"),
-        (type("Named", (), {"model_name": "", "kind": "x"})(), "x"),
-    ):
-        model = config.model.model_construct(**{**dict(config.model), "image_encoder": encoder})
-        stand_in = config.model_construct(**{**dict(config), "model": model})
-        with pytest.raises(ConfigError) as info:
-            preprocessing_model(stand_in)
-        assert str(info.value) == (
-            f"image encoder {kind!r} names no timm model: its preprocessing is what the built encoder "
-            "declares (FusionModel.preprocessing), not a timm name"
-        )
 
 
 @pytest.mark.parametrize(

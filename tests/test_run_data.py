@@ -133,7 +133,9 @@ def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, mil
     assert data.preprocessing == DECLARED
     (_, train_kw), (_, val_kw) = spies["Milk10kDataset"].calls()
     common = {"files": files, "image_size": 32, "missing_image": "absent", "cache_dir": tmp_path / "cache"}
-    assert train_kw == {"lesion_ids": split.train, "encoder": None, **common}
+    # a fresh run hands the training set an unfitted encoder of data.metadata_features; the set fits it in place
+    assert train_kw == {"lesion_ids": split.train, "encoder": data.train_set.encoder, **common}
+    assert data.encoder.features == config.data.metadata_features and data.encoder.n_fitted == len(split.train)
     assert val_kw == {"lesion_ids": split.val, "encoder": data.train_set.encoder, **common}
     assert data.train_set.transform.train and not data.val_set.transform.train
     assert data.encoder is data.train_set.encoder is data.val_set.encoder

@@ -84,6 +84,8 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
             run_record = next(r for r in summary["runs"] if r["preset"] == preset and r["seed"] == seed)
             assert run_record["metrics"]["auc"] == macro["auc"]
             assert run_record["metrics"]["ppv"] == macro["ppv"]
+            stored = json.loads((run / "inference.json").read_text())["decision"]
+            assert json.loads((run / "sweep_run.json").read_text())["decision"]["thresholds"] == stored["thresholds"]
         assert entry["n_runs"] == 2
         assert entry["metrics"]["dice"]["mean"] == pytest.approx(np.mean(dice), abs=1e-12)
         assert entry["metrics"]["dice"]["std"] == pytest.approx(np.std(dice, ddof=1), abs=1e-12)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from train_helpers import tiny_run_config, write_config
 
 from fusionkit.data import CLASS_NAMES
-from fusionkit.evaluate.inference import load_run
+from fusionkit.inference.pipeline import load_run
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import model_state, read_checkpoint
 from fusionkit.runtime.config import RunConfig
@@ -64,7 +64,7 @@ def test_run_directory_holds_resolved_config_encoder_and_checkpoints(trained: Tr
 
 def test_best_checkpoint_reproduces_its_validation_metrics(trained: Trainer) -> None:
     run = load_run(trained.run_dir, device="cpu")
-    preds = run.predict(run.validation_dataset())
+    preds = run.predict_dataset(run.validation_dataset())
     metrics = isic_metrics(preds.labels, preds.probs, CLASS_NAMES)
     stored = run.checkpoint_info["val_metrics"]
     for key, value in stored["macro"].items():

@@ -20,7 +20,7 @@ from train_helpers import tiny_run_config
 
 import fusionkit.train.trainer as trainer_module
 from fusionkit.errors import ConfigError, DataError, DivergenceError, RunInterrupted
-from fusionkit.metrics.decision import macro_f1_argmax
+from fusionkit.metrics import macro_f1_argmax
 from fusionkit.runtime.checkpoint import read_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.step import EagerStep

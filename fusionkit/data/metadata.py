@@ -14,6 +14,11 @@ MONET       14      the 7 dermoscopic then the 7 clinical scores, standardised p
                     training mean/std (0 when the image row is absent)
 altered     2       ``image_manipulation == altered`` for the dermoscopic, then the clinical image
 ==========  ======  ==========================================================================
+
+An encoder may encode only some of these feature groups (``features``, the run config's
+``data.metadata_features``): a model trained without ``monet`` needs no MONET scores, which a
+clinic does not have for a new photo. The vector then holds the chosen groups' columns, in the
+order above.
 """
 
 from __future__ import annotations
@@ -34,15 +39,36 @@ from fusionkit.utils.io import atomic_write_text
 _FORMAT = "fusionkit.metadata_encoder"
 _VERSION = 1
 
+FEATURE_GROUPS: tuple[str, ...] = ("age", "sex", "site", "skin_tone", "monet", "altered")
+"""The metadata feature groups, in encoding order (all of them by default)."""
 
-def _feature_names() -> tuple[str, ...]:
-    names = ["age", "age_missing"]
-    names += [f"sex={s}" for s in (*SEXES, "unknown")]
-    names += [f"site={s}" for s in (*SITES, "unknown")]
-    names += [f"skin_tone={t}" for t in SKIN_TONES]
-    names += [f"derm.{c}" for c in MONET_COLUMNS] + [f"clinical.{c}" for c in MONET_COLUMNS]
-    names += ["derm.altered", "clinical.altered"]
-    return tuple(names)
+
+def _groups() -> dict[str, list[str]]:
+    return {
+        "age": ["age", "age_missing"],
+        "sex": [f"sex={s}" for s in (*SEXES, "unknown")],
+        "site": [f"site={s}" for s in (*SITES, "unknown")],
+        "skin_tone": [f"skin_tone={t}" for t in SKIN_TONES],
+        "monet": [f"derm.{c}" for c in MONET_COLUMNS] + [f"clinical.{c}" for c in MONET_COLUMNS],
+        "altered": ["derm.altered", "clinical.altered"],
+    }
+
+
+def _feature_names(features: Sequence[str] = FEATURE_GROUPS) -> tuple[str, ...]:
+    groups = _groups()
+    return tuple(name for group in FEATURE_GROUPS if group in features for name in groups[group])
+
+
+def check_features(features: Sequence[str]) -> tuple[str, ...]:
+    """The feature groups in encoding order; ``ValueError`` naming an unknown or repeated one."""
+    unknown = [f for f in features if f not in FEATURE_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown metadata feature(s) {unknown}; expected some of {', '.join(FEATURE_GROUPS)}")
+    if len(set(features)) != len(features):
+        raise ValueError(f"metadata features {list(features)} name one twice")
+    if not features:
+        raise ValueError("metadata features are empty; drop 'meta' from the model's modalities instead")
+    return tuple(f for f in FEATURE_GROUPS if f in features)
 
 
 class MetadataEncoder:
@@ -53,8 +79,12 @@ class MetadataEncoder:
     saved next to a trained model with :meth:`save` and restored with :meth:`load`.
     """
 
-    def __init__(self) -> None:
-        self.feature_names: tuple[str, ...] = _feature_names()
+    def __init__(self, *, features: Sequence[str] = FEATURE_GROUPS) -> None:
+        self.features: tuple[str, ...] = check_features(features)
+        """The feature groups encoded (see :data:`FEATURE_GROUPS`)."""
+        self.feature_names: tuple[str, ...] = _feature_names(self.features)
+        full = _feature_names()
+        self._columns = np.array([full.index(n) for n in self.feature_names], dtype=np.int64)
         self.age_mean: float | None = None
         self.age_std: float | None = None
         self.monet_mean: tuple[float, ...] | None = None
@@ -120,9 +150,10 @@ class MetadataEncoder:
         return self.age_mean, self.age_std, self.monet_mean, self.monet_std
 
     def _encode(self, record: LesionRecord) -> np.ndarray:
+        """The full 35-value encoding of ``record``, restricted to this encoder's feature groups."""
         where: DataLocation = {"path": record.metadata_csv, "row": record.line, "lesion_id": record.lesion_id}
         age_mean, age_std, monet_mean, monet_std = self._statistics()
-        v = np.zeros(self.width, dtype=np.float32)
+        v = np.zeros(len(_feature_names()), dtype=np.float32)
         if record.age is None:
             v[1] = 1.0
         else:
@@ -146,7 +177,7 @@ class MetadataEncoder:
         offset += 2 * len(MONET_COLUMNS)
         v[offset] = float(_altered(record.derm, where))
         v[offset + 1] = float(_altered(record.clinical, where))
-        return v
+        return v[self._columns]
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted state as plain JSON-able data."""
@@ -154,6 +185,7 @@ class MetadataEncoder:
         return {
             "format": _FORMAT,
             "version": _VERSION,
+            "features": list(self.features),
             "feature_names": list(self.feature_names),
             "n_fitted": self.n_fitted,
             "age": {"mean": age_mean, "std": age_std},
@@ -162,8 +194,14 @@ class MetadataEncoder:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any], *, path: str | Path | None = None) -> MetadataEncoder:
-        """Rebuild an encoder from :meth:`to_dict` output (``path`` only names the source in errors)."""
-        encoder = cls()
+        """Rebuild an encoder from :meth:`to_dict` output (``path`` only names the source in errors).
+
+        A state written before encoders chose their features (no ``features`` key) encodes all of them.
+        """
+        try:
+            encoder = cls(features=state.get("features", FEATURE_GROUPS))
+        except (ValueError, TypeError, AttributeError) as error:
+            raise DataError(f"malformed metadata encoder state ({error})", path=path) from error
         try:
             if state["format"] != _FORMAT or state["version"] != _VERSION:
                 raise DataError(
@@ -211,7 +249,8 @@ class MetadataEncoder:
 
     def __repr__(self) -> str:
         state = f"fitted on {self.n_fitted} lesions" if self.fitted else "not fitted"
-        return f"MetadataEncoder(width={self.width}, {state})"
+        features = "" if self.features == FEATURE_GROUPS else f", features={list(self.features)}"
+        return f"MetadataEncoder(width={self.width}{features}, {state})"
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:

@@ -85,8 +85,8 @@ class Milk10kDataset(Dataset):
         files: the split's files from :func:`~fusionkit.data.layout.find_split`.
         split: ``"Training"`` or ``"Test"`` (with ``root``).
         lesion_ids: restrict to these lesions, in this order (e.g. ``Split.train``); default all.
-        encoder: a fitted :class:`~fusionkit.data.metadata.MetadataEncoder`; when ``None`` one is
-            fitted on this dataset's lesions, so pass ``train_dataset.encoder`` to every
+        encoder: a fitted :class:`~fusionkit.data.metadata.MetadataEncoder`; when ``None`` (or not
+            yet fitted) one is fitted on this dataset's lesions, so pass ``train_dataset.encoder`` to every
             validation/test dataset.
         transform: maps a uint8 ``(3, H, W)`` image to the model input
             (:func:`~fusionkit.data.transforms.build_transforms`); default :class:`ToFloat`.
@@ -128,8 +128,8 @@ class Milk10kDataset(Dataset):
         self.image_size = image_size
         self.transform = transform if transform is not None else ToFloat()
         self._sources = table.image_sources
-        if encoder is None:
-            encoder = MetadataEncoder().fit(self.records)
+        if encoder is None or not encoder.fitted:
+            encoder = (encoder or MetadataEncoder()).fit(self.records)
             logger.info("metadata encoder fitted on %d lesions (width %d)", len(self.records), encoder.width)
         self.encoder = encoder
         self._meta = encoder.transform(self.records)

@@ -90,8 +90,8 @@ class LesionRecord:
 
     @property
     def line(self) -> int:
-        """First metadata line of the lesion."""
-        return min(r.line for r in (self.derm, self.clinical) if r is not None)
+        """First metadata line of the lesion (0 for a lesion with no image row, e.g. built in code)."""
+        return min((r.line for r in (self.derm, self.clinical) if r is not None), default=0)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The report's "TTA and decision rule" table: macro Dice and macro AUC under each rule, with and without TTA.
 
-Shows the trade-off of :mod:`fusionkit.metrics.decision`: one-hot argmax fixes the lesions with no
+Shows the trade-off of :mod:`fusionkit.inference.decision`: one-hot argmax fixes the lesions with no
 class above 0.5 but loses the ranking AUC needs; fitted thresholds keep each class's ranking.
 """
 
@@ -12,21 +12,22 @@ from typing import Any
 import numpy as np
 
 from fusionkit.data import CLASS_NAMES
+from fusionkit.inference.decision import DECISION_RULES, MIN_POSITIVES, apply_decision, fit_thresholds
+from fusionkit.inference.predict import Predictions
 from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.decision import DECISION_RULES, apply_decision, fit_thresholds
-from fusionkit.runtime.predict import Predictions
 
 
 def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]) -> list[dict[str, Any]]:
     """One row per (TTA mode, decision rule): macro Dice, macro AUC, lesions with no class > 0.5.
 
     ``evaluated`` and ``validation`` map a TTA mode to predictions of the evaluated set and of the
-    validation split the thresholds are fitted on (the same object when evaluating the validation split).
+    validation split the thresholds are fitted on (the same object when evaluating the validation split);
+    as for the stored rule, a class with fewer than ``MIN_POSITIVES`` validation positives keeps 0.5.
     """
     rows = []
     for tta, preds in evaluated.items():
         val = validation[tta]
-        thresholds = fit_thresholds(val.labels, val.probs)
+        thresholds = fit_thresholds(val.labels, val.probs, min_positives=MIN_POSITIVES)
         for rule in DECISION_RULES:
             values = apply_decision(preds.probs, rule, thresholds=thresholds)
             macro = isic_metrics(preds.labels, values, CLASS_NAMES)["macro"]

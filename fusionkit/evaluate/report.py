@@ -31,7 +31,6 @@ from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.evaluate.gradcam import gradcam
-from fusionkit.evaluate.inference import LoadedRun, load_run
 from fusionkit.evaluate.plots import (
     gate_weight_table,
     plot_confusion_matrix,
@@ -40,16 +39,18 @@ from fusionkit.evaluate.plots import (
     plot_roc_curves,
 )
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
+from fusionkit.inference.decision import DecisionRecord
+from fusionkit.inference.pipeline import FusionPipeline, load_run
+from fusionkit.inference.predict import Predictions
+from fusionkit.inference.submission import write_submission
+from fusionkit.inference.tta import check_tta
 from fusionkit.metrics import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     isic_metrics,
-    write_submission,
 )
-from fusionkit.runtime.predict import Predictions
 from fusionkit.runtime.rundir import RunFiles
-from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")
@@ -80,7 +81,7 @@ def loss_text(loss: Any) -> str:
 
 
 def modality_ablation(
-    run: LoadedRun,
+    run: FusionPipeline,
     dataset: Milk10kDataset,
     *,
     progress: bool = False,
@@ -102,7 +103,9 @@ def modality_ablation(
             preds = baseline
         else:
             try:
-                preds = run.predict(dataset, absent=absent, progress=progress, desc=f"ablation: {label}", tta=tta)
+                preds = run.predict_dataset(
+                    dataset, absent=absent, progress=progress, desc=f"ablation: {label}", tta=tta
+                )
             except FusionkitError as exc:
                 logger.info("modality ablation %s skipped: %s", label, exc)
                 continue
@@ -114,7 +117,9 @@ def modality_ablation(
     return results
 
 
-def _gradcam_figure(run: LoadedRun, dataset: Milk10kDataset, preds: Predictions, n: int, path: Path) -> Path | None:
+def _gradcam_figure(
+    run: FusionPipeline, dataset: Milk10kDataset, preds: Predictions, n: int, path: Path
+) -> Path | None:
     images = run.config.model.image_modalities
     if n <= 0 or not images or len(dataset) == 0:
         return None
@@ -170,7 +175,7 @@ def evaluate_run(
     dataset = val_set if data_root is None else run.dataset(data_root=data_root)
     if not dataset.labelled:
         raise FusionkitError(f"{dataset.files.metadata_csv}: evaluation needs a labelled split (ground truth)")
-    preds = run.predict(dataset, progress=progress, desc="evaluate", tta=tta)
+    preds = run.predict_dataset(dataset, progress=progress, desc="evaluate", tta=tta)
     labels = preds.labels
     metrics = isic_metrics(labels, preds.probs, CLASS_NAMES)
     write_table5(metrics, run_dir, stem="metrics")
@@ -186,7 +191,7 @@ def evaluate_run(
     figures.append(("ROC curves per class", "roc.png"))
 
     # calibration: temperature fitted on the run's validation split
-    val_preds = preds if data_root is None else run.predict(val_set, desc="validation", tta=tta)
+    val_preds = preds if data_root is None else run.predict_dataset(val_set, desc="validation", tta=tta)
     temperature = fit_temperature(val_preds.log_probs, val_preds.labels)
     calibrated = apply_temperature(preds.log_probs, temperature)
     calibration = {
@@ -200,9 +205,12 @@ def evaluate_run(
 
     evaluated, validation = {tta: preds}, {tta: val_preds}
     if tta != "none":
-        plain = run.predict(dataset, progress=progress, desc="evaluate without TTA")
+        plain = run.predict_dataset(dataset, progress=progress, desc="evaluate without TTA")
         evaluated = {"none": plain, tta: preds}
-        validation = {"none": plain if data_root is None else run.predict(val_set, desc="validation"), tta: val_preds}
+        validation = {
+            "none": plain if data_root is None else run.predict_dataset(val_set, desc="validation"),
+            tta: val_preds,
+        }
     decisions = decision_rows(evaluated, validation)
     atomic_write_text(
         run_dir / "decision.json",
@@ -249,15 +257,26 @@ def evaluate_run(
         figures,
         len(preds),
         data_root,
-        decision_md=_decision_section(decisions, tta, data_root),
+        decision_md=_decision_section(decisions, tta, data_root, stored=run.decision),
     )
     path = RunFiles(run_dir).report
     atomic_write_text(path, report)
     return path
 
 
-def _decision_section(rows: list[dict[str, Any]], tta: str, data_root: str | Path | None) -> str:
+def _decision_section(
+    rows: list[dict[str, Any]], tta: str, data_root: str | Path | None, *, stored: DecisionRecord
+) -> str:
     where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
+    carried = "The run stores no decision rule (trained before fusionkit stored one)."
+    if stored.thresholds is not None:
+        fitted = [c for c, f in zip(stored.class_names, stored.fitted or (), strict=True) if f]
+        carried = (
+            f"The model carries the `{stored.rule}` rule (`inference.json`), fitted at the end of training on "
+            f"{stored.lesions} validation lesions: thresholds for {', '.join(fitted) or 'no class'}; the other "
+            f"classes keep 0.5 (fewer than {stored.min_positives} validation positives). `fusionkit predict` "
+            "uses it; under it the CSV holds decision scores, not probabilities."
+        )
     return "\n".join(
         [
             "## Test-time augmentation and decision rule",
@@ -267,6 +286,8 @@ def _decision_section(rows: list[dict[str, Any]], tta: str, data_root: str | Pat
             f"rescales each class at a threshold fitted for Dice on {where}.",
             "",
             decision_markdown(rows),
+            "",
+            carried,
             "",
             "",
         ]
@@ -290,7 +311,7 @@ def _gate_markdown(table: dict[str, Any]) -> str:
 
 
 def _report_markdown(
-    run: LoadedRun,
+    run: FusionPipeline,
     metrics: dict[str, Any],
     calibration: dict[str, Any],
     gate_md: str,

@@ -1,4 +1,4 @@
-"""Evaluation metrics: the official ISIC-challenge metrics, calibration, and submission files."""
+"""Evaluation metrics: the official ISIC-challenge metrics, and calibration."""
 
 from fusionkit.metrics.calibration import (
     ReliabilityCurve,
@@ -8,8 +8,7 @@ from fusionkit.metrics.calibration import (
     negative_log_likelihood,
     reliability_curve,
 )
-from fusionkit.metrics.isic import METRIC_KEYS, isic_metrics
-from fusionkit.metrics.submission import write_submission
+from fusionkit.metrics.isic import METRIC_KEYS, isic_metrics, macro_f1_argmax
 
 __all__ = [
     "METRIC_KEYS",
@@ -18,7 +17,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "isic_metrics",
+    "macro_f1_argmax",
     "negative_log_likelihood",
     "reliability_curve",
-    "write_submission",
 ]

@@ -272,3 +272,13 @@ def _truth_matrix(y_true: Any, shape: tuple[int, int]) -> np.ndarray:
     if np.any((t < 0.0) | (t > 1.0)):
         raise ValueError("y_true (2-D) must hold values in [0, 1]")
     return t
+
+
+def macro_f1_argmax(labels: Any, probs: Any) -> float:
+    """Macro F1 of the argmax prediction (sklearn ``f1_score(average="macro")`` over the classes present)."""
+    from sklearn.metrics import f1_score
+
+    p = np.asarray(probs)
+    y = np.asarray(labels, dtype=np.int64)
+    classes = np.arange(p.shape[1])
+    return float(f1_score(y, p.argmax(axis=1), labels=classes[np.isin(classes, y)], average="macro", zero_division=0))

@@ -196,6 +196,17 @@ class DataSpec(FrozenSpec):
     """Where the cache lives (default $FUSIONKIT_CACHE or ~/.cache/fusionkit)."""
     missing_image: Literal["error", "absent"] = "error"
     """A lesion with one image: an error, or the image marked absent in the presence masks."""
+    metadata_features: tuple[Literal["age", "sex", "site", "skin_tone", "monet", "altered"], ...] = (
+        "age",
+        "sex",
+        "site",
+        "skin_tone",
+        "monet",
+        "altered",
+    )
+    """The metadata feature groups the model sees (default all). Leave out ``monet`` to train a model
+    that needs no MONET concept scores (a clinic has none for a new photo); see
+    :class:`fusionkit.data.MetadataEncoder`."""
     augment: AugmentConfig = AugmentConfig()
     augment_on: Literal["auto", "cpu", "device"] = "auto"
     """Where training augmentation runs: ``device`` (whole batches on the training device after the
@@ -203,6 +214,13 @@ class DataSpec(FrozenSpec):
     ``cpu`` (per image in the DataLoader), or ``auto``: ``device`` when training on a GPU, ``cpu``
     otherwise (on a CPU the batched ops are slower than per-image ones: benchmarks/results/loading-*).
     Both draw from the same distribution; train.log says which ran."""
+
+    @model_validator(mode="after")
+    def _features_known(self) -> DataSpec:
+        from fusionkit.data.metadata import check_features
+
+        check_features(self.metadata_features)
+        return self
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> DataSpec:
@@ -265,21 +283,3 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 def default_cache_dir() -> Path:
     """``$FUSIONKIT_CACHE`` or ``~/.cache/fusionkit``: where preprocessed image caches live."""
     return Path(os.environ.get("FUSIONKIT_CACHE", "~/.cache/fusionkit")).expanduser()
-
-
-def preprocessing_model(config: RunConfig) -> str:
-    """Transitional: the timm model name whose registry preprocessing a timm-encoder run gets.
-
-    The image preprocessing is declared by the built model (:attr:`fusionkit.FusionModel.preprocessing`),
-    and that is what the trainer and evaluation read. This name-based helper remains only for the
-    prediction code not yet moved to that (it goes with ``build_transforms(model_name=...)``). It
-    never guesses: an image encoder without a timm ``model_name`` is an error naming it.
-    """
-    name = getattr(config.model.image_encoder, "model_name", None)
-    if not name:
-        kind = getattr(config.model.image_encoder, "kind", None)
-        raise ConfigError(
-            f"image encoder {kind!r} names no timm model: its preprocessing is what the built encoder "
-            "declares (FusionModel.preprocessing), not a timm name"
-        )
-    return str(name)

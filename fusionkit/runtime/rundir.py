@@ -10,6 +10,8 @@ A run directory holds::
     history.json / train.log       one record/line per epoch
     resumes.json                   one record per resume (when, from where, what changed)
     run.lock                       pid and host of the process training it (while it trains)
+    inference.json                 the decision rule (thresholds fitted on the validation split at the
+                                   end of training), validation metrics, training population
     report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate)
 """
 
@@ -76,3 +78,9 @@ class RunFiles:
     def report(self) -> Path:
         """The evaluation report (``report.md``)."""
         return self.root / "report.md"
+
+    @property
+    def inference(self) -> Path:
+        """What predicting needs beyond the weights, fitted at the end of training (``inference.json``):
+        the decision rule with its thresholds, the validation metrics, the training population."""
+        return self.root / "inference.json"

@@ -154,6 +154,7 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
         "device": None,
         **_versions(),
         "metrics": None,
+        "decision": None,
         "config": job.config,
     }
     started = time.perf_counter()
@@ -189,8 +190,11 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
 
 
 def _outcome(run_dir: Path) -> dict[str, Any]:
-    """Best epoch, mean samples/s, macro metrics (the run's metrics.json) and validation labels."""
+    """Best epoch, mean samples/s, macro metrics (the run's metrics.json, written through the
+    run's :class:`~fusionkit.inference.pipeline.FusionPipeline`), the decision rule the run stored
+    and validation labels."""
     from fusionkit.data import CLASS_NAMES, find_split, lesion_labels
+    from fusionkit.runtime.rundir import RunFiles
 
     history = json.loads((run_dir / "history.json").read_text())
     best = [h["epoch"] for h in history if h.get("best")]
@@ -204,6 +208,22 @@ def _outcome(run_dir: Path) -> dict[str, Any]:
         "samples_per_s": sum(h["samples_per_s"] for h in history) / len(history) if history else None,
         "metrics": {k: macro[k] for k in MACRO_KEYS},
         "val_labels": {lesion: CLASS_NAMES[label_of[lesion]] for lesion in split["val"]},
+        "decision": _stored_decision(RunFiles(run_dir).inference),
+    }
+
+
+def _stored_decision(path: Path) -> dict[str, Any] | None:
+    """The stored decision rule in short: its rule, thresholds and the classes whose threshold was fitted."""
+    from fusionkit.inference.decision import DecisionRecord
+
+    if not path.is_file():
+        return None
+    record = DecisionRecord.from_dict(json.loads(path.read_text())["decision"])
+    names = record.class_names
+    return {
+        "rule": record.rule,
+        "thresholds": None if record.thresholds is None else dict(zip(names, record.thresholds, strict=True)),
+        "fitted": [c for c, fitted in zip(names, record.fitted or (), strict=True) if fitted],
     }
 
 

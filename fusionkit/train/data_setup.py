@@ -283,7 +283,11 @@ def prepare_data(
 
     size = config.model.image_size
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
-    encoder = MetadataEncoder.load(RunFiles(run_dir).metadata_encoder) if resume else None
+    encoder = (
+        MetadataEncoder.load(RunFiles(run_dir).metadata_encoder)
+        if resume
+        else MetadataEncoder(features=data.metadata_features)  # fitted on the training split below
+    )
     # rank 0 builds the image cache first; the others then open it. The image transforms come from
     # the built model (RunData.use_preprocessing), which needs the metadata width fitted here.
     if not dist_info.is_main:

@@ -25,9 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fusionkit.errors import ConfigError, DivergenceError, FusionkitError, RunInterrupted
+from fusionkit.inference.pipeline import store_run_decision
+from fusionkit.inference.predict import predict
 from fusionkit.losses import JointIndividualLoss
-from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.decision import macro_f1_argmax
+from fusionkit.metrics import isic_metrics, macro_f1_argmax
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.runtime.config import RunConfig, TrainSpec, load_run_config
@@ -41,7 +42,6 @@ from fusionkit.runtime.distributed import (
     sync_buffers,
 )
 from fusionkit.runtime.lock import LOCK_NAME, RunLock
-from fusionkit.runtime.predict import predict
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.ema import ModelEma
@@ -612,6 +612,8 @@ class Trainer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        if self.dist.is_main:  # the decision rule travels with the model: predicting never reads the training data
+            store_run_decision(self.run_dir, device=self.device)
         if self.after_fit is not None and self.dist.is_main:
             self.after_fit(self.run_dir)
             if self.tracker is not None:

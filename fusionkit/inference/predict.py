@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fusionkit.inference.inputs import check_model_batch
+from fusionkit.inference.tta import tta_views, view_batch
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
-from fusionkit.runtime.tta import tta_views, view_batch
 from fusionkit.utils.progress import bars_enabled
 
 
@@ -69,13 +70,15 @@ def predict(
 ) -> Predictions:
     """Predict every batch of ``loader`` in eval mode; ``absent`` masks modalities out.
 
-    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.runtime.tta`) averages the posterior
+    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.inference.tta`) averages the posterior
     P_final and the fusion weights over dihedral views of both images of each lesion;
     ``log_probs`` is then the log of that mean.
 
     Under torch.distributed each rank predicts its shard and the results are gathered on every
     rank; duplicates from padded shards are dropped. ``batch_transform`` runs on each batch once it
-    is on the device (e.g. :func:`fusionkit.data.normalize_batch` for uint8 loaders).
+    is on the device (e.g. :func:`fusionkit.data.normalize_batch` for uint8 loaders). Each batch is
+    checked first (:func:`fusionkit.inference.inputs.check_model_batch`: tensors, (B, 3, H, W)
+    images, the model's metadata width), so a wrong input is one line naming it.
     """
     was_training = model.training
     model.eval()
@@ -84,25 +87,31 @@ def predict(
     probs, log_probs, labels, weights = [], [], [], []
     present: dict[str, list[np.ndarray]] = {}
     try:
+        modalities = tuple(getattr(model, "modalities", ()))
         for batch in tqdm(loader, desc=desc, disable=not bars_enabled(progress), leave=False):
+            check_model_batch(batch, modalities=modalities, metadata_width=getattr(model, "metadata_width", None))
             batch = move_batch(mask_modalities(batch, absent), device, channels_last=channels_last)
             if batch_transform is not None:
                 batch = batch_transform(batch)
             views = tta_views(tta)
-            mean_probs, mean_weights = 0.0, 0.0
+            mean_probs: torch.Tensor | None = None
+            mean_weights: torch.Tensor | None = None
             for view in views:
                 with autocast_context(device, bf16):
                     out = model(view_batch(batch, view))
-                mean_probs = mean_probs + out.probs.float() / len(views)
+                share = out.probs.float() / len(views)
+                mean_probs = share if mean_probs is None else mean_probs + share
                 if out.weights is not None:
-                    mean_weights = mean_weights + out.weights.float() / len(views)
+                    w = out.weights.float() / len(views)
+                    mean_weights = w if mean_weights is None else mean_weights + w
+            assert mean_probs is not None  # tta_views always yields at least the identity view
             ids.extend(batch["lesion_id"])
             probs.append(mean_probs.cpu().numpy())
             if len(views) == 1:
                 log_probs.append(out.log_probs.float().cpu().numpy())
             else:
                 log_probs.append(mean_probs.clamp_min(torch.finfo(torch.float32).tiny).log().cpu().numpy())
-            if out.weights is not None:
+            if mean_weights is not None:
                 weights.append(mean_weights.cpu().numpy())
             if "label" in batch:
                 labels.append(batch["label"].cpu().numpy())
@@ -133,6 +142,7 @@ def _merge(parts: list[dict[str, Any]]) -> Predictions:
         first.setdefault(lesion, i)
     order = np.array([first[k] for k in sorted(first)], dtype=int)
     pick = lambda a: None if a is None else a[order]  # noqa: E731
+    assert probs is not None and log_probs is not None  # every part has them (possibly empty)
     return Predictions(
         lesion_ids=sorted(first),
         probs=probs[order],

@@ -1,16 +1,18 @@
-"""Export a trained run to ONNX, with a JSON sidecar that holds everything inference needs besides.
+"""Export a trained pipeline to ONNX, with a JSON sidecar that holds everything inference needs besides.
 
 The graph takes one tensor per modality (``derm``, ``clinical``: (B, 3, S, S) normalised float32;
 ``meta``: (B, F) encoded metadata) and one bool presence mask per modality (``present_derm``, ...:
 (B,)), batch dynamic. It returns ``probs`` (the final posterior P_final of eq 6), ``weights`` (the
 fusion weights alpha of eq 5, for decisions that have them) and ``logits_<branch>`` (each branch's
 z_k of eq 3). The sidecar ``<out>.json`` holds the class names, the image preprocessing (size,
-interpolation, mean, std), the fitted metadata encoder and the vocabularies it encodes, so
-``examples/onnx_inference.py`` predicts from raw CSV values with numpy, Pillow and onnxruntime only.
+interpolation, mean, std), the fitted metadata encoder and the vocabularies it encodes, and the
+decision rule with its stored thresholds, so ``examples/onnx_inference.py`` predicts from raw CSV
+values with numpy, Pillow and onnxruntime only.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -19,12 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusionkit.data import CLASS_NAMES, build_transforms
 from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
 from fusionkit.errors import ConfigError
-from fusionkit.evaluate.inference import LoadedRun, load_run
+from fusionkit.inference.pipeline import FusionPipeline
 from fusionkit.model import FusionModel
-from fusionkit.runtime.config import preprocessing_model
 from fusionkit.utils.io import atomic_write_text
 
 EXPORT_FORMATS = ("onnx",)
@@ -62,46 +62,41 @@ class ExportWrapper(nn.Module):
 def example_inputs(model: FusionModel, batch_size: int = 2, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random inputs in the exported graph's order (all modalities present)."""
     g = torch.Generator().manual_seed(seed)
-    size = model.spec.image_size
+    size = model.image_size or 1
     tensors = []
     for m in model.modalities:
-        shape = (batch_size, model.metadata_width) if m == "meta" else (batch_size, 3, size, size)
+        shape = (batch_size, model.metadata_width or 0) if m == "meta" else (batch_size, 3, size, size)
         tensors.append(torch.randn(shape, generator=g))
     tensors += [torch.ones(batch_size, dtype=torch.bool) for _ in model.modalities]
     return tuple(tensors)
 
 
-def sidecar(run: LoadedRun, wrapper: ExportWrapper) -> dict[str, Any]:
+def sidecar(pipe: FusionPipeline, wrapper: ExportWrapper) -> dict[str, Any]:
     """The JSON that travels beside the ONNX file (see the module docstring)."""
-    transform = build_transforms(
-        model_name=preprocessing_model(run.config), image_size=run.config.model.image_size, train=False
-    )
     return {
         "format": "fusionkit.onnx_sidecar",
         "version": 1,
         "inputs": wrapper.input_names,
         "outputs": wrapper.output_names,
-        "class_names": list(CLASS_NAMES[: run.config.model.num_classes]),
-        "image": {
-            "size": run.config.model.image_size,
-            "interpolation": transform.interpolation,
-            "mean": list(transform.mean),
-            "std": list(transform.std),
-        },
-        "metadata_encoder": run.encoder.to_dict(),
+        "class_names": list(pipe.class_names),
+        "image": pipe.preprocessing.to_dict(),
+        "metadata_encoder": pipe.encoder.to_dict() if pipe.encoder is not None else None,
         "vocabularies": {
             "sex": list(SEXES),
             "site": list(SITES),
             "skin_tone": list(SKIN_TONES),
             "monet": list(MONET_COLUMNS),
         },
+        "decision": pipe.decision.to_dict(),
     }
 
 
-def export_onnx(run_dir: str | Path, *, out: str | Path, checkpoint: str = "best") -> Path:
-    """Export a run's checkpoint to ONNX at ``out`` and its sidecar to ``out`` with suffix ``.json``."""
-    run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
-    model = run.model.float().eval()
+def export_onnx(pipe: FusionPipeline | str | Path, *, out: str | Path, checkpoint: str = "best") -> Path:
+    """Export a pipeline (or a run directory's ``checkpoint``) to ONNX at ``out`` and its sidecar
+    to ``out`` with suffix ``.json``."""
+    if not isinstance(pipe, FusionPipeline):
+        pipe = FusionPipeline.from_run(pipe, checkpoint=checkpoint, device="cpu")
+    model = copy.deepcopy(pipe.model).cpu().float().eval()
     model.validate_presence = False  # a data-dependent check: not part of the graph
     wrapper = ExportWrapper(model).eval()
     out = Path(out)
@@ -131,5 +126,5 @@ def export_onnx(run_dir: str | Path, *, out: str | Path, checkpoint: str = "best
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar(run, wrapper), indent=2))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar(pipe, wrapper), indent=2))
     return out

@@ -1,0 +1,280 @@
+"""Ensembles of runs (seeds, folds) and competition submissions: TTA, mean posterior, decision rule.
+
+An ensemble is a list of :class:`~fusionkit.inference.pipeline.FusionPipeline`; its posterior is the
+mean of its members' posteriors P_final (each member encodes the metadata and resizes the images
+its own way, so fold runs with their own fitted statistics combine). Members must agree on the
+number of classes and the metadata encoding's features. A directory that is not a run is searched
+for runs under ``runs/**/`` (a sweep or k-fold output).
+
+The decision rule is the one each run stored at the end of training (an ensemble averages its
+members' thresholds), so predicting reads only the folder it predicts; ``refit=True`` fits the
+thresholds again on the runs' validation lesions (reading the training folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionkit.data import find_split
+from fusionkit.errors import ConfigError, FusionkitError
+from fusionkit.inference.decision import (
+    DEFAULT_DECISION,
+    MIN_POSITIVES,
+    DecisionRecord,
+    average_decisions,
+    check_decision,
+    fit_decision,
+)
+from fusionkit.inference.pipeline import FusionPipeline
+from fusionkit.inference.predict import Predictions
+from fusionkit.inference.submission import write_submission
+from fusionkit.inference.tta import check_tta
+from fusionkit.runtime.rundir import RunFiles
+from fusionkit.utils.io import atomic_write_text
+
+logger = logging.getLogger("fusionkit.inference")
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Models to predict with: each path itself when it is a run directory (``config.yaml``) or a
+    saved pipeline folder (``config.json``), else the runs under ``runs/**/`` (a sweep or k-fold output)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if RunFiles(path).config.is_file() or _is_saved_pipeline(path):
+            found.append(path)
+            continue
+        inside = sorted(p.parent for p in (path / "runs").glob("**/config.yaml"))
+        if not inside:
+            raise ConfigError(
+                f"{path}: neither a fusionkit run (no config.yaml), a saved pipeline (no config.json) "
+                "nor a sweep (no runs/**/config.yaml)"
+            )
+        found += inside
+    if not found:
+        raise ConfigError("no runs given")
+    return found
+
+
+def _is_saved_pipeline(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def load_runs(
+    paths: Iterable[str | Path], *, checkpoint: str = "best", device: str | None = None
+) -> list[FusionPipeline]:
+    """The pipelines of every run of :func:`find_runs`, checked that they can be averaged."""
+    runs = [
+        FusionPipeline.from_pretrained(p, device=device)
+        if _is_saved_pipeline(p) and not RunFiles(p).config.is_file()
+        else FusionPipeline.from_run(p, checkpoint=checkpoint, device=device)
+        for p in find_runs(paths)
+    ]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.config.model.num_classes != first.config.model.num_classes:
+            raise ConfigError(
+                f"{run.origin}: {run.config.model.num_classes} classes, but {first.origin} has "
+                f"{first.config.model.num_classes}; an ensemble needs one class list"
+            )
+        if _features(run) != _features(first):
+            raise ConfigError(
+                f"{run.origin}: its metadata encoding differs from {first.origin}'s; an ensemble needs one encoding"
+            )
+    return runs
+
+
+def _features(run: FusionPipeline) -> tuple[str, ...]:
+    return run.encoder.feature_names if run.encoder is not None else ()
+
+
+def mean_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """The mean posterior (and fusion weights, where every part has them) of predictions of the same lesions."""
+    first = parts[0]
+    for p in parts[1:]:
+        if p.lesion_ids != first.lesion_ids:
+            raise FusionkitError("ensemble members predicted different lesions")
+    if len(parts) == 1:
+        return first
+    probs = np.mean([p.probs for p in parts], axis=0)
+    weights = None
+    gate = [p.weights for p in parts if p.weights is not None]
+    if len(gate) == len(parts):
+        weights = np.mean(gate, axis=0)
+    return Predictions(
+        lesion_ids=list(first.lesion_ids),
+        probs=probs,
+        log_probs=np.log(np.maximum(probs, np.finfo(np.float32).tiny)),
+        labels=first.labels,
+        weights=weights,
+        present=dict(first.present),
+    )
+
+
+def ensemble_predict(
+    runs: Sequence[FusionPipeline],
+    *,
+    data_root: str | Path | None = None,
+    split: str = "Training",
+    lesion_ids: Sequence[str] | None = None,
+    tta: str = "none",
+    progress: bool = False,
+) -> Predictions:
+    """The ensemble's mean posterior over ``split`` of ``data_root`` (default: each run's own data)."""
+    check_tta(tta)
+    return mean_predictions(
+        [
+            run.predict_dataset(
+                run.dataset(data_root=data_root, split=split, lesion_ids=lesion_ids),
+                tta=tta,
+                progress=progress,
+                desc=f"predict {run.origin.name}",
+            )
+            for run in runs
+        ]
+    )
+
+
+def fit_ensemble_decision(
+    runs: Sequence[FusionPipeline],
+    *,
+    rule: str = DEFAULT_DECISION,
+    tta: str = "none",
+    progress: bool = False,
+    fallback_root: str | Path | None = None,
+    min_positives: int = MIN_POSITIVES,
+) -> DecisionRecord:
+    """Fit the thresholds again on validation data the runs never trained on (reads the training folder).
+
+    When every run has the same validation split (seeds), they are fitted on the ensemble's posterior
+    over it; otherwise (folds) each run's thresholds are fitted on its own validation split and
+    averaged. The validation lesions are read from the folder each run trained on, or from
+    ``fallback_root`` where that folder is gone (a moved MILK10k copy).
+    """
+
+    def root(run: FusionPipeline) -> Path | None:
+        return None if run.data_root.is_dir() or fallback_root is None else Path(fallback_root)
+
+    names = runs[0].class_names
+    parts = [r.predict_dataset(r.validation_dataset(data_root=root(r)), tta=tta, progress=progress) for r in runs]
+    if all(r.split["val"] == runs[0].split["val"] for r in runs):
+        preds = mean_predictions(parts)
+        return fit_decision(preds.labels, preds.probs, names, rule=rule, min_positives=min_positives, tta=tta)
+    return average_decisions(
+        [fit_decision(p.labels, p.probs, names, rule=rule, min_positives=min_positives, tta=tta) for p in parts]
+    )
+
+
+def fit_ensemble_thresholds(runs: Sequence[FusionPipeline], **kwargs: Any) -> tuple[float, ...]:
+    """The thresholds of :func:`fit_ensemble_decision`."""
+    thresholds = fit_ensemble_decision(runs, **kwargs).thresholds
+    assert thresholds is not None
+    return thresholds
+
+
+def ensemble_decision(
+    runs: Sequence[FusionPipeline],
+    rule: str,
+    *,
+    refit: bool = False,
+    tta: str = "none",
+    progress: bool = False,
+    fallback_root: str | Path | None = None,
+) -> tuple[DecisionRecord, str]:
+    """The decision record an ensemble predicts with, and where it came from (``stored`` or ``refit``).
+
+    The stored records (fitted at the end of training) are averaged; ``refit`` fits them again on
+    the validation split, as does a ``thresholds`` rule for runs that stored none (trained before
+    fusionkit stored them).
+    """
+    check_decision(rule)
+    stored = [r.decision for r in runs]
+    missing = [str(r.origin) for r in runs if r.decision.thresholds is None]
+    if rule == "thresholds" and (refit or missing):
+        if missing and not refit:
+            logger.warning(
+                "%s stores no thresholds (trained before fusionkit stored them): fitting them on its validation split",
+                missing[0],
+            )
+        record = fit_ensemble_decision(runs, rule=rule, tta=tta, progress=progress, fallback_root=fallback_root)
+        return record, "refit"
+    if refit and rule != "thresholds":
+        logger.info("--refit-thresholds has no effect with the %r rule", rule)
+    base = average_decisions(stored) if not missing else stored[0]
+    try:
+        return base.with_rule(rule), "stored"
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _auto_split(root: Path, split: str) -> str:
+    """``auto`` is the Test split; never a silent fall-back to Training (a submission of the wrong lesions)."""
+    if split != "auto":
+        return split
+    try:
+        find_split(root, "Test")
+    except FusionkitError as exc:
+        raise ConfigError(
+            f"--split auto predicts the Test split, but {exc}; pass --split Training to predict the training lesions"
+        ) from exc
+    return "Test"
+
+
+def predict_split(
+    run_dirs: str | Path | Sequence[str | Path],
+    *,
+    data_root: str | Path,
+    out: str | Path,
+    split: str = "auto",
+    checkpoint: str = "best",
+    tta: str = "none",
+    decision: str = DEFAULT_DECISION,
+    refit_thresholds: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Predict a split with one run or an ensemble and write the submission CSV (official MILK10k format).
+
+    ``tta`` averages dihedral views, ``decision`` is ``probs``, ``argmax`` or ``thresholds``
+    (:mod:`fusionkit.inference.decision`), with the thresholds stored at the end of training
+    (``refit_thresholds``: fitted again on the runs' validation split, which reads the training
+    folder). Beside the CSV, ``<out>.json`` records the runs, TTA, decision rule, thresholds and
+    what the CSV's values are.
+    """
+    try:
+        check_tta(tta)
+        check_decision(decision)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if Path(out).is_dir():
+        raise ConfigError(f"{out} is a directory; give a file name")
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    runs = load_runs(run_dirs, checkpoint=checkpoint)
+    split = _auto_split(Path(data_root), split)
+    preds = ensemble_predict(runs, data_root=data_root, split=split, tta=tta, progress=progress)
+    record, origin = ensemble_decision(
+        runs, decision, refit=refit_thresholds, tta=tta, progress=progress, fallback_root=data_root
+    )
+    path = write_submission(out, preds.lesion_ids, record.apply(preds.probs), record.class_names)
+    state: dict[str, Any] = {
+        "runs": [str(r.origin) for r in runs],
+        "checkpoint": checkpoint,
+        "data": str(data_root),
+        "split": split,
+        "tta": tta,
+        "decision": decision,
+        "values": record.describe(),
+        "thresholds": None
+        if decision != "thresholds" or record.thresholds is None
+        else dict(zip(record.class_names, record.thresholds, strict=True)),
+        "thresholds_from": origin if decision == "thresholds" else None,
+        "fitted": None if decision != "thresholds" else record.to_dict().get("fitted"),
+        "lesions": len(preds),
+    }
+    atomic_write_text(Path(out).with_suffix(".json"), json.dumps(state, indent=2))
+    return path
