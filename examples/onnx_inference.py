@@ -63,7 +63,7 @@ def encode_metadata(rows: list[dict[str, str]], sidecar: dict) -> np.ndarray:
 
 def load_image(path: Path | None, image: dict) -> np.ndarray:
     """A (3, S, S) normalised float32 image (zeros when the image is absent)."""
-    size = image["size"]
+    size = image["input_size"]
     if path is None:
         return np.zeros((3, size, size), dtype=np.float32)
     with Image.open(path) as im:

@@ -170,7 +170,7 @@ def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, preset: str)
     for name, a, b in zip(wrapper.output_names, got, expected, strict=True):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-4, err_msg=name)
     sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["class_names"] == list(CLASS_NAMES) and sidecar["image"]["size"] == 32
+    assert sidecar["class_names"] == list(CLASS_NAMES) and sidecar["image"]["input_size"] == 32
 
 
 def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path: Path) -> None:

@@ -201,7 +201,7 @@ def test_save_then_from_pretrained_round_trips_bit_exactly(pipe: fk.FusionPipeli
     again = loaded.save(saved.parent / "again")
     assert (again / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
     preprocessing = json.loads((saved / "preprocessing.json").read_text())["image"]
-    assert set(preprocessing) == {"size", "mean", "std", "interpolation"} and preprocessing["size"] == 32
+    assert set(preprocessing) == {"input_size", "mean", "std", "interpolation"} and preprocessing["input_size"] == 32
 
 
 def test_model_card_has_hub_front_matter_and_says_what_users_must_know(saved: Path) -> None:

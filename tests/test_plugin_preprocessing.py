@@ -24,7 +24,7 @@ from fusionkit.data import MetadataEncoder, Milk10kDataset, build_transforms, ma
 from fusionkit.registry import PLUGIN_GROUP
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig
-from fusionkit.runtime.predict import predict
+from fusionkit.inference.predict import predict
 from fusionkit.train.trainer import train_run
 
 REPO = TESTS_DIR.parent
