@@ -89,7 +89,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
     trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
-    trainer._interrupted = True  # as if Ctrl-C arrived during the first batch
+    trainer.interrupt()  # as if Ctrl-C arrived during the first batch
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     trainer.close()
