@@ -905,6 +905,9 @@ def test_bars_are_drawn_on_a_terminal_by_default_and_not_when_turned_off(
     drawn = terminal.getvalue()
     for text in ("epoch 1/2", "epoch 2/2", "2/2 [", "batch/s", "training", "epoch/s"):
         assert text in drawn, text
+    # an epoch's bar is cleared when the epoch ends (never left on its line); the run's bar stays
+    assert not re.search(r"\repoch [^\r\x1b]*\n", drawn) and len(re.findall(r"\r +\x1b\[A", drawn)) == 2
+    assert re.search(r"\rtraining: 100%[^\r\x1b]*\n$", drawn), drawn[-200:]
     terminal.seek(0)
     terminal.truncate()
     trainer = Trainer(config_of(cache_dir, max_batches_per_epoch=1), run_dir=tmp_path / "b", synthetic=True)
