@@ -503,10 +503,12 @@ def test_an_interrupt_mid_epoch_checks_saves_the_partial_sums_and_raises(tmp_pat
     trainer.step = ConstStep(math.nan)
     trainer.interrupt()
     try:
-        with pytest.raises(DivergenceError, match="^training diverged in epoch 1: the loss or the weights"):
+        with pytest.raises(BaseException) as diverged:  # RunInterrupted is a KeyboardInterrupt
             trainer.fit()
     finally:
         trainer.close()
+    assert diverged.type is DivergenceError
+    assert str(diverged.value).startswith("training diverged in epoch 1: the loss or the weights")
     assert not (tmp_path / "b" / "run" / "checkpoints" / "last.safetensors").exists()
 
 
@@ -524,7 +526,7 @@ def test_divergence_messages_name_the_epoch_and_the_last_good_checkpoint(tmp_pat
     )
     assert first.value.epoch == 1 and not (tmp_path / "a" / "run" / "checkpoints" / "last.safetensors").exists()
     trainer = build(tmp_path / "b", cache_dir, epochs=3)
-    trainer.step = ConstStep(values=[1.5, 1.5, 1.5, 1.5, math.inf, 1.5])
+    trainer.step = ConstStep(values=[1.5, 1.5, math.inf, 1.5])
     try:
         with pytest.raises(DivergenceError) as later:
             trainer.fit()
@@ -532,10 +534,10 @@ def test_divergence_messages_name_the_epoch_and_the_last_good_checkpoint(tmp_pat
         trainer.close()
     last = tmp_path / "b" / "run" / "checkpoints" / "last.safetensors"
     assert str(later.value) == (
-        "training diverged in epoch 3: the loss or the weights became NaN or infinite (train.lr 0.003 may be too "
-        f"high); the last good checkpoint is {last} (end of epoch 2)"
+        "training diverged in epoch 2: the loss or the weights became NaN or infinite (train.lr 0.003 may be too "
+        f"high); the last good checkpoint is {last} (end of epoch 1)"
     )
-    assert later.value.epoch == 3 and last_info(tmp_path / "b" / "run")["epoch"] == 2
+    assert later.value.epoch == 2 and last_info(tmp_path / "b" / "run")["epoch"] == 1
 
     # a finite loss that left a NaN weight behind
     trainer = build(tmp_path / "c", cache_dir)
@@ -702,31 +704,39 @@ def test_signals_are_caught_during_fit_only_and_a_second_one_stops_at_once(
                 os.kill(os.getpid(), signum)  # the real signal, through the installed handler
             return super().__call__(batch)
 
+    outside: list[int] = []  # the handlers around fit: a signal that reaches them was not caught by fit
+    previous = [signal.signal(s, lambda signum, frame: outside.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)]
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    trainer = build(tmp_path / "a", cache_dir)
-    trainer.step = Signalling(signal.SIGTERM)
     try:
-        with pytest.raises(RunInterrupted) as caught:
-            trainer.fit()
+        trainer = build(tmp_path / "a", cache_dir)
+        trainer.step = Signalling(signal.SIGTERM)
+        try:
+            with pytest.raises(RunInterrupted) as caught:
+                trainer.fit()
+        finally:
+            trainer.close()
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+        # a second signal stops at once, in the batch: nothing is saved
+        trainer = build(tmp_path / "b", cache_dir)
+        trainer.step = Signalling(signal.SIGTERM, signal.SIGINT)
+        try:
+            with pytest.raises(RunInterrupted) as second:
+                trainer.fit()
+        finally:
+            trainer.close()
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     finally:
-        trainer.close()
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-    assert len(during) == 1 and during[0][0] not in before and during[0][1] not in before
+        for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
+            signal.signal(signum, handler)
+    assert outside == []
+    assert len(during) == 2 and during[0][0] not in before and during[0][1] not in before
     assert caught.value.exit_code == 143 and caught.value.run_dir == tmp_path / "a" / "run"
-    assert capsys.readouterr().err == "interrupt: finishing this batch and saving a resumable checkpoint ...\n"
+    message = "interrupt: finishing this batch and saving a resumable checkpoint ...\n"
+    assert capsys.readouterr().err == message * 2
     info = last_info(tmp_path / "a" / "run")
     assert info["batch"] == 1 and info["epoch_loss_sum"] == 12.0
-    # a second signal stops at once, in the batch: nothing is saved
-    trainer = build(tmp_path / "b", cache_dir)
-    trainer.step = Signalling(signal.SIGTERM, signal.SIGINT)
-    try:
-        with pytest.raises(RunInterrupted) as second:
-            trainer.fit()
-    finally:
-        trainer.close()
     assert second.value.signum == signal.SIGINT and second.value.run_dir == tmp_path / "b" / "run"
     assert not (tmp_path / "b" / "run" / "checkpoints" / "last.safetensors").exists()
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_a_signal_during_validation_stops_after_the_epoch_is_saved(tmp_path: Path, cache_dir: Path) -> None:
