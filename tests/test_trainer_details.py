@@ -765,8 +765,8 @@ def test_fit_hands_the_run_to_after_fit_and_its_figures_to_the_trackers(tmp_path
 
     def after_fit(run_dir: Path) -> None:
         given.append(run_dir)
-        for name in ("b.png", "a.png", "c.txt"):
-            (run_dir / name).write_text("x")
+        for name in ("a.png", "b.png", "c.png", "d.png", "e.png", "f.png", "g.png", "h.txt"):
+            (run_dir / name).write_text("x")  # created in order: a folder lists them otherwise
 
     trainer = Trainer(
         config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, progress=False, after_fit=after_fit
@@ -778,7 +778,7 @@ def test_fit_hands_the_run_to_after_fit_and_its_figures_to_the_trackers(tmp_path
     finally:
         trainer.close()
     run = tmp_path / "run"
-    assert given == [run] and tracker.figures == [([run / "a.png", run / "b.png"], 1)]
+    assert given == [run] and tracker.figures == [([run / f"{c}.png" for c in "abcdefg"], 1)]
 
 
 def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cache_dir: Path, caplog) -> None:
