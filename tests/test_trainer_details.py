@@ -42,6 +42,9 @@ from fusionkit.train.schedules import WarmupCosine
 from fusionkit.train.step import EagerStep
 from fusionkit.train.trainer import Trainer, TrainerCallback, selection_score, train_run
 
+# the constant steps never step the optimizer, and torch warns when the cosine schedule then steps
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
