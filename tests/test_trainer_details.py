@@ -248,6 +248,7 @@ def test_the_train_settings_shape_the_param_groups_and_the_schedule(tmp_path: Pa
         }
         assert trainer.optimizer.defaults["lr"] == 3e-3 and trainer.optimizer.defaults["weight_decay"] == 0.02
         assert trainer.optimizer.defaults["capturable"] is False
+        assert trainer.optimizer.defaults["fused"] is None  # the fused kernels are asked for on a GPU only
         # each group holds AdamW's own keys, its name and the cosine schedule's initial_lr, nothing
         # more (it is checkpointed as it is)
         adamw_keys = set(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).param_groups[0])
