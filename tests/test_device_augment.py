@@ -215,7 +215,7 @@ def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
     config = RunConfig.model_validate(raw)
     whole = train_run(config, run_dir=tmp_path / "a", synthetic=True, progress=False)
     trainer = Trainer(config, run_dir=tmp_path / "b", synthetic=True, progress=False)
-    trainer._interrupted = True  # Ctrl-C during the first batch: stops after it, mid-epoch
+    trainer.interrupt()  # Ctrl-C during the first batch: stops after it, mid-epoch
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     trainer.close()

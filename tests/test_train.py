@@ -89,7 +89,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
     trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
-    trainer._interrupted = True  # as if Ctrl-C arrived during the first batch
+    trainer.interrupt()  # as if Ctrl-C arrived during the first batch
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     trainer.close()
@@ -136,6 +136,12 @@ def _assert_ranks_agree_with_the_checkpoint(weights: dict[int, dict[str, torch.T
     last = load_file(str(run_dir / "checkpoints" / "last.safetensors"))
     for key in r0:
         assert torch.equal(last[f"model.{key}"], r0[key]), key
+    # every rank validates on the whole split (each predicts its shard, the results are gathered)
+    scores = [
+        json.dumps([[r["val_loss"], r["val_dice"], r["val_auc"]] for r in json.loads(path.read_text())])
+        for path in (run_dir / "rank0.history.json", run_dir / "rank1.history.json")
+    ]
+    assert scores[0] == scores[1]
 
 
 def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_dir: Path) -> None:

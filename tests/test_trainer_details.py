@@ -1,30 +1,48 @@
-"""The trainer's details, pinned one by one: setup flags, what one epoch sums and passes on, the
-records, messages and checkpoint fields, signals, resume defaults. Each test builds a tiny trainer
-(20 synthetic lesions, two training batches of 8) and mostly swaps the step for a constant one, so
-the numbers are exact."""
+"""The trainer's details, pinned through what a run leaves and shows: the run directory's files
+(``history.json``, ``train.log``, ``resumes.json``, the checkpoints), stdout, the progress bars on a
+terminal, the logs, the trackers, the public attributes, and :class:`TrainerCallback` hooks. No test
+reaches into a private attribute or patches a fusionkit module global, so a refactor that keeps
+the behaviour keeps them passing.
+
+Each test builds a tiny trainer (20 synthetic lesions, two training batches of 8) and mostly gives
+it a constant step (``trainer.step``), so the numbers are exact; the tests that train for real
+compare two computations made in the same process, never a float fixed in the source.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import re
 import signal
+import sys
+import time
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from train_helpers import tiny_run_config
 
-import fusionkit.train.trainer as trainer_module
 from fusionkit.errors import ConfigError, DataError, DivergenceError, RunInterrupted
-from fusionkit.metrics import macro_f1_argmax
-from fusionkit.runtime.checkpoint import read_checkpoint
+from fusionkit.inference.predict import predict
+from fusionkit.metrics import isic_metrics, macro_f1_argmax
+from fusionkit.runtime.checkpoint import META_KEY, model_state, read_checkpoint
 from fusionkit.runtime.config import RunConfig
+from fusionkit.runtime.device import move_batch
+from fusionkit.runtime.lock import LOCK_NAME
+from fusionkit.train.schedules import WarmupCosine
 from fusionkit.train.step import EagerStep
-from fusionkit.train.trainer import Trainer, selection_score, train_run
+from fusionkit.train.trainer import Trainer, TrainerCallback, selection_score, train_run
+
+# the constant steps never step the optimizer, and torch warns when the cosine schedule then steps
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +50,8 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def config_of(cache_dir: Path, *, epochs: int = 1, **train: Any) -> RunConfig:
-    return RunConfig.model_validate(tiny_run_config(cache_dir, epochs=epochs, n_lesions=20, **train))
+def config_of(cache_dir: Path, *, epochs: int = 1, n_lesions: int = 20, **train: Any) -> RunConfig:
+    return RunConfig.model_validate(tiny_run_config(cache_dir, epochs=epochs, n_lesions=n_lesions, **train))
 
 
 def build(tmp_path: Path, cache_dir: Path, *, epochs: int = 1, resume: bool = False, **train: Any) -> Trainer:
@@ -46,26 +64,51 @@ def build(tmp_path: Path, cache_dir: Path, *, epochs: int = 1, resume: bool = Fa
     )
 
 
-def with_train(trainer: Trainer, **fields: Any) -> None:
-    """Change the trainer's resolved train settings in place (as a changed config on resume would)."""
-    config = trainer.config
-    trainer.config = config.model_copy(update={"train": config.train.model_copy(update=fields)})
+def last_info(run: Path) -> dict[str, Any]:
+    return read_checkpoint(run / "checkpoints" / "last.safetensors")[1]["info"]
 
 
 class ConstStep:
-    """A step that returns a fixed loss and fixed eq-7 terms, and records the keys it was given."""
+    """A step that returns a fixed loss (or, given ``values``, one per call) and fixed eq-7 terms,
+    and records what it was given."""
 
-    def __init__(self, value: float = 1.5) -> None:
-        self.value = value
-        self.keys: list[list[str]] = []
+    def __init__(self, value: float = 1.5, *, values: list[float] | None = None) -> None:
+        self.value, self.values = value, values
+        self.batches: list[dict[str, Any]] = []
         self.terms = {"final": torch.tensor(0.5), "joint": torch.tensor(0.25)}
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
-        self.keys.append(sorted(batch))
-        return torch.tensor(self.value)
+        self.batches.append(batch)
+        value = self.values[len(self.batches) - 1] if self.values is not None else self.value
+        return torch.tensor(value)
+
+    @property
+    def keys(self) -> list[list[str]]:
+        return [sorted(b) for b in self.batches]
+
+
+class Recorder(TrainerCallback):
+    """Records every hook call; ``then`` runs after each batch's record."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.batches: list[tuple[int, int, float]] = []
+        self.epochs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.lrs: list[dict[str, float]] = []  # each param group's lr after each epoch
+        self.then = then
+
+    def on_batch_end(self, trainer: Trainer, *, epoch: int, batch_index: int, loss: torch.Tensor) -> None:
+        self.batches.append((epoch, batch_index, float(loss)))
+        if self.then is not None:
+            self.then(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, *, record: Any, metrics: dict[str, Any]) -> None:
+        self.epochs.append((dict(record.__dict__), metrics))
+        self.lrs.append({g["name"]: float(g["lr"]) for g in trainer.optimizer.param_groups})
 
 
 class FakeTracker:
+    """The tracker interface, recording (set as the public ``trainer.tracker``)."""
+
     active = True
 
     def __init__(self) -> None:
@@ -82,71 +125,50 @@ class FakeTracker:
         pass
 
 
-class FakeBar:
-    """tqdm's interface as the trainer uses it, recording its arguments."""
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so progress bars are drawn into it."""
 
-    made: list[dict[str, Any]] = []
+    def isatty(self) -> bool:
+        return True
 
-    def __init__(self, iterable: Any = None, **kwargs: Any) -> None:
-        self.iterable, self.kwargs, self.n, self.postfix = iterable, kwargs, kwargs.get("initial", 0), []
-        FakeBar.made.append(self.__dict__)
 
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        self.postfix.append(kwargs)
-
-    def close(self) -> None:
-        pass
-
-    write = staticmethod(trainer_module.tqdm.write)
+def file_handlers_of(path: Path) -> list[logging.Handler]:
+    return [
+        h
+        for h in logging.getLogger("fusionkit").handlers
+        if isinstance(h, logging.FileHandler) and h.baseFilename == str(path)
+    ]
 
 
 # -- train_run and the setup steps ----------------------------------------------------------------
-def test_train_run_passes_every_argument_and_closes_even_when_fit_fails(monkeypatch) -> None:
-    calls: list[Any] = []
+def test_train_run_passes_every_argument_and_closes_even_when_fit_fails(tmp_path: Path, cache_dir: Path) -> None:
+    config = config_of(cache_dir, max_batches_per_epoch=1)
+    run = tmp_path / "run"
+    # data_root reaches the data (and synthetic is off by default): the missing folder is named
+    with pytest.raises(DataError, match="missing: not a folder"):
+        train_run(config, run_dir=run, data_root=tmp_path / "missing", progress=False)
+    assert not run.exists()
+    given: list[Path] = []
+    recorder = Recorder()
 
-    class Spy:
-        def __init__(self, config: Any, **kwargs: Any) -> None:
-            calls.append(("init", config, kwargs))
+    def after_fit(run_dir: Path) -> None:
+        given.append(run_dir)
+        raise RuntimeError("boom")
 
-        def fit(self) -> None:
-            calls.append("fit")
-            raise RuntimeError("boom")
-
-        def close(self) -> None:
-            calls.append("close")
-
-    monkeypatch.setattr(trainer_module, "Trainer", Spy)
     with pytest.raises(RuntimeError, match="boom"):
-        train_run("cfg", run_dir="r")
-    defaults = {
-        "run_dir": "r",
-        "data_root": None,
-        "synthetic": False,
-        "resume": False,
-        "overwrite": False,
-        "progress": True,
-        "after_fit": None,
-    }
-    assert calls == [("init", "cfg", defaults), "fit", "close"]
-    calls.clear()
-    given = {
-        "run_dir": "r",
-        "data_root": "d",
-        "synthetic": True,
-        "resume": True,
-        "overwrite": True,
-        "progress": False,
-        "after_fit": print,
-    }
-    monkeypatch.setattr(Spy, "fit", lambda self: calls.append("fit"))
-    assert isinstance(train_run("cfg", **given), Spy)
-    assert calls == [("init", "cfg", given), "fit", "close"]
+        train_run(config, run_dir=run, synthetic=True, progress=False, after_fit=after_fit, callbacks=[recorder])
+    assert given == [run] and [b[:2] for b in recorder.batches] == [(0, 0)]
+    # closed although fit failed: the lock is released and train.log let go
+    assert not (run / LOCK_NAME).exists() and file_handlers_of(run / "train.log") == []
+    # resume and overwrite reach the run directory claim (refused when neither is given)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_run(config, run_dir=run, synthetic=True, progress=False)
+    longer = config_of(cache_dir, epochs=2, max_batches_per_epoch=1)
+    resumed = train_run(longer, run_dir=run, synthetic=True, progress=False, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    again = train_run(config, run_dir=run, synthetic=True, progress=False, overwrite=True)
+    assert [r["epoch"] for r in again.history] == [1]
+    assert isinstance(again, Trainer) and again.run_dir == run
 
 
 def test_precision_channels_last_and_the_step_follow_the_train_settings(tmp_path: Path, cache_dir: Path) -> None:
@@ -159,18 +181,27 @@ def test_precision_channels_last_and_the_step_follow_the_train_settings(tmp_path
         assert step.loss_fn is trainer.loss_fn and step.optimizer is trainer.optimizer
         assert step.device == trainer.device and step.bf16 is False and step.grad_clip == 0.5
         assert step.clip_parameters == trainer.model.parameters
-        assert trainer._extra_modules() == {} and trainer.eval_model is trainer.model
+        assert trainer.ema is None and trainer.eval_model is trainer.model
+        trainer.step = ConstStep()
+        trainer.fit()
     finally:
         trainer.close()
+    tensors, _ = read_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.safetensors")
+    assert not any(k.startswith("ema.") for k in tensors)  # no weight average, none saved
     trainer = build(tmp_path / "b", cache_dir, precision="bf16", channels_last=True, ema_decay=0.9)
     try:
         assert trainer.bf16 and trainer.step.bf16 and trainer.channels_last
         conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-        assert trainer.ema.decay == 0.9 and trainer._extra_modules() == {"ema": trainer.ema.module}
-        assert trainer.eval_model is trainer.ema.module
+        assert trainer.ema.decay == 0.9 and trainer.eval_model is trainer.ema.module
+        trainer.step = step = ConstStep()
+        trainer.fit()
     finally:
         trainer.close()
+    # the batches reach the step in channels_last, and the weight average is saved in last as ema.*
+    assert all(b["derm"].is_contiguous(memory_format=torch.channels_last) for b in step.batches)
+    tensors, _ = read_checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.safetensors")
+    assert {k for k in tensors if k.startswith("ema.")} == {f"ema.{k}" for k in model_state(trainer.ema.module)}
 
 
 def test_a_graphed_step_on_the_cpu_is_refused_before_the_run_directory_is_touched(
@@ -194,82 +225,69 @@ def test_compile_wraps_the_network_with_the_configured_mode(tmp_path: Path, cach
     assert trainer.step_net is sentinel and trainer.step.model is sentinel
 
 
-def test_setup_passes_the_train_settings_to_the_tracker_param_groups_and_schedule(
-    tmp_path: Path, cache_dir: Path, monkeypatch
-) -> None:
-    seen: dict[str, Any] = {}
-    real_groups, real_schedule = trainer_module.param_groups, trainer_module.LrSchedule
-
-    def groups_spy(model, **kwargs):
-        seen["groups"] = kwargs
-        return real_groups(model, **kwargs)
-
-    def schedule_spy(**kwargs):
-        seen["schedule"] = kwargs
-        return real_schedule(**kwargs)
-
-    monkeypatch.setattr(trainer_module, "param_groups", groups_spy)
-    monkeypatch.setattr(trainer_module, "LrSchedule", schedule_spy)
+def test_the_train_settings_shape_the_param_groups_and_the_schedule(tmp_path: Path, cache_dir: Path) -> None:
     trainer = build(
-        tmp_path,
+        tmp_path / "a",
         cache_dir,
         epochs=3,
         weight_decay=0.02,
         backbone_lr=1e-4,
         backbone_weight_decay=0.5,
         no_decay_norm_bias=True,
-        scheduler={"kind": "cosine"},
+        scheduler={"kind": "cosine", "min_lr": 3e-4},
         max_batches_per_epoch=1,
     )
     try:
-        assert seen["groups"] == {
-            "lr": 3e-3,
-            "weight_decay": 0.02,
-            "backbone_lr": 1e-4,
-            "backbone_weight_decay": 0.5,
-            "no_decay_norm_bias": True,
+        groups = {g["name"]: (g["initial_lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups}
+        assert groups == {
+            "backbone": (1e-4, 0.5),
+            "backbone_no_decay": (1e-4, 0.0),
+            "rest": (3e-3, 0.02),
+            "rest_no_decay": (3e-3, 0.0),
         }
-        assert seen["schedule"] == {
-            "spec": trainer.config.train.scheduler,
-            "optimizer": trainer.optimizer,
-            "epochs": 3,
-            "steps_per_epoch": 1,
-        }  # min(2 batches, max_batches_per_epoch)
         assert trainer.optimizer.defaults["lr"] == 3e-3 and trainer.optimizer.defaults["weight_decay"] == 0.02
         assert trainer.optimizer.defaults["capturable"] is False
+        assert trainer.optimizer.defaults["fused"] is None  # the fused kernels are asked for on a GPU only
         # each group holds AdamW's own keys, its name and the cosine schedule's initial_lr, nothing
         # more (it is checkpointed as it is)
         adamw_keys = set(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).param_groups[0])
         for group in trainer.optimizer.param_groups:
             assert set(group) == adamw_keys | {"name", "initial_lr"}, sorted(set(group) ^ adamw_keys)
-        tracker = trainer.tracker
-        assert tracker.backends == () and not tracker.active
+        assert trainer.tracker.backends == () and not trainer.tracker.active
+        trainer.step = ConstStep()
+        recorder = Recorder()
+        trainer.callbacks = (recorder,)
+        trainer.fit()
     finally:
         trainer.close()
-    trainer = build(tmp_path / "b", cache_dir, scheduler={"kind": "cosine"})
-    trainer.close()
-    assert seen["schedule"]["steps_per_epoch"] == 2
-    trainer = build(tmp_path / "c", cache_dir)
-    trainer.close()
-    assert seen["schedule"]["steps_per_epoch"] == 0  # the plateau schedule steps per epoch only
+    # one optimizer step per epoch (max_batches_per_epoch) over 3 epochs: the cosine spans 3 steps
+    cosine = WarmupCosine(warmup_steps=0, total_steps=3, floor=0.1)
+    assert [lrs["rest"] for lrs in recorder.lrs] == pytest.approx([3e-3 * cosine(s) for s in (1, 2, 3)])
+    assert [lrs["backbone"] for lrs in recorder.lrs] == pytest.approx([1e-4] * 3)  # min_lr above its lr
+    # uncapped, an epoch is 2 steps: one epoch runs the whole cosine down to min_lr
+    trainer = build(tmp_path / "b", cache_dir, scheduler={"kind": "cosine", "min_lr": 3e-4})
+    trainer.step = ConstStep()
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    assert [r["lr"] for r in trainer.history] == pytest.approx([3e-4])
 
 
-def test_tracker_gets_every_train_setting_as_a_parameter(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
-    made: list[dict[str, Any]] = []
-
-    class TrackerSpy(FakeTracker):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__()
-            made.append(kwargs)
-
-    monkeypatch.setattr(trainer_module, "Tracker", TrackerSpy)
-    trainer = build(tmp_path, cache_dir)
+def test_the_tracker_gets_every_train_setting_as_a_parameter(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+    calls: list[tuple[str, tuple, dict]] = []
+    mlflow = types.ModuleType("mlflow")  # a recording stand-in: mlflow is an optional extra
+    for name in ("start_run", "log_params", "log_metrics", "log_artifact", "end_run"):
+        setattr(mlflow, name, lambda *a, _name=name, **k: calls.append((_name, a, k)))
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    trainer = build(tmp_path, cache_dir, tracking=["mlflow"])
     trainer.close()
     train = trainer.config.train.model_dump(mode="json")
-    assert made == [
-        {"backends": (), "run_dir": tmp_path / "run", "params": {f"train.{k}": v for k, v in train.items()}}
+    assert calls[:2] == [
+        ("start_run", (), {"run_name": "run"}),
+        ("log_params", ({f"train.{k}": v for k, v in train.items()},), {}),
     ]
-    assert made[0]["params"]["train.lr"] == 3e-3
+    assert calls[1][1][0]["train.lr"] == 3e-3 and calls[1][1][0]["train.tracking"] == ["mlflow"]
 
 
 def test_determinism_is_switched_on_for_the_run_and_restored_at_close(tmp_path: Path, cache_dir: Path) -> None:
@@ -299,9 +317,8 @@ def test_train_log_lines_are_formatted_written_once_and_released(tmp_path: Path,
         trainer = build(tmp_path / "a", cache_dir)
         assert root.level == logging.INFO
         trainer.close()
-        assert trainer._log_handler is None and all(
-            h.baseFilename != str(trainer.files.log) for h in root.handlers if isinstance(h, logging.FileHandler)
-        )
+        trainer.close()  # closing twice is safe (train_run closes what a failed fit left)
+        assert file_handlers_of(trainer.files.log) == []
         line = (tmp_path / "a" / "run" / "train.log").read_text().splitlines()[0]
         assert re.fullmatch(
             r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO fusionkit\.train: training on cpu; "
@@ -344,337 +361,427 @@ def test_a_resume_without_a_checkpoint_warns_that_it_starts_over(tmp_path: Path,
 
 
 # -- one epoch ------------------------------------------------------------------------------------
-def test_an_epoch_sums_the_loss_per_sample_and_passes_each_batch_on(
-    tmp_path: Path, cache_dir: Path, monkeypatch
+def test_an_epoch_averages_the_loss_per_sample_and_hands_each_batch_to_the_step(
+    tmp_path: Path, cache_dir: Path
 ) -> None:
-    trainer = build(tmp_path, cache_dir)
-    trainer.step = step = ConstStep(1.5)
-    moved, transformed, after_step, synced = [], [], [], []
-    real_move, real_transform = trainer_module.move_batch, type(trainer.data).to_model_batch
+    trainer = build(tmp_path, cache_dir, epochs=2)
+    recorder = Recorder()
+    trainer.callbacks = (recorder,)
+    modes: list[bool] = []
 
-    def move_spy(batch, device, **kwargs):
-        moved.append((device, kwargs))
-        return real_move(batch, device, **kwargs)
+    class Watching(ConstStep):
+        def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+            modes.append(trainer.model.training)
+            return super().__call__(batch)
 
-    def transform_spy(self, batch, **kwargs):
-        transformed.append(kwargs)
-        return real_transform(self, batch, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "move_batch", move_spy)
-    monkeypatch.setattr(type(trainer.data), "to_model_batch", transform_spy)
-    monkeypatch.setattr(trainer.scheduler, "after_step", lambda: after_step.append(1))
-    monkeypatch.setattr(trainer_module, "sync_buffers", lambda dist, model: synced.append((dist, model)))
-    monkeypatch.setattr(trainer_module, "tqdm", FakeBar)
-    FakeBar.made.clear()
+    trainer.step = step = Watching(values=[1.0, 2.0, 3.0, 4.0])
+    trainer.model.eval()
     try:
-        trainer.tracker = FakeTracker()
-        trainer.net.eval()
-        assert trainer._train_epoch(0, 0) == (1.5, 16, 2)
-        assert trainer.net.training
-        assert moved == [(torch.device("cpu"), {"channels_last": False})] * 2
-        assert transformed == [{"epoch": 0, "batch_index": 0}, {"epoch": 0, "batch_index": 1}]
-        assert len(after_step) == 2 and synced == [(trainer.dist, trainer.model)]
-        assert all("lesion_id" not in keys and "label" in keys for keys in step.keys)
-        assert {k: v.item() for k, v in trainer._term_sums.items()} == {"final": 8.0, "joint": 4.0}
-        bar = FakeBar.made[0]
-        assert bar["kwargs"] == {"total": 2, "desc": "epoch 1/1", "unit": "batch", "disable": True, "leave": False}
-        assert bar["n"] == 2 and bar["postfix"] == [{"loss": "1.5000"}] * 2
-        # resumed after one batch: the finished batches' sum and count carry over, then reset
-        trainer._partial = (10.0, 4)
-        transformed.clear()
-        assert trainer._train_epoch(1, 1) == (22.0 / 12, 12, 2)
-        assert transformed == [{"epoch": 1, "batch_index": 1}] and trainer._partial == (0.0, 0)
-        trainer._partial = (10.0, 4)  # a fresh epoch ignores it
-        trainer.progress = True
-        assert trainer._train_epoch(0, 0) == (1.5, 16, 2) and trainer._partial == (0.0, 0)
-        assert FakeBar.made[-1]["kwargs"]["disable"] is False
+        history = trainer.fit()
     finally:
         trainer.close()
+    # two batches of 8 per epoch; each step runs in training mode, also after a validation
+    assert [r["train_loss"] for r in history] == [1.5, 3.5] and modes == [True] * 4
+    assert recorder.batches == [(0, 0, 1.0), (0, 1, 2.0), (1, 0, 3.0), (1, 1, 4.0)]
+    assert all("lesion_id" not in keys and "label" in keys for keys in step.keys)
+    assert [len(b["label"]) for b in step.batches] == [8] * 4
+    assert [(r["epoch"], m) for r, m in recorder.epochs] == [(1, recorder.epochs[0][1]), (2, recorder.epochs[1][1])]
+    assert [r for r, _ in recorder.epochs] == history
+
+
+def test_each_batch_is_augmented_on_the_device_for_its_epoch_and_index(tmp_path: Path, cache_dir: Path) -> None:
+    raw = tiny_run_config(cache_dir, epochs=2, n_lesions=20)
+    raw["data"]["augment_on"] = "device"
+    trainer = Trainer(RunConfig.model_validate(raw), run_dir=tmp_path / "run", synthetic=True, progress=False)
+    trainer.step = step = ConstStep()
+    try:
+        trainer.fit()
+        data = trainer.data
+        for n, (epoch, index) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            batch = next(iter(data.train_loader(epoch=epoch, start_batch=index)))
+            expected = data.to_model_batch(move_batch(batch, trainer.device), epoch=epoch, batch_index=index)
+            assert torch.equal(step.batches[n]["derm"], expected["derm"]), (epoch, index)
+        other = data.to_model_batch(move_batch(batch, trainer.device), epoch=0, batch_index=1)
+        assert not torch.equal(step.batches[3]["derm"], other["derm"])  # the index matters
+    finally:
+        trainer.close()
+
+
+def test_a_resumed_epoch_adds_the_finished_batches_and_a_fresh_epoch_starts_from_zero(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    first = build(tmp_path, cache_dir)
+    first.step = ConstStep(1.5)
+    first.interrupt()  # stops after the first batch
+    with pytest.raises(RunInterrupted):
+        first.fit()
+    first.close()
+    trainer = build(tmp_path, cache_dir, epochs=2, resume=True)
+    trainer.step = step = ConstStep(3.0)
+    try:
+        history = trainer.fit()
+    finally:
+        trainer.close()
+    assert (trainer.start_epoch, trainer.start_batch) == (0, 1) and len(step.batches) == 3
+    assert [r["train_loss"] for r in history] == [(1.5 * 8 + 3.0 * 8) / 16, 3.0]
 
 
 def test_max_batches_per_epoch_counts_from_the_epoch_start(tmp_path: Path, cache_dir: Path) -> None:
     trainer = build(tmp_path, cache_dir, max_batches_per_epoch=1)
     trainer.step = step = ConstStep(2.0)
     try:
-        assert trainer._train_epoch(0, 0) == (2.0, 8, 1)
-        assert trainer._train_epoch(0, 1) == (0.0, 0, 1) and len(step.keys) == 1  # already done
+        trainer.interrupt()
+        with pytest.raises(RunInterrupted):
+            trainer.fit()
     finally:
         trainer.close()
+    assert len(step.batches) == 1 and last_info(tmp_path / "run")["batch"] == 1
+    trainer = build(tmp_path, cache_dir, max_batches_per_epoch=1, resume=True)
+    trainer.step = step = ConstStep(5.0)
+    try:
+        history = trainer.fit()
+    finally:
+        trainer.close()
+    assert step.batches == [] and [r["train_loss"] for r in history] == [2.0]  # the epoch was already done
 
 
-def test_mixup_mixes_each_batch_with_the_run_class_count(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+def test_mixup_mixes_each_batch_with_the_run_class_count(tmp_path: Path, cache_dir: Path) -> None:
     trainer = build(tmp_path, cache_dir, mixup={"mixup_alpha": 0.4})
-    trainer.step = ConstStep()
-    mixed: list[dict[str, Any]] = []
-    real = trainer_module.mix_batch
-
-    def mix_spy(batch, **kwargs):
-        mixed.append(kwargs)
-        return real(batch, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "mix_batch", mix_spy)
+    trainer.step = step = ConstStep()
     try:
-        trainer._train_epoch(0, 0)
+        trainer.fit()
     finally:
         trainer.close()
-    assert mixed == [{"spec": trainer.config.train.mixup, "num_classes": 11}] * 2
+    labels = [b["label"] for b in step.batches]
+    assert [tuple(y.shape) for y in labels] == [(8, 11)] * 2 and all(y.dtype == torch.float32 for y in labels)
+    assert all(torch.allclose(y.sum(dim=1), torch.ones(8)) for y in labels)
+    assert any(bool((y.max(dim=1).values < 1).any()) for y in labels)  # soft targets: mixed
 
 
-def test_the_weight_average_is_updated_after_every_step(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+def test_the_weight_average_is_updated_after_every_step(tmp_path: Path, cache_dir: Path) -> None:
     trainer = build(tmp_path, cache_dir, ema_decay=0.5)
-    trainer.step = ConstStep()
-    updates: list[Any] = []
-    monkeypatch.setattr(trainer.ema, "update", updates.append)
+    seen: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def snapshot(t: Trainer) -> None:
+        seen.append(
+            ([p.detach().clone() for p in t.model.parameters()], [p.clone() for p in t.ema.module.parameters()])
+        )
+
+    start = [p.clone() for p in trainer.ema.module.parameters()]
+    trainer.callbacks = (Recorder(then=snapshot),)
     try:
-        trainer._train_epoch(0, 0)
+        trainer.fit()
     finally:
         trainer.close()
-    assert updates == [trainer.model, trainer.model]
+    assert len(seen) == 2
+    previous = start
+    for model, ema in seen:
+        for p, w, e in zip(previous, model, ema, strict=True):
+            assert torch.allclose(e, torch.lerp(p, w, 0.5), rtol=1e-5, atol=1e-7)
+        previous = ema
+    assert any(not torch.equal(a, b) for a, b in zip(start, seen[-1][1], strict=True))
 
 
 def test_an_interrupt_mid_epoch_checks_saves_the_partial_sums_and_raises(tmp_path: Path, cache_dir: Path) -> None:
-    trainer = build(tmp_path, cache_dir)
+    trainer = build(tmp_path / "a", cache_dir)
     trainer.step = ConstStep(1.5)
-    checked, saved = [], []
-    trainer._check_finite = lambda epoch, loss: checked.append((epoch, loss))
-    trainer._save_last = lambda epoch, **kwargs: saved.append((epoch, kwargs))
-    trainer._interrupted = signal.SIGTERM
+    trainer.interrupt(signal.SIGTERM)
     try:
         with pytest.raises(RunInterrupted) as caught:
-            trainer._train_epoch(0, 0)
+            trainer.fit()
     finally:
         trainer.close()
-    assert checked == [(0, 12.0)] and saved == [(0, {"batch": 1, "partial": (12.0, 8)})]
-    assert caught.value.signum == signal.SIGTERM and caught.value.run_dir == tmp_path / "run"
+    assert caught.value.signum == signal.SIGTERM and caught.value.run_dir == tmp_path / "a" / "run"
+    assert trainer.history == [] and not (tmp_path / "a" / "run" / "history.json").exists()
+    assert last_info(tmp_path / "a" / "run") == {
+        "epoch": 0,
+        "batch": 1,
+        "best_dice": -math.inf,
+        "history": [],
+        "epoch_loss_sum": 12.0,
+        "epoch_seen": 8,
+    }
+    # the interrupted batch's loss is checked first: a NaN is a divergence, and nothing is saved
+    trainer = build(tmp_path / "b", cache_dir)
+    trainer.step = ConstStep(math.nan)
+    trainer.interrupt()
+    try:
+        with pytest.raises(BaseException) as diverged:  # RunInterrupted is a KeyboardInterrupt
+            trainer.fit()
+    finally:
+        trainer.close()
+    assert diverged.type is DivergenceError
+    assert str(diverged.value).startswith("training diverged in epoch 1: the loss or the weights")
+    assert not (tmp_path / "b" / "run" / "checkpoints" / "last.safetensors").exists()
 
 
 def test_divergence_messages_name_the_epoch_and_the_last_good_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
-    trainer = build(tmp_path, cache_dir)
+    trainer = build(tmp_path / "a", cache_dir)
+    trainer.step = ConstStep(math.inf)
     try:
-        first = trainer._divergence(0, "the loss")
-        assert str(first) == (
-            "training diverged in epoch 1: the loss became NaN or infinite "
-            "(train.lr 0.003 may be too high); no checkpoint was saved"
-        )
-        assert first.epoch == 1
-        later = trainer._divergence(2, "the weights")
-        assert str(later) == (
-            "training diverged in epoch 3: the weights became NaN or infinite (train.lr 0.003 may be too high); "
-            f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'last.safetensors'} (end of epoch 2)"
-        )
-        assert later.epoch == 3
-        trainer._check_finite(0, 1.0)  # all finite: nothing raised
-        with pytest.raises(DivergenceError, match=r"^training diverged in epoch 2: the loss or the weights became"):
-            trainer._check_finite(1, math.inf)
-        with torch.no_grad():
-            next(trainer.model.parameters())[0].fill_(math.nan)
-        with pytest.raises(DivergenceError, match="epoch 1: the loss or the weights"):
-            trainer._check_finite(0, 1.0)
+        with pytest.raises(DivergenceError) as first:
+            trainer.fit()
+    finally:
+        trainer.close()
+    assert str(first.value) == (
+        "training diverged in epoch 1: the loss or the weights became NaN or infinite "
+        "(train.lr 0.003 may be too high); no checkpoint was saved"
+    )
+    assert first.value.epoch == 1 and not (tmp_path / "a" / "run" / "checkpoints" / "last.safetensors").exists()
+    trainer = build(tmp_path / "b", cache_dir, epochs=3)
+    trainer.step = ConstStep(values=[1.5, 1.5, math.inf, 1.5])
+    try:
+        with pytest.raises(DivergenceError) as later:
+            trainer.fit()
+    finally:
+        trainer.close()
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.safetensors"
+    assert str(later.value) == (
+        "training diverged in epoch 2: the loss or the weights became NaN or infinite (train.lr 0.003 may be too "
+        f"high); the last good checkpoint is {last} (end of epoch 1)"
+    )
+    assert later.value.epoch == 2 and last_info(tmp_path / "b" / "run")["epoch"] == 1
+
+    # a finite loss that left a NaN weight behind
+    trainer = build(tmp_path / "c", cache_dir)
+
+    class Poisoning(ConstStep):
+        def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+            with torch.no_grad():
+                next(trainer.model.parameters())[0].fill_(math.nan)
+            return super().__call__(batch)
+
+    trainer.step = Poisoning(1.0)
+    try:
+        with pytest.raises(DivergenceError, match="^training diverged in epoch 1: the loss or the weights became"):
+            trainer.fit()
     finally:
         trainer.close()
 
 
 # -- validation, the epoch record, the report -----------------------------------------------------
-def test_validate_predicts_with_the_run_settings_and_adds_f1_and_the_nll(
-    tmp_path: Path, cache_dir: Path, monkeypatch
-) -> None:
-    trainer = build(tmp_path, cache_dir)
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    real = trainer_module.predict
-
-    def predict_spy(*args, **kwargs):
-        calls.append((args, kwargs))
-        calls.append(real(*args, **kwargs))
-        return calls[-1]
-
-    monkeypatch.setattr(trainer_module, "predict", predict_spy)
-    trainer.bf16 = True  # what validate passes on is the trainer's own setting
+def test_validate_predicts_with_the_run_settings_and_adds_f1_and_the_nll(tmp_path: Path, cache_dir: Path) -> None:
+    trainer = build(tmp_path, cache_dir, precision="bf16", ema_decay=0.5, max_batches_per_epoch=1)
     try:
+        trainer.fit()  # one real step: the weight average now differs from the model
         metrics, nll = trainer.validate()
+        data = trainer.data
+        settings = {"device": trainer.device, "channels_last": False, "batch_transform": data.to_model_batch}
+        preds = predict(trainer.ema.module, data.val_loader(), bf16=True, **settings)
+        others = [
+            predict(trainer.model, data.val_loader(), bf16=True, **settings),  # not the weight average
+            predict(trainer.ema.module, data.val_loader(), bf16=False, **settings),  # not in bf16
+        ]
     finally:
         trainer.close()
-    (args, kwargs), preds = calls
-    assert args[0] is trainer.eval_model and len(args) == 2
-    assert kwargs == {
-        "device": trainer.device,
-        "bf16": True,
-        "channels_last": False,
-        "dist_info": trainer.dist,
-        "batch_transform": trainer.data.to_model_batch,
-    }
+    expected = float(-preds.log_probs[range(len(preds)), preds.labels].mean())
+    assert nll == pytest.approx(expected, rel=1e-6, abs=0)
+    for other in others:
+        assert float(-other.log_probs[range(len(other)), other.labels].mean()) != pytest.approx(expected, rel=1e-6)
     assert metrics["macro_f1_argmax"] == macro_f1_argmax(preds.labels, preds.probs)
-    assert nll == pytest.approx(-sum(preds.log_probs[i, y] for i, y in enumerate(preds.labels)) / len(preds))
     assert selection_score(metrics, "f1") == metrics["macro_f1_argmax"]
+    reference = isic_metrics(preds.labels, preds.probs, data.class_names)
+    assert json.dumps(metrics["macro"], sort_keys=True) == json.dumps(reference["macro"], sort_keys=True)
+    # what was validated is what best keeps; last also holds the average beside the model
+    best, _ = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    last, _ = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    for key, value in model_state(trainer.ema.module).items():
+        assert torch.equal(best[f"model.{key}"], value) and torch.equal(last[f"ema.{key}"], value), key
+    for key, value in model_state(trainer.model).items():
+        assert torch.equal(last[f"model.{key}"], value), key
 
 
 def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
-    tmp_path: Path, cache_dir: Path, monkeypatch, capsys
+    tmp_path: Path, cache_dir: Path, capsys
 ) -> None:
-    trainer = build(tmp_path, cache_dir, epochs=2, selection_metric="auc")
-    trainer.step = ConstStep(1.5)  # the weights never change: both epochs validate the same
+    trainer = build(tmp_path, cache_dir, epochs=2, selection_metric="auc", scheduler={"patience": 0})
     trainer.tracker = tracker = FakeTracker()
-    clock = iter([10.0, 14.0, 20.0, 20.5])  # the second epoch under a second: no floor of 1 s
-    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
-    scores: list[float] = []
-    monkeypatch.setattr(trainer.scheduler, "after_epoch", scores.append)
+    recorder = Recorder()
+    trainer.callbacks = (recorder,)
+    # scripted scores: dice improves, the selected auc does not (equal is not better)
+    scores = iter([(0.25, 0.5), (0.75, 0.5)])
+    validated: list[tuple[dict[str, Any], float, float]] = []
+    real = trainer.validate
+
+    def scripted() -> tuple[dict[str, Any], float]:
+        began = time.perf_counter()
+        metrics, val_loss = real()
+        metrics["macro"]["dice"], metrics["macro"]["auc"] = next(scores)
+        time.sleep(0.2)  # a slow validation, not counted in the epoch's seconds
+        validated.append((metrics, val_loss, began))
+        return metrics, val_loss
+
+    class Timed(ConstStep):
+        def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+            self.times.append(time.perf_counter())
+            return super().__call__(batch)
+
+    trainer.step = step = Timed(1.5)
+    step.times = []
+    trainer.validate = scripted
+    started = time.perf_counter()
     try:
-        metrics, val_loss = trainer.validate()
-        record, got, seen = trainer._train_and_check(0)
-        trainer._report(record, got, seen)
-        second, _, _ = trainer._train_and_check(1)
-        trainer._report(second, got, seen)
+        history = trainer.fit()
     finally:
         trainer.close()
-    auc, dice = metrics["macro"]["auc"], metrics["macro"]["dice"]
-    assert got == metrics and seen == 16 and scores == [auc, auc]
-    assert record.__dict__ == {
+    first, second = history
+    (metrics, val_loss, began), (metrics_2, _, began_2) = validated
+    assert first["seconds"] > step.times[1] - step.times[0] and first["seconds"] < began - started
+    assert second["seconds"] < began_2 - validated[0][2] - 0.2
+    assert first["samples_per_s"] == pytest.approx(16 / first["seconds"]) and first["seconds"] < 1
+    assert first == {
         "epoch": 1,
         "train_loss": 1.5,
         "val_loss": val_loss,
-        "val_dice": dice,
-        "val_auc": auc,
+        "val_dice": 0.25,
+        "val_auc": 0.5,
         "lr": 3e-3,
-        "seconds": 4.0,
-        "samples_per_s": 4.0,
+        "seconds": first["seconds"],
+        "samples_per_s": first["samples_per_s"],
         "best": True,
     }
-    assert second.epoch == 2 and second.samples_per_s == 32.0 and not second.best  # equal is not better
-    assert trainer.history == [record.__dict__, second.__dict__] and trainer.best_dice == auc
+    # the schedule steps on the selected score: auc stalled, so the lr halves (patience 0)
+    assert second["epoch"] == 2 and second["lr"] == pytest.approx(1.5e-3) and not second["best"]
+    assert trainer.best_dice == 0.5 and [m for _, m in recorder.epochs] == [metrics, metrics_2]
     tensors, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert json.dumps(meta["info"], sort_keys=True) == json.dumps(  # NaN != NaN: compare the JSON
         {"epoch": 1, "val_metrics": metrics, "val_loss": val_loss}, sort_keys=True
     )
     assert not any(k.startswith("rng.") for k in tensors)
-    _, last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
-    assert last["info"]["epoch"] == 2 and last["info"]["batch"] == 0
+    assert last_info(tmp_path / "run") == {
+        "epoch": 2,
+        "batch": 0,
+        "best_dice": 0.5,
+        "history": history,
+        "epoch_loss_sum": 0.0,
+        "epoch_seen": 0,
+    }
     line = (
-        f"epoch 1/2  train loss 1.5000  val loss {val_loss:.4f}  val dice {dice:.4f}  val auc {auc:.4f}  "
-        f"lr 3.00e-03  4.0 samples/s  *best*"
+        f"epoch 1/2  train loss 1.5000  val loss {val_loss:.4f}  val dice 0.2500  val auc 0.5000  "
+        f"lr 3.00e-03  {first['samples_per_s']:.1f} samples/s  *best*"
     )
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == line and out[1].endswith(" 32.0 samples/s")
+    assert out[0] == line and out[1].endswith(f" {second['samples_per_s']:.1f} samples/s")
     assert line in (tmp_path / "run" / "train.log").read_text()
-    assert (tmp_path / "run" / "history.json").read_text() == json.dumps(trainer.history, indent=2)
-    values, step = tracker.scalars[0]
+    assert (tmp_path / "run" / "history.json").read_text() == json.dumps(history, indent=2)
+    values, at = tracker.scalars[0]
     expected = {
         "train/loss": 1.5,
         "val/loss": val_loss,
         "train/loss_final": 0.5,
         "train/loss_joint": 0.25,
         "lr/rest": 3e-3,
-        "train/samples_per_s": 4.0,
+        "train/samples_per_s": first["samples_per_s"],
     }
     expected |= {f"val/{k}": v for k, v in metrics["macro"].items() if not math.isnan(v)}
-    assert step == 1 and values == expected
+    assert at == 1 and values == expected and tracker.scalars[1][1] == 2
 
 
-def test_save_last_records_the_epoch_position_and_partial_sums(tmp_path: Path, cache_dir: Path) -> None:
-    trainer = build(tmp_path, cache_dir)
-    trainer.best_dice, trainer.history = 0.25, [{"epoch": 1}]
-    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+def test_tracked_loss_terms_are_means_over_the_samples_even_for_one_sample(tmp_path: Path, cache_dir: Path) -> None:
+    trainer = build(tmp_path, cache_dir, batch_size=1, max_batches_per_epoch=1)
+    trainer.step = ConstStep(1.5)
+    trainer.tracker = tracker = FakeTracker()
     try:
-        trainer._save_last(2, batch=3, partial=(1.5, 7))
-        assert read_checkpoint(last)[1]["info"] == {
-            "epoch": 2,
-            "batch": 3,
-            "best_dice": 0.25,
-            "history": [{"epoch": 1}],
-            "epoch_loss_sum": 1.5,
-            "epoch_seen": 7,
-        }
-        trainer._save_last(1)
-        assert read_checkpoint(last)[1]["info"] == {
-            "epoch": 1,
-            "batch": 0,
-            "best_dice": 0.25,
-            "history": [{"epoch": 1}],
-            "epoch_loss_sum": 0.0,
-            "epoch_seen": 0,
-        }
+        history = trainer.fit()
     finally:
         trainer.close()
+    values, _ = tracker.scalars[0]
+    assert history[0]["train_loss"] == 1.5
+    assert values["train/loss_final"] == 0.5 and values["train/loss_joint"] == 0.25
 
 
 # -- signals and resume ---------------------------------------------------------------------------
 def test_signals_are_caught_during_fit_only_and_a_second_one_stops_at_once(
     tmp_path: Path, cache_dir: Path, capsys
 ) -> None:
-    trainer = build(tmp_path, cache_dir)
     during: list[Any] = []
 
     class Signalling(ConstStep):
+        def __init__(self, *signals: int) -> None:
+            super().__init__(1.5)
+            self.signals = signals
+
         def __call__(self, batch):
-            during.append(signal.getsignal(signal.SIGINT))
-            os.kill(os.getpid(), signal.SIGTERM)  # the real signal, through the installed handler
+            during.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)  # the real signal, through the installed handler
             return super().__call__(batch)
 
-    trainer.step = Signalling()
+    outside: list[int] = []  # the handlers around fit: a signal that reaches them was not caught by fit
+    previous = [signal.signal(s, lambda signum, frame: outside.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)]
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        with pytest.raises(RunInterrupted) as caught:
-            trainer.fit()
+        trainer = build(tmp_path / "a", cache_dir)
+        trainer.step = Signalling(signal.SIGTERM)
+        try:
+            with pytest.raises(RunInterrupted) as caught:
+                trainer.fit()
+        finally:
+            trainer.close()
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-        assert during == [trainer._on_signal] and trainer._interrupted == signal.SIGTERM
-        assert caught.value.exit_code == 143 and caught.value.run_dir == tmp_path / "run"
-        assert capsys.readouterr().err == ("interrupt: finishing this batch and saving a resumable checkpoint ...\n")
-        with pytest.raises(RunInterrupted) as second:
-            trainer._on_signal(signal.SIGINT, None)
-        assert second.value.signum == signal.SIGINT and second.value.run_dir == tmp_path / "run"
-        trainer._interrupted = True  # set by hand (as the tests do): reported as SIGINT
-        with pytest.raises(RunInterrupted) as third:
-            trainer._raise_interrupted()
-        assert third.value.signum == signal.SIGINT and third.value.run_dir == tmp_path / "run"
+        # a second signal stops at once, in the batch: nothing is saved
+        trainer = build(tmp_path / "b", cache_dir)
+        trainer.step = Signalling(signal.SIGTERM, signal.SIGINT)
+        try:
+            with pytest.raises(RunInterrupted) as second:
+                trainer.fit()
+        finally:
+            trainer.close()
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     finally:
-        trainer.close()
-    _, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
-    assert meta["info"]["batch"] == 1 and meta["info"]["epoch_loss_sum"] == 12.0
+        for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
+            signal.signal(signum, handler)
+    assert outside == []
+    assert len(during) == 2 and during[0][0] not in before and during[0][1] not in before
+    assert caught.value.exit_code == 143 and caught.value.run_dir == tmp_path / "a" / "run"
+    message = "interrupt: finishing this batch and saving a resumable checkpoint ...\n"
+    assert capsys.readouterr().err == message * 2
+    info = last_info(tmp_path / "a" / "run")
+    assert info["batch"] == 1 and info["epoch_loss_sum"] == 12.0
+    assert second.value.signum == signal.SIGINT and second.value.run_dir == tmp_path / "b" / "run"
+    assert not (tmp_path / "b" / "run" / "checkpoints" / "last.safetensors").exists()
 
 
-def test_a_signal_during_validation_stops_after_the_epoch_is_saved(
-    tmp_path: Path, cache_dir: Path, monkeypatch
-) -> None:
+def test_a_signal_during_validation_stops_after_the_epoch_is_saved(tmp_path: Path, cache_dir: Path) -> None:
     trainer = build(tmp_path, cache_dir, epochs=2)
     trainer.step = ConstStep()
     real = trainer.validate
 
-    def validate_then_signal():
-        trainer._interrupted = signal.SIGINT
+    def validate_then_interrupt():
+        trainer.interrupt()  # SIGINT by default
         return real()
 
-    trainer.validate = validate_then_signal
-    monkeypatch.setattr(trainer_module, "tqdm", FakeBar)
-    FakeBar.made.clear()
+    trainer.validate = validate_then_interrupt
     try:
         with pytest.raises(RunInterrupted) as caught:
             trainer.fit()
     finally:
         trainer.close()
     assert caught.value.exit_code == 130 and len(trainer.history) == 1
-    _, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
-    assert meta["info"]["epoch"] == 1 and meta["info"]["batch"] == 0
-    assert FakeBar.made[0]["kwargs"] == {"initial": 0, "total": 2, "desc": "training", "unit": "epoch", "disable": True}
-    assert list(FakeBar.made[0]["iterable"]) == [0, 1]
+    info = last_info(tmp_path / "run")
+    assert info["epoch"] == 1 and info["batch"] == 0
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
 
 
 def test_fit_hands_the_run_to_after_fit_and_its_figures_to_the_trackers(tmp_path: Path, cache_dir: Path) -> None:
-    trainer = build(tmp_path, cache_dir)
-    trainer.step = ConstStep()
-    trainer.tracker = tracker = FakeTracker()
     given: list[Path] = []
 
     def after_fit(run_dir: Path) -> None:
         given.append(run_dir)
-        for name in ("b.png", "a.png", "c.txt"):
-            (run_dir / name).write_text("x")
+        for name in ("a.png", "b.png", "c.png", "d.png", "e.png", "f.png", "g.png", "h.txt"):
+            (run_dir / name).write_text("x")  # created in order: a folder lists them otherwise
 
-    trainer.after_fit = after_fit
+    trainer = Trainer(
+        config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, progress=False, after_fit=after_fit
+    )
+    trainer.step = ConstStep()
+    trainer.tracker = tracker = FakeTracker()
     try:
         assert trainer.fit() is trainer.history and len(trainer.history) == 1
     finally:
         trainer.close()
-    trainer.close()  # closing twice is safe (train_run closes what a failed fit left)
     run = tmp_path / "run"
-    assert given == [run] and tracker.figures == [([run / "a.png", run / "b.png"], 1)]
+    assert given == [run] and tracker.figures == [([run / f"{c}.png" for c in "abcdefg"], 1)]
 
 
 def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cache_dir: Path, caplog) -> None:
@@ -683,53 +790,70 @@ def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cac
     first.fit()
     first.close()
     with caplog.at_level(logging.INFO, logger="fusionkit.train"):
-        trainer = build(tmp_path, cache_dir, epochs=2, resume=True)
+        trainer = build(tmp_path, cache_dir, epochs=2, resume=True, lr=1e-3)
     last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    trainer.step = step = ConstStep()
     try:
-        assert (trainer.start_epoch, trainer.start_batch, trainer._partial) == (1, 0, (0.0, 0))
+        assert (trainer.start_epoch, trainer.start_batch) == (1, 0)
         assert trainer.best_dice == first.best_dice > -math.inf and trainer.history == first.history
         messages = [r.getMessage() for r in caplog.records]
         assert f"resumed from {last} at epoch 2 batch 0" in messages
-        # the changed epochs are applied, logged and recorded; a resume from a checkpoint is no restart
-        assert trainer.data.changes and [m for m in messages if m.startswith("resume: ")] == [
-            f"resume: {change} (applied)" for change in trainer.data.changes
-        ]
+        # the changes are applied, logged and recorded; a resume from a checkpoint is no restart
+        changes = ["train.epochs: 1 -> 2", "train.lr: 0.003 -> 0.001"]
+        assert list(trainer.data.changes) == changes
+        assert [m for m in messages if m.startswith("resume: ")] == [f"resume: {c} (applied)" for c in changes]
         record = json.loads((tmp_path / "run" / "resumes.json").read_text())[-1]
-        assert record["restarted_from_beginning"] is False and record["changes"] == list(trainer.data.changes)
-        # a graphed run reads each group's lr from a tensor: resuming makes one from a float lr
-        with_train(trainer, step_mode="cuda_graph")
-        trainer._resume()
-        lrs = [g["lr"] for g in trainer.optimizer.param_groups]
-        assert all(
-            isinstance(lr, torch.Tensor) and lr.device == trainer.device and lr.item() == pytest.approx(3e-3)
-            for lr in lrs
-        )
-        # a changed lr is set in place, into the tensor a graph would read
-        with_train(trainer, lr=1e-3)
-        trainer._reset_lr()
-        assert [g["lr"] for g in trainer.optimizer.param_groups] == lrs
-        assert all(lr.item() == pytest.approx(1e-3) for lr in lrs)
+        assert record["restarted_from_beginning"] is False and record["changes"] == changes
+        # the changed lr is set on every group (the restored optimizer state held the old one)
+        assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([1e-3])
         # fit goes on from the resumed epoch
-        with_train(trainer, step_mode="eager", lr=3e-3)
-        trainer._reset_lr()
-        trainer.step = ConstStep()
-        assert [r["epoch"] for r in trainer.fit()] == [1, 2]
+        assert [r["epoch"] for r in trainer.fit()] == [1, 2] and len(step.batches) == 2
     finally:
         trainer.close()
 
 
+def rewrite_info(path: Path, **info: Any) -> None:
+    """Give a checkpoint the ``info`` an older fusionkit wrote (fewer fields)."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()[META_KEY])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    meta["info"] = info
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(meta)})
+
+
 def test_an_older_checkpoint_without_position_fields_resumes_at_its_epoch_start(
-    tmp_path: Path, cache_dir: Path, monkeypatch
+    tmp_path: Path, cache_dir: Path
 ) -> None:
-    first = build(tmp_path, cache_dir)
-    first._save_last(1, batch=1, partial=(3.0, 8))
+    first = build(tmp_path / "a", cache_dir)
+    first.step = ConstStep()
+    first.fit()
     first.close()
-    real = trainer_module.load_checkpoint
-    monkeypatch.setattr(trainer_module, "load_checkpoint", lambda *a, **k: {"epoch": real(*a, **k)["epoch"]})
-    trainer = build(tmp_path, cache_dir, epochs=2, resume=True)
-    trainer.close()
-    assert (trainer.start_epoch, trainer.start_batch, trainer._partial) == (1, 0, (0.0, 0))
-    assert trainer.best_dice == -math.inf and trainer.history == []
+    rewrite_info(tmp_path / "a" / "run" / "checkpoints" / "last.safetensors", epoch=1)
+    trainer = build(tmp_path / "a", cache_dir, epochs=2, resume=True)
+    trainer.step = ConstStep()
+    try:
+        assert (trainer.start_epoch, trainer.start_batch) == (1, 0)
+        assert trainer.best_dice == -math.inf and trainer.history == []
+        history = trainer.fit()
+    finally:
+        trainer.close()
+    assert [(r["epoch"], r["best"]) for r in history] == [(2, True)]
+    # stopped mid-epoch, without the finished batches' sums: the epoch's loss is the rest's
+    first = build(tmp_path / "b", cache_dir)
+    first.step = ConstStep(1.5)
+    first.interrupt()
+    with pytest.raises(RunInterrupted):
+        first.fit()
+    first.close()
+    rewrite_info(tmp_path / "b" / "run" / "checkpoints" / "last.safetensors", epoch=0, batch=1)
+    trainer = build(tmp_path / "b", cache_dir, resume=True)
+    trainer.step = ConstStep(3.0)
+    try:
+        assert (trainer.start_epoch, trainer.start_batch) == (0, 1)
+        history = trainer.fit()
+    finally:
+        trainer.close()
+    assert [r["train_loss"] for r in history] == [3.0]
 
 
 def test_overwrite_reaches_the_run_directory_claim(tmp_path: Path, cache_dir: Path) -> None:
@@ -763,52 +887,60 @@ def test_a_warm_start_loads_the_source_run_into_the_model_and_logs_its_summary(t
     assert line in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_tracked_loss_terms_are_means_over_the_samples_even_for_one_sample(tmp_path: Path, cache_dir: Path) -> None:
-    trainer = build(tmp_path, cache_dir, batch_size=1, max_batches_per_epoch=1)
-    trainer.step = ConstStep(1.5)
-    trainer.tracker = tracker = FakeTracker()
-    try:
-        record, metrics, seen = trainer._train_and_check(0)
-        trainer._report(record, metrics, seen)
-    finally:
-        trainer.close()
-    values, _ = tracker.scalars[0]
-    assert seen == 1 and record.train_loss == 1.5
-    assert values["train/loss_final"] == 0.5 and values["train/loss_joint"] == 0.25
-
-
+# -- progress bars ----------------------------------------------------------------------------------
 def test_the_progress_bar_shows_the_loss_every_twenty_batches_and_at_the_end(
     tmp_path: Path, cache_dir: Path, monkeypatch
 ) -> None:
     """Reading the loss waits for the GPU, so the bar shows it at batches 1, 21, 41, ... and the last."""
-    shown: list[int] = []
-
-    class CadenceBar(FakeBar):
-        def set_postfix(self, **kwargs: Any) -> None:
-            shown.append(self.n)
-
-    config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40, batch_size=1))
-    trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
-    trainer.step = ConstStep(1.5)
-    trainer.tracker = FakeTracker()
-    monkeypatch.setattr(trainer_module, "tqdm", CadenceBar)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    config = config_of(cache_dir, n_lesions=40, batch_size=1)
+    trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True)
+    trainer.step = step = ConstStep(values=[float(n) for n in range(1, 100)])
     try:
-        _, seen, batches = trainer._train_epoch(0, 0)
+        trainer.fit()
     finally:
         trainer.close()
-    assert seen == batches > 21 and shown == [1, 21, batches]
+    batches = len(step.batches)
+    shown = {float(v) for v in re.findall(r"loss=(\d+\.\d{4})", terminal.getvalue())}
+    assert batches > 21 and shown == {1.0, 21.0, float(batches)}
 
 
-def test_the_progress_request_and_after_fit_are_kept(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
-    """Bars are asked for by default (drawn only on a terminal: ``bars_enabled`` decides)."""
-    asked: list[Any] = []
-    monkeypatch.setattr(trainer_module, "bars_enabled", lambda requested: asked.append(requested) or "decided")
-    after = lambda run_dir: None  # noqa: E731
-    trainer = Trainer(config_of(cache_dir), run_dir=tmp_path / "run", synthetic=True, after_fit=after)
+def test_bars_are_drawn_on_a_terminal_by_default_and_not_when_turned_off(
+    tmp_path: Path, cache_dir: Path, monkeypatch
+) -> None:
+    """Bars are asked for by default and drawn only on a terminal: per epoch (its batches, capped by
+    ``max_batches_per_epoch``) and over the run's epochs."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    config = config_of(cache_dir, epochs=2)
+    train_run(config, run_dir=tmp_path / "a", synthetic=True)
+    drawn = terminal.getvalue()
+    for text in ("epoch 1/2", "epoch 2/2", "2/2 [", "batch/s", "training", "epoch/s"):
+        assert text in drawn, text
+    # an epoch's bar is cleared when the epoch ends (never left on its line); the run's bar stays
+    assert not re.search(r"\repoch [^\r\x1b]*\n", drawn) and len(re.findall(r"\r +\x1b\[A", drawn)) == 2
+    assert re.search(r"\rtraining: 100%[^\r\x1b]*\n$", drawn), drawn[-200:]
+    terminal.seek(0)
+    terminal.truncate()
+    trainer = Trainer(config_of(cache_dir, max_batches_per_epoch=1), run_dir=tmp_path / "b", synthetic=True)
+    trainer.step = ConstStep()
+    trainer.fit()
     trainer.close()
-    assert asked == [True] and trainer.progress == "decided" and trainer.after_fit is after
-    Trainer(config_of(cache_dir), run_dir=tmp_path / "other", synthetic=True, progress=False).close()
-    assert asked == [True, False]
+    assert "epoch 1/1" in terminal.getvalue() and "1/1 [" in terminal.getvalue()
+    assert "2/2 [" not in terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    train_run(config, run_dir=tmp_path / "c", synthetic=True, progress=False)
+    trainer = Trainer(config, run_dir=tmp_path / "d", synthetic=True, progress=False)
+    trainer.step = ConstStep()
+    trainer.fit()
+    trainer.close()
+    assert terminal.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bars although asked for
+    trainer = Trainer(config, run_dir=tmp_path / "e", synthetic=True)
+    trainer.close()
+    assert trainer.progress is False
 
 
 @pytest.mark.parametrize(("augment_on", "where"), [("device", "device"), ("cpu", "loader (cpu)")])

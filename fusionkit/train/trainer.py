@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -78,6 +78,26 @@ def selection_score(metrics: dict[str, Any], metric: str) -> float:
     return float(metrics["macro_f1_argmax"] if metric == "f1" else metrics["macro"][metric])
 
 
+class TrainerCallback:
+    """Hooks into :meth:`Trainer.fit`, given as ``Trainer(callbacks=[...])``; override the ones you need.
+
+    Each hook gets the trainer first and runs on every rank (test ``trainer.dist.is_main`` to act
+    once). A hook may read the trainer's public state (``model``, ``optimizer``, ``ema``,
+    ``history``, ``files``) and may call :meth:`Trainer.interrupt` to stop the run as Ctrl-C would.
+    """
+
+    def on_batch_end(self, trainer: Trainer, *, epoch: int, batch_index: int, loss: torch.Tensor) -> None:
+        """After a training batch's optimizer step, schedule step and weight-average update.
+
+        ``epoch`` and ``batch_index`` are 0-based (a resumed epoch goes on counting where it
+        stopped); ``loss`` is the batch's mean loss as a device tensor (reading it waits for the GPU).
+        """
+
+    def on_epoch_end(self, trainer: Trainer, *, record: EpochRecord, metrics: dict[str, Any]) -> None:
+        """After an epoch's validation, checkpoints and report (``history.json`` holds ``record``);
+        ``metrics`` are :meth:`Trainer.validate`'s."""
+
+
 class Trainer:
     """Trains one run; see the module docstring for what the run directory holds.
 
@@ -85,12 +105,14 @@ class Trainer:
     run directory (lock, start/resume/overwrite), seeding, data, determinism, logging, model,
     training options (warm start, tracking, weight average), optimizer and scheduler, step, and the
     resume of a checkpoint. ``fit()`` returns the history and
-    then calls ``after_fit(run_dir)`` when one was given.
+    then calls ``after_fit(run_dir)`` when one was given. ``callbacks`` (:class:`TrainerCallback`)
+    are called after every batch and every epoch.
 
     SIGINT (Ctrl-C) and SIGTERM finish the current batch, write a resumable ``last`` checkpoint that
     records how far the epoch got, and raise :class:`~fusionkit.errors.RunInterrupted`. A non-finite
     loss or weight raises :class:`~fusionkit.errors.DivergenceError` at the end of its epoch, before
-    that epoch's checkpoint, so ``last`` stays the last good one.
+    that epoch's checkpoint, so ``last`` stays the last good one. :meth:`interrupt` does what a
+    signal does, from code.
     """
 
     def __init__(
@@ -104,16 +126,18 @@ class Trainer:
         overwrite: bool = False,
         progress: bool = True,
         after_fit: Callable[[Path], object] | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         self.run_dir = Path(run_dir)
         self.files = RunFiles(self.run_dir)
         self.progress = bars_enabled(progress)
         self.after_fit = after_fit
+        self.callbacks = tuple(callbacks)
         self.start_epoch, self.start_batch = 0, 0
         self.best_dice = -math.inf
         self.history: list[dict[str, Any]] = []
         self._partial = (0.0, 0)  # loss sum and samples of an interrupted epoch's finished batches
-        self._interrupted: int | bool = False
+        self._interrupted = 0  # the signal number interrupt() was given; 0 while none was
         self._lock: RunLock | None = None
         self.tracker: Tracker | None = None
         self.ema: ModelEma[FusionModel] | None = None
@@ -413,6 +437,8 @@ class Trainer:
                     self._term_sums[key] = self._term_sums.get(key, 0.0) + value * size
             losses += loss * size
             seen += size
+            for callback in self.callbacks:
+                callback.on_batch_end(self, epoch=epoch, batch_index=batch_index, loss=loss)
             batch_index += 1
             bar.update(1)
             if bar.n % 20 == 1 or bar.n == total:  # reading the loss waits for the GPU: not every step
@@ -491,13 +517,20 @@ class Trainer:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
         if self._interrupted:  # a second signal: stop at once
             raise RunInterrupted(signum, self.run_dir)
-        self._interrupted = signum
+        self.interrupt(signum)
         if self.dist.is_main:
             tqdm.write("interrupt: finishing this batch and saving a resumable checkpoint ...", file=sys.stderr)
 
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """Stop the run as a first SIGINT (Ctrl-C) or SIGTERM ``signum`` would: the current batch
+        finishes (called before :meth:`fit`: the first batch), a resumable ``last`` checkpoint records
+        how far the epoch got (during validation: the whole epoch), and :meth:`fit` raises
+        :class:`~fusionkit.errors.RunInterrupted` (exit code 128 + ``signum``). For a callback or
+        another thread; call it on every rank of a distributed run."""
+        self._interrupted = int(signum)
+
     def _raise_interrupted(self) -> None:
-        signum = signal.SIGINT if self._interrupted is True else int(self._interrupted)
-        raise RunInterrupted(int(signum), self.run_dir)
+        raise RunInterrupted(int(self._interrupted), self.run_dir)
 
     # -- the loop ------------------------------------------------------------------------------------
     def _train_and_check(self, epoch: int) -> tuple[EpochRecord, dict[str, Any], int]:
@@ -604,7 +637,10 @@ class Trainer:
                 disable=not (self.progress and self.dist.is_main),
             )
             for epoch in epochs:
-                self._report(*self._train_and_check(epoch))
+                record, metrics, seen = self._train_and_check(epoch)
+                self._report(record, metrics, seen)
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, record=record, metrics=metrics)
                 if self._interrupted:  # the signal came during validation: the epoch is saved
                     epochs.close()
                     self._raise_interrupted()
@@ -647,12 +683,13 @@ def train_run(
     overwrite: bool = False,
     progress: bool = True,
     after_fit: Callable[[Path], object] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
     """Train a run end to end; returns the trainer (its ``history``, ``model``, ``run_dir``).
 
     ``after_fit(run_dir)`` runs on the main process once training ends (the evaluation layer passes
     its report writer: :func:`fusionkit.evaluate.train_and_evaluate`); training itself imports
-    nothing from :mod:`fusionkit.evaluate`.
+    nothing from :mod:`fusionkit.evaluate`. ``callbacks`` go to the :class:`Trainer`.
     """
     trainer = Trainer(
         config,
@@ -663,6 +700,7 @@ def train_run(
         overwrite=overwrite,
         progress=progress,
         after_fit=after_fit,
+        callbacks=callbacks,
     )
     try:
         trainer.fit()
