@@ -8,6 +8,7 @@ lesions must then be at least ``1 - alpha`` less a stated tolerance over many ra
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -181,3 +182,22 @@ def test_referral_metrics_are_isic_metrics_of_the_kept_lesions():
     assert rows[0]["metrics"]["dice"] == isic_metrics(labels, probs, NAMES)["macro"]["dice"]
     # referring the least confident lesions of a calibrated model raises its accuracy
     assert rows[3]["metrics"]["multiclass_accuracy"] > rows[0]["metrics"]["multiclass_accuracy"]
+
+
+def test_referral_report_files(tmp_path):
+    from fusionkit.evaluate.referral import referral_report, write_referral
+
+    probs, labels = _posteriors(200, 8)
+    report = referral_report(probs, labels, NAMES, alpha=0.1, n_splits=5)
+    assert [(c["method"], c["class_conditional"]) for c in report["conformal"]] == [
+        ("lac", False),
+        ("lac", True),
+        ("aps", False),
+        ("aps", True),
+    ]
+    assert report["risk_coverage"]["aurc"] == risk_coverage(probs, labels).aurc
+    paths = write_referral(report, tmp_path)
+    assert json.loads(paths["json"].read_text())["referral"][1]["referred"] == 20
+    text = paths["markdown"].read_text()
+    assert "LAC, class-conditional" in text and "AURC" in text and "| 30% |" in text
+    assert paths["figure"].read_bytes()[:4] == b"\x89PNG"
