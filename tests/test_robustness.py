@@ -381,3 +381,15 @@ def test_a_bad_reference_file_is_named(tmp_path):
     path.write_text('{"results": 3}')
     with pytest.raises(ValueError, match="robustness.json"):
         load_robustness(path)
+
+
+def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "scripts" / "make_robustness_figures.py"
+    spec = importlib.util.spec_from_file_location("make_robustness_figures", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lesion_id, image = module.sample_image(64)
+    assert image.shape == (3, 64, 64) and image.dtype == np.uint8 and lesion_id.startswith("IL_")
+    assert module.draw_gallery(tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"

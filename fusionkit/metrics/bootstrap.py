@@ -90,7 +90,9 @@ def bootstrap_ci(
     """Percentile bootstrap interval of each macro metric in ``metrics``.
 
     Args:
-        y_true, probs, class_names: as for :func:`~fusionkit.metrics.isic.isic_metrics`.
+        y_true: class indices ``(n,)`` or a one-hot matrix, as for :func:`~fusionkit.metrics.isic.isic_metrics`.
+        probs: posteriors ``(n, k)``.
+        class_names: the ``k`` class names.
         metrics: keys of ``isic_metrics(...)["macro"]``.
         n_boot: number of resamples.
         seed: seed of the resampling (the same seed gives the same intervals).

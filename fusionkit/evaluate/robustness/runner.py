@@ -299,7 +299,8 @@ def array_predictor(
         model_fn: ``(derm_images, clinical_images, records, absent) -> (n, k)`` posteriors, where
             the images are the (possibly corrupted) uint8 images and ``absent`` the modalities to
             mask out.
-        derm, clinical: one uint8 image per lesion each (``None`` where absent), in lesion order.
+        derm: one uint8 dermoscopic image per lesion (``None`` where absent), in lesion order.
+        clinical: one uint8 clinical image per lesion (``None`` where absent), in lesion order.
         records: the lesion records, in the same order (their ``lesion_id`` seeds the corruptions).
     """
     if not len(derm) == len(clinical) == len(records):
