@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from fusionkit.data.schema import SEXES, SITES
 from fusionkit.data.tables import ImageRecord, LesionRecord
+from fusionkit.errors import ConfigError, DataError
 from fusionkit.evaluate.robustness import (
     ABSENT,
     CORRUPTIONS,
@@ -379,8 +380,21 @@ def test_the_files_are_written_and_read_back(derm_only_table, tmp_path):
 def test_a_bad_reference_file_is_named(tmp_path):
     path = tmp_path / "robustness.json"
     path.write_text('{"results": 3}')
-    with pytest.raises(ValueError, match="robustness.json"):
+    with pytest.raises(DataError, match=r"robustness\.json: not a robustness.json document"):
         load_robustness(path)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="robustness.json"):
+        load_robustness(path)
+    with pytest.raises(DataError, match="no such file"):
+        load_robustness(tmp_path / "missing.json")
+
+
+def test_an_incomparable_reference_is_refused(derm_only_table):
+    labels, table = derm_only_table
+    with pytest.raises(ConfigError, match="same lesions with the same seed"):
+        mean_corruption_error(table, replace(table, seed=table.seed + 1))
+    with pytest.raises(ConfigError, match="same lesions"):
+        mean_corruption_error(table, replace(table, n_lesions=table.n_lesions - 1))
 
 
 def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
@@ -393,3 +407,49 @@ def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
     lesion_id, image = module.sample_image(64)
     assert image.shape == (3, 64, 64) and image.dtype == np.uint8 and lesion_id.startswith("IL_")
     assert module.draw_gallery(tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------ PerturbedDataset on a real split
+
+
+@pytest.fixture(scope="module")
+def uint8_dataset(tmp_path_factory):
+    from fusionkit.data import Milk10kDataset, build_transforms
+    from fusionkit.data.synthetic import make_synthetic_milk10k
+
+    files = make_synthetic_milk10k(tmp_path_factory.mktemp("milk"), n_lesions=12, image_size=(40, 30), seed=1)
+    transform = build_transforms(model_name="test_efficientnet", image_size=32, train=False, normalize=False)
+    return Milk10kDataset(files=files, transform=transform, image_size=32)
+
+
+def test_perturbed_dataset_changes_only_the_perturbed_modality(uint8_dataset):
+    from fusionkit.evaluate.robustness import PerturbedDataset
+
+    base = uint8_dataset
+    derm = PerturbedDataset(base, Perturbation(modality="derm", corruption="gaussian_noise", severity=5, seed=2))
+    meta = PerturbedDataset(base, Perturbation(modality="meta", corruption="wrong_site", severity=5, seed=2))
+    absent = PerturbedDataset(base, Perturbation(modality="clinical", corruption=ABSENT, severity=None))
+    assert len(derm) == len(base) and derm.lesion_ids == base.lesion_ids and derm.transform is base.transform
+    for i in range(len(base)):
+        clean = base[i]
+        a, m, z = derm[i], meta[i], absent[i]
+        assert a["derm"].dtype == torch.uint8 and a["derm"].shape == clean["derm"].shape
+        assert not torch.equal(a["derm"], clean["derm"])
+        assert torch.equal(a["clinical"], clean["clinical"]) and torch.equal(a["meta"], clean["meta"])
+        assert torch.equal(m["derm"], clean["derm"]) and not torch.equal(m["meta"], clean["meta"])
+        expected = base.encoder.transform_one(meta.perturbation.record(base.records[i]))
+        assert torch.equal(m["meta"], expected)
+        assert all(torch.equal(z[k], clean[k]) for k in ("derm", "clinical", "meta"))  # absent is the predictor's job
+    # deterministic: a second view gives the same items
+    again = PerturbedDataset(base, Perturbation(modality="derm", corruption="gaussian_noise", severity=5, seed=2))
+    assert torch.equal(again[3]["derm"], derm[3]["derm"])
+
+
+def test_perturbed_dataset_refuses_normalised_images(uint8_dataset):
+    from fusionkit.data import Milk10kDataset
+    from fusionkit.evaluate.robustness import PerturbedDataset
+
+    floats = Milk10kDataset(files=uint8_dataset.files, encoder=uint8_dataset.encoder, image_size=32)
+    view = PerturbedDataset(floats, Perturbation(modality="derm", corruption="hair", severity=1))
+    with pytest.raises(ValueError, match="normalize=False"):
+        view[0]

@@ -6,6 +6,7 @@
 * :func:`robustness_table` — runs a predictor (``predict_fn(perturbation) -> posteriors``) under
   each and scores it with the ISIC metrics, a bootstrap interval of the macro Dice, the relative
   drop and, given a reference run's table, ImageNet-C's mCE;
+* :class:`PerturbedDataset` — a dataset view that applies a perturbation to fusionkit items;
 * :func:`write_robustness` — ``robustness.json``, ``robustness.md`` and ``robustness.png``.
 """
 
@@ -19,6 +20,7 @@ from fusionkit.evaluate.robustness.catalog import (
     corruption_rng,
     corruptions_for,
 )
+from fusionkit.evaluate.robustness.dataset import PerturbedDataset
 from fusionkit.evaluate.robustness.output import (
     ROBUSTNESS_FILES,
     load_robustness,
@@ -46,6 +48,7 @@ __all__ = [
     "Corruption",
     "ModelFn",
     "PredictFn",
+    "PerturbedDataset",
     "Perturbation",
     "RobustnessTable",
     "array_predictor",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from fusionkit.errors import DataError
 from fusionkit.evaluate.plots import _class_colors, _save
 from fusionkit.evaluate.robustness.catalog import ABSENT, SEVERITIES
 from fusionkit.evaluate.robustness.runner import RobustnessTable
@@ -38,13 +39,17 @@ def load_robustness(path: str | Path) -> RobustnessTable:
     """Read a ``robustness.json`` (e.g. a baseline run's, for the mCE).
 
     Raises:
-        ValueError: the file is not a robustness document (the message names it).
+        DataError: the file is missing, not JSON or not a robustness document (the message names it).
     """
     path = Path(path)
     try:
         return RobustnessTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except FileNotFoundError:
+        raise DataError(
+            "no such file; expected the robustness.json of a run scored with robustness", path=path
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"not a robustness.json document ({exc})", path=path) from None
 
 
 def _cell(value: float, digits: int = 3) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 
 from fusionkit.data.schema import MODALITIES
 from fusionkit.data.tables import LesionRecord
+from fusionkit.errors import ConfigError
 from fusionkit.evaluate.robustness.catalog import ABSENT, CORRUPTIONS, SEVERITIES, Perturbation, corruptions_for
 from fusionkit.metrics.bootstrap import bootstrap_ci
 from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics
@@ -244,7 +245,19 @@ def mean_corruption_error(
         "per_modality": {modality: {"mce", "relative_mce"}}, "mce", "relative_mce", "skipped"}``,
         where ``skipped`` names the (modality, corruption) pairs the reference lacks or whose
         reference error sums to 0 (the CE is undefined there).
+
+    Raises:
+        ConfigError: the two tables were not scored on comparable inputs (other classes, another
+            number of lesions or another corruption seed).
     """
+    mine_key = (table.class_names, table.n_lesions, table.seed)
+    their_key = (reference.class_names, reference.n_lesions, reference.seed)
+    if mine_key != their_key:
+        raise ConfigError(
+            f"the reference robustness table was scored on {reference.n_lesions} lesions with seed {reference.seed} "
+            f"and {len(reference.class_names)} classes, this one on {table.n_lesions} lesions with seed {table.seed} "
+            f"and {len(table.class_names)} classes; score both on the same lesions with the same seed"
+        )
 
     def errors(t: RobustnessTable) -> dict[tuple[str, str], dict[int, float]]:
         out: dict[tuple[str, str], dict[int, float]] = {}
