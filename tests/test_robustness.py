@@ -70,12 +70,14 @@ def _record(lesion_id: str, **fields) -> LesionRecord:
 @given(
     seed=st.integers(0, 2**32 - 1),
     severity=st.sampled_from(SEVERITIES),
-    h=st.integers(8, 72),
-    w=st.integers(8, 72),
+    h=st.integers(1, 72),
+    w=st.integers(1, 72),
     layout=st.sampled_from(["hwc", "chw"]),
     as_tensor=st.booleans(),
 )
 def test_image_corruption_is_seeded_uint8_and_keeps_the_size(name, seed, severity, h, w, layout, as_tensor):
+    if layout == "chw" and w == 3:
+        w = 4  # (3, H, 3) is read as channels-last (documented in as_chw)
     image = _image(seed % 1000, h, w)
     if layout == "chw":
         image = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -453,3 +455,12 @@ def test_perturbed_dataset_refuses_normalised_images(uint8_dataset):
     view = PerturbedDataset(floats, Perturbation(modality="derm", corruption="hair", severity=1))
     with pytest.raises(ValueError, match="normalize=False"):
         view[0]
+
+
+def test_a_corruption_for_no_requested_modality_is_refused():
+    labels, derm, clinical, records = _lesions(6)
+    predict = array_predictor(derm_only_model, derm=derm, clinical=clinical, records=records)
+    with pytest.raises(ValueError, match="hair apply to none of the modalities meta"):
+        robustness_table(predict, labels, CLASSES, modalities=("meta",), corruptions=["hair", "wrong_sex"])
+    with pytest.raises(ValueError, match="unknown corruption"):
+        robustness_table(predict, labels, CLASSES, corruptions=["fog"])

@@ -71,7 +71,8 @@ def as_chw(image: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     """A uint8 ``(3, H, W)`` tensor view of ``image`` and the function that turns a result back.
 
     ``image`` is a NumPy array or a torch tensor of dtype uint8, channels-first ``(3, H, W)``
-    when its first axis has 3 entries and its last does not, else channels-last ``(H, W, 3)``.
+    when its first axis has 3 entries and its last does not, else channels-last ``(H, W, 3)`` (so a
+    ``(3, H, 3)`` array is read as channels-last).
 
     Raises:
         ValueError: not uint8, not 3-D, or no axis of 3 colour channels.

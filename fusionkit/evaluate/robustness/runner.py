@@ -186,6 +186,12 @@ def robustness_table(
     for s in severities:
         if s not in SEVERITIES:
             raise ValueError(f"severity must be in 1..5, got {s!r}")
+    if corruptions is not None:
+        unused = [n for n in corruptions if not any(n in corruptions_for(m, [n]) for m in modalities)]
+        if unused:
+            raise ValueError(
+                f"corruption(s) {', '.join(unused)} apply to none of the modalities {', '.join(modalities)}"
+            )
     perturbations: list[Perturbation] = []
     for modality in modalities:
         for name in corruptions_for(modality, corruptions):
