@@ -464,3 +464,29 @@ def test_a_corruption_for_no_requested_modality_is_refused():
         robustness_table(predict, labels, CLASSES, modalities=("meta",), corruptions=["hair", "wrong_sex"])
     with pytest.raises(ValueError, match="unknown corruption"):
         robustness_table(predict, labels, CLASSES, corruptions=["fog"])
+
+
+def test_given_clean_posteriors_are_used_instead_of_a_clean_pass():
+    labels, derm, clinical, records = _lesions(9)
+    calls = []
+    inner = array_predictor(derm_only_model, derm=derm, clinical=clinical, records=records)
+
+    def predict(p):
+        calls.append(p)
+        return inner(p)
+
+    clean = inner(None)
+    table = robustness_table(
+        predict,
+        labels,
+        CLASSES,
+        modalities=("meta",),
+        corruptions=["wrong_site"],
+        severities=(5,),
+        clean_probs=clean,
+        n_boot=10,
+    )
+    assert calls == [Perturbation(modality="meta", corruption="wrong_site", severity=5, seed=0)]
+    assert table.baseline == {
+        k: v for k, v in isic_metrics(labels, clean, CLASSES)["macro"].items() if k in table.baseline
+    }

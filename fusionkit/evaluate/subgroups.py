@@ -254,7 +254,7 @@ def plot_subgroups(result: dict[str, Any], path: str | Path, *, metric: str = "d
         ax.errorbar(values, ys, xerr=[low, high], fmt="o", color="#4C72B0", capsize=3)
         ax.axvline(result["overall"][metric], color="black", linestyle="--", lw=1, label="whole set")
         ax.set_yticks(ys, [f"{s['value']} (n={s['n']})" for s in strata])
-        ax.set_xlim(0.0, 1.0)
+        ax.set_xlim(-0.03, 1.03)
         ax.set_xlabel(f"macro {metric}")
         ax.set_title(_TITLES.get(attribute, attribute), fontsize=10)
         if block["withheld"]:

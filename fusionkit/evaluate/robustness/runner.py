@@ -161,6 +161,7 @@ def robustness_table(
     reference: RobustnessTable | None = None,
     error_metric: str = "dice",
     progress: Callable[[str], None] | None = None,
+    clean_probs: Any = None,
 ) -> RobustnessTable:
     """Score ``predict_fn`` clean and under each corruption of each modality at each severity.
 
@@ -178,6 +179,8 @@ def robustness_table(
         reference: a baseline run's table; when given, :attr:`RobustnessTable.mce` is filled.
         error_metric: the metric whose ``1 - value`` is the mCE's error.
         progress: called with each perturbation's label before it runs (e.g. a logger).
+        clean_probs: the clean posteriors when the caller already has them (e.g. the report's
+            own prediction); ``predict_fn(None)`` is then not called.
     """
     names = tuple(check_class_names(class_names))
     if "dice" not in metrics:
@@ -208,9 +211,11 @@ def robustness_table(
         ci = bootstrap_ci(y_true, p, names, metrics=("dice",), n_boot=n_boot, seed=seed)["dice"]
         return {m: float(macro[m]) for m in metrics}, ci
 
-    if progress:
-        progress("clean")
-    clean, clean_ci = score(predict_fn(None))
+    if clean_probs is None:
+        if progress:
+            progress("clean")
+        clean_probs = predict_fn(None)
+    clean, clean_ci = score(clean_probs)
     results = []
     for perturbation in perturbations:
         if progress:
