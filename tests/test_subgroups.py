@@ -19,7 +19,7 @@ from fusionkit.data.schema import SEXES, SITES
 from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.subgroups import age_band, stratum_of, subgroup_table, write_subgroups
 from fusionkit.metrics import isic_metrics
-from fusionkit.metrics.bootstrap import bootstrap_ci, bootstrap_counts
+from fusionkit.metrics.bootstrap import WEIGHTED_METRICS, bootstrap_ci, resample_weights, weighted_macro_metrics
 
 NAMES = ("AKIEC", "BCC", "MEL", "NV")
 
@@ -123,25 +123,34 @@ def test_bad_inputs_are_refused():
 
 
 @settings(max_examples=25)
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 60), ties=st.booleans())
-def test_fast_bootstrap_equals_isic_metrics_on_each_resample(seed, n, ties):
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 60), ties=st.booleans(), stratified=st.booleans())
+def test_weighted_metrics_equal_isic_metrics_on_each_resample(seed, n, ties, stratified):
     _, labels, probs = _data(n, seed)
     if ties:  # tied scores, where the AUC counts a half
         probs = np.round(probs, 1)
-    counts = bootstrap_counts(n, 6, seed)
-    assert counts.shape == (6, n) and (counts.sum(axis=1) == n).all()
-    rows = np.arange(n)
-    replicates = []
+    weights = resample_weights(labels, 6, np.random.default_rng(seed), stratified=stratified)
+    assert weights.shape == (6, n) and (weights.sum(axis=1) == n).all()
+    if stratified:  # every resample keeps each class's count
+        for c in np.unique(labels):
+            assert (weights[:, labels == c].sum(axis=1) == (labels == c).sum()).all()
+    fast = weighted_macro_metrics(labels, probs, weights, WEIGHTED_METRICS)
     for b in range(6):
-        index = np.repeat(rows, counts[b].astype(int))
-        replicates.append(isic_metrics(labels[index], probs[index], NAMES)["macro"])
-    fast = bootstrap_ci(
-        labels, probs, NAMES, metrics=("dice", "multiclass_accuracy", "auc"), n_boot=6, seed=seed, level=0.5
+        index = np.repeat(np.arange(n), weights[b].astype(int))
+        macro = isic_metrics(labels[index], probs[index], NAMES)["macro"]
+        expected = [macro[m] for m in WEIGHTED_METRICS]
+        assert fast[b] == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True)
+    ones = weighted_macro_metrics(labels, probs, np.ones(n), WEIGHTED_METRICS)[0]
+    macro = isic_metrics(labels, probs, NAMES)["macro"]
+    assert ones == pytest.approx([macro[m] for m in WEIGHTED_METRICS], rel=1e-12, abs=1e-12, nan_ok=True)
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_the_replicates():
+    _, labels, probs = _data(80, 9)
+    weights = resample_weights(labels, 50, np.random.default_rng(4))
+    replicates = weighted_macro_metrics(labels, probs, weights, ("dice",))[:, 0]
+    assert bootstrap_ci(labels, probs, NAMES, n_boot=50, seed=4)["dice"] == pytest.approx(
+        tuple(np.percentile(replicates, [2.5, 97.5]))
     )
-    for m in ("dice", "multiclass_accuracy", "auc"):
-        values = [r[m] for r in replicates if not np.isnan(r[m])]
-        expected = tuple(np.percentile(values, [25, 75])) if values else (np.nan, np.nan)
-        assert fast[m] == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True)
 
 
 def test_bootstrap_is_seeded_and_narrows_with_more_lesions():

@@ -1,18 +1,22 @@
-"""Percentile bootstrap confidence intervals of the macro ISIC metrics.
+"""Bootstrap confidence intervals of the macro ISIC metrics, vectorised over resamples.
 
-Lesions are resampled with replacement ``n_boot`` times from one seeded generator, the macro metric
-is recomputed on every resample exactly as :func:`~fusionkit.metrics.isic.isic_metrics` computes it,
-and the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the replicates
-(NaN replicates, e.g. an AUC on a resample with one class, are left out). Macro Dice,
-``multiclass_accuracy`` and macro AUC are computed for all resamples at once from the resampling
-counts (weighted confusion counts; the AUC as the weighted Mann-Whitney statistic, ties counting
-one half, which is the area :func:`sklearn.metrics.roc_auc_score` computes), fast enough for
-thousands of replicates; every other metric calls :func:`isic_metrics` per resample.
+A resample is represented by multiplicity weights (how often each lesion is drawn), so one matrix
+product scores thousands of resamples at once: :func:`weighted_macro_metrics` is the weighted
+version of :func:`~fusionkit.metrics.isic.isic_metrics`'s ``"macro"`` values (a class predicted
+above 0.5, the scorer's 0/0 "freebie" 1.0, the AUC as the weighted Mann-Whitney statistic with ties
+counting one half, which is the area :func:`sklearn.metrics.roc_auc_score` computes, over the
+classes with positives and negatives), equal to it with weights of one, and a weight ``w`` equals
+the lesion repeated ``w`` times.
+
+:func:`bootstrap_ci` draws the resamples *within each class* by default (stratified: every resample
+keeps each class's number of lesions, so a rare class is never dropped from a resample and handed
+the freebie Dice of 1.0, which would bias the interval upward) and returns the percentile interval.
+Metrics without a weighted form here (``ap``, ``auc_sens_80``, ``balanced_accuracy``) call
+:func:`isic_metrics` once per resample.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,61 +24,114 @@ import numpy as np
 
 from fusionkit.metrics.isic import _argmax_labels, _truth_matrix, check_class_names, check_probs, isic_metrics
 
-__all__ = ["bootstrap_ci", "bootstrap_counts"]
+__all__ = ["WEIGHTED_METRICS", "bootstrap_ci", "resample_weights", "weighted_macro_metrics"]
 
-_FAST = ("dice", "multiclass_accuracy", "auc")
+_THRESHOLD = 0.5  # the ISIC scorer's binarisation (fusionkit.metrics.isic)
 
-
-def bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``(n_boot, n)`` resampling counts: how often each of ``n`` lesions is drawn in each resample."""
-    if n < 1 or n_boot < 1:
-        raise ValueError(f"need n >= 1 and n_boot >= 1, got n={n}, n_boot={n_boot}")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_boot, n))
-    flat = (draws + n * np.arange(n_boot)[:, None]).ravel()
-    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
-
-
-def _fast_replicates(metric: str, truth: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    if metric == "dice":
-        t = truth > 0.5
-        p = probs > 0.5
-        tp = counts @ (t & p)
-        fp = counts @ (~t & p)
-        fn = counts @ (t & ~p)
-        denominator = 2 * tp + fp + fn
-        dice = np.divide(2 * tp, denominator, out=np.ones_like(tp), where=denominator > 0)
-        return dice.mean(axis=1)
-    if metric == "auc":
-        return _macro_auc(truth, probs, counts)
-    truth_labels = _argmax_labels(truth)
-    kept = truth_labels >= 0
-    correct = ((_argmax_labels(probs) == truth_labels) & kept).astype(np.float64)
-    total = counts @ kept.astype(np.float64)
-    return np.divide(counts @ correct, total, out=np.full_like(total, np.nan), where=total > 0)
+#: Macro metrics :func:`weighted_macro_metrics` computes.
+WEIGHTED_METRICS: tuple[str, ...] = (
+    "auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "dice",
+    "ppv",
+    "npv",
+    "multiclass_accuracy",
+)
 
 
-def _macro_auc(truth: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Macro AUC of every resample (NaN-skipping mean over classes, as in isic_metrics)."""
-    per_class = np.full((counts.shape[0], truth.shape[1]), np.nan)
-    for c in range(truth.shape[1]):
-        if not np.all((truth[:, c] == 0.0) | (truth[:, c] == 1.0)):
-            continue  # soft truth: isic_metrics has no AUC either
-        order = np.argsort(probs[:, c], kind="stable")
-        scores = probs[order, c]
-        starts = np.flatnonzero(np.r_[True, scores[1:] != scores[:-1]])
-        positive = truth[order, c] == 1.0
-        w = counts[:, order]
-        pos = np.add.reduceat(w * positive, starts, axis=1)
-        neg = np.add.reduceat(w * ~positive, starts, axis=1)
-        below = np.cumsum(neg, axis=1) - neg
-        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-        area = (pos * (below + 0.5 * neg)).sum(axis=1)
-        defined = (n_pos > 0) & (n_neg > 0)
-        per_class[defined, c] = area[defined] / (n_pos[defined] * n_neg[defined])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no defined class: NaN
-        return np.nanmean(per_class, axis=1)
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, the scorer's "freebie" 1.0 where the denominator is 0."""
+    return np.where(denominator == 0, 1.0, numerator / np.where(denominator == 0, 1.0, denominator))
+
+
+def _auc(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC of one class for weighted lesions, ``(m,)``; NaN without positives or
+    negatives. ``truth`` (n,) bool, ``scores`` (n,), ``weights`` (m, n)."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    w = weights[:, order]
+    pos = np.add.reduceat(w * truth[order], starts, axis=1)
+    neg = np.add.reduceat(w * ~truth[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    u = np.sum(pos * (below + 0.5 * neg), axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def weighted_macro_metrics(
+    labels: Any, probs: Any, weights: Any, metrics: Sequence[str] = WEIGHTED_METRICS
+) -> np.ndarray:
+    """Macro metrics of lesions counted ``weights`` times, shape ``(m, len(metrics))``.
+
+    Args:
+        labels: class indices ``(n,)`` or a one-hot ``(n, k)`` truth (as for ``isic_metrics``).
+        probs: posteriors ``(n, k)``.
+        weights: ``(m, n)`` (or ``(n,)``) multiplicities, one row per resample.
+        metrics: names in :data:`WEIGHTED_METRICS`.
+    """
+    p = check_probs(probs)
+    t = _truth_matrix(labels, p.shape)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if w.shape[1] != len(p):
+        raise ValueError(f"weights have {w.shape[1]} columns but there are {len(p)} lesions")
+    unknown = [m for m in metrics if m not in WEIGHTED_METRICS]
+    if unknown:
+        raise ValueError(f"no weighted form of {', '.join(unknown)}; expected some of {', '.join(WEIGHTED_METRICS)}")
+    truth, pred = t > _THRESHOLD, p > _THRESHOLD
+    tp, fp = w @ (truth & pred), w @ (~truth & pred)
+    fn, tn = w @ (truth & ~pred), w @ (~truth & ~pred)
+    hard = np.all((t == 0.0) | (t == 1.0), axis=0)  # soft truth columns have no AUC (isic_metrics)
+    per_class = {
+        "accuracy": lambda: (tp + tn) / (tp + tn + fp + fn),
+        "sensitivity": lambda: _ratio(tp, tp + fn),
+        "specificity": lambda: _ratio(tn, tn + fp),
+        "dice": lambda: _ratio(2 * tp, 2 * tp + fp + fn),
+        "ppv": lambda: _ratio(tp, tp + fp),
+        "npv": lambda: _ratio(tn, tn + fn),
+        "auc": lambda: np.stack(
+            [_auc(t[:, j] == 1.0, p[:, j], w) if hard[j] else np.full(len(w), np.nan) for j in range(p.shape[1])],
+            axis=1,
+        ),
+    }
+    out = []
+    for name in metrics:
+        if name == "multiclass_accuracy":
+            truth_labels = _argmax_labels(t)
+            kept = (truth_labels >= 0).astype(np.float64)
+            correct = (_argmax_labels(p) == truth_labels) * kept
+            total = w @ kept
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out.append(np.where(total > 0, (w @ correct) / np.where(total > 0, total, 1.0), np.nan))
+            continue
+        values = per_class[name]()
+        defined = ~np.isnan(values)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(defined.any(axis=1), np.nansum(values, axis=1) / defined.sum(axis=1), np.nan))
+    return np.stack(out, axis=1)
+
+
+def resample_weights(labels: Any, size: int, rng: np.random.Generator, *, stratified: bool = True) -> np.ndarray:
+    """``size`` bootstrap resamples of ``n`` lesions as multiplicity weights, shape ``(size, n)``.
+
+    ``stratified``: within each class (ascending class index, one ``rng.multinomial`` call each)
+    the class's lesions are drawn with replacement as many times as the class has lesions, so every
+    resample keeps each class's count; otherwise all ``n`` lesions are drawn together. ``labels``
+    are class indices ``(n,)`` (or an ``(n, k)`` truth, whose row argmax is used).
+    """
+    y = np.asarray(labels)
+    if y.ndim == 2:
+        y = y.argmax(axis=1)
+    if y.ndim != 1 or y.size == 0 or size < 1:
+        raise ValueError(f"need (n,) labels with n >= 1 and size >= 1, got shape {y.shape} and size {size}")
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratified else [np.arange(y.size)]
+    weights = np.zeros((size, y.size))
+    for members in groups:
+        weights[:, members] = rng.multinomial(members.size, np.full(members.size, 1 / members.size), size=size)
+    return weights
 
 
 def bootstrap_ci(
@@ -86,6 +143,7 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    stratified: bool = True,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of each macro metric in ``metrics``.
 
@@ -97,6 +155,7 @@ def bootstrap_ci(
         n_boot: number of resamples.
         seed: seed of the resampling (the same seed gives the same intervals).
         level: the interval's coverage, in (0, 1).
+        stratified: resample within each class (module docstring).
 
     Returns:
         ``{metric: (low, high)}``; ``(nan, nan)`` where every replicate is NaN.
@@ -106,20 +165,23 @@ def bootstrap_ci(
     names = check_class_names(class_names)
     p = check_probs(probs, len(names))
     t = _truth_matrix(y_true, p.shape)
-    counts = bootstrap_counts(len(p), n_boot, seed)
-    replicates: dict[str, np.ndarray] = {m: _fast_replicates(m, t, p, counts) for m in metrics if m in _FAST}
-    slow = [m for m in metrics if m not in _FAST]
+    weights = resample_weights(t, n_boot, np.random.default_rng(seed), stratified=stratified)
+    fast = [m for m in metrics if m in WEIGHTED_METRICS]
+    replicates: dict[str, np.ndarray] = {}
+    if fast:
+        values = weighted_macro_metrics(t, p, weights, fast)
+        replicates.update({m: values[:, i] for i, m in enumerate(fast)})
+    slow = [m for m in metrics if m not in WEIGHTED_METRICS]
     if slow:
-        rows = np.repeat(np.arange(len(p))[None, :], n_boot, axis=0)
-        values: dict[str, list[float]] = {m: [] for m in slow}
-        for b in range(n_boot):
-            index = np.repeat(rows[b], counts[b].astype(np.int64))
+        collected: dict[str, list[float]] = {m: [] for m in slow}
+        for row in weights.astype(np.int64):
+            index = np.repeat(np.arange(len(p)), row)
             macro = isic_metrics(t[index], p[index], names)["macro"]
             for m in slow:
                 if m not in macro:
                     raise ValueError(f"unknown metric {m!r}; expected one of {', '.join(macro)}")
-                values[m].append(macro[m])
-        replicates.update({m: np.asarray(v, dtype=np.float64) for m, v in values.items()})
+                collected[m].append(macro[m])
+        replicates.update({m: np.asarray(v, dtype=np.float64) for m, v in collected.items()})
     out = {}
     for m in metrics:
         kept = replicates[m][~np.isnan(replicates[m])]
