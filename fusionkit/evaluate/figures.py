@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fusionkit.utils.io import atomic_write_bytes
+from fusionkit.evaluate.plots import save_figure
 
 _NAMES = {"derm": "dermoscopic", "clinical": "clinical"}
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+GRADCAM_DPI = 110
+"""Resolution of the Grad-CAM grids (photo pairs read at a lower DPI than the charts)."""
 
 
 def plot_gradcam_grid(
@@ -49,7 +41,7 @@ def plot_gradcam_grid(
             ax.set_axis_off()
             ax.set_title(f"{_NAMES.get(m, m)} Grad-CAM", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=GRADCAM_DPI)
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -73,4 +65,4 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ax.set_title("validation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=GRADCAM_DPI)

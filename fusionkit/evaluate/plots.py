@@ -99,7 +99,7 @@ def plot_confusion_matrix(
     ax.set_ylabel("True class")
     default = "Confusion matrix" + (" (row-normalised)" if normalize else "")
     ax.set_title(title or default)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability_diagram(probs: Any, y_true: Any, path: str | os.PathLike[str], *, n_bins: int = 15) -> Path:
@@ -129,7 +129,7 @@ def plot_reliability_diagram(probs: Any, y_true: Any, path: str | os.PathLike[st
     bottom.bar(centers, curve.count, width=width, edgecolor="black", color="gray")
     bottom.set_xlabel("Confidence (top-class probability)")
     bottom.set_ylabel("Samples")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_curves(y_true: Any, probs: Any, class_names: Sequence[str], path: str | os.PathLike[str]) -> Path:
@@ -147,7 +147,7 @@ def plot_roc_curves(y_true: Any, probs: Any, class_names: Sequence[str], path: s
 
     fig = Figure(figsize=(7.0, 6.5), dpi=_DPI)
     ax = fig.add_subplot()
-    colors = _class_colors(len(names))
+    colors = class_colors(len(names))
     skipped = []
     for j, name in enumerate(names):
         positives = t == j
@@ -173,7 +173,7 @@ def plot_roc_curves(y_true: Any, probs: Any, class_names: Sequence[str], path: s
             color="#8C1C13",
         )
         fig.subplots_adjust(bottom=0.14)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def gate_weight_table(weights: Any, y_true: Any, y_pred: Any, class_names: Sequence[str]) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def plot_gate_weights(
     right.set_ylabel("Gate weight")
     right.set_title("ADF weights: correct vs wrong")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _group_summary(rows: np.ndarray) -> dict[str, Any]:
@@ -305,18 +305,19 @@ def _same_length(*arrays: np.ndarray) -> None:
         raise ValueError("no samples to plot")
 
 
-def _class_colors(k: int) -> list[Any]:
+def class_colors(k: int) -> list[Any]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab20" if k > 10 else "tab10"]
     return [cmap(i % cmap.N) for i in range(k)]
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render ``fig`` to PNG bytes on the Agg canvas and write them atomically."""
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = _DPI) -> Path:
+    """Render ``fig`` to PNG bytes on the Agg canvas and write them atomically (every figure of
+    fusionkit goes through here)."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     fig.clear()
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)

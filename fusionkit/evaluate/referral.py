@@ -21,8 +21,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from fusionkit.evaluate.plots import _save
-from fusionkit.evaluate.tables import _json_value, _md_row
+from fusionkit.evaluate.plots import save_figure
+from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.metrics.conformal import ConformalMethod, split_conformal_evaluation
 from fusionkit.metrics.selective import referral_metrics, risk_coverage
 from fusionkit.utils.io import atomic_write_text
@@ -87,13 +87,13 @@ def referral_markdown(report: dict[str, Any]) -> str:
             f"Held-out coverage and mean set size, calibrated on one random half of the lesions and measured on "
             f"the other, averaged over {first['n_splits']} splits.",
             "",
-            _md_row(["sets", "coverage", "worst split", "mean size", "empty sets"]),
-            _md_row(["---"] * 5),
+            markdown_row(["sets", "coverage", "worst split", "mean size", "empty sets"]),
+            markdown_row(["---"] * 5),
         ]
         for c in conformal:
             label = c["method"].upper() + (", class-conditional" if c["class_conditional"] else "")
             lines.append(
-                _md_row(
+                markdown_row(
                     [
                         label,
                         _cell(c["coverage"]),
@@ -106,11 +106,11 @@ def referral_markdown(report: dict[str, Any]) -> str:
         classes = list(first["per_class"])
         lines += ["", "Per true class (coverage / mean size):", ""]
         header = ["sets", *classes]
-        lines += [_md_row(header), _md_row(["---"] * len(header))]
+        lines += [markdown_row(header), markdown_row(["---"] * len(header))]
         for c in conformal:
             label = c["method"].upper() + (", class-cond." if c["class_conditional"] else "")
             cells = [f"{_cell(v['coverage'], 2)} / {_cell(v['mean_size'], 1)}" for v in c["per_class"].values()]
-            lines.append(_md_row([label, *cells]))
+            lines.append(markdown_row([label, *cells]))
         lines.append("")
     rc = report["risk_coverage"]
     lines += [
@@ -121,10 +121,12 @@ def referral_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     metrics = list(report["referral"][0]["metrics"]) if report["referral"] else []
-    lines += [_md_row(["referred", "lesions kept", *metrics]), _md_row(["---"] * (2 + len(metrics)))]
+    lines += [markdown_row(["referred", "lesions kept", *metrics]), markdown_row(["---"] * (2 + len(metrics)))]
     for row in report["referral"]:
         lines.append(
-            _md_row([f"{row['referred_fraction']:.0%}", str(row["kept"]), *[_cell(row["metrics"][m]) for m in metrics]])
+            markdown_row(
+                [f"{row['referred_fraction']:.0%}", str(row["kept"]), *[_cell(row["metrics"][m]) for m in metrics]]
+            )
         )
     return "\n".join(lines) + "\n"
 
@@ -153,14 +155,14 @@ def plot_risk_coverage(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"Risk-coverage ({n} lesions)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_referral(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``referral.json``, ``referral.md`` and ``risk_coverage.png`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in REFERRAL_FILES.items()}
-    atomic_write_text(paths["json"], json.dumps(_json_value(report), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["json"], json.dumps(json_value(report), indent=2, allow_nan=False) + "\n")
     atomic_write_text(paths["markdown"], referral_markdown(report))
     plot_risk_coverage(report, paths["figure"])
     return paths

@@ -28,8 +28,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fusionkit.data.tables import LesionRecord
-from fusionkit.evaluate.plots import _save
-from fusionkit.evaluate.tables import _json_value, _md_row
+from fusionkit.evaluate.plots import save_figure
+from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.metrics.bootstrap import bootstrap_ci
 from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics
 from fusionkit.utils.io import atomic_write_text
@@ -205,15 +205,15 @@ def subgroup_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## {_TITLES.get(attribute, attribute)}",
             "",
-            _md_row(
+            markdown_row(
                 ["stratum", "lesions", "classes", *[f"{m} [95 % CI]" for m in metrics], *[f"gap {m}" for m in metrics]]
             ),
-            _md_row(["---"] * (3 + 2 * len(metrics))),
+            markdown_row(["---"] * (3 + 2 * len(metrics))),
         ]
         for s in block["strata"]:
             cells = [f"{_cell(s['metrics'][m])} [{_cell(s['ci95'][m][0])}, {_cell(s['ci95'][m][1])}]" for m in metrics]
             lines.append(
-                _md_row(
+                markdown_row(
                     [
                         s["value"],
                         str(s["n"]),
@@ -269,14 +269,14 @@ def plot_subgroups(result: dict[str, Any], path: str | Path, *, metric: str = "d
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Subgroups (strata under {result['min_lesions']} lesions withheld)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_subgroups(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``subgroups.json``, ``subgroups.md`` and ``subgroups.png`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in SUBGROUP_FILES.items()}
-    atomic_write_text(paths["json"], json.dumps(_json_value(result), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["json"], json.dumps(json_value(result), indent=2, allow_nan=False) + "\n")
     atomic_write_text(paths["markdown"], subgroup_markdown(result))
     plot_subgroups(result, paths["figure"])
     return paths

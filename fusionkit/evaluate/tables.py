@@ -74,9 +74,9 @@ def table5_markdown(metrics: Mapping[str, Any], *, digits: int = 3) -> str:
     line saying what its "Accuracy" row is, with the multiclass and balanced accuracy beside it."""
     columns, rows = table5_rows(metrics)
     lines = [
-        _md_row(["Metric", *columns]),
-        _md_row(["---", *(["---:"] * len(columns))]),
-        *(_md_row([label, *(_fmt(v, digits) for v in values)]) for label, values in rows),
+        markdown_row(["Metric", *columns]),
+        markdown_row(["---", *(["---:"] * len(columns))]),
+        *(markdown_row([label, *(_fmt(v, digits) for v in values)]) for label, values in rows),
     ]
     macro = metrics["macro"]
     note = ACCURACY_NOTE
@@ -113,10 +113,10 @@ def write_table5(
     document = {
         "columns": columns,
         "rows": [
-            {"metric": label, "values": dict(zip(columns, map(_json_value, values), strict=True))}
+            {"metric": label, "values": dict(zip(columns, map(json_value, values), strict=True))}
             for label, values in rows
         ],
-        "metrics": _json_value(metrics),
+        "metrics": json_value(metrics),
     }
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
     atomic_write_text(paths["md"], table5_markdown(metrics))
@@ -161,8 +161,8 @@ def ablation_table(
         best.append(round(max(column), digits) if column else None)
 
     lines = [
-        _md_row(["Run", *(_LABELS.get(k, k) for k in keys)]),
-        _md_row(["---", *(["---:"] * len(keys))]),
+        markdown_row(["Run", *(_LABELS.get(k, k) for k in keys)]),
+        markdown_row(["---", *(["---:"] * len(keys))]),
     ]
     for name, row in values.items():
         cells = []
@@ -172,7 +172,7 @@ def ablation_table(
             if bold_best and is_best:
                 text = f"**{text}**"
             cells.append(text)
-        lines.append(_md_row([_md_escape(name), *cells]))
+        lines.append(markdown_row([_md_escape(name), *cells]))
     return "\n".join(lines) + "\n"
 
 
@@ -188,16 +188,16 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _md_row(cells: Sequence[str]) -> str:
+def markdown_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """A JSON-safe copy: NaN becomes ``None``, tuples become lists, numbers Python floats."""
     if isinstance(value, Mapping):
-        return {str(k): _json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, int):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.metrics.isic import _argmax_labels, _truth_matrix, check_class_names, check_probs, isic_metrics
+from fusionkit.metrics.isic import argmax_labels, check_class_names, check_probs, isic_metrics, truth_matrix
 
 __all__ = ["WEIGHTED_METRICS", "bootstrap_ci", "resample_weights", "weighted_macro_metrics"]
 
@@ -74,7 +74,7 @@ def weighted_macro_metrics(
         metrics: names in :data:`WEIGHTED_METRICS`.
     """
     p = check_probs(probs)
-    t = _truth_matrix(labels, p.shape)
+    t = truth_matrix(labels, p.shape)
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     if w.shape[1] != len(p):
         raise ValueError(f"weights have {w.shape[1]} columns but there are {len(p)} lesions")
@@ -100,9 +100,9 @@ def weighted_macro_metrics(
     out = []
     for name in metrics:
         if name == "multiclass_accuracy":
-            truth_labels = _argmax_labels(t)
+            truth_labels = argmax_labels(t)
             kept = (truth_labels >= 0).astype(np.float64)
-            correct = (_argmax_labels(p) == truth_labels) * kept
+            correct = (argmax_labels(p) == truth_labels) * kept
             total = w @ kept
             with np.errstate(invalid="ignore", divide="ignore"):
                 out.append(np.where(total > 0, (w @ correct) / np.where(total > 0, total, 1.0), np.nan))
@@ -164,7 +164,7 @@ def bootstrap_ci(
         raise ValueError(f"level must be in (0, 1), got {level}")
     names = check_class_names(class_names)
     p = check_probs(probs, len(names))
-    t = _truth_matrix(y_true, p.shape)
+    t = truth_matrix(y_true, p.shape)
     weights = resample_weights(t, n_boot, np.random.default_rng(seed), stratified=stratified)
     fast = [m for m in metrics if m in WEIGHTED_METRICS]
     replicates: dict[str, np.ndarray] = {}

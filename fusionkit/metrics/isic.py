@@ -91,7 +91,7 @@ def isic_metrics(y_true: Any, probs: Any, class_names: Sequence[str]) -> dict[st
     """
     names = check_class_names(class_names)
     p = check_probs(probs, len(names))
-    t = _truth_matrix(y_true, p.shape)
+    t = truth_matrix(y_true, p.shape)
 
     per_class: dict[str, dict[str, float]] = {key: {} for key in METRIC_KEYS}
     for j, name in enumerate(names):
@@ -171,7 +171,7 @@ def _auc_above_sensitivity(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(sklearn.metrics.auc(fp_segment, tp_segment))
 
 
-def _argmax_labels(matrix: np.ndarray) -> np.ndarray:
+def argmax_labels(matrix: np.ndarray) -> np.ndarray:
     """Row-wise argmax, with -1 ("undecided") where the maximum is tied."""
     is_max = matrix == matrix.max(axis=1, keepdims=True)
     labels = matrix.argmax(axis=1)
@@ -181,8 +181,8 @@ def _argmax_labels(matrix: np.ndarray) -> np.ndarray:
 
 def _balanced_multiclass_accuracy(truth: np.ndarray, probs: np.ndarray) -> float:
     """Mean per-class recall of the argmax prediction over classes present in the truth."""
-    truth_labels = _argmax_labels(truth)
-    pred_labels = _argmax_labels(probs)
+    truth_labels = argmax_labels(truth)
+    pred_labels = argmax_labels(probs)
     recalls = []
     for j in range(truth.shape[1]):
         support = int(np.sum(truth_labels == j))
@@ -194,11 +194,11 @@ def _balanced_multiclass_accuracy(truth: np.ndarray, probs: np.ndarray) -> float
 def _multiclass_accuracy(truth: np.ndarray, probs: np.ndarray) -> float:
     """Share of rows whose argmax prediction is the truth's (tied truth rows left out, tied
     predictions wrong, as in :func:`_balanced_multiclass_accuracy`)."""
-    truth_labels = _argmax_labels(truth)
+    truth_labels = argmax_labels(truth)
     kept = truth_labels >= 0
     if not kept.any():
         return _NAN
-    return float(np.mean(_argmax_labels(probs)[kept] == truth_labels[kept]))
+    return float(np.mean(argmax_labels(probs)[kept] == truth_labels[kept]))
 
 
 def _nanmean(values: Any) -> float:
@@ -242,7 +242,7 @@ def check_probs(probs: Any, n_classes: int | None = None) -> np.ndarray:
     return p
 
 
-def _truth_matrix(y_true: Any, shape: tuple[int, int]) -> np.ndarray:
+def truth_matrix(y_true: Any, shape: tuple[int, int]) -> np.ndarray:
     """The truth as a float ``(n, k)`` matrix (one-hot for class indices)."""
     n, k = shape
     t = np.asarray(y_true)

@@ -10,10 +10,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from fusionkit.errors import DataError
-from fusionkit.evaluate.plots import _class_colors, _save
+from fusionkit.evaluate.plots import class_colors, save_figure
 from fusionkit.evaluate.robustness.catalog import ABSENT, SEVERITIES
 from fusionkit.evaluate.robustness.runner import RobustnessTable
-from fusionkit.evaluate.tables import _json_value, _md_row
+from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.utils.io import atomic_write_text
 
 __all__ = ["ROBUSTNESS_FILES", "load_robustness", "plot_robustness", "robustness_markdown", "write_robustness"]
@@ -28,7 +28,7 @@ def write_robustness(table: RobustnessTable, out_dir: str | Path) -> dict[str, P
     """Write the three files into ``out_dir`` atomically; returns ``{"json"|"markdown"|"figure": path}``."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in ROBUSTNESS_FILES.items()}
-    document = _json_value(table.to_dict())
+    document = json_value(table.to_dict())
     atomic_write_text(paths["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
     atomic_write_text(paths["markdown"], robustness_markdown(table))
     plot_robustness(table, paths["figure"])
@@ -74,15 +74,15 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         lines += [
             f"## {_MODALITY_NAMES.get(modality, modality)} (`{modality}`): macro Dice [95 % CI]",
             "",
-            _md_row(["corruption", *[f"severity {s}" for s in severities], "mean drop"]),
-            _md_row(["---"] * (len(severities) + 2)),
+            markdown_row(["corruption", *[f"severity {s}" for s in severities], "mean drop"]),
+            markdown_row(["---"] * (len(severities) + 2)),
         ]
         for name in dict.fromkeys(r["corruption"] for r in rows):
             own = {r["severity"]: r for r in rows if r["corruption"] == name}
             if name == ABSENT:
                 r = own[None]
                 cells = [f"{_cell(r['metrics']['dice'])} (whole modality absent)"] + [""] * (len(severities) - 1)
-                lines.append(_md_row([name, *cells, _pct(r["relative_drop"])]))
+                lines.append(markdown_row([name, *cells, _pct(r["relative_drop"])]))
                 continue
             cells = []
             for s in severities:
@@ -93,7 +93,7 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
                     else f"{_cell(got['metrics']['dice'])} [{_cell(got['dice_ci95'][0])}, {_cell(got['dice_ci95'][1])}]"
                 )
             drops = [r["relative_drop"] for r in own.values() if not math.isnan(r["relative_drop"])]
-            lines.append(_md_row([name, *cells, _pct(sum(drops) / len(drops) if drops else math.nan)]))
+            lines.append(markdown_row([name, *cells, _pct(sum(drops) / len(drops) if drops else math.nan)]))
         lines.append("")
     ranked = sorted(
         (m for m in summary if not math.isnan(summary[m]["mean_relative_drop"])),
@@ -113,12 +113,12 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         lines += [
             f"## Mean corruption error (error = 1 - {mce['metric']}, normalised by the reference run)",
             "",
-            _md_row(["modality", "mCE", "relative mCE"]),
-            _md_row(["---"] * 3),
+            markdown_row(["modality", "mCE", "relative mCE"]),
+            markdown_row(["---"] * 3),
         ]
         for modality, values in mce["per_modality"].items():
-            lines.append(_md_row([modality, _cell(values["mce"]), _cell(values["relative_mce"])]))
-        lines.append(_md_row(["**all**", _cell(mce["mce"]), _cell(mce["relative_mce"])]))
+            lines.append(markdown_row([modality, _cell(values["mce"]), _cell(values["relative_mce"])]))
+        lines.append(markdown_row(["**all**", _cell(mce["mce"]), _cell(mce["relative_mce"])]))
         if mce["skipped"]:
             lines += ["", "Not in the reference (left out): " + ", ".join(mce["skipped"]) + "."]
         lines.append("")
@@ -141,7 +141,7 @@ def plot_robustness(table: RobustnessTable, path: str | Path, *, metric: str = "
     for ax, modality in zip(axes, modalities, strict=True):
         rows = [r for r in table.results if r["modality"] == modality]
         names = [n for n in dict.fromkeys(r["corruption"] for r in rows) if n != ABSENT]
-        colours = _class_colors(max(len(names), 1))
+        colours = class_colors(max(len(names), 1))
         for colour, name in zip(colours, names, strict=False):
             own = sorted((r for r in rows if r["corruption"] == name), key=lambda r: r["severity"])
             x = [r["severity"] for r in own]
@@ -163,4 +163,4 @@ def plot_robustness(table: RobustnessTable, path: str | Path, *, metric: str = "
     axes[0].set_ylabel(f"macro {metric}")
     fig.suptitle(f"Robustness per modality ({table.n_lesions} lesions, seed {table.seed})")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
