@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -635,6 +636,13 @@ def run_app(args: list[str] | None = None) -> int:
         return exc.exit_code
     except (_Interrupted, KeyboardInterrupt) as exc:
         interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
+        if isinstance(interrupt, _Terminated):
+            typer.echo(
+                "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
+                "(with --resume where a run directory already holds a run)",
+                err=True,
+            )
+            return 143
         if not isinstance(interrupt, RunInterrupted):
             typer.echo("fusionkit: interrupted", err=True)
             return 130
@@ -668,11 +676,24 @@ def run_app(args: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (setup, image cache, report, prediction): unwinds like Ctrl-C,
+    so atomic writes leave no partial file and a failed start removes what it made."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main() -> None:
-    """Entry point of the ``fusionkit`` script: :func:`run_app`, its status as the exit status."""
+    """Entry point of the ``fusionkit`` script: :func:`run_app`, its status as the exit status.
+
+    SIGTERM anywhere stops the command with one line and exit status 143 (training installs its own
+    handler, which first saves a resumable checkpoint)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(run_app())
 
 

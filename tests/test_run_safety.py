@@ -276,3 +276,58 @@ def test_an_empty_validation_split_is_refused_in_one_line_and_leaves_nothing(tmp
     message = str(refused.value)
     assert "the validation split is empty (1 lesion(s), data.val_fraction 0.2)" in message and "\n" not in message
     assert not (tmp_path / "run").exists()
+
+
+SIGTERM_DURING = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from fusionkit.cli import main
+
+out = Path(sys.argv[1])
+
+def kill_when_writing():
+    while not (out.exists() and any(out.rglob("*.jpg"))):
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=kill_when_writing, daemon=True).start()
+sys.argv = ["fusionkit", "synthesize", str(out), "--n-lesions", "400", "--width", "300", "--height", "220"]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_sigterm_outside_training_stops_with_one_line_and_status_143(tmp_path: Path) -> None:
+    """Issue 28: SIGTERM outside fit() (setup, cache, report, generating data) had no handler: the
+    process died with no message. Now it unwinds like Ctrl-C: one line, exit 143, no partial file."""
+    out = tmp_path / "milk"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_DURING, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
+        "(with --resume where a run directory already holds a run)"
+    ]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
+    """Issue 28: "No space left on device" named no file. An atomic write that fails names its
+    target, leaves no temporary file and keeps the previous content."""
+    import errno
+
+    from fusionkit.utils import io as io_module
+    from fusionkit.utils.io import atomic_write_text
+
+    target = tmp_path / "history.json"
+    target.write_text("[1]")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fsync", full)
+    with pytest.raises(OSError) as failed:
+        atomic_write_text(target, "[1, 2]")
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(target))
+    assert target.read_text() == "[1]" and sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
