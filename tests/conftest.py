@@ -11,6 +11,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network for pretrained weights
+if "FUSIONKIT_CACHE" not in os.environ:  # image caches of predictions go to the user's cache: keep the suite's apart
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["FUSIONKIT_CACHE"] = tempfile.mkdtemp(prefix="fusionkit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FUSIONKIT_CACHE"], True)
 
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402

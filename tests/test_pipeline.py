@@ -333,6 +333,10 @@ def test_a_copied_run_predicts_a_test_only_folder_with_default_options(run_dir: 
     split = json.loads((copy / "split.json").read_text())
     assert not (copy / "synthetic").exists() and Path(split["root"]).name == "synthetic"
     (copy / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "deleted")}))
+    # an untrusted run folder must not decide where this process writes (issue 28): its cache_dir is ignored
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["data"]["cache_dir"] = str(tmp_path / "not-here")
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     test = tmp_path / "new-clinic"
     make_synthetic_milk10k(test, n_lesions=6, image_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
     out = tmp_path / "submission.csv"
@@ -355,6 +359,7 @@ def test_a_copied_run_predicts_a_test_only_folder_with_default_options(run_dir: 
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "not-here").exists() and any((tmp_path / "cache").iterdir())
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["split"] == "Test" and record["lesions"] == 6 and record["thresholds_from"] == "stored"
     stored = json.loads((run_dir / "inference.json").read_text())["decision"]["thresholds"]

@@ -339,7 +339,11 @@ class FusionPipeline(
         self, *, data_root: str | Path | None = None, split: str = "Training", lesion_ids: Sequence[str] | None = None
     ) -> Milk10kDataset:
         """An evaluation dataset (no augmentation, uint8 images) over ``split`` of a MILK10k folder
-        (default: the folder the run trained on)."""
+        (default: the folder the run trained on).
+
+        The image cache lives in this user's cache folder (``$FUSIONKIT_CACHE`` or
+        ``~/.cache/fusionkit``), never where the model's saved config says: a run or pipeline folder
+        from elsewhere must not decide where this process writes and deletes files."""
         root = Path(data_root) if data_root is not None else self.data_root
         data = self.run_config.data
         return Milk10kDataset(
@@ -348,7 +352,7 @@ class FusionPipeline(
             encoder=self._encoder(),
             image_size=self.preprocessing.input_size,
             missing_image=data.missing_image,
-            cache_dir=(data.cache_dir or default_cache_dir()) if data.cache else None,
+            cache_dir=default_cache_dir() if data.cache else None,
             transform=evaluation_transform(self.preprocessing),
         )
 
