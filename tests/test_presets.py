@@ -239,3 +239,15 @@ def test_old_preset_names_load_the_new_presets():
         assert preset_description(old) == preset_description(new)
     with pytest.raises(fk.ConfigError, match="did you mean.*ji-adf-c"):
         fk.load_preset("ji-adf-cc")
+
+
+def test_the_sweep_accepts_every_name_load_preset_accepts():
+    """Issue 23: ``--presets ji-adf-d`` was refused by the sweep although ``load_preset`` takes it."""
+    from fusionkit.presets import PRESET_ALIASES
+    from fusionkit.sweep.plan import select_presets
+
+    for old, new in PRESET_ALIASES.items():
+        assert fk.load_preset(old) == fk.load_preset(new)
+        assert select_presets(group=None, presets=f"ji-adf,{old},{new}") == ("ji-adf", new)
+    with pytest.raises(fk.ConfigError, match="unknown preset 'ji-adf-x'"):
+        select_presets(group=None, presets="ji-adf-x")

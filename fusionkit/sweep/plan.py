@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionkit.errors import ConfigError
-from fusionkit.presets import list_presets
+from fusionkit.presets import PRESET_ALIASES, list_presets
 from fusionkit.runtime.config import RunConfig, load_run_config
 
 TABLE2_ROWS: tuple[tuple[str, str], ...] = (
@@ -111,7 +111,8 @@ def select_presets(*, group: str | None, presets: str | None) -> tuple[str, ...]
     if group is not None and presets is not None:
         raise ConfigError("give either --group or --presets, not both")
     if presets is not None:
-        names = tuple(dict.fromkeys(p.strip() for p in presets.split(",") if p.strip()))
+        # the old names load_preset accepts (PRESET_ALIASES) are accepted here too, as their current name
+        names = tuple(dict.fromkeys(PRESET_ALIASES.get(p.strip(), p.strip()) for p in presets.split(",") if p.strip()))
         if not names:
             raise ConfigError("--presets is empty; expected comma-separated preset names")
         known = set(list_presets())
