@@ -32,7 +32,6 @@ import fnmatch
 import importlib
 import inspect
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -120,7 +119,6 @@ class Registry:
             raise TypeError(f"a {self.kind} component must be a class; got {component!r}")
         entry = ComponentEntry(self.kind, name, spec, module, component)
         self._entries[name] = entry
-        _notify()
         return entry
 
     def get(self, name: str) -> ComponentEntry:
@@ -156,17 +154,6 @@ def spec_kind_name(spec: type) -> str:
 
 
 REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in COMPONENT_KINDS}
-_listeners: list[Callable[[], None]] = []
-
-
-def _notify() -> None:
-    for listener in _listeners:
-        listener()
-
-
-def on_register(listener: Callable[[], None]) -> None:
-    """Call ``listener()`` after every registration (the specs use it to re-open their unions)."""
-    _listeners.append(listener)
 
 
 def _registry(kind: str) -> Registry:

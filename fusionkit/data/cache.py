@@ -92,14 +92,6 @@ class ImageCache:
         """A copy of one cached image as a uint8 ``(3, S, S)`` tensor."""
         return torch.from_numpy(np.array(self.array[self.rows[isic_id]]))
 
-    def read_rows(self, rows: Sequence[int]) -> torch.Tensor:
-        """Copies of several cached images as one uint8 ``(len(rows), 3, S, S)`` tensor (one gather)."""
-        positions = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(positions, kind="stable")
-        out = np.empty((len(positions), *self.array.shape[1:]), dtype=np.uint8)
-        out[order] = self.array[positions[order]]
-        return torch.from_numpy(out)
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_array"] = None

@@ -196,11 +196,6 @@ class Trainer:
                 self.run_dir.rmdir()
 
     # -- setup steps -------------------------------------------------------------------------------
-    @property
-    def ckpt_dir(self) -> Path:
-        """Where checkpoints go."""
-        return self.files.checkpoints
-
     def _setup_device(self, train: TrainSpec) -> None:
         """Device, process group, precision, memory format; a graphed step needs one CUDA GPU."""
         self.dist: DistInfo = init_distributed(resolve_device(train.device))
