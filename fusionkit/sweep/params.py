@@ -125,7 +125,7 @@ def parse_param(text: str) -> ParamSpec:
         raise ConfigError(f"--param {text!r}: a log range needs LOW > 0, got {low:g}")
     if step is not None and not 0 < step <= high - low:
         raise ConfigError(f"--param {text!r}: STEP must be > 0 and at most HIGH - LOW, got {step:g}")
-    return ParamSpec(text=text, key=key, kind=kind, low=low, high=high, step=step)  # type: ignore[arg-type]
+    return ParamSpec(text=text, key=key, kind=kind, low=low, high=high, step=step)
 
 
 def _scalar(text: str) -> Scalar:
