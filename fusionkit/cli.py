@@ -575,7 +575,7 @@ def tune(
         int, typer.Option(help="Complete trials before the median pruner stops any (Optuna's n_startup_trials).")
     ] = 5,
     prune_warmup: Annotated[
-        int, typer.Option(help="Epochs every trial trains before it can be pruned (Optuna's n_warmup_steps).")
+        int, typer.Option(help="Epochs every trial trains before it can be pruned (0: from its first epoch).")
     ] = 0,
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Train every trial to the end.")] = False,
     enqueue: Annotated[

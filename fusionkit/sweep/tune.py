@@ -308,7 +308,8 @@ class Tuner:
             sampler = optuna.samplers.TPESampler(**sampler_kw)
         pruner = (
             optuna.pruners.MedianPruner(
-                n_startup_trials=self.settings.prune_startup, n_warmup_steps=self.settings.prune_warmup
+                n_startup_trials=self.settings.prune_startup,
+                n_warmup_steps=self.settings.prune_warmup + 1,  # steps are epochs (1-based): step < this is warmup
             )
             if self.settings.prune
             else optuna.pruners.NopPruner()
