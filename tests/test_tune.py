@@ -189,13 +189,14 @@ class _Done:
 class ScriptedLauncher:
     """Writes each trial's history.json from its learning rate (no training): ``score(lr)`` per epoch."""
 
-    slots = 1
-
-    def __init__(self, score) -> None:
+    def __init__(self, score, slots: int = 1) -> None:
         self.score = score
+        self.slots = slots
         self.handles: dict[str, _Done] = {}
+        self.slots_used: list[int] = []
 
     def start(self, job, slot):
+        self.slots_used.append(slot)
         lr = job.config["train"]["lr"]
         scores = self.score(lr)
         run_dir = Path(job.run_dir)
@@ -217,9 +218,9 @@ def small_data(tmp_path_factory) -> tuple[Path, Path]:
     return root / "milk", config
 
 
-def scripted(tmp_path, small_data, score, *, trials=5, enqueue=(), out="out", **kw):
+def scripted(tmp_path, small_data, score, *, trials=5, enqueue=(), out="out", slots=1, **kw):
     data, config = small_data
-    launcher = ScriptedLauncher(score)
+    launcher = ScriptedLauncher(score, slots)
     lines: list[str] = []
     tuner = Tuner(
         config,
@@ -266,6 +267,15 @@ def test_pruning_waits_for_its_startup_trials_and_warmup(tmp_path, small_data):
     assert _states(tmp_path / "cold") == {0: "COMPLETE", 1: "PRUNED", 2: "COMPLETE"}
     scripted(tmp_path, small_data, score, trials=3, enqueue=enqueue, prune_startup=3, out="startup")
     assert set(_states(tmp_path / "startup").values()) == {"COMPLETE"}  # fewer complete trials than the startup
+
+
+def test_parallel_slots_run_every_trial_once(tmp_path, small_data):
+    summary, launcher, _ = scripted(tmp_path, small_data, lambda lr: [lr], trials=5, slots=2, prune=False)
+    assert sorted(r["trial"] for r in summary["trials"]) == [0, 1, 2, 3, 4]
+    assert {r["state"] for r in summary["trials"]} == {"complete"}
+    assert set(launcher.slots_used) == {0, 1}
+    params = [tuple(sorted(r.items())) for r in summary["trials"]]
+    assert len(set(params)) == 5
 
 
 def test_best_yaml_is_the_best_trial_config(tmp_path, small_data):
@@ -425,3 +435,32 @@ def test_a_real_study_resumes_after_a_kill_and_prunes_the_bad_trial(tmp_path):
     assert f"best: trial {best.number}" in resumed.stdout
     pruned_record = json.loads((out / "trials" / "trial-3" / "sweep_run.json").read_text())
     assert pruned_record["status"] in ("interrupted", "ok")  # stopped by SIGTERM, or done before it came
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_trials_as_submitit_jobs(tmp_path):
+    pytest.importorskip("submitit")
+    config = write_config(tmp_path / "cfg.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=40))
+    out = tmp_path / "out"
+    result = tune_cli(
+        config,
+        "--synthetic",
+        "--out",
+        out,
+        "--trials",
+        2,
+        "--param",
+        "train.lr=log:1e-4:1e-2",
+        "--launcher",
+        "submitit",
+        "--cluster",
+        "local",
+        "--parallel",
+        2,
+        "--no-prune",
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r["state"] for r in csv.DictReader((out / "trials.csv").open())] == ["complete", "complete"]
+    assert list((out / "submitit").glob("*_result.pkl"))
+    assert load_run_config(out / "best.yaml").train.epochs == 1
