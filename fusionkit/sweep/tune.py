@@ -502,12 +502,17 @@ def write_outputs(tuner: Tuner, study: Any) -> dict[str, Any]:
             f"# {', '.join(f'{k}={yaml_scalar(v)}' for k, v in best.params.items())}\n"
         )
         atomic_write_text(out / "best.yaml", header + config.to_yaml())
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
+    states = tuner.optuna.trial.TrialState
+    n = {s: sum(t.state == getattr(states, s) for t in study.trials) for s in ("COMPLETE", "PRUNED")}
+    failed = sum(t.state == states.FAIL and "reason" in t.user_attrs for t in study.trials)
+    stopped = sum(t.state == states.FAIL and "reason" not in t.user_attrs for t in study.trials)
     lines = [
         f"# Tune: {tuner.config_path.name}",
         "",
-        f"{len(rows)} trials ({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed) "
-        f"of {settings.trials} asked; score: the best per-epoch validation {metric} of each trial. "
+        f"{n['COMPLETE'] + n['PRUNED'] + failed} of {settings.trials} trials finished ({n['COMPLETE']} complete, "
+        f"{n['PRUNED']} pruned, {failed} failed)"
+        + (f"; {stopped} stopped with the search and run again" if stopped else "")
+        + f". Score: the best per-epoch validation {metric} of each trial. "
         f"Sampler: TPE (seed {settings.seed}); pruner: "
         + (
             f"median (after {settings.prune_startup} complete trials, from epoch {settings.prune_warmup + 1})."
