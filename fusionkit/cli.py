@@ -564,6 +564,133 @@ def _run_sweep_jobs(
         raise SystemExit(1)  # runs failed: not a user error (2), and not hidden by standalone_mode
 
 
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML) every trial starts from.")],
+    param: Annotated[
+        list[str],
+        typer.Option(
+            "--param",
+            metavar="KEY=KIND:ARGS",
+            help="A searched config value (repeatable): KEY=log:LOW:HIGH, float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or cat:A,B,...",
+        ),
+    ],
+    trials: Annotated[int, typer.Option("--trials", help="Trials to finish (complete, pruned or failed).")] = 20,
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Search folder: study.db, trials/trial-<k>/, trials.csv, summary.md, best.yaml."),
+    ] = Path("runs/tune"),
+    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every trial."),
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a config value for every trial (repeatable)."),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Validation score to maximise: dice or auc (default: the config's train.selection_metric)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 0,
+    prune_startup: Annotated[
+        int, typer.Option(help="Complete trials before the median pruner stops any (Optuna's n_startup_trials).")
+    ] = 5,
+    prune_warmup: Annotated[
+        int, typer.Option(help="Epochs every trial trains before it can be pruned (0: from its first epoch).")
+    ] = 0,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Train every trial to the end.")] = False,
+    enqueue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--enqueue",
+            metavar="KEY=VALUE,...",
+            help="Values to try first, in order (repeatable), e.g. the config's own; keys left out are sampled.",
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="Run one trial per device at a time, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES); 'cpu' hides the GPUs."
+        ),
+    ] = None,
+    launcher: Annotated[
+        str, typer.Option(help="local (worker processes on this machine) or submitit (SLURM jobs; the cluster extra).")
+    ] = "local",
+    cluster: Annotated[
+        str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
+    timeout_min: Annotated[int, typer.Option(help="SLURM time limit per trial, minutes (submitit).")] = 240,
+    gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
+    parallel: Annotated[int, typer.Option(help="Trials running at once (submitit).")] = 1,
+) -> None:
+    """Search config values with Optuna (TPE, median pruning); run again to resume; writes best.yaml.
+
+    \b
+    fusionkit tune quickstart.yaml --synthetic --trials 20 \\
+      --param train.lr=log:1e-5:1e-3 --param train.weight_decay=float:0:0.1 \\
+      --param model.fusion.heads=int:4:8 --param train.sampler=cat:shuffle,balanced
+    """
+    from fusionkit.runtime.config import load_run_config
+    from fusionkit.sweep.params import parse_enqueued, parse_params
+    from fusionkit.sweep.tune import LocalLauncher, SubmititLauncher, Tuner, TuneSettings
+
+    specs = parse_params(param)
+    queued = tuple(parse_enqueued(text, specs) for text in enqueue or [])
+    if data is not None and synthetic:
+        _fail("give either --data DIR or --synthetic, not both")
+    if launcher not in ("local", "submitit"):
+        _fail(f"--launcher {launcher!r}: expected local or submitit")
+    if parallel < 1:
+        _fail("--parallel must be at least 1")
+    require_extra("optuna", what="fusionkit tune")
+    base = load_run_config(config, set_)
+    chosen = metric or base.train.selection_metric
+    settings = TuneSettings(
+        trials=trials,
+        metric=chosen,
+        seed=seed,
+        prune_startup=prune_startup,
+        prune_warmup=prune_warmup,
+        prune=not no_prune,
+        enqueue=queued,
+    )
+    runner: LocalLauncher | SubmititLauncher
+    if launcher == "submitit":
+        runner = SubmititLauncher(
+            folder=out / "submitit",
+            cluster=cluster,
+            partition=partition,
+            timeout_min=timeout_min,
+            gpus_per_job=gpus_per_job,
+            parallel=parallel,
+        )
+    else:
+        listed = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
+        runner = LocalLauncher(log_dir=out / "logs", devices=listed)
+    tuner = Tuner(
+        config,
+        params=specs,
+        settings=settings,
+        out=out,
+        data_root=data,
+        synthetic=synthetic,
+        sets=set_,
+        launcher=runner,
+        echo=lambda line: typer.echo(line, err=True),
+    )
+    summary = tuner.run()
+    best = summary["best"]
+    typer.echo(
+        f"summary: {out / 'summary.md'} ({len(summary['trials'])} trials)"
+        + ("" if best is None else f"; best: trial {best['trial']} ({best['score']:.4f}), config {out / 'best.yaml'}")
+    )
+    if best is None:
+        raise SystemExit(1)  # no trial completed: not a user error (2)
+
+
 def _click_classes() -> tuple[tuple[type[Any], ...], tuple[type[Any], ...], tuple[type[Any], ...]]:
     """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
     errors: list[type[Any]] = []

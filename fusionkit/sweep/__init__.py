@@ -5,6 +5,8 @@ that run them in this process, on a local GPU queue or through submitit
 (:mod:`~fusionkit.sweep.execute`), two-level (runs and lesions) bootstrap intervals and paired differences against a reference
 (:mod:`~fusionkit.sweep.stats`), the corrected t-test, Holm, detectable effects and DeLong's test
 (:mod:`~fusionkit.sweep.significance`), and the summary files (:mod:`~fusionkit.sweep.summary`).
+``fusionkit tune`` searches config values instead of a grid (:mod:`~fusionkit.sweep.tune`, its
+``--param`` specs in :mod:`~fusionkit.sweep.params`; Optuna is the ``tune`` extra, imported on use).
 """
 
 from fusionkit.sweep.execute import device_queue, execute_job, in_process, is_finished, submitit_engine

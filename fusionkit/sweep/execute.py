@@ -246,35 +246,75 @@ def in_process(*, progress: bool = False) -> Engine:
     return run
 
 
-def _subprocess_job(job: SweepJob, device: str, log_dir: Path) -> dict[str, Any]:
+def failed_record(job: SweepJob, reason: str) -> dict[str, Any]:
+    """The record of a job whose worker died before writing its own."""
+    return {
+        "preset": job.preset,
+        "seed": job.seed,
+        "fold": job.fold,
+        "run_dir": job.run_dir,
+        "status": "failed",
+        "reason": reason,
+        "seconds": None,
+        "metrics": None,
+    }
+
+
+def _parent_death_signal() -> Callable[[], object] | None:
+    """Linux: what makes a child get SIGTERM (save its checkpoint, stop) when its parent dies.
+
+    Resolved here, in the parent: between fork and exec the child only calls it (no imports, which
+    could wait on a lock another thread held at the fork)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    return lambda: prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+
+
+def start_worker(job: SweepJob, device: str | None, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m fusionkit.sweep.worker`` on ``job`` (``CUDA_VISIBLE_DEVICES=device``; ``cpu``
+    hides the GPUs; None keeps this process's devices); its output goes to ``log_dir/<slug>.log``.
+
+    The worker writes the job's record into its run directory (:func:`worker_record` reads it); on
+    Linux it is stopped (SIGTERM) when this process dies."""
+    log_dir.mkdir(parents=True, exist_ok=True)
     job_file = log_dir / f"{job.slug}.json"
     atomic_write_text(job_file, job.to_json())
-    (Path(job.run_dir) / RECORD_FILE).unlink(missing_ok=True)  # the record read below is this run's
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if device == "cpu" else device)
+    (Path(job.run_dir) / RECORD_FILE).unlink(missing_ok=True)  # the record read later is this run's
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else device
     with open(job_file.with_suffix(".log"), "w") as log:
-        proc = subprocess.run(
+        return subprocess.Popen(
             [sys.executable, "-m", "fusionkit.sweep.worker", str(job_file)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            check=False,
+            preexec_fn=_parent_death_signal(),
         )
-    if proc.returncode == 130:
-        raise KeyboardInterrupt
+
+
+def worker_record(job: SweepJob, returncode: int, log_dir: Path) -> dict[str, Any]:
+    """The record a finished worker left, or a ``failed`` one with the last line of its log."""
     record = read_record(job.run_dir)
-    if record is None:
-        tail = job_file.with_suffix(".log").read_text().strip().splitlines()
-        return {
-            "preset": job.preset,
-            "seed": job.seed,
-            "fold": job.fold,
-            "run_dir": job.run_dir,
-            "status": "failed",
-            "reason": f"worker exited with status {proc.returncode}: {tail[-1] if tail else ''}",
-            "seconds": None,
-            "metrics": None,
-        }
-    return record
+    if record is not None:
+        return record
+    log = log_dir / f"{job.slug}.log"
+    tail = log.read_text().strip().splitlines() if log.is_file() else []
+    return failed_record(job, f"worker exited with status {returncode}: {tail[-1] if tail else ''}")
+
+
+def _subprocess_job(job: SweepJob, device: str, log_dir: Path) -> dict[str, Any]:
+    proc = start_worker(job, device, log_dir)
+    returncode = proc.wait()
+    if returncode == 130:
+        raise KeyboardInterrupt
+    return worker_record(job, returncode, log_dir)
 
 
 def device_queue(devices: Iterable[str], *, log_dir: Path) -> Engine:
@@ -283,7 +323,6 @@ def device_queue(devices: Iterable[str], *, log_dir: Path) -> Engine:
     devices = list(devices)
 
     def run(jobs: list[SweepJob], on_start: OnStart) -> Iterator[dict[str, Any]]:
-        log_dir.mkdir(parents=True, exist_ok=True)
         free: queue.Queue[str] = queue.Queue()
         for d in devices:
             free.put(d)
@@ -347,16 +386,7 @@ def submitit_engine(
                     try:
                         yield sjob.result()
                     except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out)
-                        yield read_record(job.run_dir) or {
-                            "preset": job.preset,
-                            "seed": job.seed,
-                            "fold": job.fold,
-                            "run_dir": job.run_dir,
-                            "status": "failed",
-                            "reason": one_line(exc),
-                            "seconds": None,
-                            "metrics": None,
-                        }
+                        yield read_record(job.run_dir) or failed_record(job, one_line(exc))
             time.sleep(0.5)
 
     return run
