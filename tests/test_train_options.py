@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -385,34 +384,25 @@ def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_di
     assert scalars["lr/rest"][-1] < 3e-3  # the cosine has decayed from train.lr
 
 
-def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path, cache_dir: Path) -> None:
+def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from typer.testing import CliRunner
 
-    from fusionkit.cli import app
+    from fusionkit.cli import app, main
 
     help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=120).output
     for option in ("ema_decay", "scheduler.kind", "backbone_lr", "mixup", "init_from", "tracking"):
         assert option in help_text, option
     config = write_config(tmp_path / "c.yaml", tiny_run_config(cache_dir, epochs=1, n_lesions=24))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fusionkit.cli",
-            "train",
-            str(config),
-            "--synthetic",
-            "--quiet",
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            f"train.init_from={tmp_path / 'missing'}",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "train.init_from" in proc.stderr and "no such run directory" in proc.stderr
+    # the console script's own function, in this process (the subprocess path: tests/test_cli_lifecycle.py)
+    argv = ["fusionkit", "train", str(config), "--synthetic", "--quiet", "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", f"train.init_from={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "train.init_from" in err and "no such run directory" in err
 
 
 # -- pinned details (each closes mutants of the 2026-11-27 mutmut run; tests/README.md) -------------
