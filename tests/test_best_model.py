@@ -172,6 +172,7 @@ def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, preset: str)
     assert sidecar["class_names"] == list(CLASS_NAMES) and sidecar["image"]["size"] == 32
 
 
+@pytest.mark.subprocess
 def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     path = export_onnx(run_dir, out=tmp_path / "model.onnx")
@@ -202,6 +203,8 @@ def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path
     np.testing.assert_allclose(probs, expected.probs, atol=2e-2)  # Pillow's resize, not torchvision's
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_path: Path) -> None:
     out, data = tmp_path / "sub.csv", run_dir / "synthetic"
     bare = tmp_path / "bare"

@@ -111,6 +111,8 @@ def test_predict_missing_modality_drops_the_absent_branches(python_api_run, monk
     assert table["no metadata"][3] == 0.0 and table["dermoscopy only"][3] == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_plugin_package_installs_and_registers_its_fusion_block(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(EXAMPLES / "plugin-gated-sum", source)  # building writes into the source tree

@@ -41,6 +41,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.subprocess
 # -- the lock ------------------------------------------------------------------------------------
 def test_lock_refuses_a_live_holder_takes_over_a_dead_one_and_releases(tmp_path: Path) -> None:
     run = tmp_path / "run"

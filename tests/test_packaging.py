@@ -13,10 +13,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DIST_NAME = "jiadf-fusion"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_wheel_metadata_names_the_distribution_and_the_package_imports_from_it(tmp_path):
     source = tmp_path / "src"
     source.mkdir()

@@ -138,6 +138,8 @@ def _assert_ranks_agree_with_the_checkpoint(weights: dict[int, dict[str, torch.T
         assert torch.equal(last[f"model.{key}"], r0[key]), key
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(
         tiny_run_config(cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1, tracking=["tensorboard"])
@@ -163,6 +165,7 @@ def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_
     assert not all(torch.equal(first[0][k], second[0][k]) for k in first[0])
 
 
+@pytest.mark.slow
 def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
     """step_mode=compile: one compilation serves every batch (nothing in the batch is guarded on)."""
     import torch._dynamo
