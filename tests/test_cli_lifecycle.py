@@ -127,6 +127,7 @@ def test_non_finite_lr_is_a_one_line_error(tmp_path, capsys) -> None:
     assert err.startswith("fusionkit: error: invalid RunConfig: train.lr: Input should be a finite number")
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path: Path) -> None:

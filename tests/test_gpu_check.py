@@ -45,6 +45,7 @@ def smoke(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     return done, _report(out), out
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_cpu_smoke_runs_every_section(smoke):
@@ -56,6 +57,7 @@ def test_cpu_smoke_runs_every_section(smoke):
     assert report["environment"]["gpus"] == 0 and report["settings"]["smoke"]
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_cpu_smoke_records_why_the_graph_is_skipped(smoke):
@@ -71,6 +73,7 @@ def test_cpu_smoke_records_why_the_graph_is_skipped(smoke):
     assert "CudaGraphStep needs a GPU" in md and "does not apply here" in md
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_cpu_smoke_figures_and_ratios(smoke):

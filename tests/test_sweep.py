@@ -87,6 +87,7 @@ def swept(config: Path) -> dict[str, Any]:
     return {"out": out, "result": result, "interrupted": interrupted}
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_interrupted_sweep_stops_resumably_and_resumes(swept) -> None:
@@ -101,6 +102,7 @@ def test_interrupted_sweep_stops_resumably_and_resumes(swept) -> None:
     assert _status(swept["out"])[("ji-adf", 0)] == "ok"
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
@@ -141,6 +143,7 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
     assert "start meta-only seed 1" in result.stderr and "ETA" in result.stderr
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_rerun_skips_finished_runs_through_the_device_queue_and_report_only_rebuilds(swept, config) -> None:
@@ -171,6 +174,7 @@ def test_rerun_skips_finished_runs_through_the_device_queue_and_report_only_rebu
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_submitit_local_executor(config) -> None:

@@ -14,6 +14,7 @@ from fusionkit.cli import run_app
 from fusionkit.data import CLASS_NAMES
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_train_folds_trains_each_fold_and_predicts_with_the_ensemble(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path / "cv.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=40))

@@ -296,6 +296,7 @@ OFF = {
 """Every issue-13 option at a value that must leave training exactly as the default recipe."""
 
 
+@pytest.mark.trains
 def test_default_recipe_trains_as_before(tmp_path: Path, cache_dir: Path) -> None:
     """No option set is Appendix A.2's recipe, and the options at their off values change no bit.
 
@@ -341,6 +342,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.trains
 def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=24, **OPTIONS))
     full = train_run(config, run_dir=tmp_path / "full", synthetic=True, progress=False)
