@@ -112,7 +112,7 @@ def _launch(config: Path, run_dir: Path, *args: str) -> subprocess.CompletedProc
         [
             str(torchrun),
             "--nproc_per_node=2",
-            "--master_port=29533",
+            "--standalone",  # a free port of its own: two suites on one machine do not collide
             str(REPO / "tests" / "ddp_worker.py"),
             str(config),
             str(run_dir),
