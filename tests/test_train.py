@@ -178,6 +178,10 @@ def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Pat
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    # a cache of its own: inductor's shared cache (/tmp/torchinductor_$USER) does not key its kernels on
+    # ATEN_CPU_CAPABILITY, so after a run under another capability it hands back vectorised C++ that
+    # no longer compiles (torch 2.14: "'at::vec' has not been declared" under =default)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
     config = RunConfig.model_validate(
         tiny_run_config(
