@@ -255,6 +255,48 @@ def presence_masks(
     return {m: [r[i] for r in rows] for i, m in enumerate(modalities)}
 
 
+# -- lanes -------------------------------------------------------------------------------------
+# The markers are registered (and --strict-markers set) in pyproject.toml; what each means and the
+# commands of each lane: tests/README.md, "Lanes".
+_SLOW_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all",
+        action="store_true",
+        default=False,
+        help="fusionkit: the full lane, every test (by default tests marked slow are deselected)",
+    )
+
+
+def _full_lane(config: pytest.Config) -> bool:
+    """--all, a -m expression (it says itself which tests run), or a test named by its node id."""
+    return (
+        config.getoption("--all")
+        or bool(config.getoption("markexpr"))
+        or any("::" in arg for arg in config.invocation_params.args)
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default lane: deselect the tests marked ``slow`` unless the full lane was asked for."""
+    if _full_lane(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+        config.stash[_SLOW_DESELECTED] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say that the slow tests were left out, and how to run everything."""
+    n = config.stash.get(_SLOW_DESELECTED, 0)
+    if n:
+        terminalreporter.write_line(f"default lane: {n} tests marked slow deselected; run every test with --all")
+
+
 @pytest.fixture
 def registrations() -> Iterator[list[tuple[str, str]]]:
     """Components registered during the test are unregistered afterwards (registration is global)."""

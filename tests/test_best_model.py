@@ -77,6 +77,7 @@ def run_dir(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.trains
 def test_long_tail_run_records_its_prior_and_selects_by_auc(run_dir: Path) -> None:
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     prior = saved["model"]["loss"]["class_prior"]
@@ -95,6 +96,7 @@ def test_selection_score_reads_the_named_metric() -> None:
     assert [selection_score(metrics, m) for m in ("dice", "auc", "f1")] == [0.1, 0.2, 0.3]
 
 
+@pytest.mark.trains
 def test_report_shows_tta_and_each_decision_rule(run_dir: Path) -> None:
     text = evaluate_run(run_dir, gradcam_lesions=0, tta="flips").read_text()
     assert "## Test-time augmentation and decision rule" in text
@@ -116,6 +118,7 @@ def test_report_shows_tta_and_each_decision_rule(run_dir: Path) -> None:
     )  # the headline uses the TTA asked for
 
 
+@pytest.mark.trains
 def test_ensemble_of_identical_runs_equals_one_run(run_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(run_dir, tmp_path / "sweep" / "runs" / "fold0")
     shutil.copytree(run_dir, tmp_path / "sweep" / "runs" / "fold1")
@@ -152,6 +155,7 @@ def _preset_run(trained: Path, preset: str, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("preset", ["ji-adf", "ji-mmfa", "jf-mmfa"])  # decisions adf, average, single
 def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, preset: str) -> None:
     ort = pytest.importorskip("onnxruntime")
@@ -173,6 +177,8 @@ def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, preset: str)
     assert sidecar["class_names"] == list(CLASS_NAMES) and sidecar["image"]["input_size"] == 32
 
 
+@pytest.mark.trains
+@pytest.mark.subprocess
 def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     path = export_onnx(run_dir, out=tmp_path / "model.onnx")
@@ -204,6 +210,9 @@ def test_example_predicts_from_raw_csv_without_fusionkit(run_dir: Path, tmp_path
     np.testing.assert_allclose(probs, expected.probs, atol=2e-2)  # Pillow's resize, not torchvision's
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_path: Path) -> None:
     out, data = tmp_path / "sub.csv", run_dir / "synthetic"
     bare = tmp_path / "bare"
@@ -263,6 +272,7 @@ def test_predict_cli_ensemble_tta_and_decision_and_bad_input(run_dir: Path, tmp_
         assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.trains
 def test_refit_thresholds_read_the_validation_lesions_from_data_when_the_training_folder_moved(
     run_dir: Path, tmp_path: Path
 ) -> None:

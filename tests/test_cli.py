@@ -51,12 +51,14 @@ def trained_run(workspace):
     return run
 
 
+@pytest.mark.trains
 def test_train_leaves_model_and_report(trained_run: Path) -> None:
     assert (trained_run / "checkpoints" / "best.safetensors").is_file()
     assert (trained_run / "report.md").is_file()
     assert (trained_run / "train.log").read_text().count("epoch 1/1") >= 1
 
 
+@pytest.mark.trains
 def test_predict_writes_a_submission_the_official_parser_accepts(trained_run, tmp_path, monkeypatch, capsys):
     from isic_challenge_scoring.load_csv import parse_csv
 
@@ -102,6 +104,7 @@ def test_user_errors_are_one_line(monkeypatch, capsys, args, message) -> None:
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.trains
 def test_bad_run_inputs(workspace, trained_run, tmp_path, monkeypatch, capsys) -> None:
     root, config = workspace
     # a config naming an unknown preset
@@ -171,6 +174,7 @@ def test_cuda_graph_needs_a_gpu(workspace, tmp_path, monkeypatch, capsys) -> Non
     assert code == 2 and "cuda_graph" in err and "Traceback" not in err
 
 
+@pytest.mark.trains
 def test_predict_never_falls_back_to_the_training_split(trained_run, tmp_path, monkeypatch, capsys) -> None:
     data = tmp_path / "train_only"
     make_synthetic_milk10k(data, n_lesions=6, image_size=(40, 30), seed=4)

@@ -43,6 +43,8 @@ def _start(*args: str, script: bool = False, cwd: Path | None = None) -> subproc
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_usage_errors_through_the_real_entry_points(tmp_path: Path) -> None:
     assert Path(SCRIPT).is_file(), "the fusionkit console script is installed"
     bare = _start(script=True)
@@ -125,6 +127,9 @@ def test_non_finite_lr_is_a_one_line_error(tmp_path, capsys) -> None:
     assert err.startswith("fusionkit: error: invalid RunConfig: train.lr: Input should be a finite number")
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path / "cache", epochs=200, n_lesions=40))
     run = tmp_path / "run"

@@ -203,6 +203,7 @@ def test_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tmp_path):
         assert augment_on(explicit, torch.device("cpu")) == where == augment_on(explicit, torch.device("cuda"))
 
 
+@pytest.mark.trains
 def test_a_run_resumed_mid_epoch_repeats_the_device_augmentation(tmp_path):
     from train_helpers import tiny_run_config
 

@@ -28,6 +28,7 @@ def run_dir(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.trains
 def test_report_writes_every_file_and_links_it(run_dir: Path) -> None:
     report = evaluate_run(run_dir, gradcam_lesions=2)
     text = report.read_text()

@@ -83,6 +83,7 @@ def python_api_run(tmp_path_factory):
     return tmp, out
 
 
+@pytest.mark.trains
 def test_train_python_trains_and_writes_the_report(python_api_run):
     tmp, out = python_api_run
     run = tmp / "run"
@@ -95,6 +96,7 @@ def test_train_python_trains_and_writes_the_report(python_api_run):
     assert (tmp / "run-data" / "MILK10k_Training_GroundTruth.csv").is_file()
 
 
+@pytest.mark.trains
 def test_predict_missing_modality_drops_the_absent_branches(python_api_run, monkeypatch):
     tmp, _ = python_api_run
     monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp / "cache"))
@@ -111,6 +113,8 @@ def test_predict_missing_modality_drops_the_absent_branches(python_api_run, monk
     assert table["no metadata"][3] == 0.0 and table["dermoscopy only"][3] == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_plugin_package_installs_and_registers_its_fusion_block(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(EXAMPLES / "plugin-gated-sum", source)  # building writes into the source tree

@@ -45,6 +45,9 @@ def smoke(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     return done, _report(out), out
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cpu_smoke_runs_every_section(smoke):
     done, report, _ = smoke
     assert done.returncode == 0, done.stderr[-2000:]
@@ -54,6 +57,9 @@ def test_cpu_smoke_runs_every_section(smoke):
     assert report["environment"]["gpus"] == 0 and report["settings"]["smoke"]
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cpu_smoke_records_why_the_graph_is_skipped(smoke):
     _, report, out = smoke
     correctness = report["sections"]["correctness"]
@@ -67,6 +73,9 @@ def test_cpu_smoke_records_why_the_graph_is_skipped(smoke):
     assert "CudaGraphStep needs a GPU" in md and "does not apply here" in md
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cpu_smoke_figures_and_ratios(smoke):
     _, report, _ = smoke
     rows = report["sections"]["throughput"]["rows"]
@@ -90,6 +99,8 @@ def test_cpu_smoke_figures_and_ratios(smoke):
         assert report["ratios"][name]["value"] > 0 and report["ratios"][name]["applies"] is False
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_failing_section_is_recorded_and_the_run_goes_on(tmp_path):
     # inference alone has no trained run to load: its child fails, the parent records it and exits 1
     done = _run("--sections", "inference", "--budget-s", "300", tmp_path=tmp_path)

@@ -112,6 +112,7 @@ def test_the_training_sampler_never_yields_a_batch_of_one(n: int, batch: int, wo
         assert list(sampler) == order[batch:]
 
 
+@pytest.mark.trains
 # -- divergence and a last batch of one, end to end -----------------------------------------------
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     data = tmp_path / "milk"
@@ -148,6 +149,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_p
     assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
+@pytest.mark.trains
 # -- SIGTERM mid-epoch, then a resume with changed settings ---------------------------------------
 def test_interrupted_run_resumes_with_applied_changes_recorded(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))

@@ -55,6 +55,8 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_wheel_metadata_names_the_distribution_and_the_package_imports_from_it(tmp_path):
     wheel = build_wheel(tmp_path)
     assert wheel.name.startswith("jiadf_fusion-")

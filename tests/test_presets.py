@@ -99,6 +99,7 @@ def test_preset_matches_the_papers_structure(name):
     assert preset_description(name)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("name", sorted(STRUCTURE))
 def test_preset_builds_and_one_adamw_step_lowers_the_loss(name):
     spec = _tiny_preset(name)

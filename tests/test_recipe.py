@@ -97,6 +97,7 @@ def scripted(tmp_path_factory, cache_dir) -> Iterator[dict[str, Any]]:
         trainer.close()
 
 
+@pytest.mark.trains
 # -- checkpoint selection (Appendix A.2: the epoch with the highest validation macro F1) -----------
 def test_best_checkpoint_is_the_epoch_with_the_highest_validation_score(scripted) -> None:
     trainer, history = scripted["trainer"], scripted["history"]
@@ -118,6 +119,7 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_score(scripted
     assert last["info"]["best_dice"] == max(SCORES)
 
 
+@pytest.mark.trains
 # -- ReduceLROnPlateau on the validation score (mode max) -------------------------------------------
 def test_scheduler_halves_the_lr_only_after_patience_epochs_without_improvement(scripted) -> None:
     trainer, history = scripted["trainer"], scripted["history"]
@@ -131,6 +133,7 @@ def test_scheduler_halves_the_lr_only_after_patience_epochs_without_improvement(
     )
 
 
+@pytest.mark.trains
 # -- AdamW with the configured lr, weight decay and parameter groups --------------------------------
 def test_optimizer_is_adamw_over_every_parameter_once(scripted) -> None:
     trainer = scripted["trainer"]
@@ -150,6 +153,7 @@ def test_recipe_defaults_are_appendix_a2() -> None:
     assert train.scheduler.kind == "plateau"
 
 
+@pytest.mark.trains
 # -- max_batches_per_epoch and grad_clip --------------------------------------------------------------
 def test_max_batches_per_epoch_caps_the_optimizer_steps(scripted) -> None:
     trainer = scripted["trainer"]
@@ -157,6 +161,7 @@ def test_max_batches_per_epoch_caps_the_optimizer_steps(scripted) -> None:
     assert len(scripted["grad_norms"]) == len(SCORES)  # one optimizer step per epoch
 
 
+@pytest.mark.trains
 def test_grad_clip_bounds_the_gradient_norm_of_every_step(scripted) -> None:
     # clip_grad_norm_ rescales to exactly the cap (up to its 1e-6 epsilon); unclipped, the tiny
     # model's gradient norm is orders of magnitude larger
@@ -171,6 +176,7 @@ def test_inverse_frequency_weights_on_a_known_label_set(class_weights_of) -> Non
     assert list(class_weights_of(labels)) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.trains
 def test_trainer_loss_carries_the_training_split_class_weights(scripted) -> None:
     trainer = scripted["trainer"]
     labels = trainer.data.train_set.labels

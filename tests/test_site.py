@@ -37,6 +37,8 @@ PAGES = {
     "reference/model/": 0,  # an API page (mkdocstrings)
 }
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.subprocess]  # mkdocs build, then Chromium
+
 REQUIRED = os.environ.get("FUSIONKIT_REQUIRE_BROWSER") == "1"  # .ci/run sets it: there a skip is a failure
 
 if not Path(CHROMIUM).is_file():

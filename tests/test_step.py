@@ -46,6 +46,7 @@ def make_step(model: Recorder, **kwargs: Any) -> EagerStep:
     return EagerStep(model=model, loss_fn=toy_loss, optimizer=optimizer, device=torch.device("cpu"), **kwargs)
 
 
+@pytest.mark.trains
 def test_eager_step_returns_the_detached_total_and_records_each_term() -> None:
     model = Recorder()
     expected = toy_loss(model.linear(batch()["x"]), batch()["label"])
@@ -60,6 +61,7 @@ def test_eager_step_returns_the_detached_total_and_records_each_term() -> None:
     assert model.seen == [(False, torch.bfloat16, True)]  # fp32: no autocast
 
 
+@pytest.mark.trains
 def test_bf16_runs_the_forward_under_bfloat16_autocast_with_the_cache_as_asked() -> None:
     model = Recorder()
     step = make_step(model, bf16=True)
@@ -73,6 +75,7 @@ def test_bf16_runs_the_forward_under_bfloat16_autocast_with_the_cache_as_asked()
     assert model.seen == [(True, torch.bfloat16, True), (True, torch.bfloat16, False)]
 
 
+@pytest.mark.trains
 def test_the_step_zeroes_gradients_to_none_and_applies_the_optimizer() -> None:
     model = Recorder()
     model.unused.grad = torch.ones(2)  # a stale gradient of a parameter the forward does not use
@@ -85,6 +88,7 @@ def test_the_step_zeroes_gradients_to_none_and_applies_the_optimizer() -> None:
     assert torch.allclose(model.linear.weight.detach(), before - model.linear.weight.grad, atol=1e-6)
 
 
+@pytest.mark.trains
 def test_gradients_are_clipped_to_the_norm_over_the_clip_parameters() -> None:
     model = Recorder()
     step = make_step(model, bf16=False, grad_clip=0.25)

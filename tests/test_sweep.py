@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,29 +45,64 @@ def config(tmp_path_factory) -> Path:
     return write_config(root / "cfg.yaml", tiny_run_config(root / "cache", n_lesions=100, epochs=3))
 
 
+SWEEP = ("--presets", PRESETS, "--seeds", "0,1", "--synthetic", "--bootstrap", 200)
+FAIL_JF_CONCAT = ("--set", "jf-concat:train.step_mode=cuda_graph")  # a CUDA graph on the CPU: fails at run time
+
+
+def _status(out: Path) -> dict[tuple[str, int], str]:
+    return {
+        (p.parent.name, int(p.name[4:])): json.loads((p / "sweep_run.json").read_text())["status"]
+        for p in sorted((out / "runs").glob("*/seed*"))
+        if (p / "sweep_run.json").is_file()
+    }
+
+
 @pytest.fixture(scope="module")
-def swept(config: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    """Four presets x two seeds; jf-concat is set up to fail at run time (a CUDA graph on the CPU)."""
+def swept(config: Path) -> dict[str, Any]:
+    """One sweep folder, four presets x two seeds, run as a user would: Ctrl-C in the first run,
+    then the same command again (it resumes that run and runs the rest; jf-concat fails at run
+    time). What the interrupted sweep left is kept for the tests before the second command runs."""
     out = config.parent / "out"
-    result = sweep_cli(
-        config,
-        "--presets",
-        PRESETS,
-        "--seeds",
-        "0,1",
-        "--synthetic",
-        "--out",
-        out,
-        "--bootstrap",
-        200,
-        "--set",
-        "jf-concat:train.step_mode=cuda_graph",
-    )
-    return out, result
+    args = [sys.executable, "-m", "fusionkit.cli", "sweep", config, *SWEEP, "--out", out, *FAIL_JF_CONCAT]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/3"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, interrupted_err = proc.communicate(timeout=120)
+    (first,) = (out / "runs").glob("*/seed*")  # the sweep stopped in its first run
+    interrupted = {
+        "returncode": proc.returncode,
+        "stderr": interrupted_err,
+        "run": first,
+        "status": _status(out),
+        "last": (first / "checkpoints" / "last.safetensors").is_file(),
+        "report": (first / "report.md").exists(),
+    }
+    result = sweep_cli(config, *SWEEP, "--out", out, *FAIL_JF_CONCAT)
+    return {"out": out, "result": result, "interrupted": interrupted}
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_interrupted_sweep_stops_resumably_and_resumes(swept) -> None:
+    cut = swept["interrupted"]
+    assert cut["returncode"] == 130 and "Traceback" not in cut["stderr"]
+    assert cut["run"] == swept["out"] / "runs" / "ji-adf" / "seed0"  # the plan's first run
+    assert cut["status"] == {("ji-adf", 0): "interrupted"}
+    assert cut["last"] and not cut["report"]
+    # the second command resumed it from its checkpoint and finished all three epochs
+    assert "resumed from" in (cut["run"] / "train.log").read_text()
+    assert len(json.loads((cut["run"] / "history.json").read_text())) == 3
+    assert _status(swept["out"])[("ji-adf", 0)] == "ok"
+
+
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
-    out, result = swept
+    out, result = swept["out"], swept["result"]
     assert result.returncode == 1, result.stderr  # a run failed
     assert "Traceback" not in result.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -104,27 +141,30 @@ def test_sweep_summary_equals_run_metrics_and_records_failure(swept) -> None:
     assert "start meta-only seed 1" in result.stderr and "ETA" in result.stderr
 
 
-def test_rerun_skips_finished_runs_and_report_only_rebuilds(swept, config) -> None:
-    out, _ = swept
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_rerun_skips_finished_runs_through_the_device_queue_and_report_only_rebuilds(swept, config) -> None:
+    """The same command once more, on one worker process per device (``--devices cpu``): the
+    finished runs are skipped, the unfinished ones (jf-concat's failures, and meta-only seed 1,
+    whose folder is removed here) run in worker processes; ``--report-only`` rebuilds the summary."""
+    out = swept["out"]
     before = (out / "runs" / "ji-adf" / "seed0" / "report.md").stat().st_mtime_ns
-    again = sweep_cli(
-        config,
-        "--presets",
-        PRESETS,
-        "--seeds",
-        "0,1",
-        "--synthetic",
-        "--out",
-        out,
-        "--bootstrap",
-        200,
-        "--set",
-        "jf-concat:train.step_mode=cuda_graph",
-    )
+    shutil.rmtree(out / "runs" / "meta-only" / "seed1")
+    again = sweep_cli(config, *SWEEP, "--out", out, *FAIL_JF_CONCAT, "--devices", "cpu")
     assert again.returncode == 1
-    assert "6 of 8 runs already finished" in again.stderr
+    assert "5 of 8 runs already finished" in again.stderr
     assert "start ji-adf seed" not in again.stderr and "start jf-concat seed 0" in again.stderr
+    assert "start meta-only seed 1" in again.stderr and "start meta-only seed 0" not in again.stderr
     assert (out / "runs" / "ji-adf" / "seed0" / "report.md").stat().st_mtime_ns == before
+    # each rerun ran in a worker process, which wrote its log and its record (the queue removes the old one)
+    for job in ("meta-only-seed1", "jf-concat-seed0", "jf-concat-seed1"):
+        assert (out / "logs" / f"{job}.log").is_file(), job
+    record = json.loads((out / "runs" / "meta-only" / "seed1" / "sweep_run.json").read_text())
+    assert record["status"] == "ok" and record["device"] == "cpu"
+    assert (out / "runs" / "meta-only" / "seed1" / "report.md").is_file()
+    failed = json.loads((out / "runs" / "jf-concat" / "seed0" / "sweep_run.json").read_text())
+    assert failed["status"] == "failed" and "cuda_graph" in failed["reason"]
     summary = json.loads((out / "summary.json").read_text())
     (out / "summary.json").unlink()
     rebuilt = sweep_cli("--report-only", out, "--bootstrap", 200)
@@ -132,42 +172,9 @@ def test_rerun_skips_finished_runs_and_report_only_rebuilds(swept, config) -> No
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_interrupted_sweep_resumes(config) -> None:
-    out = config.parent / "interrupted"
-    args = [
-        sys.executable,
-        "-m",
-        "fusionkit.cli",
-        "sweep",
-        config,
-        "--presets",
-        "meta-only",
-        "--seeds",
-        "0",
-        "--synthetic",
-        "--out",
-        out,
-        "--set",
-        "train.epochs=4",
-    ]
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/4"):
-            proc.send_signal(signal.SIGINT)
-            break
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    run = out / "runs" / "meta-only" / "seed0"
-    assert json.loads((run / "sweep_run.json").read_text())["status"] == "interrupted"
-    assert (run / "checkpoints" / "last.safetensors").is_file() and not (run / "report.md").exists()
-    result = sweep_cli(
-        config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out, "--set", "train.epochs=4"
-    )
-    assert result.returncode == 0, result.stderr
-    assert "resumed from" in (run / "train.log").read_text()
-    assert len(json.loads((run / "history.json").read_text())) == 4
-
-
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_submitit_local_executor(config) -> None:
     pytest.importorskip("submitit")
     out = config.parent / "submitit"
@@ -214,6 +221,8 @@ def test_bad_input_is_one_line_exit_2_before_any_run(config, tmp_path, monkeypat
     assert not (tmp_path / "o").exists()  # nothing generated, nothing run
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_data_folder_not_in_layout_through_the_entry_point(config, tmp_path) -> None:
     result = sweep_cli(config, "--data", tmp_path, "--out", tmp_path / "o")
     assert result.returncode == 2
@@ -233,14 +242,3 @@ def test_plan_pairs_variants_and_folds(config, tmp_path) -> None:
     assert parse_seeds(" 0, 1,2") == (0, 1, 2)
     with pytest.raises(ConfigError):
         plan_sweep(config, presets=("ji-adf",), seeds=(0,), folds=1, out=tmp_path, data_root=tmp_path)
-
-
-def test_device_queue_runs_subprocesses(config) -> None:
-    out = config.parent / "devices"
-    result = sweep_cli(
-        config, "--presets", "meta-only", "--seeds", "0", "--synthetic", "--out", out, "--devices", "cpu"
-    )
-    assert result.returncode == 0, result.stderr
-    assert (out / "logs" / "meta-only-seed0.log").is_file()  # ran in a worker process
-    record = json.loads((out / "runs" / "meta-only" / "seed0" / "sweep_run.json").read_text())
-    assert record["status"] == "ok" and record["device"] == "cpu"

@@ -38,6 +38,7 @@ def trained(tmp_path_factory, cache_dir) -> Trainer:
     return train_run(config, run_dir=run, synthetic=True, progress=False)
 
 
+@pytest.mark.trains
 def test_training_lowers_the_loss(trained: Trainer) -> None:
     losses = [r["train_loss"] for r in trained.history]
     assert len(losses) == 3
@@ -45,6 +46,7 @@ def test_training_lowers_the_loss(trained: Trainer) -> None:
     assert all(np.isfinite(losses))
 
 
+@pytest.mark.trains
 def test_run_directory_holds_resolved_config_encoder_and_checkpoints(trained: Trainer) -> None:
     run = trained.run_dir
     for name in ("config.yaml", "metadata_encoder.json", "split.json", "history.json", "train.log"):
@@ -62,6 +64,7 @@ def test_run_directory_holds_resolved_config_encoder_and_checkpoints(trained: Tr
     assert meta["info"]["epoch"] == 3 and "scheduler" in meta
 
 
+@pytest.mark.trains
 def test_best_checkpoint_reproduces_its_validation_metrics(trained: Trainer) -> None:
     run = load_run(trained.run_dir, device="cpu")
     preds = run.predict_dataset(run.validation_dataset())
@@ -73,6 +76,7 @@ def test_best_checkpoint_reproduces_its_validation_metrics(trained: Trainer) -> 
     assert stored["macro"]["dice"] == pytest.approx(best)
 
 
+@pytest.mark.trains
 def test_resume_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
     full = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=40))
     half = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
@@ -86,6 +90,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
 
 
+@pytest.mark.trains
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=1, n_lesions=40))
     trainer = Trainer(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
@@ -107,7 +112,7 @@ def _launch(config: Path, run_dir: Path, *args: str) -> subprocess.CompletedProc
         [
             str(torchrun),
             "--nproc_per_node=2",
-            "--master_port=29533",
+            "--standalone",  # a free port of its own: two suites on one machine do not collide
             str(REPO / "tests" / "ddp_worker.py"),
             str(config),
             str(run_dir),
@@ -144,6 +149,9 @@ def _assert_ranks_agree_with_the_checkpoint(weights: dict[int, dict[str, torch.T
     assert scores[0] == scores[1]
 
 
+@pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(
         tiny_run_config(cache_dir, epochs=1, n_lesions=40, max_batches_per_epoch=1, tracking=["tensorboard"])
@@ -169,11 +177,17 @@ def test_gloo_ddp_two_processes_agree_and_resume_together(tmp_path: Path, cache_
     assert not all(torch.equal(first[0][k], second[0][k]) for k in first[0])
 
 
+@pytest.mark.trains
+@pytest.mark.slow
 def test_compiled_step_trains_without_recompiling(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
     """step_mode=compile: one compilation serves every batch (nothing in the batch is guarded on)."""
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    # a cache of its own: inductor's shared cache (/tmp/torchinductor_$USER) does not key its kernels on
+    # ATEN_CPU_CAPABILITY, so after a run under another capability it hands back vectorised C++ that
+    # no longer compiles (torch 2.14: "'at::vec' has not been declared" under =default)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
     config = RunConfig.model_validate(
         tiny_run_config(

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from train_helpers import tiny_run_config, write_config
 
 from fusionkit.cli import run_app
 from fusionkit.data import CLASS_NAMES
 
 
+@pytest.mark.trains
+@pytest.mark.slow
 def test_train_folds_trains_each_fold_and_predicts_with_the_ensemble(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path / "cv.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=40))
     out = tmp_path / "cv"

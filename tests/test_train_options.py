@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -284,14 +283,53 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("options-cache")
 
 
+OFF = {
+    "ema_decay": None,
+    "scheduler": {"kind": "plateau", "warmup_epochs": 0.0},
+    "backbone_lr": 3e-3,  # = train.lr: the backbone gets a group of its own with the same settings
+    "backbone_weight_decay": 1e-5,  # = train.weight_decay
+    "no_decay_norm_bias": False,
+    "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.0},  # configured, never applied
+    "tracking": [],
+    "init_from": None,
+}
+"""Every issue-13 option at a value that must leave training exactly as the default recipe."""
+
+
+@pytest.mark.trains
 def test_default_recipe_trains_as_before(tmp_path: Path, cache_dir: Path) -> None:
-    """No option set: the losses main gave before issue 13 (CPU, deterministic), to the last bit."""
-    raw = tiny_run_config(cache_dir, epochs=1, n_lesions=40)
-    config = RunConfig.model_validate(raw)
-    trainer = train_run(config, run_dir=tmp_path / "run", synthetic=True, progress=False)
-    record = trainer.history[0]
-    assert [record["train_loss"], record["val_loss"]] == [4.526159286499023, 2.1636171340942383]
-    assert len(trainer.optimizer.param_groups) == 1 and trainer.ema is None
+    """No option set is Appendix A.2's recipe, and the options at their off values change no bit.
+
+    Both runs are made here, in one process: a float that a CPU training step computes depends on
+    the processor's vector units, so no loss is pinned to a value from another machine.
+    """
+    default = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=40))
+    off = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=40, **OFF))
+    assert off.train != default.train  # the comparison is not of one config with itself
+    reference = train_run(default, run_dir=tmp_path / "default", synthetic=True, progress=False)
+    options_off = train_run(off, run_dir=tmp_path / "off", synthetic=True, progress=False)
+    # the recipe: one AdamW group holding every parameter in the model's order, the configured lr and
+    # weight decay, torch's default betas and eps; ReduceLROnPlateau (the lr moves per epoch only); no EMA
+    (group,) = reference.optimizer.param_groups
+    assert type(reference.optimizer) is torch.optim.AdamW
+    assert group["params"] == list(reference.model.parameters())
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (3e-3, 1e-5, (0.9, 0.999), 1e-8)
+    assert not group["amsgrad"] and reference.ema is None
+    assert [r["lr"] for r in reference.history] == [3e-3, 3e-3]
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in reference.history)
+    assert reference.history[0]["train_loss"] != reference.history[1]["train_loss"]  # it trained
+    # the off values: two groups with the same settings, the same steps, the same numbers to the bit
+    assert [g["name"] for g in options_off.optimizer.param_groups] == ["backbone", "rest"] and options_off.ema is None
+    timing = ("seconds", "samples_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in options_off.history] == [
+        {k: v for k, v in r.items() if k not in timing} for r in reference.history
+    ]
+    a, b = model_state(reference.model), model_state(options_off.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("best", "last"):
+        saved_a, _ = read_checkpoint(tmp_path / "default" / "checkpoints" / f"{name}.safetensors")
+        saved_b, _ = read_checkpoint(tmp_path / "off" / "checkpoints" / f"{name}.safetensors")
+        assert saved_a.keys() == saved_b.keys() and all(torch.equal(saved_a[k], saved_b[k]) for k in saved_a)
 
 
 OPTIONS = {
@@ -304,6 +342,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.trains
 def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_dir: Path) -> None:
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=24, **OPTIONS))
     full = train_run(config, run_dir=tmp_path / "full", synthetic=True, progress=False)
@@ -347,34 +386,25 @@ def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_di
     assert scalars["lr/rest"][-1] < 3e-3  # the cosine has decayed from train.lr
 
 
-def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(tmp_path: Path, cache_dir: Path) -> None:
+def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from typer.testing import CliRunner
 
-    from fusionkit.cli import app
+    from fusionkit.cli import app, main
 
     help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=120).output
     for option in ("ema_decay", "scheduler.kind", "backbone_lr", "mixup", "init_from", "tracking"):
         assert option in help_text, option
     config = write_config(tmp_path / "c.yaml", tiny_run_config(cache_dir, epochs=1, n_lesions=24))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fusionkit.cli",
-            "train",
-            str(config),
-            "--synthetic",
-            "--quiet",
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            f"train.init_from={tmp_path / 'missing'}",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "train.init_from" in proc.stderr and "no such run directory" in proc.stderr
+    # the console script's own function, in this process (the subprocess path: tests/test_cli_lifecycle.py)
+    argv = ["fusionkit", "train", str(config), "--synthetic", "--quiet", "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", f"train.init_from={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "train.init_from" in err and "no such run directory" in err
 
 
 # -- pinned details (each closes mutants of the 2026-11-27 mutmut run; tests/README.md) -------------
