@@ -15,6 +15,8 @@ from fusionkit.components.metadata_encoders import MLPMetadataEncoder
 from fusionkit.data import ImagePreprocessing
 from fusionkit.specs import BRANCHES
 
+pytestmark = pytest.mark.trains  # asserts on what trained (or stepped) models compute
+
 N = 5
 
 

@@ -34,6 +34,8 @@ from fusionkit.inference.predict import predict
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
+pytestmark = pytest.mark.trains  # asserts on what trained (or stepped) models compute
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

@@ -27,6 +27,8 @@ from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
+pytestmark = pytest.mark.trains  # asserts on what trained (or stepped) models compute
+
 REPO = TESTS_DIR.parent
 MODEL = {
     "num_classes": 11,

@@ -210,6 +210,7 @@ def test_a_sweep_never_clears_a_run_folder_that_a_live_process_holds(tmp_path: P
         holder.communicate("")
 
 
+@pytest.mark.trains
 def test_a_kill_between_the_final_checkpoint_and_its_report_is_recovered_by_resume(tmp_path: Path) -> None:
     """Issue 28: the last checkpoint is written before the epoch's report (history.json, the train.log
     line). A SIGKILL between the two on the final epoch left both an epoch short after --resume,
@@ -235,6 +236,7 @@ def test_a_kill_between_the_final_checkpoint_and_its_report_is_recovered_by_resu
     assert len(recovered) == 1 and recovered[0].endswith("(recovered from the last checkpoint)")
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_kill_while_config_yaml_was_written_is_no_dead_end(tmp_path: Path, resume: bool, caplog) -> None:
     """Issue 28: SIGKILL during the atomic write of config.yaml left only its temporary file, and a

@@ -42,7 +42,7 @@ from fusionkit.train.step import EagerStep
 from fusionkit.train.trainer import Trainer, TrainerCallback, selection_score, train_run
 
 # the constant steps never step the optimizer, and torch warns when the cosine schedule then steps
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler:UserWarning")
+pytestmark = [pytest.mark.trains, pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler:UserWarning")]
 
 
 @pytest.fixture(scope="module")
