@@ -136,6 +136,7 @@ PUBLIC_NAMES = {
     "DataError",
     "FusionModel",
     "FusionOutput",
+    "FusionPipeline",
     "FusionkitError",
     "JointIndividualLoss",
     "LossBreakdown",
@@ -155,7 +156,7 @@ PUBLIC_NAMES = {
     "specs",
     "spec_json_schema",
 }
-"""``fusionkit.__all__`` before it became a lazy module: the same names, no more, no fewer."""
+"""``fusionkit.__all__`` before it became a lazy module, and ``FusionPipeline`` since: the same names, no more, no fewer."""
 
 
 def test_every_public_name_resolves_and_star_import_works(tmp_path):

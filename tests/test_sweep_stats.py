@@ -291,6 +291,7 @@ def test_delong_macro_auc_agrees_with_the_stratified_bootstrap() -> None:
     signal = np.eye(4)[labels]
     a = signal * 0.6 + rng.random((n, 4))
     b = signal * 0.5 + rng.random((n, 4)) * 0.5 + a * 0.5
+    a, b = a / 1.6, b / 1.8  # scores in [0, 1], as posteriors are (AUC ignores the scaling)
     test = delong_macro_auc(labels, a, b)
     w = stratified_weights(labels, 2000, rng)
     boot = (weighted_macro_metrics(labels, a, w, ["auc"]) - weighted_macro_metrics(labels, b, w, ["auc"]))[:, 0]

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_THRESHOLD = 0.5  # the ISIC scorer's binarisation (fusionkit.metrics.isic)
+from fusionkit.metrics.bootstrap import resample_weights
+from fusionkit.metrics.bootstrap import weighted_macro_metrics as _weighted_macro_metrics
+
 METRICS: tuple[str, ...] = ("auc", "ppv", "accuracy", "sensitivity", "specificity", "dice")
 """The macro metrics the bootstrap computes (the paper's Table 2-3 columns)."""
 MIN_CLASS_LESIONS = 5
@@ -40,84 +42,20 @@ small to say much about that class (one lesion moves its Dice by 0.2 or more, th
 _CHUNK = 256  # lesion resamples scored at a time (bounds memory: CHUNK x lesions weights)
 
 
-# -- weighted macro metrics -------------------------------------------------------------------------
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """``numerator / denominator``, the scorer's "freebie" 1.0 where the denominator is 0."""
-    return np.where(denominator == 0, 1.0, numerator / np.where(denominator == 0, 1.0, denominator))
-
-
-def _auc(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """One-vs-rest ROC AUC of one class for weighted lesions (Mann-Whitney, ties counted half).
-
-    ``truth`` (n,) bool, ``scores`` (n,), ``weights`` (m, n); NaN where the weighted positives or
-    negatives are empty. Lesions are sorted once; per tie group the weighted positives times the
-    weighted negatives below (plus half those tied) give the U statistic of every replicate.
-    """
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    w = weights[:, order]
-    pos = np.add.reduceat(w * truth[order], starts, axis=1)
-    neg = np.add.reduceat(w * ~truth[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    u = np.sum(pos * (below + 0.5 * neg), axis=1)
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
-
-
+# -- weighted macro metrics and stratified resamples: fusionkit.metrics.bootstrap -----------------------
 def weighted_macro_metrics(
     labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, metrics: Sequence[str] = METRICS
 ) -> np.ndarray:
-    """Macro metrics of lesions counted ``weights`` times: shape (m, len(metrics)).
-
-    ``labels`` (n,) class indices, ``probs`` (n, k) posteriors, ``weights`` (m, n) how often each
-    lesion counts in each of m replicates. With weights of one this is
-    :func:`fusionkit.metrics.isic_metrics`'s ``"macro"`` (a class is predicted above 0.5; the 0/0
-    "freebie" 1.0; AUC over classes with positives and negatives), and a weight ``w`` equals the
-    lesion repeated ``w`` times.
-    """
-    labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=float)
-    weights = np.atleast_2d(np.asarray(weights, dtype=float))
-    k = probs.shape[1]
-    truth = labels[:, None] == np.arange(k)
-    pred = probs > _THRESHOLD
-    tp = weights @ (truth & pred)
-    fp = weights @ (~truth & pred)
-    fn = weights @ (truth & ~pred)
-    tn = weights @ (~truth & ~pred)
-    per_class = {
-        "accuracy": lambda: (tp + tn) / (tp + tn + fp + fn),
-        "sensitivity": lambda: _ratio(tp, tp + fn),
-        "specificity": lambda: _ratio(tn, tn + fp),
-        "dice": lambda: _ratio(2 * tp, 2 * tp + fp + fn),
-        "ppv": lambda: _ratio(tp, tp + fp),
-        "auc": lambda: np.stack([_auc(truth[:, j], probs[:, j], weights) for j in range(k)], axis=1),
-    }
-    out = []
-    for name in metrics:
-        values = per_class[name]()
-        defined = ~np.isnan(values)
-        with np.errstate(invalid="ignore"):
-            out.append(np.where(defined.any(axis=1), np.nansum(values, axis=1) / defined.sum(axis=1), np.nan))
-    return np.stack(out, axis=1)
+    """Macro metrics of lesions counted ``weights`` times, shape (m, len(metrics)): the metrics layer's
+    :func:`fusionkit.metrics.bootstrap.weighted_macro_metrics` with the paper's Table 2-3 columns by
+    default (with weights of one it is :func:`fusionkit.metrics.isic_metrics`'s ``"macro"``)."""
+    return _weighted_macro_metrics(labels, probs, weights, metrics)
 
 
-# -- resampling ---------------------------------------------------------------------------------------
 def stratified_weights(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` stratified resamples of the lesions as multiplicity weights, shape (size, n).
-
-    Within each class (ascending class index, one ``rng.multinomial`` call each) the class's lesions
-    are drawn with replacement as many times as the class has lesions, so every resample keeps each
-    class's count.
-    """
-    labels = np.asarray(labels)
-    weights = np.zeros((size, labels.size))
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        weights[:, members] = rng.multinomial(members.size, np.full(members.size, 1 / members.size), size=size)
-    return weights
+    """``size`` class-stratified resamples of the lesions as multiplicity weights, shape (size, n)
+    (:func:`fusionkit.metrics.bootstrap.resample_weights`: every resample keeps each class's count)."""
+    return resample_weights(labels, size, rng, stratified=True)
 
 
 Statistic = Callable[[int, np.ndarray], np.ndarray]
