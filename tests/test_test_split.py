@@ -176,8 +176,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def _history(run: Path) -> list[dict[str, object]]:
     return [
-        {k: v for k, v in h.items() if k not in TIMING_KEYS}
-        for h in json.loads((run / "history.json").read_text())
+        {k: v for k, v in h.items() if k not in TIMING_KEYS} for h in json.loads((run / "history.json").read_text())
     ]
 
 
@@ -207,8 +206,10 @@ def test_no_selection_sees_the_test_part(runs: dict[str, Path]) -> None:
             else:
                 assert a[key] == b[key], key
     decisions = [json.loads((runs[r] / "inference.json").read_text())["decision"] for r in ("held", "without")]
-    assert decisions[0]["lesions"] == decisions[1]["lesions"] == len(
-        json.loads((runs["held"] / "split.json").read_text())["val"]
+    assert (
+        decisions[0]["lesions"]
+        == decisions[1]["lesions"]
+        == len(json.loads((runs["held"] / "split.json").read_text())["val"])
     )
     assert decisions[0]["thresholds"] == pytest.approx(decisions[1]["thresholds"], rel=1e-6, abs=1e-9)
 

@@ -284,6 +284,14 @@ def prepare_data(
                 f"data.val_fraction {data.val_fraction}); expected at least one lesion in each part"
             )
 
+    logger.info(
+        "split: %d training, %d validation (selects the checkpoint, fits the thresholds), %d held-out test lesions%s",
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        " (the report's headline)" if split.test else " (the report is on the validation split)",
+    )
+
     size = config.model.image_size
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
     encoder = (
