@@ -280,7 +280,14 @@ def evaluate(
     elif out is None:
         raise ConfigError(f"evaluating an ensemble of {len(found)} runs: pass --out DIR for its report")
     else:
-        path = evaluate_ensemble(found, out=out, data_root=data, tta=tta, progress=not quiet)
+        path = evaluate_ensemble(
+            found,
+            out=out,
+            data_root=data,
+            tta=tta,
+            progress=not quiet,
+            allow_training_lesions=allow_training_lesions,
+        )
     typer.echo(f"report: {path}")
 
 

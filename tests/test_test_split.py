@@ -294,3 +294,25 @@ def test_sweep_reports_the_test_part_and_folds_the_rest(tmp_path: Path) -> None:
         with open(run / "predictions.csv", newline="") as handle:
             assert {row[0] for row in list(csv.reader(handle))[1:]} == test
     assert "**Reported on each run's held-out test part**" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_ensemble_reports_its_shared_test_part_and_refuses_training_lesions(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from fusionkit.errors import ConfigError
+    from fusionkit.evaluate.ensemble_report import evaluate_ensemble
+
+    held = runs["held"]
+    text = evaluate_ensemble([held], out=tmp_path / "ens").read_text()
+    assert "shared held-out **test part**" in text and "(12 lesions)" in text
+    other = evaluate_ensemble([runs["without"]], out=tmp_path / "ens2").read_text()
+    assert "shared **validation split**" in other and "optimistic" in other
+    n_train = len(json.loads((held / "split.json").read_text())["train"])
+    with pytest.raises(ConfigError, match=f"{n_train} of its 48 lesions .* are training lesions of the runs"):
+        evaluate_ensemble([held], out=tmp_path / "ens3", data_root=held / "synthetic")
+    assert not (tmp_path / "ens3").exists()
+    labelled = evaluate_ensemble(
+        [held], out=tmp_path / "ens4", data_root=held / "synthetic", allow_training_lesions=True
+    ).read_text()
+    assert labelled.splitlines()[0].endswith("in-sample (training lesions)")
