@@ -239,7 +239,11 @@ def evaluate(
         ),
     ],
     data: Annotated[
-        Path | None, typer.Option("--data", help="Labelled MILK10k folder (default: the run's validation split).")
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Labelled MILK10k folder (default: the run's held-out test part, or its validation split without one).",
+        ),
     ] = None,
     gradcam: Annotated[int, typer.Option(help="How many lesions get Grad-CAM overlays.")] = 4,
     tta: Annotated[
@@ -248,6 +252,14 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")
     ] = None,
+    allow_training_lesions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-training-lesions",
+            help="Evaluate a --data folder holding lesions the run trained on: a report labelled in-sample, "
+            "written to --out or RUN/in-sample/, never over the run's own.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
@@ -256,12 +268,27 @@ def evaluate(
     from fusionkit.inference.ensemble import find_runs
 
     found = find_runs(runs)
-    if len(found) == 1 and out is None:
-        path = evaluate_run(found[0], data_root=data, gradcam_lesions=gradcam, progress=not quiet, tta=tta)
+    if len(found) == 1 and (out is None or allow_training_lesions):
+        path = evaluate_run(
+            found[0],
+            data_root=data,
+            gradcam_lesions=gradcam,
+            progress=not quiet,
+            tta=tta,
+            out=out,
+            allow_training_lesions=allow_training_lesions,
+        )
     elif out is None:
         raise ConfigError(f"evaluating an ensemble of {len(found)} runs: pass --out DIR for its report")
     else:
-        path = evaluate_ensemble(found, out=out, data_root=data, tta=tta, progress=not quiet)
+        path = evaluate_ensemble(
+            found,
+            out=out,
+            data_root=data,
+            tta=tta,
+            progress=not quiet,
+            allow_training_lesions=allow_training_lesions,
+        )
     typer.echo(f"report: {path}")
 
 

@@ -20,7 +20,14 @@ from fusionkit.data.schema import (
     MONET_COLUMNS,
     SITES,
 )
-from fusionkit.data.splits import Split, kfold_splits, read_split_file, train_val_split
+from fusionkit.data.splits import (
+    Split,
+    kfold_splits,
+    kfold_test_splits,
+    read_split_file,
+    train_val_split,
+    train_val_test_split,
+)
 from fusionkit.data.synthetic import (
     SYNTHETIC_CLINICAL_CLASSES,
     SYNTHETIC_DERM_CLASSES,
@@ -70,6 +77,7 @@ __all__ = [
     "build_transforms",
     "find_split",
     "kfold_splits",
+    "kfold_test_splits",
     "lesion_labels",
     "make_loader",
     "make_synthetic_milk10k",
@@ -80,4 +88,5 @@ __all__ = [
     "seed_worker",
     "synthetic_class_counts",
     "train_val_split",
+    "train_val_test_split",
 ]

@@ -1,4 +1,4 @@
-"""Lesion-level, stratified, seeded train/validation and k-fold splits.
+"""Lesion-level, stratified, seeded train/validation(/test) and k-fold splits.
 
 A lesion's two images always travel together, because splits are made over lesion ids. The result
 depends only on the set of ``(lesion_id, label)`` pairs and the seed, not on the input order.
@@ -29,15 +29,19 @@ from fusionkit.errors import DataError
 
 @dataclass(frozen=True)
 class Split:
-    """One split of lesion ids; both tuples keep the order of the input ids.
+    """One split of lesion ids; the tuples keep the order of the input ids and share no lesion.
 
     Attributes:
         train: lesion ids to train on.
-        val: lesion ids to validate on (never also in ``train``).
+        val: lesion ids to validate on: what selects the checkpoint, fits the thresholds and drives
+            early stopping and the learning-rate plateau.
+        test: held-out lesion ids (``data.test_fraction`` or a split file's ``"test"`` part) that no
+            selection sees; the run's report is computed on them when there are any. Empty: no test part.
     """
 
     train: tuple[str, ...]
     val: tuple[str, ...]
+    test: tuple[str, ...] = ()
 
 
 def _shuffled_classes(lesion_ids: Sequence[str], labels: Sequence[Hashable], seed: int) -> list[list[str]]:
@@ -92,6 +96,61 @@ def train_val_split(
     )
 
 
+def train_val_test_split(
+    lesion_ids: Sequence[str],
+    labels: Sequence[Hashable],
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> Split:
+    """Split lesions into train, validation and a held-out test part, each stratified by label.
+
+    Both fractions are shares of all the lesions (0.2 and 0.1 leave 70% to train). The test part is
+    carved first, exactly as :func:`train_val_split` carves validation with ``val_fraction=test_fraction``
+    (per class ``floor`` or ``ceil`` of ``n * test_fraction``, at least one and at most ``n - 1`` of a
+    class with two or more lesions); the rest is then split by :func:`train_val_split` with
+    ``val_fraction / (1 - test_fraction)``. ``test_fraction=0`` gives :func:`train_val_split`'s split.
+    """
+    if test_fraction == 0.0:
+        return train_val_split(lesion_ids, labels, val_fraction=val_fraction, seed=seed)
+    rest, test = _carve_test(lesion_ids, labels, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    label_of = dict(zip(lesion_ids, labels, strict=True))
+    inner = train_val_split(
+        rest, [label_of[x] for x in rest], val_fraction=val_fraction / (1.0 - test_fraction), seed=seed
+    )
+    return Split(train=inner.train, val=inner.val, test=test)
+
+
+def _carve_test(
+    lesion_ids: Sequence[str], labels: Sequence[Hashable], *, test_fraction: float, val_fraction: float, seed: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the rest, the test part): the stratified held-out part drawn first (seed offset so that it is
+    not the validation part of the same seed)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction {val_fraction} + test_fraction {test_fraction} must be below 1 (no lesions left to train on)"
+        )
+    carved = train_val_split(lesion_ids, labels, val_fraction=test_fraction, seed=seed + 7919)
+    return carved.train, carved.val
+
+
+def kfold_test_splits(
+    lesion_ids: Sequence[str], labels: Sequence[Hashable], *, k: int = 5, test_fraction: float = 0.0, seed: int = 0
+) -> list[Split]:
+    """:func:`kfold_splits` after a held-out test part is carved first (as in :func:`train_val_test_split`):
+    every fold shares the same ``test`` lesions and folds the rest. ``test_fraction=0`` gives
+    :func:`kfold_splits`."""
+    if test_fraction == 0.0:
+        return kfold_splits(lesion_ids, labels, k=k, seed=seed)
+    rest, test = _carve_test(lesion_ids, labels, test_fraction=test_fraction, val_fraction=0.0, seed=seed)
+    label_of = dict(zip(lesion_ids, labels, strict=True))
+    folds = kfold_splits(rest, [label_of[x] for x in rest], k=k, seed=seed)
+    return [Split(train=f.train, val=f.val, test=test) for f in folds]
+
+
 def kfold_splits(lesion_ids: Sequence[str], labels: Sequence[Hashable], *, k: int = 5, seed: int = 0) -> list[Split]:
     """Split lesions into ``k`` stratified folds; fold ``i``'s validation set is the ``i``-th fold.
 
@@ -126,9 +185,10 @@ def read_split_file(path: str | Path, lesion_ids: Sequence[str], *, folds: int |
     The file holds lesion ids per part, ``{"train": [...], "val": [...]}`` (a run's ``split.json`` is
     one; other keys are ignored), or per fold, ``{"folds": [...]}`` whose entries are either such a
     ``{"train", "val"}`` mapping or the list of that fold's validation ids (it then trains on the
-    lesions of the other folds). ``folds`` must be None for a two-part file and equal the number of
-    folds in a fold file, whose fold ``fold`` is returned. Lesions the file does not list are not used;
-    the order of the file is kept. Raises :class:`~fusionkit.errors.DataError` (one line naming the file,
+    lesions of the other folds). Either form may also carry a held-out ``"test"`` list (a fold file's
+    applies to every fold), returned as :attr:`Split.test`. ``folds`` must be None for a two-part file and
+    equal the number of folds in a fold file, whose fold ``fold`` is returned. Lesions the file does not
+    list are not used; the order of the file is kept. Raises :class:`~fusionkit.errors.DataError` (one line naming the file,
     and the part and lesion where one is at fault).
     """
     path = Path(path)
@@ -161,26 +221,34 @@ def read_split_file(path: str | Path, lesion_ids: Sequence[str], *, folds: int |
             raise DataError(f"the run asks for {folds} folds but the file has one train/val split", path=path)
         parts = {"train": content["train"], "val": content["val"]}
         where = ""
+    if content.get("test"):  # a run's split.json without a test part holds "test": []
+        parts["test"] = content["test"]
     known = set(lesion_ids)
     checked: dict[str, tuple[str, ...]] = {}
     for name, ids in parts.items():
-        ids = _id_list(ids, path, f"{where}{name}")
+        label = name if name == "test" else f"{where}{name}"
+        ids = _id_list(ids, path, label)
         if not ids:
-            raise DataError(f'"{where}{name}" lists no lesions', path=path)
+            raise DataError(f'"{label}" lists no lesions', path=path)
         seen: set[str] = set()
         for lesion in ids:
             if lesion not in known:
                 raise DataError(
-                    f'listed in "{where}{name}" but not in the data\'s Training split', path=path, lesion_id=lesion
+                    f'listed in "{label}" but not in the data\'s Training split', path=path, lesion_id=lesion
                 )
             if lesion in seen:
-                raise DataError(f'occurs twice in "{where}{name}"', path=path, lesion_id=lesion)
+                raise DataError(f'occurs twice in "{label}"', path=path, lesion_id=lesion)
             seen.add(lesion)
         checked[name] = tuple(ids)
-    overlap = next((x for x in checked["val"] if x in set(checked["train"])), None)
-    if overlap is not None:
-        raise DataError(f'is in both "{where}train" and "{where}val"', path=path, lesion_id=overlap)
-    return Split(train=checked["train"], val=checked["val"])
+    names = list(checked)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            inside = set(checked[first])
+            overlap = next((x for x in checked[second] if x in inside), None)
+            if overlap is not None:
+                a, b = (f'"{where}{n}"' if n != "test" else '"test"' for n in (first, second))
+                raise DataError(f"is in both {a} and {b}", path=path, lesion_id=overlap)
+    return Split(train=checked["train"], val=checked["val"], test=checked.get("test", ()))
 
 
 def _id_list(value: object, path: Path, part: str) -> list[str]:

@@ -22,8 +22,9 @@ def train_and_evaluate(
 ) -> Trainer:
     """Train a run (:func:`fusionkit.train.trainer.train_run`) and write its report into ``run_dir``.
 
-    The report evaluates the best checkpoint on the run's validation split
-    (:func:`fusionkit.evaluate.report.evaluate_run`); returns the trainer.
+    The report evaluates the best checkpoint on the run's held-out test part (``data.test_fraction``),
+    or on its validation split when it has none (:func:`fusionkit.evaluate.report.evaluate_run`);
+    returns the trainer.
     """
     return train_run(
         config,

@@ -1,5 +1,7 @@
 """``evaluate_run``: the evaluation report of a trained run, written into its directory.
 
+It is computed on the run's held-out test part when it has one (``data.test_fraction``), else on the
+validation split that selected the checkpoint, and says which (:mod:`fusionkit.evaluate.scope`).
 What it writes (all atomically):
 
 - ``metrics.md`` / ``metrics.csv`` / ``metrics.json``: the paper's Table 5 layout (nine rows, the
@@ -14,6 +16,8 @@ What it writes (all atomically):
 - ``decision.json``: macro Dice and AUC under each decision rule (probs, argmax, fitted
   thresholds), without and with the test-time augmentation asked for;
 - ``predictions.csv``: the evaluated posteriors in the MILK10k submission format;
+- ``evaluated.json``: what the numbers are computed on (``test``, ``validation``, ``folder`` or
+  ``in-sample``) and how many lesions;
 - ``report.md``: one page that shows all of the above.
 """
 
@@ -38,6 +42,7 @@ from fusionkit.evaluate.plots import (
     plot_reliability_diagram,
     plot_roc_curves,
 )
+from fusionkit.evaluate.scope import IN_SAMPLE_LABEL, EvaluationScope, evaluation_scope
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
 from fusionkit.inference.decision import DecisionRecord
 from fusionkit.inference.pipeline import FusionPipeline, load_run
@@ -158,12 +163,18 @@ def evaluate_run(
     progress: bool = False,
     checkpoint: str = "best",
     tta: str = "none",
+    out: str | Path | None = None,
+    allow_training_lesions: bool = False,
 ) -> Path:
     """Evaluate a run's checkpoint and write the report (see the module docstring); returns report.md.
 
-    Without ``data_root`` the run's own validation split is evaluated; with it, the labelled
-    Training split of that MILK10k folder. ``tta`` (``none``, ``flips``, ``d4``) is the test-time
-    augmentation of the headline metrics; the decision table shows them without it as well.
+    Without ``data_root`` the run's held-out test part is evaluated, or its validation split when it
+    has none (the report then says the numbers are on the selection split); with it, the labelled
+    Training split of that MILK10k folder, refused when it holds lesions the run trained on unless
+    ``allow_training_lesions`` (the report is then labelled in-sample and written to ``out`` or
+    ``RUN/in-sample/``, never over the run's own). ``out``: the report's folder (default the run
+    directory). ``tta`` (``none``, ``flips``, ``d4``) is the test-time augmentation of the headline
+    metrics; the decision table shows them without it as well.
     """
     try:
         check_tta(tta)
@@ -172,53 +183,58 @@ def evaluate_run(
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint=checkpoint)
     val_set = run.validation_dataset()
-    dataset = val_set if data_root is None else run.dataset(data_root=data_root)
+    scope = evaluation_scope(
+        run, run_dir=run_dir, data_root=data_root, out=out, allow_training_lesions=allow_training_lesions
+    )
+    dataset, dest = scope.dataset, scope.out_dir
     if not dataset.labelled:
         raise FusionkitError(f"{dataset.files.metadata_csv}: evaluation needs a labelled split (ground truth)")
+    dest.mkdir(parents=True, exist_ok=True)
     preds = run.predict_dataset(dataset, progress=progress, desc="evaluate", tta=tta)
     labels = preds.labels
     metrics = isic_metrics(labels, preds.probs, CLASS_NAMES)
-    write_table5(metrics, run_dir, stem="metrics")
-    write_submission(run_dir / "predictions.csv", preds.lesion_ids, preds.probs, CLASS_NAMES)
+    write_table5(metrics, dest, stem="metrics")
+    write_submission(dest / "predictions.csv", preds.lesion_ids, preds.probs, CLASS_NAMES)
+    atomic_write_text(dest / "evaluated.json", json.dumps(scope.record(), indent=2))
     predicted = preds.probs.argmax(axis=1)
 
     figures: list[tuple[str, str]] = []
-    plot_confusion_matrix(labels, predicted, CLASS_NAMES, run_dir / "confusion_matrix.png")
+    plot_confusion_matrix(labels, predicted, CLASS_NAMES, dest / "confusion_matrix.png")
     figures.append(("Confusion matrix (rows: truth, normalised)", "confusion_matrix.png"))
-    plot_reliability_diagram(preds.probs, labels, run_dir / "reliability.png")
+    plot_reliability_diagram(preds.probs, labels, dest / "reliability.png")
     figures.append(("Reliability diagram", "reliability.png"))
-    plot_roc_curves(labels, preds.probs, CLASS_NAMES, run_dir / "roc.png")
+    plot_roc_curves(labels, preds.probs, CLASS_NAMES, dest / "roc.png")
     figures.append(("ROC curves per class", "roc.png"))
 
     # calibration: temperature fitted on the run's validation split
-    val_preds = preds if data_root is None else run.predict_dataset(val_set, desc="validation", tta=tta)
+    on_validation = scope.on_validation
+    val_preds = preds if on_validation else run.predict_dataset(val_set, desc="validation", tta=tta)
     temperature = fit_temperature(val_preds.log_probs, val_preds.labels)
     calibrated = apply_temperature(preds.log_probs, temperature)
     calibration = {
         "ece": expected_calibration_error(preds.probs, labels),
         "temperature": temperature,
         "ece_after_temperature": expected_calibration_error(calibrated, labels),
-        "fitted_on": "validation split" + (" (the evaluated split itself)" if data_root is None else ""),
+        "fitted_on": "validation split" + (" (the evaluated split itself)" if on_validation else ""),
         "n_bins": 15,
     }
-    atomic_write_text(run_dir / "calibration.json", json.dumps(calibration, indent=2))
+    atomic_write_text(dest / "calibration.json", json.dumps(calibration, indent=2))
 
     evaluated, validation = {tta: preds}, {tta: val_preds}
     if tta != "none":
         plain = run.predict_dataset(dataset, progress=progress, desc="evaluate without TTA")
         evaluated = {"none": plain, tta: preds}
         validation = {
-            "none": plain if data_root is None else run.predict_dataset(val_set, desc="validation"),
+            "none": plain if on_validation else run.predict_dataset(val_set, desc="validation"),
             tta: val_preds,
         }
     decisions = decision_rows(evaluated, validation)
     atomic_write_text(
-        run_dir / "decision.json",
+        dest / "decision.json",
         json.dumps(
             {
                 "rows": decisions,
-                "thresholds_fitted_on": "validation split"
-                + (" (the evaluated split itself)" if data_root is None else ""),
+                "thresholds_fitted_on": "validation split" + (" (the evaluated split itself)" if on_validation else ""),
             },
             indent=2,
         ),
@@ -226,17 +242,17 @@ def evaluate_run(
 
     gate_md = ""
     if preds.weights is not None:
-        plot_gate_weights(preds.weights, labels, predicted, CLASS_NAMES, run_dir / "gate.png")
+        plot_gate_weights(preds.weights, labels, predicted, CLASS_NAMES, dest / "gate.png")
         table = gate_weight_table(preds.weights, labels, predicted, CLASS_NAMES)
-        atomic_write_text(run_dir / "gate.json", json.dumps(table, indent=2, default=float))
+        atomic_write_text(dest / "gate.json", json.dumps(table, indent=2, default=float))
         gate_md = _gate_markdown(table)
         figures.append(("Adaptive decision fusion weights (which modality the gate trusted)", "gate.png"))
 
     history = json.loads(RunFiles(run_dir).history.read_text()) if RunFiles(run_dir).history.is_file() else []
     if history:
-        plot_history(history, run_dir / "history.png")
+        plot_history(history, dest / "history.png")
         figures.append(("Training history", "history.png"))
-    cam = _gradcam_figure(run, dataset, preds, gradcam_lesions, run_dir / "gradcam.png")
+    cam = _gradcam_figure(run, dataset, preds, gradcam_lesions, dest / "gradcam.png")
     if cam is not None:
         figures.append(("Grad-CAM on the first lesions (warmer: more weight in the decision)", "gradcam.png"))
 
@@ -246,7 +262,7 @@ def evaluate_run(
         columns += GATE_COLUMNS
     ablation_md = ablation_table(ablation, metrics=columns) if len(ablation) > 1 else ""
     if ablation_md:
-        atomic_write_text(run_dir / "ablation.md", ablation_md + "\n")
+        atomic_write_text(dest / "ablation.md", ablation_md + "\n")
 
     report = _report_markdown(
         run,
@@ -255,19 +271,17 @@ def evaluate_run(
         gate_md,
         ablation_md,
         figures,
-        len(preds),
+        scope,
         data_root,
-        decision_md=_decision_section(decisions, tta, data_root, stored=run.decision),
+        decision_md=_decision_section(decisions, tta, on_validation, stored=run.decision),
     )
-    path = RunFiles(run_dir).report
+    path = dest / RunFiles(run_dir).report.name
     atomic_write_text(path, report)
     return path
 
 
-def _decision_section(
-    rows: list[dict[str, Any]], tta: str, data_root: str | Path | None, *, stored: DecisionRecord
-) -> str:
-    where = "the evaluated split itself (in-sample)" if data_root is None else "the run's validation split"
+def _decision_section(rows: list[dict[str, Any]], tta: str, on_validation: bool, *, stored: DecisionRecord) -> str:
+    where = "the evaluated split itself (in-sample)" if on_validation else "the run's validation split"
     carried = "The run stores no decision rule (trained before fusionkit stored one)."
     if stored.thresholds is not None:
         fitted = [c for c, f in zip(stored.class_names, stored.fitted or (), strict=True) if f]
@@ -317,7 +331,7 @@ def _report_markdown(
     gate_md: str,
     ablation_md: str,
     figures: list[tuple[str, str]],
-    n: int,
+    scope: EvaluationScope,
     data_root: str | Path | None,
     *,
     decision_md: str = "",
@@ -325,11 +339,13 @@ def _report_markdown(
     spec = run.config.model
     info = run.checkpoint_info
     macro = metrics["macro"]
-    where = "its validation split" if data_root is None else f"`{data_root}`"
+    title = f"# fusionkit report: {spec.name or 'model'}"
+    if scope.scope == "in-sample":
+        title += f", {IN_SAMPLE_LABEL}"
     lines = [
-        f"# fusionkit report: {spec.name or 'model'}",
+        title,
         "",
-        f"Run `{run.run_dir}`, checkpoint from epoch {info.get('epoch', '?')}, evaluated on {where} ({n} lesions).",
+        f"Run `{run.run_dir}`, checkpoint from epoch {info.get('epoch', '?')}, {scope.headline(data_root)}.",
         "",
         f"**Macro Dice (the MILK10k headline metric) {macro['dice']:.3f}**, macro AUC {macro['auc']:.3f}, "
         f"multiclass accuracy {macro['multiclass_accuracy']:.3f}, balanced accuracy "

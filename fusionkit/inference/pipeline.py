@@ -291,7 +291,8 @@ class FusionPipeline(
 
     @property
     def split(self) -> dict[str, Any]:
-        """The run's ``split.json``: the training folder and the training and validation lesion ids."""
+        """The run's ``split.json``: the training folder and the training, validation and (held-out) test
+        lesion ids (``"test"`` is empty or absent when the run has no test part)."""
         return self._source().split
 
     @property
@@ -359,6 +360,17 @@ class FusionPipeline(
     def validation_dataset(self, *, data_root: str | Path | None = None) -> Milk10kDataset:
         """The run's own validation split (read from ``data_root`` when the training folder moved)."""
         return self.dataset(data_root=data_root, lesion_ids=self.split["val"])
+
+    def test_dataset(self, *, data_root: str | Path | None = None) -> Milk10kDataset:
+        """The run's held-out test part (``data.test_fraction`` or a split file's ``"test"``).
+
+        Raises:
+            ConfigError: the run has no test part.
+        """
+        test = self.split.get("test") or []
+        if not test:
+            raise ConfigError(f"{self.run_dir / 'split.json'}: the run has no test part (data.test_fraction is 0)")
+        return self.dataset(data_root=data_root, lesion_ids=test)
 
     def predict_dataset(
         self,

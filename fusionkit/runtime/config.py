@@ -176,7 +176,13 @@ class DataSpec(FrozenSpec):
     """A MILK10k folder (the command line's --data overrides it)."""
     synthetic: SyntheticSpec = SyntheticSpec()
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    """Share of lesions in the validation split (0.2 in the paper)."""
+    """Share of lesions in the validation split (0.2 in the paper): what selects the checkpoint, fits
+    the decision thresholds and drives early stopping and the learning-rate plateau."""
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of all lesions held out as a test part that no selection sees (0: none, the paper's setup).
+    Lesion-level and stratified, carved before the validation split (or before the ``folds``); the
+    run's report and a sweep's numbers are computed on it when it is set
+    (``fusionkit.data.train_val_test_split``)."""
     split_seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds the lesion-level split (train/validation, or the k folds)."""
     folds: int | None = Field(default=None, ge=2)
@@ -185,9 +191,10 @@ class DataSpec(FrozenSpec):
     fold: int = Field(default=0, ge=0)
     """Which of the ``folds`` folds is the validation set (0-based; only with ``folds``)."""
     split_file: Path | None = None
-    """A supplied split instead of a drawn one (``split_seed`` and ``val_fraction`` then unused): JSON
-    lesion ids per part, ``{"train": [...], "val": [...]}`` (a run's ``split.json`` is one), or per
-    fold, ``{"folds": [...]}`` with ``folds`` set to their number (``fusionkit.data.read_split_file``)."""
+    """A supplied split instead of a drawn one (``split_seed``, ``val_fraction`` and ``test_fraction``
+    then unused): JSON lesion ids per part, ``{"train": [...], "val": [...]}`` with an optional held-out
+    ``"test": [...]`` (a run's ``split.json`` is one), or per fold, ``{"folds": [...]}`` with ``folds``
+    set to their number (``fusionkit.data.read_split_file``)."""
     num_workers: int = Field(default=0, ge=0, le=MAX_WORKERS)
     """DataLoader workers (0 is fastest for the cached uint8 pipeline without heavy augmentation)."""
     cache: bool = True
@@ -228,6 +235,19 @@ class DataSpec(FrozenSpec):
             raise ValueError(f"fold {self.fold} is out of range for {self.folds} folds (0 to {self.folds - 1})")
         if self.folds is None and self.fold != 0:
             raise ValueError("fold is set but folds is not; set data.folds to use k-fold cross-validation")
+        return self
+
+    @model_validator(mode="after")
+    def _test_fraction_fits(self) -> DataSpec:
+        if self.test_fraction > 0 and self.split_file is not None:
+            raise ValueError(
+                'test_fraction is unused with split_file; put the held-out lesions in the file\'s "test" list'
+            )
+        if self.folds is None and self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} must be below 1 "
+                "(no lesions left to train on)"
+            )
         return self
 
 

@@ -4,7 +4,8 @@ A run directory holds::
 
     config.yaml                    the resolved run config (the model spec in full)
     metadata_encoder.json          the metadata encoding fitted on the training split
-    split.json                     the lesion ids of the training and validation splits
+    split.json                     the lesion ids of the training and validation splits and of the
+                                   held-out test part ("test", empty without data.test_fraction)
     checkpoints/last.safetensors   model, optimizer, scheduler, RNG state (resumable)
     checkpoints/best.safetensors   the weights with the best validation score
     history.json / train.log       one record/line per epoch
@@ -12,7 +13,9 @@ A run directory holds::
     run.lock                       pid and host of the process training it (while it trains)
     inference.json                 the decision rule (thresholds fitted on the validation split at the
                                    end of training), validation metrics, training population
-    report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate)
+    report.md, metrics.*, *.png    the evaluation of the best checkpoint (fusionkit.evaluate), on the
+                                   test part when there is one; evaluated.json says which lesions
+    in-sample/                     an evaluation of training lesions, when asked for (never report.md)
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class RunFiles:
 
     @property
     def split(self) -> Path:
-        """The training and validation lesion ids (``split.json``)."""
+        """The training, validation and held-out test lesion ids (``split.json``)."""
         return self.root / "split.json"
 
     @property

@@ -191,8 +191,9 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
 
 def _outcome(run_dir: Path) -> dict[str, Any]:
     """Best epoch, mean samples/s, macro metrics (the run's metrics.json, written through the
-    run's :class:`~fusionkit.inference.pipeline.FusionPipeline`), the decision rule the run stored
-    and validation labels."""
+    run's :class:`~fusionkit.inference.pipeline.FusionPipeline`), the decision rule the run stored,
+    ``reported_split`` (``test`` when the run holds out a test part: its metrics and posteriors are on
+    it; else ``validation``, the selection split) and the labels of the validation and test lesions."""
     from fusionkit.data import CLASS_NAMES, find_split, lesion_labels
     from fusionkit.runtime.rundir import RunFiles
 
@@ -203,11 +204,15 @@ def _outcome(run_dir: Path) -> dict[str, Any]:
     split = json.loads((run_dir / "split.json").read_text())
     ids, labels = lesion_labels(find_split(split["root"], "Training"))
     label_of = dict(zip(ids, labels, strict=True))
+    evaluated = run_dir / "evaluated.json"
+    reported = json.loads(evaluated.read_text())["split"] if evaluated.is_file() else "validation"
     return {
         "best_epoch": best[-1] if best else None,
         "samples_per_s": sum(h["samples_per_s"] for h in history) / len(history) if history else None,
         "metrics": {k: macro[k] for k in MACRO_KEYS},
+        "reported_split": reported,
         "val_labels": {lesion: CLASS_NAMES[label_of[lesion]] for lesion in split["val"]},
+        "test_labels": {lesion: CLASS_NAMES[label_of[lesion]] for lesion in split.get("test") or []},
         "decision": _stored_decision(RunFiles(run_dir).inference),
     }
 

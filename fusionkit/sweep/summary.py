@@ -3,7 +3,7 @@ Table 2 / Table 3 in the paper's row layout, rebuilt from the run records on dis
 
 ``summary.json``::
 
-    {"reference": str, "warnings": [str],
+    {"reference": str, "reported_split": "test"|"validation"|"test and validation", "warnings": [str],
      "variants": {preset: {"n_runs": int,
         "interval": {"n_runs": int, "n_seeds": int, "covers": "runs and lesions"|"lesions"},
         "metrics": {"dice"|"auc"|"ppv"|"accuracy"|"sensitivity"|"specificity":
@@ -22,8 +22,13 @@ one run, ``covers`` says which). ``vs_reference`` is null for the reference itse
 the reference, ``*_mde`` the smallest difference the test detects with 80% power given the runs'
 spread (null with one run, and the Holm and detectable figures null without statsmodels, which
 ``warnings`` then says); ``auc_delong`` is DeLong's test of the macro AUC difference on each run's
-lesions. ``warnings`` also names the validation splits too small to say much
+lesions. ``warnings`` also names the scored splits too small to say much
 (:data:`~fusionkit.sweep.stats.MIN_CLASS_LESIONS`).
+
+Every number is computed on each run's *reported* split (the record's ``reported_split``): its
+held-out test part when the runs hold one out (``data.test_fraction`` or a split file's ``"test"``),
+which no checkpoint selection, threshold or early stopping saw; else the validation split that
+selected the checkpoint, which ``reported_split`` and ``summary.md`` then say.
 """
 
 from __future__ import annotations
@@ -87,10 +92,23 @@ def _posteriors(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     return [r[0] for r in rows[1:]], np.asarray([[float(v) for v in r[1:]] for r in rows[1:]])
 
 
+def reported_labels(record: dict[str, Any]) -> dict[str, str]:
+    """The class name of each lesion a run's metrics and posteriors are computed on: its test part's
+    when the record's ``reported_split`` is ``test``, else its validation split's."""
+    return record["test_labels"] if record.get("reported_split") == "test" else record["val_labels"]
+
+
+def reported_split(records: Sequence[dict[str, Any]]) -> str:
+    """``test``, ``validation`` or ``test and validation``: the splits the finished runs report."""
+    found = sorted({r.get("reported_split", "validation") for r in records if r["status"] == "ok"})
+    return " and ".join(found) if found else "validation"
+
+
 def _labels(record: dict[str, Any], ids: list[str]) -> np.ndarray:
     from fusionkit.data import CLASS_NAMES
 
-    return np.asarray([CLASS_NAMES.index(record["val_labels"][i]) for i in ids])
+    label_of = reported_labels(record)
+    return np.asarray([CLASS_NAMES.index(label_of[i]) for i in ids])
 
 
 def _n_train(record: dict[str, Any]) -> int | None:
@@ -167,14 +185,14 @@ def _vs_reference(pairs: list[PairedRun], *, n_boot: int, seed: int, with_statsm
 
 
 def _split_warnings(records: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per validation split with a class under :data:`MIN_CLASS_LESIONS` lesions."""
+    """One line per reported split (test part or validation) with a class under :data:`MIN_CLASS_LESIONS` lesions."""
     from fusionkit.data import CLASS_NAMES
 
     seen: dict[tuple[Any, Any], list[str]] = {}
     for r in records:
         if r["status"] != "ok" or (r["seed"], r["fold"]) in seen or not r.get("val_labels"):
             continue
-        labels = np.asarray([CLASS_NAMES.index(c) for c in r["val_labels"].values()])
+        labels = np.asarray([CLASS_NAMES.index(c) for c in reported_labels(r).values()])
         counts = small_classes(labels, len(CLASS_NAMES))
         seen[(r["seed"], r["fold"])] = [f"{CLASS_NAMES[c]} {n}" for c, n in counts.items()]
     same: dict[tuple[str, ...], list[str]] = {}  # runs whose splits fall short on the same classes
@@ -182,7 +200,8 @@ def _split_warnings(records: Sequence[dict[str, Any]]) -> list[str]:
         if short:
             same.setdefault(tuple(short), []).append(_run_name(*key))
     return [
-        f"{', '.join(runs).capitalize()}: the validation split has fewer than {MIN_CLASS_LESIONS} lesions of "
+        f"{', '.join(runs).capitalize()}: the {_split_name(reported_split(records))} has fewer than "
+        f"{MIN_CLASS_LESIONS} lesions of "
         f"{len(short)} class(es) ({', '.join(short)}); their per-class scores, and so the macro scores and "
         "intervals, rest on too few lesions to say much."
         for short, runs in same.items()
@@ -243,9 +262,11 @@ def summarize(
         "torch",
         "timm",
         "metrics",
+        "reported_split",
     )
     return {
         "reference": reference,
+        "reported_split": reported_split(records),
         "warnings": warnings,
         "variants": variants,
         "runs": [{k: r.get(k) for k in keep} for r in records],
@@ -334,6 +355,28 @@ def interval_sentences(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _split_name(split: str) -> str:
+    return {"test": "held-out test part", "validation": "validation split"}.get(split, "test part or validation split")
+
+
+def _split_sentence(split: str) -> str:
+    """What the sweep's numbers are computed on, in a sentence."""
+    if split == "test":
+        return (
+            "**Reported on each run's held-out test part**: lesions that no checkpoint selection, threshold "
+            "fitting or early stopping saw."
+        )
+    if split == "validation":
+        return (
+            "**Reported on the validation split**, the lesions that selected each run's checkpoint, so the "
+            "numbers are optimistic; set `data.test_fraction` to hold out a test part that no selection sees."
+        )
+    return (
+        "**Mixed**: some runs report a held-out test part, others the validation split that selected their "
+        "checkpoint; the numbers are not comparable across them."
+    )
+
+
 def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> str:
     """summary.md: variants (mean ± std, 95% intervals), paired differences and tests, the paper's tables, runs."""
     ref = summary["reference"]
@@ -341,9 +384,11 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
     lines = [
         "# fusionkit sweep summary",
         "",
-        "Macro metrics over the 11 classes on each run's validation split (`fusionkit.metrics`): "
-        "mean ± sample std over seeds (and folds), with the 95% two-level bootstrap interval of the "
-        "mean for Dice and AUC (explained below the tables).",
+        f"Macro metrics over the 11 classes on each run's {_split_name(summary.get('reported_split', 'validation'))} "
+        "(`fusionkit.metrics`): mean ± sample std over seeds (and folds), with the 95% two-level bootstrap "
+        "interval of the mean for Dice and AUC (explained below the tables).",
+        "",
+        _split_sentence(summary.get("reported_split", "validation")),
         "",
     ]
     for warning in summary.get("warnings", []):
@@ -359,7 +404,8 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
     lines += [
         f"## Against the reference `{ref}`",
         "",
-        "Paired difference (variant minus reference) on the same validation lesions, mean over "
+        f"Paired difference (variant minus reference) on the same {_split_name(summary.get('reported_split', 'validation'))} "
+        "lesions, mean over "
         "seeds (folds), with the 95% two-level bootstrap interval (runs and lesions resampled), the "
         f"corrected t-test's p-value Holm-adjusted over the {len(compared)} variant(s) of this table, "
         "and the smallest difference the runs could detect.",

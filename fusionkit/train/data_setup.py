@@ -28,13 +28,13 @@ from fusionkit.data import (
     batch_generator,
     build_transforms,
     find_split,
-    kfold_splits,
+    kfold_test_splits,
     lesion_labels,
     make_loader,
     make_synthetic_milk10k,
     normalize_batch,
     read_split_file,
-    train_val_split,
+    train_val_test_split,
 )
 from fusionkit.data.layout import Milk10kFiles
 from fusionkit.errors import ConfigError
@@ -265,21 +265,32 @@ def prepare_data(
     split_file = RunFiles(run_dir).split
     if resume and split_file.is_file():
         stored = json.loads(split_file.read_text())
-        split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]))
+        split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]), test=tuple(stored.get("test", ())))
     else:
         ids, labels = lesion_labels(files)
         if data.split_file is not None:
             split = read_split_file(data.split_file, ids, folds=data.folds, fold=data.fold)
         elif data.folds is not None:
-            split = kfold_splits(ids, labels, k=data.folds, seed=data.split_seed)[data.fold]
+            folds = kfold_test_splits(ids, labels, k=data.folds, test_fraction=data.test_fraction, seed=data.split_seed)
+            split = folds[data.fold]
         else:
-            split = train_val_split(ids, labels, val_fraction=data.val_fraction, seed=data.split_seed)
+            split = train_val_test_split(
+                ids, labels, val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.split_seed
+            )
     for part, lesions in (("training", split.train), ("validation", split.val)):
         if not lesions:
             raise ConfigError(
                 f"{files.metadata_csv}: the {part} split is empty ({len(split.train) + len(split.val)} lesion(s), "
                 f"data.val_fraction {data.val_fraction}); expected at least one lesion in each part"
             )
+
+    logger.info(
+        "split: %d training, %d validation (selects the checkpoint, fits the thresholds), %d held-out test lesions%s",
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        " (the report's headline)" if split.test else " (the report is on the validation split)",
+    )
 
     size = config.model.image_size
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
@@ -333,7 +344,11 @@ def prepare_data(
         atomic_write_text(RunFiles(run_dir).config, yaml.safe_dump(record, sort_keys=False))
         train_set.encoder.save(RunFiles(run_dir).metadata_encoder)
         atomic_write_text(
-            split_file, json.dumps({"root": str(root), "train": list(split.train), "val": list(split.val)}, indent=1)
+            split_file,
+            json.dumps(
+                {"root": str(root), "train": list(split.train), "val": list(split.val), "test": list(split.test)},
+                indent=1,
+            ),
         )
     barrier(dist_info)
     return RunData(
