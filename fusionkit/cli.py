@@ -206,6 +206,24 @@ def predict(
             help="Fit the thresholds again on the runs' validation split (reads the training folder) instead of using those stored at the end of training.",
         ),
     ] = False,
+    conformal: Annotated[
+        float | None,
+        typer.Option(
+            "--conformal",
+            metavar="ALPHA",
+            help="Also write split-conformal prediction sets at miscoverage ALPHA (e.g. 0.1: sets hold the truth 90% of the time) to OUT.sets.csv (lesion_id,prediction_set), calibrated on the runs' validation split; the submission CSV is unchanged.",
+        ),
+    ] = None,
+    conformal_method: Annotated[
+        str, typer.Option("--conformal-method", help="Conformal score: lac (smallest sets) or aps (adaptive).")
+    ] = "lac",
+    class_conditional: Annotated[
+        bool,
+        typer.Option(
+            "--class-conditional",
+            help="One conformal threshold per class (coverage guaranteed per class, rare ones too).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
@@ -223,9 +241,18 @@ def predict(
         decision=decision,
         refit_thresholds=refit_thresholds,
         progress=not quiet,
+        conformal=conformal,
+        conformal_method=conformal_method,
+        class_conditional=class_conditional,
     )
     record = json.loads(path.with_suffix(".json").read_text())
     typer.echo(f"wrote {path} ({record['lesions']} lesions): {record['values']}")
+    if "conformal" in record:
+        sets = record["conformal"]
+        typer.echo(
+            f"wrote {sets['sets']}: {sets['method']} prediction sets at alpha {sets['alpha']:g} "
+            f"(calibrated on the {sets['calibrated_on']})"
+        )
 
 
 @app.command()
@@ -247,6 +274,30 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for an ensemble's report (required for several runs).")
     ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Also score the model under seeded corruptions of one modality at a time on its validation split: robustness.json/.md/.png in the run (or --out).",
+        ),
+    ] = False,
+    severities: Annotated[
+        str, typer.Option("--severities", help="With --robustness: comma-separated severities in 1..5.")
+    ] = "1,2,3,4,5",
+    corruptions: Annotated[
+        str | None,
+        typer.Option(
+            "--corruptions",
+            help="With --robustness: comma-separated corruption names (default all; e.g. gaussian_blur,hair,wrong_site,absent).",
+        ),
+    ] = None,
+    baseline_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline-run",
+            help="With --robustness: a run holding robustness.json (same seed, same lesions); adds the mean corruption error (mCE) against it.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
@@ -255,6 +306,22 @@ def evaluate(
     from fusionkit.inference.ensemble import find_runs
 
     found = find_runs(runs)
+    if robustness:
+        from fusionkit.evaluate.robustness import evaluate_robustness, parse_corruptions, parse_severities
+
+        if len(found) != 1:
+            raise ConfigError(f"--robustness scores one run, got {len(found)}; evaluate each run on its own")
+        written = evaluate_robustness(
+            found[0],
+            out=out,
+            baseline_run=baseline_run,
+            corruptions=parse_corruptions(corruptions),
+            severities=parse_severities(severities),
+            progress=not quiet,
+        )
+        typer.echo(f"robustness: {written['json']}")
+    elif baseline_run is not None or corruptions is not None:
+        raise ConfigError("--baseline-run and --corruptions go with --robustness")
     if len(found) == 1 and out is None:
         path = evaluate_run(found[0], data_root=data, gradcam_lesions=gradcam, progress=not quiet, tta=tta)
     elif out is None:

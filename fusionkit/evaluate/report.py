@@ -14,6 +14,9 @@ What it writes (all atomically):
 - ``decision.json``: macro Dice and AUC under each decision rule (probs, argmax, fitted
   thresholds), without and with the test-time augmentation asked for;
 - ``predictions.csv``: the evaluated posteriors in the MILK10k submission format;
+- ``subgroups.json`` / ``.md`` / ``.png`` and ``referral.json`` / ``.md`` / ``risk_coverage.png``:
+  the subgroup and "knowing when to refer" sections (:mod:`fusionkit.evaluate.trust`), from the
+  same posteriors; a ``robustness.json`` written by ``evaluate --robustness`` is summarised too;
 - ``report.md``: one page that shows all of the above.
 """
 
@@ -39,6 +42,7 @@ from fusionkit.evaluate.plots import (
     plot_roc_curves,
 )
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
+from fusionkit.evaluate.trust import trust_sections
 from fusionkit.inference.decision import DecisionRecord
 from fusionkit.inference.pipeline import FusionPipeline, load_run
 from fusionkit.inference.predict import Predictions
@@ -248,6 +252,9 @@ def evaluate_run(
     if ablation_md:
         atomic_write_text(run_dir / "ablation.md", ablation_md + "\n")
 
+    by_id = {r.lesion_id: r for r in dataset.records}
+    trust_md = trust_sections([by_id[i] for i in preds.lesion_ids], labels, preds.probs, CLASS_NAMES, run_dir)
+
     report = _report_markdown(
         run,
         metrics,
@@ -258,6 +265,7 @@ def evaluate_run(
         len(preds),
         data_root,
         decision_md=_decision_section(decisions, tta, data_root, stored=run.decision),
+        trust_md=trust_md,
     )
     path = RunFiles(run_dir).report
     atomic_write_text(path, report)
@@ -321,6 +329,7 @@ def _report_markdown(
     data_root: str | Path | None,
     *,
     decision_md: str = "",
+    trust_md: str = "",
 ) -> str:
     spec = run.config.model
     info = run.checkpoint_info
@@ -367,6 +376,8 @@ def _report_markdown(
         lines += ["## What the fusion gate trusted", "", "Mean ADF weights by group.", "", gate_md, ""]
     if decision_md:
         lines.append(decision_md)
+    if trust_md:
+        lines.append(trust_md)
     lines += ["## Figures", ""]
     for title, name in figures:
         lines.append(_markdown_image(title, name))
