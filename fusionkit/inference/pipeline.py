@@ -691,7 +691,7 @@ def store_run_decision(
         # the posteriors the rule was fitted on: conformal sets are calibrated on them at predict time
         "validation_posteriors": {
             "lesion_ids": list(preds.lesion_ids),
-            "labels": [int(v) for v in preds.labels],
+            "labels": [int(v) for v in np.asarray(preds.labels)],
             "probs": np.asarray(preds.probs, dtype=np.float64).tolist(),
         },
     }

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -114,7 +114,9 @@ def pipeline_robustness(
             k = len(pipe.class_names)
             return np.full((len(clean.lesion_ids), k), 1.0 / k)
         preds = pipe.predict_dataset(
-            PerturbedDataset(data, perturbation), absent=perturbation.absent, desc=f"robustness: {perturbation.label}"
+            cast(
+                Any, PerturbedDataset(data, perturbation)
+            ),  # a Milk10kDataset view: same items, one corrupted absent=perturbation.absent, desc=f"robustness: {perturbation.label}"
         )
         if list(preds.lesion_ids) != list(clean.lesion_ids):  # pragma: no cover - the loader keeps order
             raise FusionkitError("robustness: the perturbed predictions came back in another lesion order")
