@@ -525,6 +525,19 @@ def sweep(
             help='Use these lesions instead of drawing a split: JSON {"train": [ids], "val": [ids]} (a run\'s split.json) or {"folds": [...]} with --folds (sets data.split_file).',
         ),
     ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="After training, score every run's robustness (evaluate --robustness, mCE against the reference run of the same seed); the summary gets a robustness table.",
+        ),
+    ] = False,
+    severities: Annotated[
+        str, typer.Option("--severities", help="With --robustness: comma-separated severities in 1..5.")
+    ] = "1,2,3,4,5",
+    corruptions: Annotated[
+        str | None, typer.Option("--corruptions", help="With --robustness: comma-separated corruption names.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
@@ -533,11 +546,24 @@ def sweep(
 
     if bootstrap < 1:
         raise ConfigError("--bootstrap must be at least 1")
+    scoring: dict[str, Any] | None = None
+    if robustness:
+        from fusionkit.evaluate.robustness import parse_corruptions, parse_severities
+
+        scoring = {"corruptions": parse_corruptions(corruptions), "severities": parse_severities(severities)}
+    elif corruptions is not None:
+        raise ConfigError("--corruptions goes with --robustness")
     if report_only is not None:
         plan_file = report_only / "sweep.json"
         if not plan_file.is_file():
             raise ConfigError(f"{report_only}: not a sweep folder (no sweep.json)")
         ref = reference or json.loads(plan_file.read_text())["reference"]
+        if scoring is not None:
+            from fusionkit.sweep.robustness import score_sweep_robustness
+            from fusionkit.sweep.summary import collect_records
+
+            echo = None if quiet else (lambda line: typer.echo(line, err=True))
+            score_sweep_robustness(collect_records(report_only), reference=ref, echo=echo, **scoring)
         summary = write_summary(report_only, reference=ref, n_boot=bootstrap)
         typer.echo(f"summary: {report_only / 'summary.md'} ({len(summary['runs'])} runs)")
         return
@@ -578,6 +604,7 @@ def sweep(
         engine_kind=engine_kind,
         quiet=quiet,
         bootstrap=bootstrap,
+        robustness=scoring,
     )
 
 
@@ -591,8 +618,12 @@ def _run_sweep_jobs(
     engine_kind: str | dict,
     quiet: bool,
     bootstrap: int = 1000,
+    robustness: dict[str, Any] | None = None,
 ) -> None:
     """Run planned sweep jobs (``sweep`` and ``train --folds``): shared data, an engine, the summary.
+
+    ``robustness``: the corruptions and severities of ``sweep --robustness``; every finished run is
+    then scored on them here, after training, and the summary rebuilt with its robustness table.
 
     ``engine_kind``: ``"local"`` (this process), a comma-separated device list (a subprocess queue),
     or the submitit options as a mapping. Exits 1 after the summary when a run failed.
@@ -617,6 +648,13 @@ def _run_sweep_jobs(
         n_boot=bootstrap,
         echo=lambda line: typer.echo(line, err=True),
     )
+    if robustness is not None:
+        from fusionkit.sweep import write_summary
+        from fusionkit.sweep.robustness import score_sweep_robustness
+
+        echo = None if quiet else (lambda line: typer.echo(line, err=True))
+        score_sweep_robustness(summary["runs"], reference=reference, echo=echo, **robustness)
+        summary = write_summary(out, reference=reference, n_boot=bootstrap)
     failed = [r for r in summary["runs"] if r["status"] != "ok"]
     typer.echo(f"summary: {out / 'summary.md'} ({len(summary['runs'])} runs, {len(failed)} failed)")
     if failed:

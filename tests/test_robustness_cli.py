@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import tiny_run_config
+from train_helpers import tiny_run_config, write_config
 
 from fusionkit import FusionPipeline
 from fusionkit.data import CLASS_NAMES
@@ -176,3 +176,39 @@ def test_predict_conformal_writes_sets_beside_the_submission(run_dir: Path, tmp_
 
     bad = _cli(*args, "--conformal", "1.5")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "alpha" in bad.stderr
+
+
+def test_sweep_robustness_adds_a_column_to_the_summary(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg.yaml", tiny_run_config(tmp_path / "cache", n_lesions=40, epochs=1))
+    out = tmp_path / "sweep"
+    done = _cli(
+        "sweep",
+        config,
+        "--presets",
+        "ji-adf,derm-only",
+        "--seeds",
+        "0",
+        "--synthetic",
+        "--out",
+        out,
+        "--bootstrap",
+        20,
+        "--quiet",
+        "--robustness",
+        "--severities",
+        "5",
+        "--corruptions",
+        "gaussian_noise,wrong_site",
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    ji, derm = summary["variants"]["ji-adf"]["robustness"], summary["variants"]["derm-only"]["robustness"]
+    assert set(ji["mean_relative_drop"]) == {"derm", "clinical", "meta"}  # each corruption where it applies
+    assert set(derm["mean_relative_drop"]) == {"derm"}  # a derm-only model has no metadata to corrupt
+    assert ji["mce"] is None  # the reference is not compared with itself
+    for run in summary["runs"]:
+        assert (Path(run["run_dir"]) / "robustness.json").is_file()
+    derm_run = next(r for r in summary["runs"] if r["preset"] == "derm-only")
+    mce = json.loads((Path(derm_run["run_dir"]) / "robustness.json").read_text())["mce"]
+    assert set(mce["per_corruption"]) == {"derm/gaussian_noise"}
+    assert "## Robustness per modality" in (out / "summary.md").read_text()
