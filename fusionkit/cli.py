@@ -207,6 +207,24 @@ def predict(
             help="Fit the thresholds again on the runs' validation split (reads the training folder) instead of using those stored at the end of training.",
         ),
     ] = False,
+    conformal: Annotated[
+        float | None,
+        typer.Option(
+            "--conformal",
+            metavar="ALPHA",
+            help="Also write split-conformal prediction sets at miscoverage ALPHA (e.g. 0.1: sets hold the truth 90% of the time) to OUT.sets.csv (lesion_id,prediction_set), calibrated on the runs' validation split; the submission CSV is unchanged.",
+        ),
+    ] = None,
+    conformal_method: Annotated[
+        str, typer.Option("--conformal-method", help="Conformal score: lac (smallest sets) or aps (adaptive).")
+    ] = "lac",
+    class_conditional: Annotated[
+        bool,
+        typer.Option(
+            "--class-conditional",
+            help="One conformal threshold per class (coverage guaranteed per class, rare ones too).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
@@ -224,9 +242,18 @@ def predict(
         decision=decision,
         refit_thresholds=refit_thresholds,
         progress=not quiet,
+        conformal=conformal,
+        conformal_method=conformal_method,
+        class_conditional=class_conditional,
     )
     record = json.loads(path.with_suffix(".json").read_text())
     typer.echo(f"wrote {path} ({record['lesions']} lesions): {record['values']}")
+    if "conformal" in record:
+        sets = record["conformal"]
+        typer.echo(
+            f"wrote {sets['sets']}: {sets['method']} prediction sets at alpha {sets['alpha']:g} "
+            f"(calibrated on the {sets['calibrated_on']})"
+        )
 
 
 @app.command()
@@ -260,6 +287,30 @@ def evaluate(
             "written to --out or RUN/in-sample/, never over the run's own.",
         ),
     ] = False,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Also score the model under seeded corruptions of one modality at a time on its validation split: robustness.json/.md/.png in the run (or --out).",
+        ),
+    ] = False,
+    severities: Annotated[
+        str, typer.Option("--severities", help="With --robustness: comma-separated severities in 1..5.")
+    ] = "1,2,3,4,5",
+    corruptions: Annotated[
+        str | None,
+        typer.Option(
+            "--corruptions",
+            help="With --robustness: comma-separated corruption names (default all; e.g. gaussian_blur,hair,wrong_site,absent).",
+        ),
+    ] = None,
+    baseline_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline-run",
+            help="With --robustness: a run holding robustness.json (same seed, same lesions); adds the mean corruption error (mCE) against it.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
@@ -268,6 +319,22 @@ def evaluate(
     from fusionkit.inference.ensemble import find_runs
 
     found = find_runs(runs)
+    if robustness:
+        from fusionkit.evaluate.robustness import evaluate_robustness, parse_corruptions, parse_severities
+
+        if len(found) != 1:
+            raise ConfigError(f"--robustness scores one run, got {len(found)}; evaluate each run on its own")
+        written = evaluate_robustness(
+            found[0],
+            out=out,
+            baseline_run=baseline_run,
+            corruptions=parse_corruptions(corruptions),
+            severities=parse_severities(severities),
+            progress=not quiet,
+        )
+        typer.echo(f"robustness: {written['json']}")
+    elif baseline_run is not None or corruptions is not None:
+        raise ConfigError("--baseline-run and --corruptions go with --robustness")
     if len(found) == 1 and (out is None or allow_training_lesions):
         path = evaluate_run(
             found[0],
@@ -486,6 +553,19 @@ def sweep(
             help='Use these lesions instead of drawing a split: JSON {"train": [ids], "val": [ids]} (a run\'s split.json) or {"folds": [...]} with --folds (sets data.split_file).',
         ),
     ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="After training, score every run's robustness (evaluate --robustness, mCE against the reference run of the same seed); the summary gets a robustness table.",
+        ),
+    ] = False,
+    severities: Annotated[
+        str, typer.Option("--severities", help="With --robustness: comma-separated severities in 1..5.")
+    ] = "1,2,3,4,5",
+    corruptions: Annotated[
+        str | None, typer.Option("--corruptions", help="With --robustness: comma-separated corruption names.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
@@ -494,11 +574,24 @@ def sweep(
 
     if bootstrap < 1:
         raise ConfigError("--bootstrap must be at least 1")
+    scoring: dict[str, Any] | None = None
+    if robustness:
+        from fusionkit.evaluate.robustness import parse_corruptions, parse_severities
+
+        scoring = {"corruptions": parse_corruptions(corruptions), "severities": parse_severities(severities)}
+    elif corruptions is not None:
+        raise ConfigError("--corruptions goes with --robustness")
     if report_only is not None:
         plan_file = report_only / "sweep.json"
         if not plan_file.is_file():
             raise ConfigError(f"{report_only}: not a sweep folder (no sweep.json)")
         ref = reference or json.loads(plan_file.read_text())["reference"]
+        if scoring is not None:
+            from fusionkit.sweep.robustness import score_sweep_robustness
+            from fusionkit.sweep.summary import collect_records
+
+            echo = None if quiet else (lambda line: typer.echo(line, err=True))
+            score_sweep_robustness(collect_records(report_only), reference=ref, echo=echo, **scoring)
         summary = write_summary(report_only, reference=ref, n_boot=bootstrap)
         typer.echo(f"summary: {report_only / 'summary.md'} ({len(summary['runs'])} runs)")
         return
@@ -539,6 +632,7 @@ def sweep(
         engine_kind=engine_kind,
         quiet=quiet,
         bootstrap=bootstrap,
+        robustness=scoring,
     )
 
 
@@ -552,8 +646,12 @@ def _run_sweep_jobs(
     engine_kind: str | dict,
     quiet: bool,
     bootstrap: int = 1000,
+    robustness: dict[str, Any] | None = None,
 ) -> None:
     """Run planned sweep jobs (``sweep`` and ``train --folds``): shared data, an engine, the summary.
+
+    ``robustness``: the corruptions and severities of ``sweep --robustness``; every finished run is
+    then scored on them here, after training, and the summary rebuilt with its robustness table.
 
     ``engine_kind``: ``"local"`` (this process), a comma-separated device list (a subprocess queue),
     or the submitit options as a mapping. Exits 1 after the summary when a run failed.
@@ -578,6 +676,13 @@ def _run_sweep_jobs(
         n_boot=bootstrap,
         echo=lambda line: typer.echo(line, err=True),
     )
+    if robustness is not None:
+        from fusionkit.sweep import write_summary
+        from fusionkit.sweep.robustness import score_sweep_robustness
+
+        echo = None if quiet else (lambda line: typer.echo(line, err=True))
+        score_sweep_robustness(summary["runs"], reference=reference, echo=echo, **robustness)
+        summary = write_summary(out, reference=reference, n_boot=bootstrap)
     failed = [r for r in summary["runs"] if r["status"] != "ok"]
     typer.echo(f"summary: {out / 'summary.md'} ({len(summary['runs'])} runs, {len(failed)} failed)")
     if failed:

@@ -18,6 +18,9 @@ What it writes (all atomically):
 - ``predictions.csv``: the evaluated posteriors in the MILK10k submission format;
 - ``evaluated.json``: what the numbers are computed on (``test``, ``validation``, ``folder`` or
   ``in-sample``) and how many lesions;
+- ``subgroups.json`` / ``.md`` / ``.png`` and ``referral.json`` / ``.md`` / ``risk_coverage.png``:
+  the subgroup and "knowing when to refer" sections (:mod:`fusionkit.evaluate.trust`), from the
+  same posteriors; a ``robustness.json`` written by ``evaluate --robustness`` is summarised too;
 - ``report.md``: one page that shows all of the above.
 """
 
@@ -44,6 +47,7 @@ from fusionkit.evaluate.plots import (
 )
 from fusionkit.evaluate.scope import IN_SAMPLE_LABEL, EvaluationScope, evaluation_scope
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
+from fusionkit.evaluate.trust import trust_sections
 from fusionkit.inference.decision import DecisionRecord
 from fusionkit.inference.pipeline import FusionPipeline, load_run
 from fusionkit.inference.predict import Predictions
@@ -264,6 +268,9 @@ def evaluate_run(
     if ablation_md:
         atomic_write_text(dest / "ablation.md", ablation_md + "\n")
 
+    by_id = {r.lesion_id: r for r in dataset.records}
+    trust_md = trust_sections([by_id[i] for i in preds.lesion_ids], labels, preds.probs, CLASS_NAMES, dest)
+
     report = _report_markdown(
         run,
         metrics,
@@ -274,6 +281,7 @@ def evaluate_run(
         scope,
         data_root,
         decision_md=_decision_section(decisions, tta, on_validation, stored=run.decision),
+        trust_md=trust_md,
     )
     path = dest / RunFiles(run_dir).report.name
     atomic_write_text(path, report)
@@ -335,6 +343,7 @@ def _report_markdown(
     data_root: str | Path | None,
     *,
     decision_md: str = "",
+    trust_md: str = "",
 ) -> str:
     spec = run.config.model
     info = run.checkpoint_info
@@ -383,6 +392,8 @@ def _report_markdown(
         lines += ["## What the fusion gate trusted", "", "Mean ADF weights by group.", "", gate_md, ""]
     if decision_md:
         lines.append(decision_md)
+    if trust_md:
+        lines.append(trust_md)
     lines += ["## Figures", ""]
     for title, name in figures:
         lines.append(_markdown_image(title, name))

@@ -35,6 +35,7 @@ from fusionkit.inference.pipeline import FusionPipeline
 from fusionkit.inference.predict import Predictions
 from fusionkit.inference.submission import write_submission
 from fusionkit.inference.tta import check_tta
+from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal, sets_path, write_prediction_sets
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.utils.io import atomic_write_text
 
@@ -212,6 +213,52 @@ def ensemble_decision(
         raise ConfigError(str(exc)) from None
 
 
+def ensemble_conformal(
+    runs: Sequence[FusionPipeline],
+    *,
+    alpha: float,
+    method: str = "lac",
+    class_conditional: bool = False,
+    tta: str = "none",
+    fallback_root: str | Path | None = None,
+) -> tuple[ConformalCalibration, str]:
+    """Split-conformal thresholds for the ensemble's mean posterior, calibrated on the validation
+    split the runs share (:meth:`FusionPipeline.validation_posteriors`: stored at the end of
+    training, so no training data is read without TTA). Returns ``(calibration, origin)``.
+
+    Raises:
+        ConfigError: a saved pipeline (no validation split), or runs with different validation
+            splits (k folds: no lesion is held out from every member, so no set is calibrated).
+    """
+    saved = [str(r.origin) for r in runs if r.source is None]
+    if saved:
+        raise ConfigError(f"{saved[0]}: conformal sets need run directories (a saved pipeline has no validation split)")
+    if any(r.split.get("val") != runs[0].split.get("val") for r in runs):
+        raise ConfigError(
+            "conformal sets for an ensemble need runs that share one validation split (seeds), not k folds"
+        )
+
+    def root(run: FusionPipeline) -> Path | None:
+        return None if run.data_root.is_dir() or fallback_root is None else Path(fallback_root)
+
+    parts = [r.validation_posteriors(tta=tta, data_root=root(r)) for r in runs]
+    preds = mean_predictions([p for p, _ in parts])
+    if preds.labels is None:
+        raise ConfigError("conformal calibration needs a labelled validation split")
+    try:
+        calibration = calibrate_conformal(
+            preds.probs,
+            preds.labels,
+            runs[0].class_names,
+            alpha=alpha,
+            method=method,  # type: ignore[arg-type]
+            class_conditional=class_conditional,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--conformal: {exc}") from None
+    return calibration, parts[0][1]
+
+
 def _auto_split(root: Path, split: str) -> str:
     """``auto`` is the Test split; never a silent fall-back to Training (a submission of the wrong lesions)."""
     if split != "auto":
@@ -236,6 +283,9 @@ def predict_split(
     decision: str = DEFAULT_DECISION,
     refit_thresholds: bool = False,
     progress: bool = True,
+    conformal: float | None = None,
+    conformal_method: str = "lac",
+    class_conditional: bool = False,
 ) -> Path:
     """Predict a split with one run or an ensemble and write the submission CSV (official MILK10k format).
 
@@ -244,6 +294,12 @@ def predict_split(
     (``refit_thresholds``: fitted again on the runs' validation split, which reads the training
     folder). Beside the CSV, ``<out>.json`` records the runs, TTA, decision rule, thresholds and
     what the CSV's values are.
+
+    ``conformal`` (a miscoverage level alpha, e.g. 0.1): also write split-conformal prediction
+    sets beside the CSV (``sub.csv`` -> ``sub.sets.csv``, columns ``lesion_id,prediction_set``,
+    class names joined by ``|``), calibrated with ``conformal_method`` (``lac`` or ``aps``,
+    ``class_conditional`` for one threshold per class) on the runs' validation posteriors; the
+    submission CSV itself is unchanged.
     """
     try:
         check_tta(tta)
@@ -260,7 +316,23 @@ def predict_split(
     record, origin = ensemble_decision(
         runs, decision, refit=refit_thresholds, tta=tta, progress=progress, fallback_root=data_root
     )
+    calibration = None
+    if conformal is not None:
+        if conformal_method not in ("lac", "aps"):
+            raise ConfigError(f"--conformal-method {conformal_method!r}: expected lac or aps")
+        calibration, calibrated_on = ensemble_conformal(
+            runs,
+            alpha=conformal,
+            method=conformal_method,
+            class_conditional=class_conditional,
+            tta=tta,
+            fallback_root=data_root,
+        )
     path = write_submission(out, preds.lesion_ids, record.apply(preds.probs), record.class_names)
+    if calibration is not None:
+        write_prediction_sets(
+            sets_path(out), preds.lesion_ids, calibration.predict_sets(preds.probs), calibration.class_names
+        )
     state: dict[str, Any] = {
         "runs": [str(r.origin) for r in runs],
         "checkpoint": checkpoint,
@@ -276,5 +348,12 @@ def predict_split(
         "fitted": None if decision != "thresholds" else record.to_dict().get("fitted"),
         "lesions": len(preds),
     }
+    if calibration is not None:
+        state["conformal"] = {
+            "sets": str(sets_path(out)),
+            **calibration.to_dict(),
+            "calibrated_on": calibrated_on,
+            "always_included": calibration.always_included,
+        }
     atomic_write_text(Path(out).with_suffix(".json"), json.dumps(state, indent=2))
     return path

@@ -43,6 +43,7 @@ from fusionkit.inference.decision import DEFAULT_DECISION, DecisionRecord, check
 from fusionkit.inference.inputs import check_model_batch, collate_lesions, lesion_input
 from fusionkit.inference.predict import Predictions, predict
 from fusionkit.inference.tta import check_tta
+from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config
@@ -521,6 +522,68 @@ class FusionPipeline(
 
         return export_onnx(self, out=path)
 
+    # -- conformal prediction sets ----------------------------------------------------------------
+    def validation_posteriors(
+        self, *, tta: str = "none", data_root: str | Path | None = None, progress: bool = False
+    ) -> tuple[Predictions, str]:
+        """The run's validation posteriors and where they came from.
+
+        Without TTA they are those stored at the end of training (``inference.json``, written by
+        :func:`store_run_decision`), so no training data is read; a run trained before fusionkit
+        stored them, or ``tta`` other than ``none``, predicts the validation split again (reading
+        the training folder, or ``data_root`` where it moved). Returns ``(predictions, origin)``.
+        """
+        _check_tta(tta)
+        if tta == "none" and self.source is not None and RunFiles(self.run_dir).inference.is_file():
+            stored = json.loads(RunFiles(self.run_dir).inference.read_text()).get("validation_posteriors")
+            if stored:
+                try:
+                    probs = np.asarray(stored["probs"], dtype=np.float64)
+                    with np.errstate(divide="ignore"):
+                        log_probs = np.log(probs)
+                    preds = Predictions(
+                        lesion_ids=list(stored["lesion_ids"]),
+                        labels=np.asarray(stored["labels"], dtype=np.int64),
+                        probs=probs,
+                        log_probs=log_probs,
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ConfigError(
+                        f"{RunFiles(self.run_dir).inference}: unreadable validation_posteriors ({exc})"
+                    ) from None
+                return preds, "validation posteriors stored at the end of training (inference.json)"
+        preds = self.predict_dataset(
+            self.validation_dataset(data_root=data_root), progress=progress, desc="validation", tta=tta
+        )
+        return preds, f"validation split predicted again (TTA {tta})"
+
+    def conformal(
+        self,
+        *,
+        alpha: float = 0.1,
+        method: str = "lac",
+        class_conditional: bool = False,
+        tta: str = "none",
+        data_root: str | Path | None = None,
+    ) -> ConformalCalibration:
+        """Split-conformal thresholds calibrated on the run's validation split
+        (:func:`fusionkit.metrics.conformal.calibrate_conformal`; posteriors from
+        :meth:`validation_posteriors`); ``calibration.predict_sets(probs)`` gives the sets."""
+        preds, _ = self.validation_posteriors(tta=tta, data_root=data_root)
+        if preds.labels is None:
+            raise ConfigError("conformal calibration needs a labelled validation split")
+        try:
+            return calibrate_conformal(
+                preds.probs,
+                preds.labels,
+                self.class_names,
+                alpha=alpha,
+                method=method,  # type: ignore[arg-type]
+                class_conditional=class_conditional,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"conformal calibration: {exc}") from None
+
     # -- the decision rule -------------------------------------------------------------------------
     def refit_decision(
         self,
@@ -641,6 +704,12 @@ def store_run_decision(
         "decision": record.to_dict(),
         "validation": validation_summary(preds.labels, preds.probs, pipe.class_names),
         "population": training_population(pipe.data_root, pipe.split.get("train", [])),
+        # the posteriors the rule was fitted on: conformal sets are calibrated on them at predict time
+        "validation_posteriors": {
+            "lesion_ids": list(preds.lesion_ids),
+            "labels": [int(v) for v in np.asarray(preds.labels)],
+            "probs": np.asarray(preds.probs, dtype=np.float64).tolist(),
+        },
     }
     path = RunFiles(run_dir).inference
     atomic_write_text(path, json.dumps(state, indent=2))

@@ -11,7 +11,9 @@ Table 2 / Table 3 in the paper's row layout, rebuilt from the run records on dis
         "vs_reference": {"n_runs", "n_seeds", "covers", "ratio",
                          "dice_diff", "dice_ci95", "dice_p", "dice_p_holm", "dice_mde",
                          "auc_diff", "auc_ci95", "auc_p", "auc_p_holm", "auc_mde",
-                         "auc_delong": [{"seed", "fold", "diff", "z", "p"}]} | null}},
+                         "auc_delong": [{"seed", "fold", "diff", "z", "p"}]} | null,
+        "robustness": {"n_runs", "mean_relative_drop": {modality: float}, "mce": float|null}
+                      (only with ``sweep --robustness``, :mod:`fusionkit.sweep.robustness`)}},
      "runs": [{"preset", "seed", "fold", "status", "run_dir", "seconds", "metrics", ...}]}
 
 ``std`` is null for a variant with one finished run; ``ci95`` is the two-level bootstrap interval
@@ -44,6 +46,7 @@ import numpy as np
 
 from fusionkit.sweep.execute import MACRO_KEYS, RECORD_FILE
 from fusionkit.sweep.plan import FIGURE3_BARS, TABLE2_ROWS, TABLE3_ROWS
+from fusionkit.sweep.robustness import robustness_summary
 from fusionkit.sweep.significance import (
     STATSMODELS_MISSING,
     corrected_ttest,
@@ -264,6 +267,9 @@ def summarize(
         "metrics",
         "reported_split",
     )
+    for preset, entry in robustness_summary(records).items():
+        if preset in variants:
+            variants[preset]["robustness"] = entry
     return {
         "reference": reference,
         "reported_split": reported_split(records),
@@ -400,6 +406,7 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
         runs = _runs_phrase(v["interval"]["n_runs"], v["interval"]["n_seeds"])
         rows.append([f"`{preset}`", runs, *(_cell(m[k]) for k in COLUMN_TITLES), *ci])
     lines += [_table(["Variant", "Runs", *COLUMN_TITLES.values(), "Dice 95% CI", "AUC 95% CI"], rows), ""]
+    lines += _robustness_lines(variants, ref)
     compared = {p: v["vs_reference"] for p, v in variants.items() if v["vs_reference"] is not None and p != ref}
     lines += [
         f"## Against the reference `{ref}`",
@@ -506,6 +513,34 @@ def summary_markdown(summary: dict[str, Any], *, figure: str | None = None) -> s
             + [""]
         )
     return "\n".join(lines)
+
+
+def _robustness_lines(variants: dict[str, Any], reference: str) -> list[str]:
+    """The robustness table (``sweep --robustness``): mean relative Dice drop per corrupted modality."""
+    scored = {p: v["robustness"] for p, v in variants.items() if v.get("robustness")}
+    if not scored:
+        return []
+    modalities = list(dict.fromkeys(m for r in scored.values() for m in r["mean_relative_drop"]))
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [
+        [f"`{p}`", str(r["n_runs"]), *(number(r["mean_relative_drop"].get(m)) for m in modalities), number(r["mce"])]
+        for p, r in scored.items()
+    ]
+    header = ["Variant", "Runs", *(f"drop, {m} corrupted" for m in modalities), f"mCE vs `{reference}`"]
+    return [
+        "## Robustness per modality",
+        "",
+        "Mean relative macro-Dice drop, (clean - corrupted) / clean, over the graded corruptions and severities "
+        "of one modality at a time on each run's validation split (`robustness.json` in each run; lower is more "
+        f"robust), averaged over runs; mCE (ImageNet-C) against the `{reference}` run of the same seed (below 1: "
+        "more robust than the reference).",
+        "",
+        _table(header, rows),
+        "",
+    ]
 
 
 def summary_csv(summary: dict[str, Any]) -> str:

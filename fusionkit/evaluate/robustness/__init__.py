@@ -7,7 +7,10 @@
   each and scores it with the ISIC metrics, a bootstrap interval of the macro Dice, the relative
   drop and, given a reference run's table, ImageNet-C's mCE;
 * :class:`PerturbedDataset` — a dataset view that applies a perturbation to fusionkit items;
-* :func:`write_robustness` — ``robustness.json``, ``robustness.md`` and ``robustness.png``.
+* :func:`write_robustness` — ``robustness.json``, ``robustness.md`` and ``robustness.png``;
+* :func:`pipeline_robustness` / :func:`evaluate_robustness` — the same for a trained
+  :class:`~fusionkit.inference.pipeline.FusionPipeline` on its validation split (``fusionkit
+  evaluate RUN --robustness``).
 """
 
 from fusionkit.evaluate.robustness.catalog import (
@@ -27,6 +30,12 @@ from fusionkit.evaluate.robustness.output import (
     plot_robustness,
     robustness_markdown,
     write_robustness,
+)
+from fusionkit.evaluate.robustness.run import (
+    evaluate_robustness,
+    parse_corruptions,
+    parse_severities,
+    pipeline_robustness,
 )
 from fusionkit.evaluate.robustness.runner import (
     HEADLINE_METRICS,
@@ -54,8 +63,12 @@ __all__ = [
     "array_predictor",
     "corruption_rng",
     "corruptions_for",
+    "evaluate_robustness",
     "load_robustness",
     "mean_corruption_error",
+    "parse_corruptions",
+    "parse_severities",
+    "pipeline_robustness",
     "plot_robustness",
     "robustness_markdown",
     "robustness_table",
