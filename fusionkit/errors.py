@@ -112,6 +112,7 @@ EXTRAS: dict[str, str] = {
     "tensorboard": "tracking",
     "mlflow": "mlflow",
     "submitit": "cluster",
+    "gradio": "demo",
 }
 """Each optional dependency (its import name) and the extra of ``jiadf-fusion`` that installs it."""
 
