@@ -12,6 +12,7 @@ import csv
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,11 @@ def build_demo(pipe: FusionPipeline, *, examples_dir: str | Path | None = None, 
         if cases:
             gr.Examples(
                 examples=[_example_row(case, fields, keys) for case in cases],
+                example_labels=[_example_label(i, case) for i, case in enumerate(cases, start=1)],
                 inputs=inputs,
                 label="Example cases (generated lesions, not real patients): click one, then Predict",
                 cache_examples=False,
+                elem_id="examples",
             )
     return demo
 
@@ -180,6 +183,14 @@ def _blank(fields: Any) -> list[Any]:
     return ["", "", "", "", *[None for _ in fields.photos]]
 
 
+def _example_label(number: int, case: dict[str, Any]) -> str:
+    first = case["rows"][0]
+    about = ", ".join(
+        v for v in (first["age_approx"] and f"age {first['age_approx']}", first["sex"], first["site"]) if v
+    )
+    return f"Generated lesion {number}" + (f" ({about})" if about else "")
+
+
 def _example_row(case: dict[str, Any], fields: Any, keys: list[str]) -> list[Any]:
     rows = {("derm" if r["image_type"] == DERMOSCOPIC else "clinical"): r for r in case["rows"]}
     first = case["rows"][0]
@@ -211,6 +222,8 @@ def serve(
     """
     work = Path(tempfile.mkdtemp(prefix="fusionkit-demo-"))
     previous = os.environ.get("GRADIO_TEMP_DIR")
+    handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the server as Ctrl-C does: the folder goes
     os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -227,11 +240,16 @@ def serve(
             quiet=False,
         )
     finally:
+        signal.signal(signal.SIGTERM, handler)
         if previous is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
             os.environ["GRADIO_TEMP_DIR"] = previous
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 __all__ = ["EXAMPLE_LESIONS", "build_demo", "example_cases", "serve"]
