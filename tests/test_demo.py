@@ -176,7 +176,7 @@ def page(browser, server) -> Iterator[object]:
 
 def _upload(page, modality: str, path: Path) -> None:
     page.locator(f"#{modality} input[type=file]").set_input_files(str(path))
-    page.locator(f"#{modality}").get_by_text(path.name).first.wait_for(timeout=30_000)  # the upload finished
+    page.locator(f"#{modality}").get_by_text(path.stem).first.wait_for(timeout=30_000)  # uploaded (the name shows)
 
 
 def _fill_form(page) -> None:
