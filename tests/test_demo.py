@@ -315,7 +315,7 @@ def test_an_example_case_predicts_with_one_click(page) -> None:
 # -- without a browser ---------------------------------------------------------------------------------
 
 
-def test_a_file_that_is_not_an_image_is_one_line_naming_the_input(tmp_path: Path) -> None:
+def test_a_file_that_is_not_an_image_or_too_big_is_one_line_naming_the_input(tmp_path: Path, monkeypatch) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("not a photo\n")
     with pytest.raises(DataError, match=r"^Clinical close-up: not a readable image; upload a JPEG or PNG photo$"):
@@ -324,6 +324,9 @@ def test_a_file_that_is_not_an_image_is_one_line_naming_the_input(tmp_path: Path
     Image.new("RGB", (8, 6), (200, 10, 10)).save(good)
     assert read_photo(good, name="x").size == (8, 6)
     assert read_photo(None, name="x") is None
+    monkeypatch.setattr("fusionkit.demo.lesion.MAX_UPLOAD_BYTES", good.stat().st_size - 1)
+    with pytest.raises(DataError, match=r"^x: the file is .* MiB; at most"):
+        read_photo(good, name="x")
 
 
 def test_blank_form_fields_are_left_out_to_be_imputed(pipe: fk.FusionPipeline) -> None:
