@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def build_demo(pipe: FusionPipeline, *, examples_dir: str | Path | None = None, 
     trained with them); **Predict** shows every class's probability, the decision rule's class, the
     gate weights (ADF models), Grad-CAM overlays and which inputs were absent or imputed. Bad input
     is a message on the page. ``examples_dir``: where the example lesions are written (default: a
-    new temporary folder); it must stay until the page is closed.
+    new temporary folder, deleted at exit); it must stay while the page is served.
 
     Raises:
         MissingExtraError: Gradio is not installed (``pip install 'jiadf-fusion[demo]'``).
@@ -119,6 +120,8 @@ def build_demo(pipe: FusionPipeline, *, examples_dir: str | Path | None = None, 
                 cache_examples=False,
                 elem_id="examples",
             )
+    if examples_dir is None:  # the folder made here is deleted at exit (or with the page)
+        weakref.finalize(demo, shutil.rmtree, folder, True)
     return demo
 
 
