@@ -389,6 +389,39 @@ def export(
 
 
 @app.command()
+def demo(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="A run directory written by 'fusionkit train', or a folder saved by FusionPipeline.save.",
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (0.0.0.0: every interface; only on a trusted network).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default: Gradio's, 7860, or the next free one).")
+    ] = None,
+    share: Annotated[
+        bool, typer.Option("--share", help="Also open a public gradio.live link (off by default).")
+    ] = False,
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint of a run directory: best or last.")] = "best",
+) -> None:
+    """Serve a page where a model can be tried in the browser: photos and patient record in, probabilities, gate weights and Grad-CAM out (needs the demo extra)."""
+    require_extra("gradio", what="fusionkit demo")
+    from fusionkit.demo import serve
+    from fusionkit.inference.ensemble import load_runs
+
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected a port number in 1..65535")
+    pipes = load_runs([model], checkpoint=checkpoint)  # loaded once per process
+    if len(pipes) != 1:
+        raise ConfigError(f"{model} holds {len(pipes)} runs; the demo serves one run directory or saved pipeline")
+    serve(pipes[0], host=host, port=port, share=share)
+
+
+@app.command()
 def init(
     path: Annotated[
         Path,

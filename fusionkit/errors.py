@@ -113,6 +113,7 @@ EXTRAS: dict[str, str] = {
     "mlflow": "mlflow",
     "submitit": "cluster",
     "optuna": "tune",
+    "gradio": "demo",
 }
 """Each optional dependency (its import name) and the extra of ``jiadf-fusion`` that installs it."""
 

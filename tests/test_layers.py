@@ -35,6 +35,7 @@ LEVELS: dict[str, int] = {
     "evaluate": 10,
     "export": 10,
     "sweep": 11,
+    "demo": 11,
     "cli": 12,
 }
 

@@ -33,6 +33,7 @@ PAGES = {
     "tutorials/compose-in-python/": 0,  # a tutorial: long code blocks
     "how-to/evaluate/": 4,  # the quick-start figures, in tabs
     "how-to/reading-a-report/": 3,  # gate, Grad-CAM, history
+    "how-to/demo/": 1,  # the screenshot of the demo page
     "benchmarks/": 2,  # throughput figures
     "reference/model/": 0,  # an API page (mkdocstrings)
 }

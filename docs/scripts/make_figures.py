@@ -14,6 +14,9 @@ Outputs, all under ``docs/assets/`` (committed, embedded by the pages):
   "Reading a report"; the same summary and tables go into README.md's ``quickstart-report`` block.
 - ``benchmarks/train_step.png``, ``benchmarks/loading.png`` (the newest ``loading-*.json``): throughput read from the JSON files in
   ``benchmarks/results/``, titled with the device and date each was measured on.
+- ``demo/page.png``: the page of ``fusionkit demo`` on the quick-start run (or ``--quickstart-run``)
+  after one example case is predicted, captured in headless Chromium by ``make_demo_screenshot.py``
+  (needs the ``demo`` extra and Playwright).
 
 Drawn with matplotlib on the Agg canvas (no pyplot, no display, no network): a hand-kept SVG would
 drift from the code, and a diagram tool would be one more dependency for one picture.
@@ -37,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "docs" / "assets"
 RESULTS = REPO / "benchmarks" / "results"
 QUICKSTART_FIGURES = ("gate.png", "gradcam.png", "history.png", "confusion_matrix.png", "roc.png", "reliability.png")
-PARTS = ("architecture", "quickstart", "benchmarks")
+PARTS = ("architecture", "quickstart", "benchmarks", "demo")
 
 
 def _write_png(fig: Figure, path: Path) -> Path:
@@ -408,6 +411,10 @@ def main(argv: list[str] | None = None) -> None:
         written += quickstart_assets(args.quickstart_run, args.assets / "quickstart", readme)
     if "benchmarks" in args.only:
         written += benchmark_figures(args.results, args.assets / "benchmarks")
+    if "demo" in args.only:  # a separate script: it serves `fusionkit demo` and drives Chromium
+        from make_demo_screenshot import demo_screenshot
+
+        written.append(demo_screenshot(args.quickstart_run, args.assets / "demo" / "page.png"))
     for path in written:
         print(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 

@@ -23,6 +23,21 @@ CLASS_NAMES: Final[tuple[str, ...]] = (
     "VASC",
 )
 
+#: Full diagnosis name of each MILK10k class (the ISIC archive's diagnosis groups behind the codes).
+CLASS_FULL_NAMES: Final[dict[str, str]] = {
+    "AKIEC": "Actinic keratosis / intraepidermal carcinoma",
+    "BCC": "Basal cell carcinoma",
+    "BEN_OTH": "Other benign proliferations",
+    "BKL": "Benign keratinocytic lesion",
+    "DF": "Dermatofibroma",
+    "INF": "Inflammatory and infectious conditions",
+    "MAL_OTH": "Other malignant proliferations",
+    "MEL": "Melanoma",
+    "NV": "Melanocytic nevus",
+    "SCCKA": "Squamous cell carcinoma / keratoacanthoma",
+    "VASC": "Vascular lesions and hemorrhage",
+}
+
 #: Lesion counts per class over the 5,240 official training lesions (same order as CLASS_NAMES).
 TRAINING_CLASS_COUNTS: Final[dict[str, int]] = {
     "AKIEC": 303,
