@@ -107,6 +107,8 @@ def test_the_light_commands_print_what_the_library_says(tmp_path):
     assert presets == lib["presets"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_import_fusionkit_loads_neither_torch_nor_plugins_and_keeps_its_names(tmp_path):
     code = (
         "import sys, fusionkit as fk\n"
@@ -159,6 +161,8 @@ PUBLIC_NAMES = {
 """``fusionkit.__all__`` before it became a lazy module, and ``FusionPipeline`` since: the same names, no more, no fewer."""
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_public_name_resolves_and_star_import_works(tmp_path):
     code = "from fusionkit import *\nimport fusionkit as fk\nprint(all(getattr(fk, n) is not None for n in fk.__all__))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -167,6 +171,8 @@ def test_every_public_name_resolves_and_star_import_works(tmp_path):
 
 
 # -- -h, --version ------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_version_and_short_help(tmp_path):
     import fusionkit
 
@@ -223,6 +229,8 @@ def test_export_without_onnx_names_the_export_extra(tmp_path):
     ("backend", "extra"),
     [("tensorboard", "tracking"), ("mlflow", "mlflow")],
 )
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_tracking_without_its_package_names_the_extra(tmp_path, backend, extra):
     config = write_config(tmp_path / "tiny.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=24))
     proc = run_fusionkit(
@@ -242,6 +250,8 @@ def test_tracking_without_its_package_names_the_extra(tmp_path, backend, extra):
     assert _error_line(proc) == f"fusionkit: error: {message}"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_submitit_launcher_without_submitit_names_the_cluster_extra(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=24))
     out = tmp_path / "sweep"

@@ -282,6 +282,8 @@ print(json.dumps({"both": both.__dict__, "one": one.__dict__}))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_fresh_process_from_pretrained_equals_the_predict_csv_row(saved: Path, run_dir: Path, tmp_path: Path) -> None:
     lesion, rows, images = _lesion(run_dir, 2)
     proc = subprocess.run(
@@ -330,6 +332,8 @@ def test_fresh_process_from_pretrained_equals_the_predict_csv_row(saved: Path, r
     assert sum(got["one"]["probs"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_copied_run_predicts_a_test_only_folder_with_default_options(run_dir: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(run_dir, tmp_path / "elsewhere" / "run", ignore=shutil.ignore_patterns("synthetic"))
     split = json.loads((copy / "split.json").read_text())

@@ -136,6 +136,8 @@ def _installed(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_fresh_process_finds_the_installed_plugin_and_its_declaration(tmp_path):
     env = _installed(tmp_path)
     code = (
@@ -149,6 +151,8 @@ def test_a_fresh_process_finds_the_installed_plugin_and_its_declaration(tmp_path
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_fusionkit_train_refuses_an_undeclared_plugin_encoder_in_one_line(tmp_path):
     env = _installed(tmp_path)
     config = write_config(tmp_path / "undeclared.yaml", _config(tmp_path / "cache", {"kind": "plugin_undeclared"}))

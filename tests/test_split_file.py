@@ -98,6 +98,8 @@ def fusionkit(*args: object) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_trained_from_a_split_file_uses_exactly_its_lesions(tmp_path: Path) -> None:
     files = make_synthetic_milk10k(tmp_path / "data", n_lesions=40, image_size=(40, 30), seed=3)
     ids, labels = lesion_labels(files)
@@ -119,6 +121,8 @@ def test_a_run_trained_from_a_split_file_uses_exactly_its_lesions(tmp_path: Path
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_split_file_errors_at_the_command_line(tmp_path: Path) -> None:
     config = write_config(tmp_path / "cfg.yaml", tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=40))
     missing = fusionkit("sweep", config, "--presets", "meta-only", "--synthetic", "--split-file", tmp_path / "x.json")
@@ -135,6 +139,8 @@ def test_split_file_errors_at_the_command_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.trains
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_folds_from_a_split_file_through_train_folds(tmp_path: Path) -> None:
     """``train --folds 2 --split-file`` (the sweep's machinery): each fold validates on the file's fold."""
     files = make_synthetic_milk10k(tmp_path / "data", n_lesions=30, image_size=(40, 30), seed=3)

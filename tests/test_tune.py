@@ -334,6 +334,8 @@ def test_a_param_that_is_no_config_value_is_refused_before_anything_runs(tmp_pat
 
 
 # -- the command line --------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_errors_are_one_line(tmp_path, small_data):
     _, config = small_data
     bad = tune_cli(config, "--synthetic", "--param", "train.lr=log:0:1", "--out", tmp_path / "o")
