@@ -254,3 +254,23 @@ def test_from_spec_is_build_model():
     assert a.spec == b.spec == spec
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_a_pipeline_of_a_composed_model_refuses_to_save_in_one_line(tmp_path):
+    """Issue 22 item 6: a saved folder is rebuilt from its spec; a model composed from modules has none."""
+    from fusionkit.data import ImagePreprocessing
+    from fusionkit.inference.decision import DecisionRecord
+    from fusionkit.runtime.config import RunConfig
+
+    model = fk.FusionModel(**_parts())
+    pipe = fk.FusionPipeline(
+        model=model,
+        encoder=None,
+        preprocessing=ImagePreprocessing(input_size=IMAGE_SIZE, mean=(0.5,) * 3, std=(0.25,) * 3),
+        decision=DecisionRecord(rule="probs", class_names=tuple(str(i) for i in range(N))),
+        run_config=RunConfig.model_validate({"model": tiny_spec().to_dict()}),
+        device="cpu",
+    )
+    with pytest.raises(fk.ConfigError, match=r"composed from modules \(FusionModel\(...\), no spec\)") as refused:
+        pipe.save(tmp_path / "saved")
+    assert "\n" not in str(refused.value) and not (tmp_path / "saved").exists()

@@ -55,12 +55,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_savable(pipe: FusionPipeline) -> None:
+    """Refuse, in one line, a pipeline whose model a saved folder cannot rebuild (composed from modules)."""
+    if pipe.model.spec is None:
+        raise ConfigError(
+            "the pipeline's model was composed from modules (FusionModel(...), no spec): a saved folder is "
+            "rebuilt from its spec, so it cannot hold this model; save its weights with safetensors and "
+            "rebuild it with its code"
+        )
+
+
 def write_folder(pipe: FusionPipeline, folder: str | Path) -> Path:
     """Write ``pipe``'s files into ``folder`` (see the module docstring); returns the folder."""
     from safetensors.torch import save
 
     from fusionkit.inference.card import model_card
 
+    check_savable(pipe)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.clone() for k, v in model_state(pipe.model).items()}

@@ -256,7 +256,14 @@ class FusionPipeline(
     def save(self, folder: str | Path) -> Path:
         """Write the pipeline to ``folder``: ``config.json``, ``model.safetensors``,
         ``metadata_encoder.json``, ``preprocessing.json`` and a ``README.md`` model card
-        (``push_to_hub`` uploads the same files). Returns the folder."""
+        (``push_to_hub`` uploads the same files). Returns the folder.
+
+        Raises:
+            ConfigError: the model was composed from modules (no spec to rebuild it from).
+        """
+        from fusionkit.inference.hub import check_savable
+
+        check_savable(self)
         self.save_pretrained(folder)
         return Path(folder)
 
