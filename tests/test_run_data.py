@@ -160,7 +160,7 @@ def test_a_fresh_run_is_built_from_its_settings_and_recorded(tmp_path: Path, mil
     del record["data"]["synthetic"]
     assert (run / "config.yaml").read_text() == yaml.safe_dump(record, sort_keys=False)
     assert (run / "split.json").read_text() == json.dumps(
-        {"root": str(milk.resolve()), "train": list(split.train), "val": list(split.val)}, indent=1
+        {"root": str(milk.resolve()), "train": list(split.train), "val": list(split.val), "test": []}, indent=1
     )
     saved = MetadataEncoder.load(run / "metadata_encoder.json")
     assert saved.to_dict() == data.encoder.to_dict()
