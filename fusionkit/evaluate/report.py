@@ -59,24 +59,14 @@ from fusionkit.metrics import (
     fit_temperature,
     isic_metrics,
 )
+from fusionkit.metrics.isic import METRIC_KEYS
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")
 
-ABLATION_METRICS = (
-    "auc",
-    "auc_sens_80",
-    "ap",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "dice",
-    "ppv",
-    "npv",
-    "balanced_accuracy",
-    "multiclass_accuracy",
-)
+ABLATION_METRICS = (*METRIC_KEYS, "balanced_accuracy", "multiclass_accuracy")
+"""The ablation table's columns: Table 5's per-class metrics, then the two whole-set accuracies."""
 GATE_COLUMNS = ("mean alpha_I", "mean alpha_IM", "mean alpha_M")
 
 
