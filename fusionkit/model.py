@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from fusionkit.components.contract import declared_preprocessing
+from fusionkit.components.contract import backbone_layers, declared_preprocessing, set_grad_checkpointing
 from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import ConfigError, MissingModalityError
 from fusionkit.registry import registry
@@ -101,6 +101,7 @@ class ImageStream(nn.Module):
         if combine not in ("concat", "mean"):
             raise ConfigError(f"combine must be 'concat' or 'mean', got {combine!r}")
         self.modalities = tuple(m for m in IMAGE_MODALITIES if m in encoders)
+        self.label = label
         first = encoders[self.modalities[0]]
         self.shared = len(self.modalities) > 1 and all(encoders[m] is first for m in self.modalities)
         self.combine = combine
@@ -126,6 +127,23 @@ class ImageStream(nn.Module):
         self.width = width
         multiplier = len(self.modalities) if self.combine == "concat" else 1
         self.out_dim = width * multiplier
+
+    def backbone_layers(self) -> dict[str, list[list[str]]]:
+        """Per encoder (``derm``, ``clinical``, or ``shared``), its backbone parameters' names in this
+        stream (``encoders.<key>.<name>``) by layer, input to output
+        (:func:`~fusionkit.components.contract.backbone_layers`)."""
+        return {
+            key: [
+                [f"encoders.{key}.{n}" for n in group] for group in backbone_layers(enc, name=f"{self.label} {key!r}")
+            ]
+            for key, enc in self.encoders.items()
+        }
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing on (or off) in every encoder
+        (:func:`~fusionkit.components.contract.set_grad_checkpointing`)."""
+        for key, enc in self.encoders.items():
+            set_grad_checkpointing(enc, name=f"{self.label} {key!r}", enable=enable)
 
     def forward(self, batch: dict[str, Any], present: dict[str, torch.Tensor]) -> torch.Tensor:
         """f_I (B, out_dim)."""
@@ -497,6 +515,25 @@ class FusionModel(nn.Module):
         if self.image_stream is None or self.image_size is None:
             return None
         return self.image_stream.preprocessing.with_size(self.image_size)
+
+    def backbone_layers(self) -> dict[str, list[list[str]]]:
+        """The image backbones' parameter names in this model (``image_stream.encoders.<key>....``),
+        per encoder and by layer from input to output, as each encoder's contract says
+        (:meth:`ImageEncoder.backbone_layers <fusionkit.components.contract.ImageEncoder.backbone_layers>`);
+        empty without images. Everything else (fusion, heads, missing-modality embeddings, decision) is
+        not backbone."""
+        if self.image_stream is None:
+            return {}
+        return {
+            key: [[f"image_stream.{n}" for n in group] for group in layers]
+            for key, layers in self.image_stream.backbone_layers().items()
+        }
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing on (or off) in every image encoder; a
+        :class:`~fusionkit.errors.ConfigError` names an encoder that cannot (``train.grad_checkpointing``)."""
+        if self.image_stream is not None:
+            self.image_stream.set_grad_checkpointing(enable)
 
     # ------------------------------------------------------------------------------------------
     def _batch_size(self, batch: dict[str, Any]) -> tuple[int, torch.device]:

@@ -21,7 +21,7 @@ from fusionkit.runtime.checkpoint import model_state, read_checkpoint, save_chec
 from fusionkit.runtime.config import MixupSpec, RunConfig, SchedulerSpec
 from fusionkit.train.ema import ModelEma
 from fusionkit.train.mixup import mix_batch
-from fusionkit.train.param_groups import BACKBONE_PREFIX, param_groups
+from fusionkit.train.param_groups import backbone_parameter_names, param_groups
 from fusionkit.train.schedules import LrSchedule
 from fusionkit.train.tracking import Tracker
 from fusionkit.train.trainer import Trainer, train_run
@@ -130,9 +130,11 @@ def test_param_groups_split_backbone_and_norms(tiny_model: fk.FusionModel) -> No
         "rest_no_decay": (1e-3, 0.0),
     }
     names = {id(p): n for n, p in tiny_model.named_parameters()}
+    backbone = backbone_parameter_names(tiny_model)  # the image encoders' contract
+    assert backbone and all(n.startswith("image_stream.encoders.") for n in backbone)
     for key, (_, _, params) in by_name.items():
         for p in params:
-            assert names[id(p)].startswith(BACKBONE_PREFIX) == key.startswith("backbone")
+            assert (names[id(p)] in backbone) == key.startswith("backbone")
             assert (p.ndim <= 1) == key.endswith("no_decay")
     assert sum(len(v[2]) for v in by_name.values()) == len(names)
 
@@ -236,12 +238,12 @@ def test_warm_start_loads_matching_tensors_and_lists_the_rest(tmp_path: Path, ti
     before = model_state(trimodal)
     report = warm_start(trimodal, path)
     source, after = model_state(derm_only), model_state(trimodal)
-    derm = [k for k in before if k.startswith(BACKBONE_PREFIX + "derm.")]
+    derm = [k for k in before if k.startswith("image_stream.encoders.derm.")]
     assert derm and set(derm) <= set(report.loaded)
     for key in after:
         expected = source[key] if key in report.loaded else before[key]
         assert torch.equal(after[key], expected), key
-    assert any(k.startswith(BACKBONE_PREFIX + "clinical.") for k in report.missing)
+    assert any(k.startswith("image_stream.encoders.clinical.") for k in report.missing)
     assert set(report.loaded) | set(report.missing) | {m.split(":")[0] for m in report.mismatched} == set(before)
     assert "missing" in report.summary()
     with pytest.raises(fk.errors.ConfigError, match="init_from: .*nothing.safetensors: no such"):
@@ -292,6 +294,10 @@ OFF = {
     "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.0},  # configured, never applied
     "tracking": [],
     "init_from": None,
+    "layer_decay": None,
+    "freeze_backbone_epochs": 0,
+    "linear_probe": False,
+    "grad_checkpointing": False,
 }
 """Every issue-13 option at a value that must leave training exactly as the default recipe."""
 

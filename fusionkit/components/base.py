@@ -64,6 +64,12 @@ class ImageEncoderSpec(ComponentSpec):
     combine: Literal["concat", "mean"] = "concat"
     """How the two image features form f_I: concat (D_I = 2 x width) or mean."""
 
+    @property
+    def display_name(self) -> str:
+        """How reports name this encoder: its ``kind``; a kind built around a named model returns
+        that name instead (the ``timm`` kind: its ``model_name``)."""
+        return self.kind
+
 
 class MetadataEncoderSpec(ComponentSpec):
     """Base of metadata-encoder specs (M_M of eq 1): (B, in_dim) -> (B, out_dim) = D_M.

@@ -42,6 +42,11 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Stochastic depth rate of the backbone."""
 
+    @property
+    def display_name(self) -> str:
+        """The timm model name (with its pretrained tag, if any)."""
+        return self.model_name
+
     @field_validator("model_name")
     @classmethod
     def _known_to_timm(cls, name: str) -> str:

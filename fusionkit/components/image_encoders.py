@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import timm
 import torch
 from timm.data import resolve_model_data_config
+from timm.models import group_parameters
+from torch import nn
 
 from fusionkit.components.catalog import TimmImageEncoderSpec  # noqa: F401 - spec re-exported
 
@@ -91,6 +93,11 @@ class TimmImageEncoder(ImageEncoder):
     ``out_dim`` is the backbone's ``head_hidden_size`` (the width of what ``forward`` returns with
     ``num_classes=0``), which differs from ``num_features`` on models with a hidden head layer; when
     a model lacks it, a dummy forward measures it.
+
+    ``forward`` is timm's own definition of a model's forward, ``forward_head(forward_features(x))``,
+    with the feature map passing through ``feature_map`` (an ``nn.Identity``, no weights): the layer
+    Grad-CAM hooks (:meth:`gradcam_layer`). The backbone's layers (:meth:`backbone_layers`) are
+    timm's ``group_matcher(coarse=True)`` groups: one per block for a ViT, one per stage for a CNN.
     """
 
     def __init__(
@@ -131,6 +138,8 @@ class TimmImageEncoder(ImageEncoder):
         if weights_file is not None:
             self._load_weights_file(Path(weights_file))
         self.model_name = model_name
+        self.feature_map = nn.Identity()
+        """Passes the backbone's last feature map through (the layer Grad-CAM hooks)."""
         self.out_dim = self._measure_width()
         self._preprocessing = ImagePreprocessing.from_timm_config(resolve_model_data_config(self.backbone))
 
@@ -138,6 +147,31 @@ class TimmImageEncoder(ImageEncoder):
     def preprocessing(self) -> ImagePreprocessing:
         """The backbone's preprocessing as timm declares it (its pretrained config)."""
         return self._preprocessing
+
+    def backbone_layers(self) -> list[list[str]]:
+        """Every parameter, in timm's layer groups (``group_matcher(coarse=True)``: stem, then one
+        group per ViT block or CNN stage, the final norm or head convolution with the last one); a
+        model without a ``group_matcher`` is one layer."""
+        matcher = getattr(self.backbone, "group_matcher", None)
+        if matcher is None:
+            return super().backbone_layers()
+        groups = group_parameters(self.backbone, matcher(coarse=True))
+        return [[f"backbone.{name}" for name in groups[k]] for k in sorted(groups)]
+
+    def gradcam_layer(self) -> nn.Module:
+        """The identity that the output of timm's ``forward_features`` passes through."""
+        return self.feature_map
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's ``set_grad_checkpointing`` on the backbone (checkpointing its blocks or stages).
+
+        Raises:
+            NotImplementedError: this timm model does not support it.
+        """
+        try:
+            self.backbone.set_grad_checkpointing(enable)
+        except AssertionError as exc:  # timm's models that cannot checkpoint assert so
+            raise NotImplementedError(str(exc)) from exc
 
     def _load_weights_file(self, path: Path) -> None:
         state = _read_state_dict(path)
@@ -178,4 +212,4 @@ class TimmImageEncoder(ImageEncoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, out_dim) of an image batch (B, 3, H, W)."""
-        return self.backbone(images)
+        return self.backbone.forward_head(self.feature_map(self.backbone.forward_features(images)))

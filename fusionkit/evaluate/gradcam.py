@@ -1,51 +1,49 @@
 """Grad-CAM (Selvaraju et al., 2017) over the dermoscopic and clinical images of a fusion model.
 
-For an image modality, the backbone's last spatial feature map ``A`` (the output of timm's
-``forward_features``) and the gradient of the final log-posterior ``log P_final[c]`` with respect
-to it give ``cam = ReLU(sum_k mean_ij(dL/dA_k) A_k)``, upsampled to the image size and scaled to
-[0, 1]. Works for any timm backbone whose ``forward_features`` returns a (B, C, h, w) map, with one
-backbone per image or a shared one.
+For an image modality, the feature map ``A`` (B, C, h, w) that the image encoder names as its
+Grad-CAM layer (:meth:`ImageEncoder.gradcam_layer <fusionkit.components.contract.ImageEncoder.gradcam_layer>`;
+for a timm backbone, the output of ``forward_features``) and the gradient of the final
+log-posterior ``log P_final[c]`` with respect to it give ``cam = ReLU(sum_k mean_ij(dL/dA_k) A_k)``,
+upsampled to the image size and scaled to [0, 1]. Works for any encoder that names such a layer,
+with one encoder per image or a shared one.
 
 Kept instead of the ``grad-cam`` package because its ``ActivationsAndGradients`` calls the model
 with one input tensor and hooks each target layer once per forward, whereas a fusion model takes
 both images and the metadata and a shared backbone sees both images in one 2B batch (and the
-package would add opencv, ttach and matplotlib to the dependencies; grad-cam 1.5.7, 2026-11-27).
+package would add opencv, ttach and matplotlib to the dependencies).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol, cast
+from collections.abc import Iterator
+from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from fusionkit.components.contract import gradcam_layer
 from fusionkit.errors import ConfigError
 from fusionkit.model import FusionModel
 
 
-class _FeatureBackbone(Protocol):
-    """A timm backbone: ``forward_features`` maps images to the last feature map."""
-
-    forward_features: Callable[[torch.Tensor], torch.Tensor]
-
-
 @contextlib.contextmanager
-def _capture_features(backbone: _FeatureBackbone, store: list[torch.Tensor]) -> Iterator[None]:
-    original = backbone.forward_features
+def _capture_output(layer: nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+    """Keep ``layer``'s output (with its gradient retained) each time it runs."""
 
-    def forward_features(x: torch.Tensor) -> torch.Tensor:
-        features = original(x)
-        features.retain_grad()
-        store.append(features)
-        return features
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:  # noqa: ARG001
+        if output.requires_grad:
+            output.retain_grad()
+        else:  # a frozen backbone (no parameter needs a gradient): the map becomes the leaf
+            output.requires_grad_(True)
+        store.append(output)
 
-    backbone.forward_features = forward_features  # instance attribute shadows the method
+    handle = layer.register_forward_hook(hook)
     try:
         yield
     finally:
-        del backbone.forward_features
+        handle.remove()
 
 
 def gradcam(
@@ -65,15 +63,12 @@ def gradcam(
         raise ConfigError(f"the model has no {modality!r} image stream for Grad-CAM")
     key = "shared" if stream.shared else modality
     encoder = stream.encoders[key]
-    candidate = getattr(encoder, "backbone", encoder)
-    if not callable(getattr(candidate, "forward_features", None)):
-        raise ConfigError(f"Grad-CAM needs a backbone with timm's forward_features; {type(encoder).__name__} has none")
-    backbone = cast(_FeatureBackbone, candidate)
+    layer = gradcam_layer(encoder, name=f"image encoder {key!r}")
     store: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), _capture_features(backbone, store):
+        with torch.enable_grad(), _capture_output(layer, store):
             out = model(batch)
             if target is None:
                 target = out.probs.argmax(dim=1)
@@ -85,12 +80,12 @@ def gradcam(
     features = store[0]
     if features.ndim != 4:
         raise ConfigError(
-            f"Grad-CAM needs a spatial (B, C, h, w) feature map; {type(backbone).__name__} gives "
+            f"Grad-CAM needs a spatial (B, C, h, w) feature map; {type(encoder).__name__}'s layer gives "
             f"{tuple(features.shape)}"
         )
     grads = features.grad
     if grads is None:
-        raise ConfigError(f"no gradient reached the {modality!r} feature map of {type(backbone).__name__}")
+        raise ConfigError(f"no gradient reached the {modality!r} feature map of {type(encoder).__name__}")
     if stream.shared:  # the shared backbone saw all images stacked in modality order
         index = stream.modalities.index(modality)
         features = features.chunk(len(stream.modalities))[index]

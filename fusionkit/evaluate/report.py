@@ -354,7 +354,7 @@ def _report_markdown(
         f"scaling, T = {calibration['temperature']:.2f}).",
         "",
         f"Model: modalities {', '.join(spec.modalities)}; image encoder "
-        f"`{getattr(spec.image_encoder, 'model_name', spec.image_encoder.kind)}`; fusion "
+        f"`{spec.image_encoder.display_name}`; fusion "
         f"`{spec.fusion.kind if spec.fusion else 'none'}`; decision `{spec.decision.kind}`; "
         f"loss {loss_text(spec.loss)}.",
         "",

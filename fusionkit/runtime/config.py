@@ -144,6 +144,30 @@ class TrainSpec(FrozenSpec):
     no_decay_norm_bias: bool = Field(
         default=False, description="No weight decay on normalisation weights and biases (any 1-d tensor)."
     )
+    layer_decay: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise lr decay d of the image backbones: layer k of L (0 = the input end) trains at "
+        "(backbone_lr or lr) * d ** (L - k), per block for a ViT and per stage for a CNN (null: off).",
+    )
+    freeze_backbone_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Train only the fusion, heads and gate for this many epochs with the image backbones frozen "
+        "(eval mode, no gradients), then unfreeze them (0: off).",
+    )
+    linear_probe: bool = Field(
+        default=False,
+        description="Keep the image backbones frozen (eval mode, no gradients) for the whole run: a linear probe "
+        "of their features by the fusion and heads.",
+    )
+    grad_checkpointing: bool = Field(
+        default=False,
+        description="Recompute the image backbones' activations in the backward pass (less memory, slower), "
+        "through timm's set_grad_checkpointing.",
+    )
     mixup: MixupSpec = MixupSpec()
     init_from: Path | None = Field(
         default=None,
@@ -155,6 +179,19 @@ class TrainSpec(FrozenSpec):
         description="Experiment trackers: tensorboard (event files in <run>/tensorboard) and/or mlflow "
         "(the mlflow extra); per-epoch loss terms, validation metrics, lr and the report figures.",
     )
+
+    @model_validator(mode="after")
+    def _freeze_is_one_schedule(self) -> TrainSpec:
+        if self.linear_probe and self.freeze_backbone_epochs:
+            raise ValueError(
+                "linear_probe freezes the backbones for the whole run; leave freeze_backbone_epochs at 0 with it"
+            )
+        if self.freeze_backbone_epochs and self.step_mode == "cuda_graph":
+            raise ValueError(
+                "freeze_backbone_epochs changes which weights train mid-run, which a captured CUDA graph cannot "
+                "follow; use step_mode eager or compile"
+            )
+        return self
 
 
 class SyntheticSpec(FrozenSpec):

@@ -45,6 +45,7 @@ from fusionkit.runtime.lock import LOCK_NAME, RunLock
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.ema import ModelEma
+from fusionkit.train.freeze import BackboneFreeze
 from fusionkit.train.mixup import mix_batch
 from fusionkit.train.param_groups import param_groups
 from fusionkit.train.resume import RunStart, claim_run_dir, record_resume
@@ -261,6 +262,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         # masks are checked on the CPU (check_presence) so device steps never wait on the host
         self.model.validate_presence = False
+        if train.grad_checkpointing:
+            self.model.set_grad_checkpointing()
+        self.freeze = BackboneFreeze(train=train, distributed=self.dist.distributed)
+        self.freeze.apply(self.model, epoch=0)  # before DDP, which registers the parameters that train
         self.loss_fn = JointIndividualLoss.from_spec(spec.loss).to(self.device)
         self.net: torch.nn.Module = self.model
         if self.dist.distributed:
@@ -294,6 +299,7 @@ class Trainer:
             backbone_lr=train.backbone_lr,
             backbone_weight_decay=train.backbone_weight_decay,
             no_decay_norm_bias=train.no_decay_norm_bias,
+            layer_decay=train.layer_decay,
         )
 
     def _build_optimizer(self) -> None:
@@ -400,6 +406,7 @@ class Trainer:
         if train.max_batches_per_epoch is not None:
             total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
         self.net.train()
+        self.freeze.apply(self.model, epoch)  # the backbone freeze follows the epoch (resumable)
         self._term_sums: dict[str, torch.Tensor] = {}
         loss_sum, seen = self._partial if start_batch else (0.0, 0)
         self._partial = (0.0, 0)
