@@ -168,8 +168,9 @@ class TimmImageEncoder(ImageEncoder):
         Raises:
             NotImplementedError: this timm model does not support it.
         """
+        backbone: Any = self.backbone  # a timm model (torch types submodule attributes as Tensor | Module)
         try:
-            self.backbone.set_grad_checkpointing(enable)
+            backbone.set_grad_checkpointing(enable)
         except AssertionError as exc:  # timm's models that cannot checkpoint assert so
             raise NotImplementedError(str(exc)) from exc
 
@@ -212,4 +213,6 @@ class TimmImageEncoder(ImageEncoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, out_dim) of an image batch (B, 3, H, W)."""
-        return self.backbone.forward_head(self.feature_map(self.backbone.forward_features(images)))
+        backbone: Any = self.backbone  # a timm model: forward_features and forward_head are its API
+        features: torch.Tensor = self.feature_map(backbone.forward_features(images))
+        return backbone.forward_head(features)
