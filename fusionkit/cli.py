@@ -111,13 +111,16 @@ def train(
     """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
 
     The paper's recipe is the default; training options are off until set in the
-    config's train section or with --set (docs: how-to/training-options):
+    config's train section or with --set (docs: how-to/training-options, how-to/fine-tuning-recipes):
 
     \b
     train.ema_decay=0.999          validate and save an EMA of the weights
     train.scheduler.kind=cosine    warmup (scheduler.warmup_epochs), cosine
     train.backbone_lr=1e-5         backbone lr (and backbone_weight_decay)
     train.no_decay_norm_bias=true  no weight decay on norms and biases
+    train.layer_decay=0.75         layer-wise lr decay of the backbones
+    train.freeze_backbone_epochs=2 backbones frozen first (linear_probe: always)
+    train.grad_checkpointing=true  recompute backbone activations (memory)
     train.mixup.mixup_alpha=0.4    mixup (mixup.cutmix_alpha: cutmix)
     train.init_from=RUN            warm start from matching tensors
     train.tracking=[tensorboard]   event files in RUN/tensorboard (or mlflow)

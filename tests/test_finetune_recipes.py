@@ -87,6 +87,7 @@ def test_layer_decay_gives_the_documented_lr_per_group(model_name: str, unit: st
         ({"freeze_backbone_epochs": 100_001}, "less than or equal to 100000"),
         ({"linear_probe": True, "freeze_backbone_epochs": 2}, "leave freeze_backbone_epochs at 0"),
         ({"freeze_backbone_epochs": 2, "step_mode": "cuda_graph"}, "captured CUDA graph cannot follow"),
+        ({"linear_probe": True, "step_mode": "cuda_graph"}, "not supported with step_mode cuda_graph"),
     ],
 )
 def test_recipe_fields_are_bounded(fields: dict[str, Any], message: str) -> None:

@@ -400,7 +400,7 @@ def test_cli_help_names_the_options_and_a_bad_warm_start_exits_2(
     from fusionkit.cli import app, main
 
     help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=120).output
-    for option in ("ema_decay", "scheduler.kind", "backbone_lr", "mixup", "init_from", "tracking"):
+    for option in ("ema_decay", "scheduler.kind", "backbone_lr", "mixup", "init_from", "tracking", "layer_decay"):
         assert option in help_text, option
     config = write_config(tmp_path / "c.yaml", tiny_run_config(cache_dir, epochs=1, n_lesions=24))
     # the console script's own function, in this process (the subprocess path: tests/test_cli_lifecycle.py)

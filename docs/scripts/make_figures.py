@@ -75,7 +75,7 @@ def architecture_labels(preset: str = "ji-adf", metadata_width: int = 35) -> dic
     }
     for name, encoder in model.image_stream.encoders.items():
         labels[f"enc_{name}"] = (
-            f"{type(encoder).__name__}\n{spec.image_encoder.model_name}\n-> {encoder.out_dim}  (eq 1)"
+            f"{type(encoder).__name__}\n{spec.image_encoder.display_name}\n-> {encoder.out_dim}  (eq 1)"
         )
     meta_encoder = model.meta_stream.encoder
     hidden = " -> ".join(str(d) for d in (metadata_width, *spec.metadata_encoder.hidden_dims, meta_encoder.out_dim))

@@ -191,6 +191,8 @@ class TrainSpec(FrozenSpec):
                 "freeze_backbone_epochs changes which weights train mid-run, which a captured CUDA graph cannot "
                 "follow; use step_mode eager or compile"
             )
+        if self.linear_probe and self.step_mode == "cuda_graph":
+            raise ValueError("linear_probe is not supported with step_mode cuda_graph yet; use eager or compile")
         return self
 
 
