@@ -114,6 +114,7 @@ EXTRAS: dict[str, str] = {
     "submitit": "cluster",
     "optuna": "tune",
     "gradio": "demo",
+    "open_clip": "clip",
 }
 """Each optional dependency (its import name) and the extra of ``jiadf-fusion`` that installs it."""
 
