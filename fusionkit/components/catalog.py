@@ -45,7 +45,7 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
     """Dropout before the backbone's (removed) classifier."""
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Stochastic depth rate of the backbone."""
-    weights_prefix: str | None = None
+    weights_prefix: str | None = Field(default=None, min_length=1)
     """A key prefix to strip from weights_file (e.g. module. or visual.); keys without it are dropped."""
     img_size: PositiveInt | None = None
     """The input size a ViT is built for (its position embedding is resampled to it); set the model's image_size alike."""

@@ -78,6 +78,11 @@ class OpenClipImageEncoder(ImageEncoder):
         self.features = features
         self._pre_width: int | None = None
         model_cfg, overlay = self._config(open_clip, model_name, pretrained)
+        source: Path | None = None  # found (or downloaded) before the tower is built: fail fast
+        if load_weights and weights_file is not None:
+            source = Path(weights_file)
+        elif load_weights and pretrained:
+            source = self._download(open_clip, model_name, pretrained)
         vision_cfg = dict(model_cfg["vision_cfg"])
         if image_size is not None:
             vision_cfg["image_size"] = image_size
@@ -88,12 +93,8 @@ class OpenClipImageEncoder(ImageEncoder):
         self.visual: nn.Module = _build_vision_tower(
             model_cfg["embed_dim"], vision_cfg, quick_gelu=bool(model_cfg.get("quick_gelu", False))
         )
-        if load_weights and weights_file is not None:
-            path = Path(weights_file)
-            self._load(open_clip, path, read_state_dict(path))
-        elif load_weights and pretrained:
-            path = self._download(open_clip, model_name, pretrained)
-            self._load(open_clip, path, read_state_dict(path))
+        if source is not None:
+            self._load(open_clip, source, read_state_dict(source))
         if features == "pre_projection":
             self._drop_projection()
         self.out_dim = self._width()
@@ -195,7 +196,7 @@ class OpenClipImageEncoder(ImageEncoder):
                 f"{self.model_name!r} has a {type(self.visual).__name__} (use features: pooled)"
             )
         self._pre_width = int(proj.shape[0])
-        self.visual.proj = None
+        setattr(self.visual, "proj", None)  # noqa: B010 - open_clip checks `proj is not None`
 
     def _width(self) -> int:
         """The feature width: the projection's output or input width, else measured by a forward."""
@@ -212,6 +213,20 @@ class OpenClipImageEncoder(ImageEncoder):
             out = int(self.visual(torch.zeros(1, 3, height, width)).shape[-1])
         self.visual.train(was_training)
         return out
+
+    def gradcam_site(self) -> tuple[nn.Module, int]:
+        """Where Grad-CAM reads this tower's token map (:mod:`fusionkit.evaluate.gradcam`): the last
+        residual block's input norm (B, N, C), after which the patch tokens still reach the class
+        token, and the one leading class token."""
+        blocks = getattr(getattr(self.visual, "transformer", None), "resblocks", None)
+        norm = getattr(blocks[-1], "ln_1", None) if isinstance(blocks, nn.ModuleList) and len(blocks) else None
+        if not isinstance(norm, nn.Module):
+            raise ConfigError(
+                f"Grad-CAM supports open_clip ViT towers; {self.model_name!r} has a {type(self.visual).__name__}"
+            )
+        if getattr(self.visual.transformer, "batch_first", True) is not True:
+            raise ConfigError("Grad-CAM needs a batch-first open_clip transformer (open-clip-torch 2.24 or later)")
+        return norm, 1
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features (B, out_dim) of an image batch (B, 3, H, W): ``encode_image`` or the pre-projection token."""
