@@ -127,7 +127,7 @@ class OpenClipImageEncoderSpec(ImageEncoderSpec):
 
 def _open_clip() -> Any:
     """The open_clip module, or one line naming the extra that installs it."""
-    return require_extra("open_clip", what="the open_clip image encoder")
+    return require_extra("open-clip-torch", what="the open_clip image encoder", module="open_clip")
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):

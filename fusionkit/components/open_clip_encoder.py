@@ -35,7 +35,7 @@ _HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def _open_clip() -> Any:
-    return require_extra("open_clip", what="the open_clip image encoder")
+    return require_extra("open-clip-torch", what="the open_clip image encoder", module="open_clip")
 
 
 class OpenClipImageEncoder(ImageEncoder):
