@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
+from tiny_open_clip import TINY_OPEN_CLIP, TINY_OPEN_CLIP_CONFIG, write_config
 from train_helpers import tiny_run_config
 
 import fusionkit as fk
@@ -33,12 +34,7 @@ from fusionkit.inference.pipeline import inference_spec
 from fusionkit.runtime.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "fk-tiny-vit"
-TINY_CONFIG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-}
+TINY = TINY_OPEN_CLIP
 WIDE = "fk-tiny-vit-wide"  # the same keys as TINY, other shapes
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 
@@ -47,10 +43,10 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 def configs(tmp_path_factory) -> Path:
     """TINY and WIDE registered in open_clip's model-config registry (as a user's plugin would)."""
     folder = tmp_path_factory.mktemp("open_clip_configs")
-    (folder / f"{TINY}.json").write_text(json.dumps(TINY_CONFIG))
-    wide = json.loads(json.dumps(TINY_CONFIG))
+    write_config(folder)
+    wide = json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
     wide["vision_cfg"]["width"] = 48
-    (folder / f"{WIDE}.json").write_text(json.dumps(wide))
+    write_config(folder, WIDE, wide)
     open_clip.add_model_config(folder)
     return folder
 

@@ -63,7 +63,7 @@ class OpenClipImageEncoder(ImageEncoder):
     def __init__(
         self,
         *,
-        model_name: str = "ViT-B-16",
+        model_name: str,
         pretrained: bool | str = False,
         weights_file: Path | None = None,
         features: str = "pooled",
