@@ -27,20 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from bench_cli_startup import cpu_model  # noqa: E402 - the benchmarks' one CPU-model reader
 
 from fusionkit.components.open_clip_encoder import OpenClipImageEncoder  # noqa: E402
 from fusionkit.utils.io import atomic_write_text  # noqa: E402
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def sync(device: torch.device) -> None:
