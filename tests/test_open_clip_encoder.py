@@ -209,6 +209,27 @@ def test_without_the_clip_extra_the_encoder_is_refused_naming_the_extra(monkeypa
     assert str(info.value) == ("the open_clip image encoder needs the clip extra: pip install 'jiadf-fusion[clip]'")
 
 
+def test_images_of_another_size_are_one_line_naming_both_sizes(configs):
+    encoder = OpenClipImageEncoder(model_name=TINY)
+    with pytest.raises(ConfigError) as info:
+        encoder(torch.zeros(1, 3, 48, 48))
+    assert str(info.value) == (
+        f"the open_clip tower '{TINY}' is built for 32x32 images, got 48x48: "
+        "set the model's image_size: 32, or the encoder's image_size to 48"
+    )
+
+
+def test_an_openai_tag_builds_quick_gelu_as_its_weights_were_trained(monkeypatch, configs):
+    """ViT-B-16's openai tag says quick_gelu; the tiny tower stands in for ViT-B-16 (same code path)."""
+    openai = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    assert openai["quick_gelu"] is True
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: openai if tag == "openai" else {})
+    quick = OpenClipImageEncoder(model_name=TINY, pretrained="openai", load_weights=False)
+    plain = OpenClipImageEncoder(model_name=TINY)
+    acts = lambda m: {type(a).__name__ for a in m.modules() if "GELU" in type(a).__name__}  # noqa: E731
+    assert acts(quick) == {"QuickGELU"} and acts(plain) == {"GELU"}
+
+
 def test_pre_projection_needs_a_projection(configs):
     with pytest.raises(ConfigError, match="pre_projection needs a ViT tower with a projection"):
         OpenClipImageEncoder(model_name="RN50", features="pre_projection")

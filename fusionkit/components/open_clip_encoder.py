@@ -55,6 +55,9 @@ class OpenClipImageEncoder(ImageEncoder):
     - ``load_weights=False`` builds the architecture and its preprocessing without any weights
       (a saved model is rebuilt so, before its trained weights are loaded).
 
+    A tag trained with QuickGELU (OpenAI's CLIP weights) builds the tower with QuickGELU even under
+    a plain architecture name (``ViT-B-16`` + ``openai``), so the weights run as they were trained.
+
     Preprocessing: open_clip's defaults, overlaid with the tag's (or the hub repository's
     ``preprocess_cfg``), at the tower's ``image_size`` (``image_size`` overrides the config's; the
     position embedding of loaded weights is resized to it with open_clip's ``resize_pos_embed``).
@@ -90,9 +93,10 @@ class OpenClipImageEncoder(ImageEncoder):
             vision_cfg["timm_model_pretrained"] = False  # CLIP weights replace the trunk's ImageNet ones
         from open_clip.model import _build_vision_tower  # what CLIP.__init__ builds its image tower with
 
-        self.visual: nn.Module = _build_vision_tower(
-            model_cfg["embed_dim"], vision_cfg, quick_gelu=bool(model_cfg.get("quick_gelu", False))
-        )
+        # a tag trained with QuickGELU (OpenAI's) gets it even under a plain config name, where
+        # open_clip's create_model only warns of the mismatch
+        quick_gelu = bool(model_cfg.get("quick_gelu", False) or overlay.get("quick_gelu", False))
+        self.visual: nn.Module = _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
         if source is not None:
             self._load(open_clip, source, read_state_dict(source))
         if features == "pre_projection":
@@ -229,7 +233,18 @@ class OpenClipImageEncoder(ImageEncoder):
         return norm, 1
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Features (B, out_dim) of an image batch (B, 3, H, W): ``encode_image`` or the pre-projection token."""
+        """Features (B, out_dim) of an image batch (B, 3, H, W): ``encode_image`` or the pre-projection token.
+
+        Raises:
+            ConfigError: the images are not the size the tower is built for (a ViT's grid is fixed).
+        """
+        size = self._preprocessing.input_size
+        if images.shape[-2:] != (size, size) and hasattr(self.visual, "grid_size"):
+            raise ConfigError(
+                f"the open_clip tower {self.model_name!r} is built for {size}x{size} images, got "
+                f"{images.shape[-2]}x{images.shape[-1]}: set the model's image_size: {size}, "
+                f"or the encoder's image_size to {images.shape[-1]}"
+            )
         return self.visual(images)
 
 
