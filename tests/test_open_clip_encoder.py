@@ -352,3 +352,33 @@ def test_fusionkit_train_fits_an_open_clip_tower_and_the_pipeline_round_trips(co
     a = pipe.predict_split(tmp_path / "run" / "synthetic", "Training")
     b = loaded.predict_split(tmp_path / "run" / "synthetic", "Training")
     assert torch.equal(torch.as_tensor(a.probs), torch.as_tensor(b.probs))
+
+
+def test_an_unreachable_hub_is_found_in_seconds_and_is_one_line(monkeypatch):
+    """Online but the hub cannot be reached and nothing is cached: one short probe, not a minute of retries."""
+    import socket
+
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: asked.append((repo, name)))
+
+    def refuse(address, timeout=None):
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    message = _error(model_name="hf-hub:nobody/dermlip", pretrained=True)
+    assert message == (
+        "cannot load the config of 'hf-hub:nobody/dermlip': the hub huggingface.co:443 cannot be reached "
+        "(refused); weights not in the local cache"
+    )
+    assert asked == [("nobody/dermlip", "open_clip_config.json")]
+    asked.clear()
+    message = _error(model_name="ViT-B-16", pretrained="openai")
+    assert message.startswith("cannot load pretrained weights for 'ViT-B-16': the hub huggingface.co:443")
+    assert asked == [
+        ("timm/vit_base_patch16_clip_224.openai", n)
+        for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    ]
