@@ -382,3 +382,35 @@ def test_an_unreachable_hub_is_found_in_seconds_and_is_one_line(monkeypatch):
         ("timm/vit_base_patch16_clip_224.openai", n)
         for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
     ]
+
+
+# -- the image-encoder contract's optional methods -------------------------------------------
+def test_backbone_layers_run_from_the_patch_embedding_through_each_block(configs):
+    encoder = OpenClipImageEncoder(model_name=TINY)
+    layers = encoder.backbone_layers()
+    names = [name for name, _ in encoder.named_parameters()]
+    assert sorted(n for group in layers for n in group) == sorted(names)  # every parameter, once
+    assert len(layers) == 3  # the stem, then one per block (2), the final norm and projection with the last
+    assert set(layers[0]) == {
+        "visual.class_embedding", "visual.positional_embedding", "visual.conv1.weight",
+        "visual.ln_pre.weight", "visual.ln_pre.bias",
+    }  # fmt: skip
+    assert all(n.startswith("visual.transformer.resblocks.0.") for n in layers[1])
+    assert {"visual.proj", "visual.ln_post.weight"} <= set(layers[2])
+    assert OpenClipImageEncoderSpec(model_name=TINY, pretrained=False).display_name == TINY
+
+
+def test_grad_checkpointing_keeps_outputs_and_gradients(configs, files):
+    x = _images()
+    results = []
+    for enable in (False, True):
+        encoder = OpenClipImageEncoder(model_name=TINY, weights_file=files["whole.pth"])
+        encoder.set_grad_checkpointing(enable)
+        out = encoder(x)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in encoder.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, msg=name)
+    with pytest.raises(NotImplementedError, match="ModifiedResNet has no gradient checkpointing"):
+        OpenClipImageEncoder(model_name="RN50").set_grad_checkpointing(True)

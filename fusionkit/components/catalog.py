@@ -91,6 +91,11 @@ class OpenClipImageEncoderSpec(ImageEncoderSpec):
     load_weights: bool = True
     """False: build the tower and its preprocessing without weights (a saved model's rebuild does)."""
 
+    @property
+    def display_name(self) -> str:
+        """How reports name this encoder: its open_clip model name (with the tag, if any)."""
+        return f"{self.model_name} ({self.pretrained})" if isinstance(self.pretrained, str) else self.model_name
+
     @field_validator("model_name")
     @classmethod
     def _known_to_open_clip(cls, name: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -218,19 +219,61 @@ class OpenClipImageEncoder(ImageEncoder):
         self.visual.train(was_training)
         return out
 
-    def gradcam_site(self) -> tuple[nn.Module, int]:
-        """Where Grad-CAM reads this tower's token map (:mod:`fusionkit.evaluate.gradcam`): the last
-        residual block's input norm (B, N, C), after which the patch tokens still reach the class
-        token, and the one leading class token."""
-        blocks = getattr(getattr(self.visual, "transformer", None), "resblocks", None)
-        norm = getattr(blocks[-1], "ln_1", None) if isinstance(blocks, nn.ModuleList) and len(blocks) else None
+    gradcam_prefix_tokens: int = 1
+    """Leading non-patch tokens in the output of :meth:`gradcam_layer` (the class token)."""
+
+    def backbone_layers(self) -> list[list[str]]:
+        """The tower's parameters by layer from the input: the patch embedding, class token,
+        position embedding and ``ln_pre`` first, then one group per residual block, with the final
+        norm and the projection in the last; a timm trunk (``visual.trunk``) in timm's
+        ``group_matcher(coarse=True)`` groups, its head with the last; any other tower one layer."""
+        names = [name for name, _ in self.named_parameters()]
+        blocks = _resblocks(self.visual)
+        trunk = getattr(self.visual, "trunk", None)
+        if blocks is not None:
+            depth = len(blocks)
+            stem = ("visual.conv1.", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre.")
+            layers: list[list[str]] = [[] for _ in range(depth + 1)]
+            for name in names:
+                match = _BLOCK.match(name)
+                index = int(match.group(1)) + 1 if match else (0 if name.startswith(stem) else depth)
+                layers[index].append(name)
+            return [group for group in layers if group]
+        if trunk is not None and callable(getattr(trunk, "group_matcher", None)):
+            from timm.models import group_parameters
+
+            groups = group_parameters(trunk, trunk.group_matcher(coarse=True))
+            layers = [[f"visual.trunk.{name}" for name in groups[k]] for k in sorted(groups)]
+            grouped = {name for group in layers for name in group}
+            layers[-1] += [name for name in names if name not in grouped]  # the head: with the last layer
+            return layers
+        return [names]
+
+    def gradcam_layer(self) -> nn.Module:
+        """The last residual block's input norm: its (B, N, C) tokens, after which the patch tokens
+        still reach the class token (at the tower's output only the class token has a gradient)."""
+        blocks = _resblocks(self.visual)
+        norm = getattr(blocks[-1], "ln_1", None) if blocks is not None and len(blocks) else None
         if not isinstance(norm, nn.Module):
-            raise ConfigError(
+            raise NotImplementedError(
                 f"Grad-CAM supports open_clip ViT towers; {self.model_name!r} has a {type(self.visual).__name__}"
             )
         if getattr(self.visual.transformer, "batch_first", True) is not True:
-            raise ConfigError("Grad-CAM needs a batch-first open_clip transformer (open-clip-torch 2.24 or later)")
-        return norm, 1
+            raise NotImplementedError(
+                "Grad-CAM needs a batch-first open_clip transformer (open-clip-torch 2.24 or later)"
+            )
+        return norm
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's own gradient checkpointing of the tower's blocks (ViT and timm towers).
+
+        Raises:
+            NotImplementedError: the tower cannot (open_clip's ModifiedResNet ignores the request).
+        """
+        if _resblocks(self.visual) is None and getattr(self.visual, "trunk", None) is None:
+            raise NotImplementedError(f"open_clip's {type(self.visual).__name__} has no gradient checkpointing")
+        visual: Any = self.visual  # an open_clip tower: set_grad_checkpointing is its API
+        visual.set_grad_checkpointing(enable)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features (B, out_dim) of an image batch (B, 3, H, W): ``encode_image`` or the pre-projection token.
@@ -246,6 +289,15 @@ class OpenClipImageEncoder(ImageEncoder):
                 f"or the encoder's image_size to {images.shape[-1]}"
             )
         return self.visual(images)
+
+
+_BLOCK = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")
+
+
+def _resblocks(visual: nn.Module) -> nn.ModuleList | None:
+    """The residual blocks of an open_clip ViT tower, or None for another tower."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    return blocks if isinstance(blocks, nn.ModuleList) else None
 
 
 def _cannot(model_name: str, what: str, exc: Exception) -> str:

@@ -5,8 +5,8 @@ For an image modality, the backbone's last spatial feature map ``A`` (the output
 to it give ``cam = ReLU(sum_k mean_ij(dL/dA_k) A_k)``, upsampled to the image size and scaled to
 [0, 1]. Works for any timm backbone whose ``forward_features`` returns a (B, C, h, w) map, with one
 backbone per image or a shared one, and for ViTs: there ``A`` is the output of the last block's
-input norm (timm ViTs' ``blocks[-1].norm1``, or the module an encoder names with ``gradcam_site()``,
-as the open_clip towers do), the usual ViT Grad-CAM layer, since after the last block only the
+input norm (timm ViTs' ``blocks[-1].norm1``, or the module an encoder names with ``gradcam_layer()``,
+with ``gradcam_prefix_tokens`` leading tokens, as the open_clip towers do), the usual ViT Grad-CAM layer, since after the last block only the
 class token reaches the pooled features; its (B, N, C) tokens become the (B, C, h, w) map of the
 patch tokens, the leading class/register tokens dropped.
 
@@ -98,11 +98,15 @@ def gradcam(
     key = "shared" if stream.shared else modality
     encoder = stream.encoders[key]
     candidate = getattr(encoder, "backbone", encoder)
-    site = getattr(encoder, "gradcam_site", None)
+    layer_of = getattr(encoder, "gradcam_layer", None)
     store: list[torch.Tensor] = []
     vit_blocks = getattr(candidate, "blocks", None)
-    if callable(site):  # (module, leading tokens): the encoder names where its token map is
-        module, prefix = site()
+    if callable(layer_of):  # the encoder names its Grad-CAM layer (and its leading tokens, if tokens)
+        try:
+            module = layer_of()
+        except NotImplementedError as exc:
+            raise ConfigError(f"Grad-CAM: {exc}") from None
+        prefix = int(getattr(encoder, "gradcam_prefix_tokens", 0) or 0)
         capture = _capture_output(module, store)
     elif hasattr(candidate, "num_prefix_tokens") and isinstance(vit_blocks, nn.Sequential | nn.ModuleList):
         # a timm ViT: the last block's input norm, where the patch tokens still reach the pooled token
