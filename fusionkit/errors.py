@@ -114,8 +114,10 @@ EXTRAS: dict[str, str] = {
     "submitit": "cluster",
     "optuna": "tune",
     "gradio": "demo",
+    "open-clip-torch": "clip",
 }
-"""Each optional dependency (its import name) and the extra of ``jiadf-fusion`` that installs it."""
+"""Each optional dependency, named as its requirement in pyproject.toml (also its import name, except
+``open-clip-torch``, imported as ``open_clip``), and the extra of ``jiadf-fusion`` that installs it."""
 
 
 class MissingExtraError(ConfigError):

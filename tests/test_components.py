@@ -13,6 +13,7 @@ import torch
 from conftest import ACTIVATIONS, IMAGE_SIZE
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_open_clip import register as register_tiny_open_clip
 from torch.nn import functional as F
 
 import fusionkit as fk
@@ -24,6 +25,9 @@ ACT_FN = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 """The pointwise nonlinearities by the names a spec uses, written independently of the library."""
 
 CONTEXT = {"in_dim": 7, "image_dim": 10, "meta_dim": 6, "num_classes": 4}
+
+TINY_MODELS = {"timm": "test_efficientnet", "open_clip": register_tiny_open_clip()}
+"""The CPU-sized model of each built-in image-encoder kind (a tiny architecture registered with open_clip)."""
 
 
 def _all_components():
@@ -39,7 +43,7 @@ def _build(kind: str, name: str, **overrides):
     entry = fk.registry(kind).get(name)
     fields = entry.spec.model_fields
     if kind == "image_encoder" and "model_name" in fields:
-        overrides = {"model_name": "test_efficientnet", "pretrained": False, **overrides}
+        overrides = {"model_name": TINY_MODELS.get(name, "test_efficientnet"), "pretrained": False, **overrides}
     spec = entry.spec(**{k: v for k, v in overrides.items() if k in fields})
     kwargs = spec.component_kwargs()
     context: dict = {}
@@ -651,7 +655,7 @@ def test_constructor_defaults_build_the_default_spec_component(kind, name):
     entry = fk.registry(kind).get(name)
     kwargs = {**spec.component_kwargs(), **context}
     if kind == "image_encoder":
-        kwargs["model_name"] = "test_efficientnet"
+        kwargs["model_name"] = TINY_MODELS.get(name, "test_efficientnet")
     params = inspect.signature(entry.component.__init__).parameters.values()
     required = {
         p.name: kwargs[p.name] for p in params if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty

@@ -81,7 +81,7 @@ def test_list_components_filters_with_fnmatch(kind, pattern, expected):
 def test_list_components_pattern_applies_to_every_kind():
     listing = fk.list_components(pattern="*i*")
     assert listing["decision"] == ["single"]
-    assert listing["image_encoder"] == ["timm"]
+    assert listing["image_encoder"] == ["open_clip", "timm"]
     assert listing["metadata_encoder"] == []
 
 

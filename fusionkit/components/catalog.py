@@ -5,17 +5,18 @@ implements are named in its docstring and in its component's module). Importing 
 registers every built-in under its spec's ``kind``, naming the component class by its import path
 (``"module:Class"``): the class, and torch with it, is imported when a model is first built, so
 listing components or presets and writing the JSON schema never import torch (validating a spec
-imports timm, for the image encoder's model-name check).
+imports timm, or open_clip, for the image encoder's model-name check).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from fusionkit.components.base import DecisionSpec, FusionSpec, ImageEncoderSpec, MetadataEncoderSpec
+from fusionkit.errors import require_extra
 from fusionkit.registry import register
 
 Activation = Literal["relu", "gelu", "silu", "tanh"]
@@ -28,6 +29,9 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
     Weights: ``pretrained: true`` loads the model's default pretrained tag from the Hugging Face hub
     (or its cache); ``weights_file`` loads a local ``.safetensors``/``.pth`` state dict instead.
     Asking for weights that cannot be had is an error, never a silent random initialisation.
+
+    Foreign checkpoints (a PanDerm-style ViT): ``weights_prefix`` strips a key prefix first, and
+    ``img_size`` builds a ViT for another input size, its position embedding resampled by timm.
     """
 
     kind: Literal["timm"] = "timm"
@@ -41,6 +45,10 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
     """Dropout before the backbone's (removed) classifier."""
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Stochastic depth rate of the backbone."""
+    weights_prefix: str | None = Field(default=None, min_length=1)
+    """A key prefix to strip from weights_file (e.g. module. or visual.); keys without it are dropped."""
+    img_size: PositiveInt | None = None
+    """The input size a ViT is built for (its position embedding is resampled to it); set the model's image_size alike."""
 
     @property
     def display_name(self) -> str:
@@ -63,6 +71,73 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
                 f"timm model {arch!r} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
             )
         return name
+
+
+class OpenClipImageEncoderSpec(ImageEncoderSpec):
+    """The vision tower of an open_clip model (a CLIP ViT such as DermLIP or MONET); the text tower is never built.
+
+    ``model_name`` is an ``open_clip.list_models()`` architecture or ``hf-hub:org/name``; weights
+    come from ``pretrained`` (an open_clip tag of the architecture, or true for an ``hf-hub:``
+    model's own weights) or from a local ``weights_file`` (a whole CLIP checkpoint, whose
+    ``visual.`` keys are taken, or the vision tower's own state dict). Needs the ``clip`` extra.
+    """
+
+    kind: Literal["open_clip"] = "open_clip"
+    model_name: str = "ViT-B-16"
+    """An open_clip architecture (open_clip.list_models()) or hf-hub:org/name."""
+    pretrained: bool | str = False
+    """An open_clip pretrained tag of model_name (e.g. openai), true for an hf-hub: model's weights, or false."""
+    weights_file: Path | None = None
+    """A local .safetensors/.pth checkpoint of the whole CLIP model or of its vision tower."""
+    features: Literal["pooled", "pre_projection"] = "pooled"
+    """pooled: the image embedding (encode_image); pre_projection: the pooled token before the projection (ViTs)."""
+    image_size: PositiveInt | None = None
+    """The input size to build the tower for (position embedding resized); default: the config's."""
+    load_weights: bool = True
+    """False: build the tower and its preprocessing without weights (a saved model's rebuild does)."""
+
+    @property
+    def display_name(self) -> str:
+        """How reports name this encoder: its open_clip model name (with the tag, if any)."""
+        return f"{self.model_name} ({self.pretrained})" if isinstance(self.pretrained, str) else self.model_name
+
+    @field_validator("model_name")
+    @classmethod
+    def _known_to_open_clip(cls, name: str) -> str:
+        if name.startswith("hf-hub:"):
+            if not name.removeprefix("hf-hub:").strip():
+                raise ValueError("hf-hub: needs a repository id, e.g. hf-hub:org/name")
+            return name  # the hub is asked when the model is built
+        open_clip = _open_clip()
+        if name.replace("/", "-") not in open_clip.list_models():
+            close = [m for m in open_clip.list_models() if name.split("-")[0].lower() in m.lower()][:5]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise ValueError(f"open_clip has no model {name!r}{hint}")
+        return name
+
+    @model_validator(mode="after")
+    def _known_tag(self) -> OpenClipImageEncoderSpec:
+        hub = self.model_name.startswith("hf-hub:")
+        if hub and isinstance(self.pretrained, str):
+            raise ValueError(f"pretrained must be true or false for {self.model_name} (the repository's own weights)")
+        if not hub and self.pretrained is True:
+            tags = _open_clip().list_pretrained_tags_by_model(self.model_name)
+            raise ValueError(
+                f"pretrained: name an open_clip tag of {self.model_name!r} ({', '.join(tags) or 'it has none'}) or false"
+            )
+        if not hub and isinstance(self.pretrained, str):
+            tags = _open_clip().list_pretrained_tags_by_model(self.model_name)
+            if self.pretrained not in tags:
+                raise ValueError(
+                    f"open_clip model {self.model_name!r} has no pretrained tag {self.pretrained!r}; "
+                    f"its tags: {', '.join(tags) or 'none'}"
+                )
+        return self
+
+
+def _open_clip() -> Any:
+    """The open_clip module, or one line naming the extra that installs it."""
+    return require_extra("open-clip-torch", what="the open_clip image encoder", module="open_clip")
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):
@@ -165,6 +240,7 @@ class ADFDecisionSpec(DecisionSpec):
 
 BUILT_INS: tuple[tuple[str, type, str], ...] = (
     ("image_encoder", TimmImageEncoderSpec, "fusionkit.components.image_encoders:TimmImageEncoder"),
+    ("image_encoder", OpenClipImageEncoderSpec, "fusionkit.components.open_clip_encoder:OpenClipImageEncoder"),
     ("metadata_encoder", MLPMetadataEncoderSpec, "fusionkit.components.metadata_encoders:MLPMetadataEncoder"),
     ("fusion", ConcatFusionSpec, "fusionkit.components.fusion.concat:ConcatFusion"),
     ("fusion", MMFASpec, "fusionkit.components.fusion.mmfa:MMFAFusion"),

@@ -1,9 +1,14 @@
-"""Image encoders: any timm backbone as a pooled-feature extractor (the M_I of eq 1, per image)."""
+"""Image encoders: any timm backbone as a pooled-feature extractor (the M_I of eq 1, per image).
+
+The open_clip towers live in :mod:`fusionkit.components.open_clip_encoder`; both read local weights
+files through :mod:`fusionkit.components.weights`.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,8 +23,9 @@ from fusionkit.components.catalog import TimmImageEncoderSpec  # noqa: F401 - sp
 
 # the spec lives in the catalog (no torch there) and is importable here too, next to its component
 from fusionkit.components.contract import ImageEncoder
+from fusionkit.components.weights import check_fit, read_state_dict, strip_prefix
 from fusionkit.data.preprocessing import ImagePreprocessing
-from fusionkit.errors import PretrainedWeightsError
+from fusionkit.errors import ConfigError, PretrainedWeightsError
 
 
 def _has_pretrained_source(model_name: str) -> bool:
@@ -45,10 +51,16 @@ def _hub_unreachable(model_name: str) -> str | None:
     cfg = timm.models.get_pretrained_cfg(model_name, allow_unregistered=False)
     if cfg is None or not cfg.hf_hub_id:
         return None
+    return _repo_unreachable(cfg.hf_hub_id.split("@")[0])
+
+
+def _repo_unreachable(
+    repo: str, files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+) -> str | None:
+    """Why the hub cannot serve ``repo`` now (none of ``files`` cached, the host unreachable), or ``None``."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo = cfg.hf_hub_id.split("@")[0]
-    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+    for name in files:
         try:
             if isinstance(try_to_load_from_cache(repo, name), str):
                 return None
@@ -64,31 +76,18 @@ def _hub_unreachable(model_name: str) -> str | None:
     return None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise PretrainedWeightsError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise PretrainedWeightsError(f"{path}: cannot read weights ({exc})") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise PretrainedWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
-
-
 class TimmImageEncoder(ImageEncoder):
     """One timm backbone mapping (B, 3, H, W) images to pooled features (B, out_dim).
 
     ``preprocessing`` is what timm declares for the model it built
     (``timm.data.resolve_model_data_config(backbone)``, i.e. its ``pretrained_cfg``): mean, std,
-    interpolation and native input size.
+    interpolation and native input size (``img_size`` when given).
+
+    Foreign weights (a PanDerm-style ViT checkpoint): ``weights_prefix`` strips a key prefix
+    (``module.``, ``visual.``; keys without it are dropped), then the model module's own
+    ``checkpoint_filter_fn`` converts the state dict as timm does for its pretrained weights (for
+    ViTs: the position embedding resampled to the ``img_size`` grid with ``resample_abs_pos_embed``,
+    open_clip/OpenAI CLIP key layouts renamed).
 
     ``out_dim`` is the backbone's ``head_hidden_size`` (the width of what ``forward`` returns with
     ``num_classes=0``), which differs from ``num_features`` on models with a hidden head layer; when
@@ -108,11 +107,15 @@ class TimmImageEncoder(ImageEncoder):
         weights_file: Path | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        weights_prefix: str | None = None,
+        img_size: int | None = None,
     ) -> None:
         super().__init__()
         kwargs: dict[str, Any] = {"num_classes": 0, "drop_rate": drop_rate}
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
+        if img_size is not None:
+            kwargs["img_size"] = img_size
         use_hub = pretrained and weights_file is None
         if use_hub and not _has_pretrained_source(model_name):
             raise PretrainedWeightsError(
@@ -127,6 +130,13 @@ class TimmImageEncoder(ImageEncoder):
             )
         try:
             self.backbone = timm.create_model(model_name, pretrained=use_hub, **kwargs)
+        except TypeError as exc:
+            if img_size is None or "img_size" not in str(exc):
+                raise
+            raise ConfigError(
+                f"timm model {model_name!r} takes no img_size (only models with a fixed input grid, "
+                "such as ViTs, do): leave img_size out"
+            ) from exc
         except Exception as exc:  # noqa: BLE001 - download/offline/hub errors all mean "cannot have it"
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
@@ -136,12 +146,14 @@ class TimmImageEncoder(ImageEncoder):
                 f"{type(exc).__name__}: {reason}; set pretrained: false or give weights_file"
             ) from exc
         if weights_file is not None:
-            self._load_weights_file(Path(weights_file))
+            self._load_weights_file(Path(weights_file), prefix=weights_prefix)
         self.model_name = model_name
         self.feature_map = nn.Identity()
         """Passes the backbone's last feature map through (the layer Grad-CAM hooks)."""
+        self.img_size = img_size
         self.out_dim = self._measure_width()
-        self._preprocessing = ImagePreprocessing.from_timm_config(resolve_model_data_config(self.backbone))
+        declared = ImagePreprocessing.from_timm_config(resolve_model_data_config(self.backbone))
+        self._preprocessing = declared.with_size(img_size) if img_size is not None else declared
 
     @property
     def preprocessing(self) -> ImagePreprocessing:
@@ -158,9 +170,25 @@ class TimmImageEncoder(ImageEncoder):
         groups = group_parameters(self.backbone, matcher(coarse=True))
         return [[f"backbone.{name}" for name in groups[k]] for k in sorted(groups)]
 
+    @property
+    def gradcam_prefix_tokens(self) -> int:
+        """Leading class/register tokens of a ViT's Grad-CAM layer (0 for a CNN's spatial map)."""
+        return int(getattr(self.backbone, "num_prefix_tokens", 0) or 0) if self._vit_norm() is not None else 0
+
+    def _vit_norm(self) -> nn.Module | None:
+        """A timm ViT's last block input norm (``blocks[-1].norm1``), or None for other backbones."""
+        blocks = getattr(self.backbone, "blocks", None)
+        if not hasattr(self.backbone, "num_prefix_tokens") or not isinstance(blocks, nn.Sequential | nn.ModuleList):
+            return None
+        norm = getattr(blocks[-1], "norm1", None) if len(blocks) else None
+        return norm if isinstance(norm, nn.Module) else None
+
     def gradcam_layer(self) -> nn.Module:
-        """The identity that the output of timm's ``forward_features`` passes through."""
-        return self.feature_map
+        """For a CNN, the identity that the output of timm's ``forward_features`` passes through; for a
+        timm ViT, the last block's input norm (after the last block only the class token reaches the
+        pooled features, so the patch tokens' gradients vanish there)."""
+        norm = self._vit_norm()
+        return norm if norm is not None else self.feature_map
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's ``set_grad_checkpointing`` on the backbone (checkpointing its blocks or stages).
@@ -174,21 +202,25 @@ class TimmImageEncoder(ImageEncoder):
         except AssertionError as exc:  # timm's models that cannot checkpoint assert so
             raise NotImplementedError(str(exc)) from exc
 
-    def _load_weights_file(self, path: Path) -> None:
-        state = _read_state_dict(path)
+    def _load_weights_file(self, path: Path, *, prefix: str | None = None) -> None:
+        state = read_state_dict(path)
+        if prefix:
+            state = strip_prefix(state, prefix, path=path)
+        convert = getattr(sys.modules.get(type(self.backbone).__module__), "checkpoint_filter_fn", None)
+        if callable(convert):
+            try:
+                state = convert(state, self.backbone)
+            except Exception as exc:  # noqa: BLE001 - a foreign layout timm cannot convert is a misfit
+                raise PretrainedWeightsError(
+                    f"{path}: timm cannot convert these weights for {self.backbone.__class__.__name__} "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         model_keys = set(self.backbone.state_dict())
         # a checkpoint saved with its classifier carries head keys this backbone (num_classes=0) lacks
         head = self._default_cfg().get("classifier", "classifier")
         heads = (head,) if isinstance(head, str) else tuple(head)
         state = {k: v for k, v in state.items() if k in model_keys or not k.startswith(tuple(heads))}
-        missing = sorted(model_keys - set(state))
-        unexpected = sorted(set(state) - model_keys)
-        if missing or unexpected:
-            raise PretrainedWeightsError(
-                f"{path}: weights do not fit {self.backbone.__class__.__name__} "
-                f"({len(missing)} missing keys, e.g. {missing[:3]}; "
-                f"{len(unexpected)} unexpected, e.g. {unexpected[:3]})"
-            )
+        check_fit(path, state, model_keys, target=self.backbone.__class__.__name__)
         try:
             self.backbone.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -204,6 +236,8 @@ class TimmImageEncoder(ImageEncoder):
         if isinstance(width, int) and width > 0:
             return width
         size = self._default_cfg().get("input_size", (3, 224, 224))
+        if self.img_size is not None:
+            size = (3, self.img_size, self.img_size)
         was_training = self.backbone.training
         self.backbone.eval()
         with torch.no_grad():

@@ -2,7 +2,10 @@
 
 For an image modality, the feature map ``A`` (B, C, h, w) that the image encoder names as its
 Grad-CAM layer (:meth:`ImageEncoder.gradcam_layer <fusionkit.components.contract.ImageEncoder.gradcam_layer>`;
-for a timm backbone, the output of ``forward_features``) and the gradient of the final
+for a timm CNN, the output of ``forward_features``; for a ViT, the last block's input norm, since
+after the last block only the class token reaches the pooled features, its (B, N, C) tokens made the
+(B, C, h, w) grid of the patch tokens, the encoder's ``gradcam_prefix_tokens`` leading
+class/register tokens dropped) and the gradient of the final
 log-posterior ``log P_final[c]`` with respect to it give ``cam = ReLU(sum_k mean_ij(dL/dA_k) A_k)``,
 upsampled to the image size and scaled to [0, 1]. Works for any encoder that names such a layer,
 with one encoder per image or a shared one.
@@ -16,6 +19,7 @@ package would add opencv, ttach and matplotlib to the dependencies).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +30,17 @@ from torch.nn import functional as F
 from fusionkit.components.contract import gradcam_layer
 from fusionkit.errors import ConfigError
 from fusionkit.model import FusionModel
+
+
+def _token_grid(tokens: torch.Tensor, prefix: int, what: str) -> torch.Tensor:
+    """(B, N, C) tokens -> the (B, C, h, w) map of the N - ``prefix`` patch tokens (a square grid)."""
+    patches = tokens[:, prefix:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1] or side == 0:
+        raise ConfigError(
+            f"Grad-CAM needs a square grid of patch tokens; {what} gives {tokens.shape[1]} tokens ({prefix} leading)"
+        )
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
 
 
 @contextlib.contextmanager
@@ -78,12 +93,16 @@ def gradcam(
     finally:
         model.train(was_training)
     features = store[0]
+    grads = features.grad
+    if features.ndim == 3 and grads is not None:  # a ViT's (B, N, C) tokens: the grid of its patch tokens
+        prefix = int(getattr(encoder, "gradcam_prefix_tokens", 0) or 0)
+        what = f"{type(encoder).__name__}'s layer"
+        features, grads = _token_grid(features, prefix, what), _token_grid(grads, prefix, what)
     if features.ndim != 4:
         raise ConfigError(
             f"Grad-CAM needs a spatial (B, C, h, w) feature map; {type(encoder).__name__}'s layer gives "
             f"{tuple(features.shape)}"
         )
-    grads = features.grad
     if grads is None:
         raise ConfigError(f"no gradient reached the {modality!r} feature map of {type(encoder).__name__}")
     if stream.shared:  # the shared backbone saw all images stacked in modality order

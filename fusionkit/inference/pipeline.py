@@ -73,13 +73,18 @@ def evaluation_transform(preprocessing: ImagePreprocessing) -> ImageTransform:
 
 
 def inference_spec(config: RunConfig) -> Any:
-    """The model spec to rebuild trained weights into: no pretrained download, no backbone weights file."""
+    """The model spec to rebuild trained weights into: no pretrained download, no backbone weights file.
+
+    An encoder spec with a ``load_weights`` field (open_clip) keeps ``pretrained``, which also
+    names its preprocessing, and is told ``load_weights: false`` instead.
+    """
     spec = config.model
     encoder = spec.image_encoder
     if encoder is None:
         return spec
     fields = type(encoder).model_fields
-    updates = {k: v for k, v in (("pretrained", False), ("weights_file", None)) if k in fields}
+    off = ("load_weights", False) if "load_weights" in fields else ("pretrained", False)
+    updates = {k: v for k, v in (off, ("weights_file", None)) if k in fields}
     return spec.model_copy(update={"image_encoder": encoder.model_copy(update=updates)}) if updates else spec
 
 
