@@ -38,7 +38,9 @@ from fusionkit.evaluate.robustness import (
     write_robustness,
 )
 from fusionkit.evaluate.robustness.images import NOISE_STD, as_chw
+from fusionkit.evaluate.trust import robustness_section
 from fusionkit.metrics import isic_metrics
+from fusionkit.metrics.bootstrap import bootstrap_ci, resample_weights, weighted_macro_metrics
 
 IMAGE_CORRUPTIONS = [n for n, c in CORRUPTIONS.items() if c.kind == "image"]
 META_CORRUPTIONS = [n for n, c in CORRUPTIONS.items() if c.kind == "meta"]
@@ -325,6 +327,45 @@ def test_table_metrics_are_isic_metrics_of_the_predictor(derm_only_table):
     assert row["relative_drop"] == pytest.approx((table.baseline["dice"] - macro["dice"]) / table.baseline["dice"])
 
 
+def test_row_intervals_are_bootstrap_ci_of_the_corrupted_posteriors(derm_only_table):
+    labels, table = derm_only_table
+    _, derm, clinical, records = _lesions()
+    predict = array_predictor(derm_only_model, derm=derm, clinical=clinical, records=records)
+    for label in [("derm", "hair", 3), ("derm", ABSENT, None), ("meta", "wrong_sex", 5)]:
+        severity = label[2]
+        probs = predict(Perturbation(modality=label[0], corruption=label[1], severity=severity, seed=4))
+        ci = bootstrap_ci(labels, probs, CLASSES, metrics=("dice",), n_boot=200, seed=4)["dice"]
+        assert table.result(*label)["dice_ci95"] == list(ci)
+    assert table.baseline_dice_ci95 == bootstrap_ci(labels, predict(None), CLASSES, n_boot=200, seed=4)["dice"]
+
+
+def test_the_modality_whose_corruption_hurts_most_is_named_with_an_interval(derm_only_table):
+    labels, table = derm_only_table
+    summary = table.summary()
+    derm, clinical, meta = summary["derm"], summary["clinical"], summary["meta"]
+    lo, hi = derm["mean_relative_drop_ci95"]
+    assert 0.0 < lo <= derm["mean_relative_drop"] <= hi  # every resample sees the derm corruptions hurt
+    assert clinical["mean_relative_drop_ci95"] == meta["mean_relative_drop_ci95"] == [0.0, 0.0]
+    assert derm["hurts_most_share"] == 1.0 and clinical["hurts_most_share"] == meta["hurts_most_share"] == 0.0
+    assert derm["absent_relative_drop_ci95"][0] > 0.0
+    assert derm["absent_relative_drop"] == table.result("derm", ABSENT, None)["relative_drop"]
+
+
+def test_drop_intervals_are_the_paired_resamples_of_the_relative_drops():
+    """Two modalities with one corruption each: the interval is the percentile interval of the
+    per-resample relative drops computed by hand from the same stratified resamples."""
+    labels, derm, clinical, records = _lesions(45, seed=2)
+    predict = array_predictor(derm_only_model, derm=derm, clinical=clinical, records=records)
+    table = robustness_table(predict, labels, CLASSES, corruptions=["contrast"], severities=(5,), seed=7, n_boot=300)
+    weights = resample_weights(labels, 300, np.random.default_rng(7), stratified=True)
+    clean = weighted_macro_metrics(labels, predict(None), weights, ("dice",))[:, 0]
+    hit = weighted_macro_metrics(
+        labels, predict(Perturbation(modality="derm", corruption="contrast", severity=5, seed=7)), weights, ("dice",)
+    )[:, 0]
+    expected = np.percentile((clean - hit) / clean, [2.5, 97.5])
+    assert table.summary()["derm"]["mean_relative_drop_ci95"] == pytest.approx(list(expected), abs=1e-12)
+
+
 def test_the_table_does_not_depend_on_lesion_order():
     labels, derm, clinical, records = _lesions(30)
     order = np.random.default_rng(0).permutation(30)
@@ -377,6 +418,11 @@ def test_the_files_are_written_and_read_back(derm_only_table, tmp_path):
         for a, b in zip(back.results, table.results, strict=True)
     )
     assert back.baseline == table.baseline
+    assert (
+        back.drop_intervals["derm"]["mean_relative_drop_ci95"]
+        == table.drop_intervals["derm"]["mean_relative_drop_ci95"]
+    )
+    assert "hurts most in" in text and "of resamples" in text
 
 
 def test_a_bad_reference_file_is_named(tmp_path):
@@ -490,3 +536,16 @@ def test_given_clean_posteriors_are_used_instead_of_a_clean_pass():
     assert table.baseline == {
         k: v for k, v in isic_metrics(labels, clean, CLASSES)["macro"].items() if k in table.baseline
     }
+
+
+def test_the_report_section_names_the_modality_that_hurts_most_with_its_interval(derm_only_table, tmp_path):
+    labels, table = derm_only_table
+    write_robustness(table, tmp_path)
+    section = robustness_section(tmp_path)
+    derm = table.summary()["derm"]
+    lo, hi = derm["mean_relative_drop_ci95"]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "modality" not in line]
+    assert rows[0].startswith("| derm |")  # ranked by the mean relative drop, largest first
+    assert f"{derm['mean_relative_drop']:.3f} [{lo:.3f}, {hi:.3f}]" in rows[0]
+    assert "The corruption of `derm` hurts most" in section and "100 % of the bootstrap resamples" in section
+    assert robustness_section(tmp_path / "nothing-here") == ""

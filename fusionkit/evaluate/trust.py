@@ -96,15 +96,29 @@ def robustness_section(out_dir: str | Path) -> str:
         summary = document["summary"]
     except (ValueError, KeyError):
         return ""
-    rows = ["| modality | mean macro Dice | mean relative drop | worst |", "|---|---|---|---|"]
-    for modality, entry in summary.items():
+    rows = [
+        "| modality | mean macro Dice | mean relative drop [95 % CI] | hurts most in | worst |",
+        "|---|---|---|---|---|",
+    ]
+    ranked = sorted(summary.items(), key=lambda item: -_sortable(item[1].get("mean_relative_drop")))
+    for modality, entry in ranked:
         worst = entry.get("worst") or {}
+        interval = entry.get("mean_relative_drop_ci95") or [None, None]
+        share = entry.get("hurts_most_share")
         rows.append(
-            f"| {modality} | {_num(entry.get('mean_dice'))} | {_num(entry.get('mean_relative_drop'))} | "
+            f"| {modality} | {_num(entry.get('mean_dice'))} | {_num(entry.get('mean_relative_drop'))} "
+            f"[{_num(interval[0])}, {_num(interval[1])}] | "
+            f"{'-' if share is None else f'{100 * float(share):.0f} % of resamples'} | "
             f"{worst.get('corruption', '-')} @ {worst.get('severity', '-')} |"
         )
     mce = document.get("mce")
     tail = f" mCE against the baseline run: {_num(mce.get('mce'))}." if isinstance(mce, dict) else ""
+    top, entry = ranked[0] if ranked else ("", {})
+    if top and entry.get("mean_relative_drop") is not None and entry.get("hurts_most_share") is not None:
+        tail += (
+            f" The corruption of `{top}` hurts most (largest mean relative drop in "
+            f"{100 * float(entry['hurts_most_share']):.0f} % of the bootstrap resamples)."
+        )
     return "\n".join(
         [
             "## Robustness per modality",
@@ -122,3 +136,8 @@ def robustness_section(out_dir: str | Path) -> str:
 
 def _num(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3f}"
+
+
+def _sortable(value: Any) -> float:
+    """A drop for sorting: missing or NaN last."""
+    return -float("inf") if value is None or value != value else float(value)
