@@ -549,3 +549,36 @@ def test_the_report_section_names_the_modality_that_hurts_most_with_its_interval
     assert f"{derm['mean_relative_drop']:.3f} [{lo:.3f}, {hi:.3f}]" in rows[0]
     assert "The corruption of `derm` hurts most" in section and "100 % of the bootstrap resamples" in section
     assert robustness_section(tmp_path / "nothing-here") == ""
+
+
+class _RecordingPipe:
+    """A stand-in for a FusionPipeline: records what ``predict_dataset`` is asked for and answers
+    the derm-only prototype model, masked out as the real predictor masks through ``absent``."""
+
+    modalities = ("derm", "clinical", "meta")
+    class_names = CLASSES
+
+    def __init__(self, labels, derm):
+        self.labels, self.derm, self.calls = labels, derm, []
+
+    def predict_dataset(self, dataset, *, absent=(), desc="", **_):
+        from fusionkit.inference.predict import Predictions
+
+        self.calls.append((tuple(absent), desc))
+        probs = derm_only_model(self.derm, [None] * len(self.derm), [None] * len(self.derm), tuple(absent))
+        ids = [f"IL_{i:04d}" for i in range(len(self.labels))]
+        return Predictions(lesion_ids=ids, probs=probs, log_probs=np.log(probs), labels=self.labels)
+
+
+def test_pipeline_robustness_masks_an_absent_modality_through_the_predictor():
+    """``absent`` reaches ``predict_dataset(absent=...)`` (a formatting slip once turned it into a
+    comment, and every ``absent`` row read as the clean set): the derm row falls to chance."""
+    from fusionkit.evaluate.robustness import pipeline_robustness
+
+    labels, derm, _, _ = _lesions(30)
+    pipe = _RecordingPipe(labels, derm)
+    table = pipeline_robustness(pipe, dataset=[None] * 30, corruptions=[ABSENT], n_boot=20)  # type: ignore[arg-type]
+    assert [c[0] for c in pipe.calls] == [(), ("derm",), ("clinical",), ("meta",)]
+    assert pipe.calls[1][1] == "robustness: derm/absent"
+    assert table.result("derm", ABSENT, None)["relative_drop"] > 0.5
+    assert table.result("clinical", ABSENT, None)["metrics"] == table.baseline
