@@ -171,6 +171,7 @@ def test_metadata_corruption_is_seeded_and_leaves_the_record(name, seed, severit
     assert isinstance(first, LesionRecord)
     assert record == _record("IL_1", sex="female", site="hand", age=35.0)
     changed = {f for f in ("age", "sex", "site", "skin_tone") if getattr(first, f) != getattr(record, f)}
+    changed |= {"monet"} if first.derm != record.derm or first.clinical != record.clinical else set()
     assert changed <= {name.removeprefix("missing_").removeprefix("wrong_").removesuffix("_noise")}
 
 
@@ -181,10 +182,32 @@ def test_metadata_corruptions_at_severity_5_hit_every_lesion():
     for field in ("age", "sex", "site", "skin_tone"):
         p = Perturbation(modality="meta", corruption=f"missing_{field}", severity=5, seed=3)
         assert all(getattr(p.record(r), field) is None for r in records)
+    p = Perturbation(modality="meta", corruption="missing_monet", severity=5, seed=3)
+    assert all(p.record(r).derm.monet == () and p.record(r).derm.isic_id == r.derm.isic_id for r in records)
     for field in ("sex", "site"):
         p = Perturbation(modality="meta", corruption=f"wrong_{field}", severity=5, seed=3)
         assert all(getattr(p.record(r), field) != getattr(r, field) for r in records)
         assert all(getattr(p.record(r), field) in (SEXES if field == "sex" else SITES) for r in records)
+
+
+def test_missing_monet_is_encoded_as_the_training_mean():
+    from fusionkit.data.metadata import MetadataEncoder
+
+    records = [_record(f"IL_{i}", age=float(5 * i)) for i in range(6)]
+    records = [
+        replace(r, derm=replace(r.derm, monet=tuple(0.1 * i + 0.05 * c for c in range(7))))
+        for i, r in enumerate(records)
+    ]
+    encoder = MetadataEncoder().fit(records)
+    names = list(encoder.feature_names)
+    monet = [i for i, n in enumerate(names) if n.startswith("derm.")]
+    hit = Perturbation(modality="meta", corruption="missing_monet", severity=5, seed=0).record(records[4])
+    clean, missing = encoder.transform_one(records[4]), encoder.transform_one(hit)
+    assert torch.all(missing[monet] == 0.0) and not torch.all(clean[monet] == 0.0)
+    others = [i for i in range(len(names)) if i not in monet]
+    assert torch.equal(missing[others], clean[others])  # age, sex, site, skin tone and the altered flags kept
+    refit = MetadataEncoder().fit([*records, hit])  # a record without scores adds nothing to the statistics
+    assert refit.monet_mean == encoder.monet_mean
 
 
 def test_lesions_hit_at_a_severity_are_hit_at_every_higher_one():
