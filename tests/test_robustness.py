@@ -468,13 +468,19 @@ def test_an_incomparable_reference_is_refused(derm_only_table):
         mean_corruption_error(table, replace(table, n_lesions=table.n_lesions - 1))
 
 
-def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
+def _docs_script():
+    """``docs/scripts/make_robustness_figures.py`` as a module."""
     import importlib.util
 
     script = Path(__file__).resolve().parents[1] / "docs" / "scripts" / "make_robustness_figures.py"
     spec = importlib.util.spec_from_file_location("make_robustness_figures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
+    module = _docs_script()
     lesion_id, image = module.sample_image(64)
     assert image.shape == (3, 64, 64) and image.dtype == np.uint8 and lesion_id.startswith("IL_")
     assert module.draw_gallery(tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
@@ -605,3 +611,16 @@ def test_pipeline_robustness_masks_an_absent_modality_through_the_predictor():
     assert pipe.calls[1][1] == "robustness: derm/absent"
     assert table.result("derm", ABSENT, None)["relative_drop"] > 0.5
     assert table.result("clinical", ABSENT, None)["metrics"] == table.baseline
+
+
+def test_the_how_to_copies_a_scored_runs_figures(tmp_path):
+    module = _docs_script()
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SystemExit, match="no robustness.png, subgroups.png, risk_coverage.png"):
+        module.copy_run_figures(run, tmp_path / "out")
+    for i, name in enumerate(module.RUN_FIGURES):
+        (run / name).write_bytes(b"\x89PNG" + bytes([i]))
+    copied = module.copy_run_figures(run, tmp_path / "out")
+    assert [p.name for p in copied] == list(module.RUN_FIGURES.values())
+    assert [p.read_bytes() for p in copied] == [(run / n).read_bytes() for n in module.RUN_FIGURES]
