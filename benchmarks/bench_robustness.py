@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,23 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from bench_loading import cpu_model  # the sibling script (benchmarks/ is this script's sys.path[0])
 from scipy import stats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("ji-adf", "ji-mmfa", "jf-mmfa")
 REFERENCE = "ji-adf"
 MODALITIES = ("derm", "clinical", "meta")
-
-
-def cpu_model() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def t_interval(values: list[float]) -> dict[str, Any]:
