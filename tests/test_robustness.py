@@ -624,3 +624,20 @@ def test_the_how_to_copies_a_scored_runs_figures(tmp_path):
     copied = module.copy_run_figures(run, tmp_path / "out")
     assert [p.name for p in copied] == list(module.RUN_FIGURES.values())
     assert [p.read_bytes() for p in copied] == [(run / n).read_bytes() for n in module.RUN_FIGURES]
+
+
+def test_a_report_written_before_the_robustness_gains_its_section_once(derm_only_table, tmp_path):
+    from fusionkit.evaluate.trust import refresh_robustness_section
+
+    labels, table = derm_only_table
+    report = tmp_path / "report.md"
+    report.write_text("# fusionkit report\n\n## Knowing when to refer\n\ntext\n\n## Figures\n\n![x](x.png)\n")
+    assert not refresh_robustness_section(tmp_path)  # no robustness.json yet: the report is left alone
+    write_robustness(table, tmp_path)
+    assert refresh_robustness_section(tmp_path)
+    assert refresh_robustness_section(tmp_path)  # a second pass replaces the section, never repeats it
+    text = report.read_text()
+    assert text.count("## Robustness per modality") == 1
+    assert text.index("## Knowing when to refer") < text.index("## Robustness per modality") < text.index("## Figures")
+    assert robustness_section(tmp_path) in text and text.endswith("![x](x.png)\n")
+    assert not refresh_robustness_section(tmp_path / "nowhere")

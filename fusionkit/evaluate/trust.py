@@ -14,7 +14,8 @@ end of every training. It writes
 
 and returns the report's markdown for them, plus a robustness section that links
 ``robustness.md`` / ``robustness.png`` when ``fusionkit evaluate --robustness`` wrote them into the
-same folder.
+same folder. :func:`refresh_robustness_section` puts that section into a report written before the
+robustness was scored (``fusionkit sweep --robustness`` scores each run after its report).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.referral import REFERRAL_FILES, referral_markdown, referral_report, write_referral
 from fusionkit.evaluate.robustness.output import ROBUSTNESS_FILES
 from fusionkit.evaluate.subgroups import SUBGROUP_FILES, subgroup_markdown, subgroup_table, write_subgroups
+from fusionkit.utils.io import atomic_write_text
 
-__all__ = ["REPORT_BOOTSTRAP", "demote_headings", "robustness_section", "trust_sections"]
+__all__ = ["REPORT_BOOTSTRAP", "demote_headings", "refresh_robustness_section", "robustness_section", "trust_sections"]
+
+_ROBUSTNESS_HEADING = "## Robustness per modality"
 
 #: Bootstrap resamples of the report's subgroup intervals (kept small: it runs after every training).
 REPORT_BOOTSTRAP = 200
@@ -121,7 +125,7 @@ def robustness_section(out_dir: str | Path) -> str:
         )
     return "\n".join(
         [
-            "## Robustness per modality",
+            _ROBUSTNESS_HEADING,
             "",
             f"Scored by `fusionkit evaluate --robustness` on {document.get('n_lesions', '?')} lesions "
             f"(seed {document.get('seed', '?')}); full tables in [robustness.md]({ROBUSTNESS_FILES['markdown']})."
@@ -132,6 +136,25 @@ def robustness_section(out_dir: str | Path) -> str:
             f"![Macro Dice against severity]({ROBUSTNESS_FILES['figure']})",
         ]
     )
+
+
+def refresh_robustness_section(out_dir: str | Path, report_name: str = "report.md") -> bool:
+    """Put :func:`robustness_section` into ``out_dir/report_name``, replacing an older one, before
+    the report's ``## Figures`` (or at its end); returns whether the report was rewritten (False
+    when there is no report or no ``robustness.json``). Written atomically."""
+    out = Path(out_dir)
+    report, section = out / report_name, robustness_section(out)
+    if not report.is_file() or not section:
+        return False
+    lines = report.read_text(encoding="utf-8").splitlines()
+    if _ROBUSTNESS_HEADING in lines:  # drop the old section, up to the next second-level heading
+        start = lines.index(_ROBUSTNESS_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + lines[end:]
+    at = lines.index("## Figures") if "## Figures" in lines else len(lines)
+    lines = lines[:at] + section.splitlines() + [""] + lines[at:]
+    atomic_write_text(report, "\n".join(lines).rstrip("\n") + "\n")
+    return True
 
 
 def _num(value: Any) -> str:
