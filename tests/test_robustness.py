@@ -38,7 +38,9 @@ from fusionkit.evaluate.robustness import (
     write_robustness,
 )
 from fusionkit.evaluate.robustness.images import NOISE_STD, as_chw
+from fusionkit.evaluate.trust import robustness_section
 from fusionkit.metrics import isic_metrics
+from fusionkit.metrics.bootstrap import bootstrap_ci, resample_weights, weighted_macro_metrics
 
 IMAGE_CORRUPTIONS = [n for n, c in CORRUPTIONS.items() if c.kind == "image"]
 META_CORRUPTIONS = [n for n, c in CORRUPTIONS.items() if c.kind == "meta"]
@@ -169,6 +171,7 @@ def test_metadata_corruption_is_seeded_and_leaves_the_record(name, seed, severit
     assert isinstance(first, LesionRecord)
     assert record == _record("IL_1", sex="female", site="hand", age=35.0)
     changed = {f for f in ("age", "sex", "site", "skin_tone") if getattr(first, f) != getattr(record, f)}
+    changed |= {"monet"} if first.derm != record.derm or first.clinical != record.clinical else set()
     assert changed <= {name.removeprefix("missing_").removeprefix("wrong_").removesuffix("_noise")}
 
 
@@ -179,10 +182,32 @@ def test_metadata_corruptions_at_severity_5_hit_every_lesion():
     for field in ("age", "sex", "site", "skin_tone"):
         p = Perturbation(modality="meta", corruption=f"missing_{field}", severity=5, seed=3)
         assert all(getattr(p.record(r), field) is None for r in records)
+    p = Perturbation(modality="meta", corruption="missing_monet", severity=5, seed=3)
+    assert all(p.record(r).derm.monet == () and p.record(r).derm.isic_id == r.derm.isic_id for r in records)
     for field in ("sex", "site"):
         p = Perturbation(modality="meta", corruption=f"wrong_{field}", severity=5, seed=3)
         assert all(getattr(p.record(r), field) != getattr(r, field) for r in records)
         assert all(getattr(p.record(r), field) in (SEXES if field == "sex" else SITES) for r in records)
+
+
+def test_missing_monet_is_encoded_as_the_training_mean():
+    from fusionkit.data.metadata import MetadataEncoder
+
+    records = [_record(f"IL_{i}", age=float(5 * i)) for i in range(6)]
+    records = [
+        replace(r, derm=replace(r.derm, monet=tuple(0.1 * i + 0.05 * c for c in range(7))))
+        for i, r in enumerate(records)
+    ]
+    encoder = MetadataEncoder().fit(records)
+    names = list(encoder.feature_names)
+    monet = [i for i, n in enumerate(names) if n.startswith("derm.")]
+    hit = Perturbation(modality="meta", corruption="missing_monet", severity=5, seed=0).record(records[4])
+    clean, missing = encoder.transform_one(records[4]), encoder.transform_one(hit)
+    assert torch.all(missing[monet] == 0.0) and not torch.all(clean[monet] == 0.0)
+    others = [i for i in range(len(names)) if i not in monet]
+    assert torch.equal(missing[others], clean[others])  # age, sex, site, skin tone and the altered flags kept
+    refit = MetadataEncoder().fit([*records, hit])  # a record without scores adds nothing to the statistics
+    assert refit.monet_mean == encoder.monet_mean
 
 
 def test_lesions_hit_at_a_severity_are_hit_at_every_higher_one():
@@ -325,6 +350,45 @@ def test_table_metrics_are_isic_metrics_of_the_predictor(derm_only_table):
     assert row["relative_drop"] == pytest.approx((table.baseline["dice"] - macro["dice"]) / table.baseline["dice"])
 
 
+def test_row_intervals_are_bootstrap_ci_of_the_corrupted_posteriors(derm_only_table):
+    labels, table = derm_only_table
+    _, derm, clinical, records = _lesions()
+    predict = array_predictor(derm_only_model, derm=derm, clinical=clinical, records=records)
+    for label in [("derm", "hair", 3), ("derm", ABSENT, None), ("meta", "wrong_sex", 5)]:
+        severity = label[2]
+        probs = predict(Perturbation(modality=label[0], corruption=label[1], severity=severity, seed=4))
+        ci = bootstrap_ci(labels, probs, CLASSES, metrics=("dice",), n_boot=200, seed=4)["dice"]
+        assert table.result(*label)["dice_ci95"] == list(ci)
+    assert table.baseline_dice_ci95 == bootstrap_ci(labels, predict(None), CLASSES, n_boot=200, seed=4)["dice"]
+
+
+def test_the_modality_whose_corruption_hurts_most_is_named_with_an_interval(derm_only_table):
+    labels, table = derm_only_table
+    summary = table.summary()
+    derm, clinical, meta = summary["derm"], summary["clinical"], summary["meta"]
+    lo, hi = derm["mean_relative_drop_ci95"]
+    assert 0.0 < lo <= derm["mean_relative_drop"] <= hi  # every resample sees the derm corruptions hurt
+    assert clinical["mean_relative_drop_ci95"] == meta["mean_relative_drop_ci95"] == [0.0, 0.0]
+    assert derm["hurts_most_share"] == 1.0 and clinical["hurts_most_share"] == meta["hurts_most_share"] == 0.0
+    assert derm["absent_relative_drop_ci95"][0] > 0.0
+    assert derm["absent_relative_drop"] == table.result("derm", ABSENT, None)["relative_drop"]
+
+
+def test_drop_intervals_are_the_paired_resamples_of_the_relative_drops():
+    """Two modalities with one corruption each: the interval is the percentile interval of the
+    per-resample relative drops computed by hand from the same stratified resamples."""
+    labels, derm, clinical, records = _lesions(45, seed=2)
+    predict = array_predictor(derm_only_model, derm=derm, clinical=clinical, records=records)
+    table = robustness_table(predict, labels, CLASSES, corruptions=["contrast"], severities=(5,), seed=7, n_boot=300)
+    weights = resample_weights(labels, 300, np.random.default_rng(7), stratified=True)
+    clean = weighted_macro_metrics(labels, predict(None), weights, ("dice",))[:, 0]
+    hit = weighted_macro_metrics(
+        labels, predict(Perturbation(modality="derm", corruption="contrast", severity=5, seed=7)), weights, ("dice",)
+    )[:, 0]
+    expected = np.percentile((clean - hit) / clean, [2.5, 97.5])
+    assert table.summary()["derm"]["mean_relative_drop_ci95"] == pytest.approx(list(expected), abs=1e-12)
+
+
 def test_the_table_does_not_depend_on_lesion_order():
     labels, derm, clinical, records = _lesions(30)
     order = np.random.default_rng(0).permutation(30)
@@ -377,6 +441,11 @@ def test_the_files_are_written_and_read_back(derm_only_table, tmp_path):
         for a, b in zip(back.results, table.results, strict=True)
     )
     assert back.baseline == table.baseline
+    assert (
+        back.drop_intervals["derm"]["mean_relative_drop_ci95"]
+        == table.drop_intervals["derm"]["mean_relative_drop_ci95"]
+    )
+    assert "hurts most in" in text and "of resamples" in text
 
 
 def test_a_bad_reference_file_is_named(tmp_path):
@@ -399,13 +468,19 @@ def test_an_incomparable_reference_is_refused(derm_only_table):
         mean_corruption_error(table, replace(table, n_lesions=table.n_lesions - 1))
 
 
-def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
+def _docs_script():
+    """``docs/scripts/make_robustness_figures.py`` as a module."""
     import importlib.util
 
     script = Path(__file__).resolve().parents[1] / "docs" / "scripts" / "make_robustness_figures.py"
     spec = importlib.util.spec_from_file_location("make_robustness_figures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gallery_of_the_how_to_is_drawn(tmp_path):
+    module = _docs_script()
     lesion_id, image = module.sample_image(64)
     assert image.shape == (3, 64, 64) and image.dtype == np.uint8 and lesion_id.startswith("IL_")
     assert module.draw_gallery(tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
@@ -490,3 +565,79 @@ def test_given_clean_posteriors_are_used_instead_of_a_clean_pass():
     assert table.baseline == {
         k: v for k, v in isic_metrics(labels, clean, CLASSES)["macro"].items() if k in table.baseline
     }
+
+
+def test_the_report_section_names_the_modality_that_hurts_most_with_its_interval(derm_only_table, tmp_path):
+    labels, table = derm_only_table
+    write_robustness(table, tmp_path)
+    section = robustness_section(tmp_path)
+    derm = table.summary()["derm"]
+    lo, hi = derm["mean_relative_drop_ci95"]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "modality" not in line]
+    assert rows[0].startswith("| derm |")  # ranked by the mean relative drop, largest first
+    assert f"{derm['mean_relative_drop']:.3f} [{lo:.3f}, {hi:.3f}]" in rows[0]
+    assert "The corruption of `derm` hurts most" in section and "100 % of the bootstrap resamples" in section
+    assert robustness_section(tmp_path / "nothing-here") == ""
+
+
+class _RecordingPipe:
+    """A stand-in for a FusionPipeline: records what ``predict_dataset`` is asked for and answers
+    the derm-only prototype model, masked out as the real predictor masks through ``absent``."""
+
+    modalities = ("derm", "clinical", "meta")
+    class_names = CLASSES
+
+    def __init__(self, labels, derm):
+        self.labels, self.derm, self.calls = labels, derm, []
+
+    def predict_dataset(self, dataset, *, absent=(), desc="", **_):
+        from fusionkit.inference.predict import Predictions
+
+        self.calls.append((tuple(absent), desc))
+        probs = derm_only_model(self.derm, [None] * len(self.derm), [None] * len(self.derm), tuple(absent))
+        ids = [f"IL_{i:04d}" for i in range(len(self.labels))]
+        return Predictions(lesion_ids=ids, probs=probs, log_probs=np.log(probs), labels=self.labels)
+
+
+def test_pipeline_robustness_masks_an_absent_modality_through_the_predictor():
+    """``absent`` reaches ``predict_dataset(absent=...)`` (a formatting slip once turned it into a
+    comment, and every ``absent`` row read as the clean set): the derm row falls to chance."""
+    from fusionkit.evaluate.robustness import pipeline_robustness
+
+    labels, derm, _, _ = _lesions(30)
+    pipe = _RecordingPipe(labels, derm)
+    table = pipeline_robustness(pipe, dataset=[None] * 30, corruptions=[ABSENT], n_boot=20)  # type: ignore[arg-type]
+    assert [c[0] for c in pipe.calls] == [(), ("derm",), ("clinical",), ("meta",)]
+    assert pipe.calls[1][1] == "robustness: derm/absent"
+    assert table.result("derm", ABSENT, None)["relative_drop"] > 0.5
+    assert table.result("clinical", ABSENT, None)["metrics"] == table.baseline
+
+
+def test_the_how_to_copies_a_scored_runs_figures(tmp_path):
+    module = _docs_script()
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SystemExit, match="no robustness.png, subgroups.png, risk_coverage.png"):
+        module.copy_run_figures(run, tmp_path / "out")
+    for i, name in enumerate(module.RUN_FIGURES):
+        (run / name).write_bytes(b"\x89PNG" + bytes([i]))
+    copied = module.copy_run_figures(run, tmp_path / "out")
+    assert [p.name for p in copied] == list(module.RUN_FIGURES.values())
+    assert [p.read_bytes() for p in copied] == [(run / n).read_bytes() for n in module.RUN_FIGURES]
+
+
+def test_a_report_written_before_the_robustness_gains_its_section_once(derm_only_table, tmp_path):
+    from fusionkit.evaluate.trust import refresh_robustness_section
+
+    labels, table = derm_only_table
+    report = tmp_path / "report.md"
+    report.write_text("# fusionkit report\n\n## Knowing when to refer\n\ntext\n\n## Figures\n\n![x](x.png)\n")
+    assert not refresh_robustness_section(tmp_path)  # no robustness.json yet: the report is left alone
+    write_robustness(table, tmp_path)
+    assert refresh_robustness_section(tmp_path)
+    assert refresh_robustness_section(tmp_path)  # a second pass replaces the section, never repeats it
+    text = report.read_text()
+    assert text.count("## Robustness per modality") == 1
+    assert text.index("## Knowing when to refer") < text.index("## Robustness per modality") < text.index("## Figures")
+    assert robustness_section(tmp_path) in text and text.endswith("![x](x.png)\n")
+    assert not refresh_robustness_section(tmp_path / "nowhere")

@@ -212,3 +212,4 @@ def test_sweep_robustness_adds_a_column_to_the_summary(tmp_path: Path) -> None:
     mce = json.loads((Path(derm_run["run_dir"]) / "robustness.json").read_text())["mce"]
     assert set(mce["per_corruption"]) == {"derm/gaussian_noise"}
     assert "## Robustness per modality" in (out / "summary.md").read_text()
+    assert "## Robustness per modality" in (Path(derm_run["run_dir"]) / "report.md").read_text()

@@ -67,6 +67,30 @@ def test_stratum_metrics_are_isic_metrics_of_the_subset(result):
     assert table["overall"]["dice"] == isic_metrics(labels, probs, NAMES)["macro"]["dice"]
 
 
+@pytest.mark.parametrize(
+    ("attribute", "value", "member"),
+    [
+        ("sex", "female", lambda r: r.sex == "female"),
+        ("sex", "unknown", lambda r: r.sex is None),
+        ("skin_tone", "3", lambda r: r.skin_tone == 3),
+        ("age_band", "30-44", lambda r: r.age is not None and 30 <= r.age < 45),
+        ("age_band", "75+", lambda r: r.age is not None and r.age >= 75),
+        ("site", "trunk", lambda r: r.site == "trunk"),
+    ],
+)
+def test_a_stratum_is_isic_metrics_of_the_lesions_chosen_from_the_records(result, attribute, value, member):
+    """The subset is chosen here from the record's own fields, not through ``stratum_of``, so a
+    getter that reads the wrong field or draws a band edge wrongly fails."""
+    records, labels, probs, table = result
+    index = np.array([member(r) for r in records])
+    assert index.sum() >= 5  # scored, not withheld
+    stratum = next(s for s in table["attributes"][attribute]["strata"] if s["value"] == value)
+    macro = isic_metrics(labels[index], probs[index], NAMES)["macro"]
+    assert stratum["n"] == index.sum()
+    for metric, got in stratum["metrics"].items():
+        assert got == macro[metric] or (np.isnan(got) and np.isnan(macro[metric])), metric
+
+
 def test_small_strata_are_withheld_and_named(result):
     records, labels, probs, table = result
     for attribute, block in table["attributes"].items():

@@ -113,7 +113,7 @@ class MetadataEncoder:
         monet = np.full((len(records), 2 * len(MONET_COLUMNS)), np.nan)
         for i, record in enumerate(records):
             for j, image in enumerate((record.derm, record.clinical)):
-                if image is not None:
+                if image is not None and image.monet:
                     monet[i, j * 7 : (j + 1) * 7] = image.monet
         self.age_mean, self.age_std = _mean_std(ages)
         stats = [_mean_std(column[~np.isnan(column)]) for column in monet.T]
@@ -167,7 +167,7 @@ class MetadataEncoder:
             v[offset + _index(record.skin_tone, SKIN_TONES, "skin_tone_class", where, unknown=False)] = 1.0
         offset += len(SKIN_TONES)
         for j, image in enumerate((record.derm, record.clinical)):
-            if image is not None:
+            if image is not None and image.monet:  # no scores (an empty tuple): the training mean, 0 here
                 scores = np.asarray(image.monet, dtype=np.float64)
                 if scores.shape != (len(MONET_COLUMNS),) or not np.all((scores >= 0) & (scores <= 1)):
                     raise DataError(f"MONET scores {image.monet}; expected 7 values in [0, 1]", **where)

@@ -46,7 +46,9 @@ class ImageRecord:
         isic_id: the image id.
         image_type: ``"dermoscopic"`` or ``"clinical: close-up"``.
         manipulation: ``"instrument only"`` or ``"altered"``.
-        monet: the seven MONET concept scores in :data:`~fusionkit.data.schema.MONET_COLUMNS` order.
+        monet: the seven MONET concept scores in :data:`~fusionkit.data.schema.MONET_COLUMNS` order
+            (an empty tuple: unknown, encoded as the training mean; the robustness corruption
+            ``missing_monet`` makes such records, the CSV reader never does).
         line: the 1-based line of the metadata CSV.
     """
 

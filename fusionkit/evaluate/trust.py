@@ -14,7 +14,8 @@ end of every training. It writes
 
 and returns the report's markdown for them, plus a robustness section that links
 ``robustness.md`` / ``robustness.png`` when ``fusionkit evaluate --robustness`` wrote them into the
-same folder.
+same folder. :func:`refresh_robustness_section` puts that section into a report written before the
+robustness was scored (``fusionkit sweep --robustness`` scores each run after its report).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.referral import REFERRAL_FILES, referral_markdown, referral_report, write_referral
 from fusionkit.evaluate.robustness.output import ROBUSTNESS_FILES
 from fusionkit.evaluate.subgroups import SUBGROUP_FILES, subgroup_markdown, subgroup_table, write_subgroups
+from fusionkit.utils.io import atomic_write_text
 
-__all__ = ["REPORT_BOOTSTRAP", "demote_headings", "robustness_section", "trust_sections"]
+__all__ = ["REPORT_BOOTSTRAP", "demote_headings", "refresh_robustness_section", "robustness_section", "trust_sections"]
+
+_ROBUSTNESS_HEADING = "## Robustness per modality"
 
 #: Bootstrap resamples of the report's subgroup intervals (kept small: it runs after every training).
 REPORT_BOOTSTRAP = 200
@@ -96,18 +100,32 @@ def robustness_section(out_dir: str | Path) -> str:
         summary = document["summary"]
     except (ValueError, KeyError):
         return ""
-    rows = ["| modality | mean macro Dice | mean relative drop | worst |", "|---|---|---|---|"]
-    for modality, entry in summary.items():
+    rows = [
+        "| modality | mean macro Dice | mean relative drop [95 % CI] | hurts most in | worst |",
+        "|---|---|---|---|---|",
+    ]
+    ranked = sorted(summary.items(), key=lambda item: -_sortable(item[1].get("mean_relative_drop")))
+    for modality, entry in ranked:
         worst = entry.get("worst") or {}
+        interval = entry.get("mean_relative_drop_ci95") or [None, None]
+        share = entry.get("hurts_most_share")
         rows.append(
-            f"| {modality} | {_num(entry.get('mean_dice'))} | {_num(entry.get('mean_relative_drop'))} | "
+            f"| {modality} | {_num(entry.get('mean_dice'))} | {_num(entry.get('mean_relative_drop'))} "
+            f"[{_num(interval[0])}, {_num(interval[1])}] | "
+            f"{'-' if share is None else f'{100 * float(share):.0f} % of resamples'} | "
             f"{worst.get('corruption', '-')} @ {worst.get('severity', '-')} |"
         )
     mce = document.get("mce")
     tail = f" mCE against the baseline run: {_num(mce.get('mce'))}." if isinstance(mce, dict) else ""
+    top, entry = ranked[0] if ranked else ("", {})
+    if top and entry.get("mean_relative_drop") is not None and entry.get("hurts_most_share") is not None:
+        tail += (
+            f" The corruption of `{top}` hurts most (largest mean relative drop in "
+            f"{100 * float(entry['hurts_most_share']):.0f} % of the bootstrap resamples)."
+        )
     return "\n".join(
         [
-            "## Robustness per modality",
+            _ROBUSTNESS_HEADING,
             "",
             f"Scored by `fusionkit evaluate --robustness` on {document.get('n_lesions', '?')} lesions "
             f"(seed {document.get('seed', '?')}); full tables in [robustness.md]({ROBUSTNESS_FILES['markdown']})."
@@ -120,5 +138,29 @@ def robustness_section(out_dir: str | Path) -> str:
     )
 
 
+def refresh_robustness_section(out_dir: str | Path, report_name: str = "report.md") -> bool:
+    """Put :func:`robustness_section` into ``out_dir/report_name``, replacing an older one, before
+    the report's ``## Figures`` (or at its end); returns whether the report was rewritten (False
+    when there is no report or no ``robustness.json``). Written atomically."""
+    out = Path(out_dir)
+    report, section = out / report_name, robustness_section(out)
+    if not report.is_file() or not section:
+        return False
+    lines = report.read_text(encoding="utf-8").splitlines()
+    if _ROBUSTNESS_HEADING in lines:  # drop the old section, up to the next second-level heading
+        start = lines.index(_ROBUSTNESS_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + lines[end:]
+    at = lines.index("## Figures") if "## Figures" in lines else len(lines)
+    lines = lines[:at] + section.splitlines() + [""] + lines[at:]
+    atomic_write_text(report, "\n".join(lines).rstrip("\n") + "\n")
+    return True
+
+
 def _num(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3f}"
+
+
+def _sortable(value: Any) -> float:
+    """A drop for sorting: missing or NaN last."""
+    return -float("inf") if value is None or value != value else float(value)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionkit.evaluate.robustness import ROBUSTNESS_FILES, SEVERITIES, evaluate_robustness
+from fusionkit.evaluate.trust import refresh_robustness_section
 
 __all__ = ["robustness_summary", "score_sweep_robustness"]
 
@@ -39,7 +40,8 @@ def score_sweep_robustness(
     n_boot: int = 1000,
     echo: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write ``robustness.json`` (and .md, .png) into every finished run; returns the JSON paths.
+    """Write ``robustness.json`` (and .md, .png) into every finished run and its section into the
+    run's ``report.md``; returns the JSON paths.
 
     Runs of the reference variant go first; each other run gets the mCE against the reference run
     with its seed and fold, when that run finished.
@@ -61,6 +63,7 @@ def score_sweep_robustness(
             seed=seed,
             n_boot=n_boot,
         )
+        refresh_robustness_section(run_dir)  # the run's report was written before its robustness
         if record["preset"] == reference:
             baselines[_key(record)] = paths["json"]
         written.append(paths["json"])

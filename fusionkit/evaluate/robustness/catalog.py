@@ -89,6 +89,7 @@ def _entries() -> dict[str, Corruption]:
         ("missing_sex", "meta", records.missing_sex, "metadata"),
         ("missing_site", "meta", records.missing_site, "metadata"),
         ("missing_skin_tone", "meta", records.missing_skin_tone, "metadata"),
+        ("missing_monet", "meta", records.missing_monet, "metadata"),
         ("wrong_sex", "meta", records.wrong_sex, "metadata"),
         ("wrong_site", "meta", records.wrong_site, "metadata"),
         ("age_noise", "meta", records.age_noise, "metadata"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -100,14 +101,37 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         key=lambda m: -summary[m]["mean_relative_drop"],
     )
     if ranked:
-        lines += [
-            "## Which modality's corruption hurts most",
-            "",
-            "Mean relative drop of the macro Dice over the graded corruptions and severities: "
-            + ", ".join(f"{_MODALITY_NAMES.get(m, m)} {_pct(summary[m]['mean_relative_drop'])}" for m in ranked)
-            + ".",
-            "",
-        ]
+        lines += ["## Which modality's corruption hurts most", ""]
+        if any("mean_relative_drop_ci95" in summary[m] for m in ranked):
+            lines += [
+                "Mean relative drop of the macro Dice over the graded corruptions and severities, with its "
+                "bootstrap 95 % interval (lesions resampled within each class, the same resamples for the clean "
+                "and every corrupted set), and the share of resamples in which the modality's drop is the largest.",
+                "",
+                markdown_row(["modality", "mean relative drop [95 % CI]", "hurts most in", "whole modality absent"]),
+                markdown_row(["---"] * 4),
+            ]
+            for m in ranked:
+                entry = summary[m]
+                lines.append(
+                    markdown_row(
+                        [
+                            f"{_MODALITY_NAMES.get(m, m)} (`{m}`)",
+                            f"{_pct(entry['mean_relative_drop'])} {_pct_ci(entry.get('mean_relative_drop_ci95'))}",
+                            _pct(entry.get("hurts_most_share", math.nan), 0) + " of resamples",
+                            f"{_pct(entry.get('absent_relative_drop', math.nan))} "
+                            f"{_pct_ci(entry.get('absent_relative_drop_ci95'))}",
+                        ]
+                    )
+                )
+            lines.append("")
+        else:
+            lines += [
+                "Mean relative drop of the macro Dice over the graded corruptions and severities: "
+                + ", ".join(f"{_MODALITY_NAMES.get(m, m)} {_pct(summary[m]['mean_relative_drop'])}" for m in ranked)
+                + ".",
+                "",
+            ]
     if table.mce is not None:
         mce = table.mce
         lines += [
@@ -125,8 +149,15 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _pct(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.{digits}f} %"
+
+
+def _pct_ci(interval: Sequence[float] | None) -> str:
+    """``[lo, hi] %`` of a relative-drop interval ("" without one)."""
+    if not interval or any(v is None or math.isnan(v) for v in interval):
+        return ""
+    return f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}] %"
 
 
 def plot_robustness(table: RobustnessTable, path: str | Path, *, metric: str = "dice") -> Path:

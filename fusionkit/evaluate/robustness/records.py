@@ -27,6 +27,7 @@ __all__ = [
     "RecordCorruption",
     "age_noise",
     "missing_age",
+    "missing_monet",
     "missing_sex",
     "missing_site",
     "missing_skin_tone",
@@ -61,6 +62,17 @@ missing_age = _missing("age")
 missing_sex = _missing("sex")
 missing_site = _missing("site")
 missing_skin_tone = _missing("skin_tone")
+
+
+def missing_monet(record: LesionRecord, severity: int, rng: np.random.Generator) -> LesionRecord:
+    """The MONET scores of both images unknown (an empty tuple, which
+    :class:`~fusionkit.data.metadata.MetadataEncoder` encodes as the training mean, the value the
+    inference inputs impute for a missing score) on a share :data:`AFFECTED_FRACTION` of lesions."""
+    if not _hit(severity, rng):
+        return record
+    derm = None if record.derm is None else replace(record.derm, monet=())
+    clinical = None if record.clinical is None else replace(record.clinical, monet=())
+    return replace(record, derm=derm, clinical=clinical)
 
 
 def wrong_sex(record: LesionRecord, severity: int, rng: np.random.Generator) -> LesionRecord:

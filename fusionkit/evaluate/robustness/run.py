@@ -113,11 +113,8 @@ def pipeline_robustness(
             # nothing left to decide on (a single-modality model without it): chance, uniform posteriors
             k = len(pipe.class_names)
             return np.full((len(clean.lesion_ids), k), 1.0 / k)
-        preds = pipe.predict_dataset(
-            cast(
-                Any, PerturbedDataset(data, perturbation)
-            ),  # a Milk10kDataset view: same items, one corrupted absent=perturbation.absent, desc=f"robustness: {perturbation.label}"
-        )
+        view = cast(Any, PerturbedDataset(data, perturbation))  # a Milk10kDataset view: same items, one corrupted
+        preds = pipe.predict_dataset(view, absent=perturbation.absent, desc=f"robustness: {perturbation.label}")
         if list(preds.lesion_ids) != list(clean.lesion_ids):  # pragma: no cover - the loader keeps order
             raise FusionkitError("robustness: the perturbed predictions came back in another lesion order")
         return preds.probs

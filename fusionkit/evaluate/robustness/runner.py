@@ -9,7 +9,11 @@ data loading.
 
 Every result is scored with :func:`~fusionkit.metrics.isic.isic_metrics` (macro values), with a
 percentile bootstrap 95 % interval of the macro Dice and the relative drop of the macro Dice
-against the clean posteriors, ``(clean - corrupted) / clean``.
+against the clean posteriors, ``(clean - corrupted) / clean``. The bootstrap resamples (lesions
+drawn within each class, :func:`~fusionkit.metrics.bootstrap.resample_weights`) are the same for
+the clean set and every corruption, so they are paired: each resample also gives every modality's
+mean relative drop, whose percentile interval and the share of resamples in which that modality's
+drop is the largest say, with their uncertainty, which modality's corruption hurts most.
 
 Mean corruption error (ImageNet-C, Hendrycks and Dietterich 2019): with the error
 ``E = 1 - metric`` (macro Dice by default), the corruption error of corruption ``c`` on modality
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,8 +37,8 @@ from fusionkit.data.schema import MODALITIES
 from fusionkit.data.tables import LesionRecord
 from fusionkit.errors import ConfigError
 from fusionkit.evaluate.robustness.catalog import ABSENT, CORRUPTIONS, SEVERITIES, Perturbation, corruptions_for
-from fusionkit.metrics.bootstrap import bootstrap_ci
-from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics
+from fusionkit.metrics.bootstrap import resample_weights, weighted_macro_metrics
+from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics, truth_matrix
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -70,6 +74,11 @@ class RobustnessTable:
         class_names: the class names.
         mce: the mean corruption error against a reference table (:func:`mean_corruption_error`),
             or ``None`` when no reference was given.
+        drop_intervals: per modality, ``{"mean_relative_drop_ci95": [lo, hi],
+            "absent_relative_drop_ci95": [lo, hi], "hurts_most_share": float}`` from the paired
+            bootstrap (module docstring); ``hurts_most_share`` is the share of resamples in which
+            this modality's mean relative drop over its graded corruptions is the largest of the
+            modalities scored. Empty for a table read from a file written before they existed.
     """
 
     baseline: dict[str, float]
@@ -79,6 +88,7 @@ class RobustnessTable:
     n_lesions: int
     class_names: tuple[str, ...]
     mce: dict[str, Any] | None = None
+    drop_intervals: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def result(self, modality: str, corruption: str, severity: int | None) -> dict[str, Any]:
         """The result of one (modality, corruption, severity); KeyError if the table lacks it."""
@@ -89,7 +99,8 @@ class RobustnessTable:
 
     def summary(self, metric: str = "dice") -> dict[str, dict[str, Any]]:
         """Per modality: the mean ``metric`` and mean relative Dice drop over its graded
-        corruptions (``"absent"`` left out), the worst graded result, and the ``"absent"`` value."""
+        corruptions (``"absent"`` left out), the worst graded result, the ``"absent"`` value, and
+        the bootstrap intervals of :attr:`drop_intervals` when the table has them."""
         out: dict[str, dict[str, Any]] = {}
         for modality in dict.fromkeys(row["modality"] for row in self.results):
             rows = [r for r in self.results if r["modality"] == modality and r["corruption"] != ABSENT]
@@ -103,6 +114,8 @@ class RobustnessTable:
                 entry["worst"] = {k: worst[k] for k in ("corruption", "severity")} | {metric: worst["metrics"][metric]}
             if absent:
                 entry[f"absent_{metric}"] = absent[0]["metrics"][metric]
+                entry["absent_relative_drop"] = absent[0]["relative_drop"]
+            entry.update(self.drop_intervals.get(modality, {}))
             out[modality] = entry
         return out
 
@@ -142,6 +155,11 @@ class RobustnessTable:
                 n_lesions=int(document["n_lesions"]),
                 class_names=tuple(document["class_names"]),
                 mce=document.get("mce"),
+                drop_intervals={
+                    modality: {k: _nan_tree(v) for k, v in entry.items() if k in _INTERVAL_KEYS}
+                    for modality, entry in document.get("summary", {}).items()
+                    if any(k in _INTERVAL_KEYS for k in entry)
+                },
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a robustness.json document: {exc!r}") from exc
@@ -205,22 +223,28 @@ def robustness_table(
                     Perturbation(modality=modality, corruption=name, severity=s, seed=seed) for s in severities
                 ]
 
-    def score(probs: Any) -> tuple[dict[str, float], tuple[float, float]]:
+    # the resamples of fusionkit.metrics.bootstrap.bootstrap_ci(..., seed=seed), drawn once and shared
+    truth = truth_matrix(y_true, (len(np.asarray(y_true)), len(names)))
+    weights = resample_weights(truth, n_boot, np.random.default_rng(seed), stratified=True)
+
+    def score(probs: Any) -> tuple[dict[str, float], tuple[float, float], np.ndarray]:
         p = check_probs(probs, len(names))
         macro = isic_metrics(y_true, p, names)["macro"]
-        ci = bootstrap_ci(y_true, p, names, metrics=("dice",), n_boot=n_boot, seed=seed)["dice"]
-        return {m: float(macro[m]) for m in metrics}, ci
+        replicates = weighted_macro_metrics(truth, p, weights, ("dice",))[:, 0]
+        return {m: float(macro[m]) for m in metrics}, _percentile_ci(replicates), replicates
 
     if clean_probs is None:
         if progress:
             progress("clean")
         clean_probs = predict_fn(None)
-    clean, clean_ci = score(clean_probs)
+    clean, clean_ci, clean_replicates = score(clean_probs)
     results = []
+    drop_replicates: list[np.ndarray] = []
     for perturbation in perturbations:
         if progress:
             progress(perturbation.label)
-        values, ci = score(predict_fn(perturbation))
+        values, ci, replicates = score(predict_fn(perturbation))
+        drop_replicates.append(_relative_drop(clean_replicates, replicates))
         drop = (clean["dice"] - values["dice"]) / clean["dice"] if clean["dice"] > 0 else math.nan
         results.append(
             {
@@ -240,6 +264,7 @@ def robustness_table(
         seed=seed,
         n_lesions=len(np.asarray(y_true)),
         class_names=names,
+        drop_intervals=_drop_intervals(perturbations, drop_replicates),
     )
     if reference is None:
         return table
@@ -340,6 +365,59 @@ def array_predictor(
         return model_fn(d, c, r, perturbation.absent)
 
     return predict
+
+
+#: The keys :attr:`RobustnessTable.drop_intervals` adds to a modality's summary entry.
+_INTERVAL_KEYS = ("mean_relative_drop_ci95", "absent_relative_drop_ci95", "hurts_most_share")
+
+
+def _percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the non-NaN replicates (as :func:`~fusionkit.metrics.bootstrap.bootstrap_ci`)."""
+    kept = replicates[~np.isnan(replicates)]
+    if kept.size == 0:
+        return (math.nan, math.nan)
+    low, high = np.percentile(kept, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return (float(low), float(high))
+
+
+def _relative_drop(clean: np.ndarray, corrupted: np.ndarray) -> np.ndarray:
+    """``(clean - corrupted) / clean`` per resample, NaN where the clean Dice is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(clean > 0, (clean - corrupted) / np.where(clean > 0, clean, 1.0), np.nan)
+
+
+def _drop_intervals(perturbations: Sequence[Perturbation], drops: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per modality, from the paired resamples: the interval of the mean relative drop over its
+    graded corruptions, the interval of the ``"absent"`` drop, and the share of resamples in which
+    its mean drop is the largest of the modalities with graded corruptions."""
+    out: dict[str, dict[str, Any]] = {}
+    means: dict[str, np.ndarray] = {}
+    for modality in dict.fromkeys(p.modality for p in perturbations):
+        graded = [d for p, d in zip(perturbations, drops, strict=True) if p.modality == modality and p.severity]
+        absent = [d for p, d in zip(perturbations, drops, strict=True) if p.modality == modality and not p.severity]
+        entry: dict[str, Any] = {}
+        if graded:
+            stacked = np.stack(graded)
+            with np.errstate(invalid="ignore"):
+                counts = (~np.isnan(stacked)).sum(axis=0)
+                means[modality] = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
+            entry["mean_relative_drop_ci95"] = list(_percentile_ci(means[modality]))
+        if absent:
+            entry["absent_relative_drop_ci95"] = list(_percentile_ci(absent[0]))
+        out[modality] = entry
+    if means:
+        order = list(means)
+        stacked = np.stack([means[m] for m in order])  # (modalities, n_boot)
+        valid = ~np.isnan(stacked).any(axis=0)
+        first = np.argmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=0)
+        for i, modality in enumerate(order):
+            out[modality]["hurts_most_share"] = float((first[valid] == i).mean()) if valid.any() else math.nan
+    return out
+
+
+def _nan_tree(value: Any) -> Any:
+    """``null`` read back as NaN, inside lists too."""
+    return [_nan(v) for v in value] if isinstance(value, list) else _nan(value)
 
 
 def _nan(value: Any) -> float:
