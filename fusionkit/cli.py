@@ -170,7 +170,7 @@ def train(
     if trainer.dist.is_main:
         metric = {"dice": "macro Dice", "f1": "macro F1", "auc": "macro AUC"}[cfg.train.selection_metric]
         typer.echo(
-            f"run directory: {run_dir}  (best val {metric} {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})"
+            f"run directory: {run_dir}  (best val {metric} {trainer.best_score:.4f}; report: {run_dir / 'report.md'})"
         )
 
 
