@@ -15,6 +15,7 @@ from fusionkit.evaluate.tables import table5_markdown, write_table5
 from fusionkit.inference.ensemble import ensemble_predict, load_runs
 from fusionkit.inference.tta import check_tta
 from fusionkit.metrics import isic_metrics
+from fusionkit.runtime.rundir import RunDir
 from fusionkit.utils.io import atomic_write_text
 
 
@@ -109,6 +110,6 @@ def evaluate_ensemble(
             "",
         ]
     )
-    path = out / "report.md"
+    path = out / RunDir(out).report.name
     atomic_write_text(path, report)
     return path

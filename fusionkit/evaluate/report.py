@@ -60,7 +60,7 @@ from fusionkit.metrics import (
     isic_metrics,
 )
 from fusionkit.metrics.isic import METRIC_KEYS
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.rundir import RunDir
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")
@@ -242,7 +242,7 @@ def evaluate_run(
         gate_md = _gate_markdown(table)
         figures.append(("Adaptive decision fusion weights (which modality the gate trusted)", "gate.png"))
 
-    history = json.loads(RunFiles(run_dir).history.read_text()) if RunFiles(run_dir).history.is_file() else []
+    history = json.loads(RunDir(run_dir).history.read_text()) if RunDir(run_dir).history.is_file() else []
     if history:
         plot_history(history, dest / "history.png")
         figures.append(("Training history", "history.png"))
@@ -273,7 +273,7 @@ def evaluate_run(
         decision_md=_decision_section(decisions, tta, on_validation, stored=run.decision),
         trust_md=trust_md,
     )
-    path = dest / RunFiles(run_dir).report.name
+    path = dest / RunDir(run_dir).report.name
     atomic_write_text(path, report)
     return path
 

@@ -47,7 +47,7 @@ from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conforma
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.rundir import RunDir
 
 logger = logging.getLogger("fusionkit.inference")
 
@@ -172,7 +172,7 @@ class FusionPipeline(
         (:meth:`refit_decision` fits them from the run's validation split).
         """
         run_dir = Path(run_dir)
-        files = RunFiles(run_dir)
+        files = RunDir(run_dir)
         if not files.config.is_file():
             raise ConfigError(f"{run_dir}: not a fusionkit run directory (no config.yaml)")
         if checkpoint not in ("best", "last"):
@@ -541,8 +541,8 @@ class FusionPipeline(
         the training folder, or ``data_root`` where it moved). Returns ``(predictions, origin)``.
         """
         _check_tta(tta)
-        if tta == "none" and self.source is not None and RunFiles(self.run_dir).inference.is_file():
-            stored = json.loads(RunFiles(self.run_dir).inference.read_text()).get("validation_posteriors")
+        if tta == "none" and self.source is not None and RunDir(self.run_dir).inference.is_file():
+            stored = json.loads(RunDir(self.run_dir).inference.read_text()).get("validation_posteriors")
             if stored:
                 try:
                     probs = np.asarray(stored["probs"], dtype=np.float64)
@@ -556,7 +556,7 @@ class FusionPipeline(
                     )
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ConfigError(
-                        f"{RunFiles(self.run_dir).inference}: unreadable validation_posteriors ({exc})"
+                        f"{RunDir(self.run_dir).inference}: unreadable validation_posteriors ({exc})"
                     ) from None
                 return preds, "validation posteriors stored at the end of training (inference.json)"
         preds = self.predict_dataset(
@@ -718,7 +718,7 @@ def store_run_decision(
             "probs": np.asarray(preds.probs, dtype=np.float64).tolist(),
         },
     }
-    path = RunFiles(run_dir).inference
+    path = RunDir(run_dir).inference
     atomic_write_text(path, json.dumps(state, indent=2))
     not_fitted = [c for c, f in zip(record.class_names, record.fitted or (), strict=True) if not f]
     logger.info(
