@@ -39,10 +39,7 @@ def evaluate_ensemble(
     ``allow_training_lesions`` (the report is then labelled in-sample).
     """
 
-    try:
-        check_tta(tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_tta(tta)
     runs = load_runs(run_dirs, checkpoint=checkpoint)
     val_ids = runs[0].split["val"]
     different = [str(r.run_dir) for r in runs if r.split["val"] != val_ids]

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
-from fusionkit.errors import ConfigError, FusionkitError
+from fusionkit.errors import FusionkitError
 from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.evaluate.gradcam import gradcam
@@ -170,10 +170,7 @@ def evaluate_run(
     directory). ``tta`` (``none``, ``flips``, ``d4``) is the test-time augmentation of the headline
     metrics; the decision table shows them without it as well.
     """
-    try:
-        check_tta(tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_tta(tta)
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint=checkpoint)
     val_set = run.validation_dataset()

@@ -301,8 +301,8 @@ def predict_split(
     ``class_conditional`` for one threshold per class) on the runs' validation posteriors; the
     submission CSV itself is unchanged.
     """
+    check_tta(tta)
     try:
-        check_tta(tta)
         check_decision(decision)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

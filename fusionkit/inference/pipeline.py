@@ -406,7 +406,7 @@ class FusionPipeline(
     ) -> Predictions:
         """Posteriors for every lesion of ``split`` of the MILK10k ``folder`` (apply the decision
         rule with ``pipe.decision.apply(preds.probs)``)."""
-        _check_tta(tta)
+        check_tta(tta)
         return self.predict_dataset(
             self.dataset(data_root=folder, split=split), absent=absent, progress=progress, tta=tta, desc="predict"
         )
@@ -471,7 +471,7 @@ class FusionPipeline(
     def predict_batch(self, lesions: Sequence[Mapping[str, Any]], *, tta: str = "none") -> list[LesionPrediction]:
         """Predict many lesions; each is a dict of :meth:`predict`'s keyword arguments
         (``derm``, ``clinical``, ``metadata``, optionally ``absent``, ``impute``, ``lesion_id``)."""
-        _check_tta(tta)
+        check_tta(tta)
         allowed = {"derm", "clinical", "metadata", "absent", "impute", "lesion_id"}
         checked = []
         for i, lesion in enumerate(lesions):
@@ -540,7 +540,7 @@ class FusionPipeline(
         stored them, or ``tta`` other than ``none``, predicts the validation split again (reading
         the training folder, or ``data_root`` where it moved). Returns ``(predictions, origin)``.
         """
-        _check_tta(tta)
+        check_tta(tta)
         if tta == "none" and self.source is not None and RunDir(self.run_dir).inference.is_file():
             stored = json.loads(RunDir(self.run_dir).inference.read_text()).get("validation_posteriors")
             if stored:
@@ -615,13 +615,6 @@ class FusionPipeline(
             tta=tta,
         )
         return self.decision
-
-
-def _check_tta(tta: str) -> None:
-    try:
-        check_tta(tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _device(device: str | torch.device | None) -> torch.device:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from fusionkit.errors import ConfigError
+
 TTA_MODES = ("none", "flips", "d4")
 """The test-time augmentations ``--tta`` accepts."""
 
@@ -36,16 +38,26 @@ _MODES = {
 }
 
 
+def _unknown(mode: str) -> str:
+    return f"unknown test-time augmentation {mode!r}; expected one of {', '.join(TTA_MODES)}"
+
+
 def check_tta(mode: str) -> str:
-    """``mode`` if it is a TTA mode, else ``ValueError`` naming the choices."""
+    """``mode`` if it is a TTA mode (what ``--tta`` and the ``tta=`` arguments check at the door).
+
+    Raises:
+        ConfigError: an unknown mode, in one line naming the choices.
+    """
     if mode not in _MODES:
-        raise ValueError(f"unknown test-time augmentation {mode!r}; expected one of {', '.join(TTA_MODES)}")
+        raise ConfigError(_unknown(mode))
     return mode
 
 
 def tta_views(mode: str) -> tuple[str, ...]:
-    """The names of the views of a TTA mode (``identity`` first)."""
-    return _MODES[check_tta(mode)]
+    """The names of the views of a TTA mode (``identity`` first); ``ValueError`` for an unknown one."""
+    if mode not in _MODES:
+        raise ValueError(_unknown(mode))
+    return _MODES[mode]
 
 
 def view_batch(batch: dict[str, Any], view: str, modalities: tuple[str, ...] = ("derm", "clinical")) -> dict[str, Any]:
