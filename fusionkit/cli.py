@@ -985,6 +985,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
+    logging.getLogger("fusionkit").setLevel(logging.INFO)  # the command configures logging; the library never does
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(run_app())
 

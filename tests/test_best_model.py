@@ -28,7 +28,7 @@ from fusionkit.inference.ensemble import (
     predict_split,
 )
 from fusionkit.inference.export import ExportWrapper, example_inputs, export_onnx
-from fusionkit.inference.pipeline import load_run
+from fusionkit.inference.pipeline import load_run, store_run_decision
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
 from fusionkit.runtime.config import RunConfig
@@ -73,7 +73,13 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("best")
     config = tiny_run_config(root / "cache", epochs=2, n_lesions=40, selection_metric="auc")
     config["model"]["overrides"]["loss"] = {"focal_gamma": 1.0, "label_smoothing": 0.1, "logit_adjustment": 1.0}
-    train_run(RunConfig.model_validate(config), run_dir=root / "run", synthetic=True, progress=False)
+    train_run(
+        RunConfig.model_validate(config),
+        run_dir=root / "run",
+        synthetic=True,
+        progress=False,
+        after_fit=store_run_decision,
+    )
     return root / "run"
 
 

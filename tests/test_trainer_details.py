@@ -31,12 +31,12 @@ from safetensors.torch import save_file
 from train_helpers import tiny_run_config
 
 from fusionkit.errors import ConfigError, DataError, DivergenceError, RunInterrupted
-from fusionkit.inference.predict import predict
 from fusionkit.metrics import isic_metrics, macro_f1_argmax
 from fusionkit.runtime.checkpoint import META_KEY, model_state, read_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.runtime.device import move_batch
 from fusionkit.runtime.lock import LOCK_NAME
+from fusionkit.runtime.predict import predict
 from fusionkit.train.schedules import WarmupCosine
 from fusionkit.train.step import EagerStep
 from fusionkit.train.trainer import Trainer, TrainerCallback, selection_score, train_run

@@ -13,9 +13,9 @@ from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.scope import IN_SAMPLE_LABEL
 from fusionkit.evaluate.tables import table5_markdown, write_table5
 from fusionkit.inference.ensemble import ensemble_predict, load_runs
-from fusionkit.inference.tta import check_tta
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 

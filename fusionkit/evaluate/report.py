@@ -50,9 +50,7 @@ from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_tab
 from fusionkit.evaluate.trust import trust_sections
 from fusionkit.inference.decision import DecisionRecord
 from fusionkit.inference.pipeline import FusionPipeline, load_run
-from fusionkit.inference.predict import Predictions
 from fusionkit.inference.submission import write_submission
-from fusionkit.inference.tta import check_tta
 from fusionkit.metrics import (
     apply_temperature,
     expected_calibration_error,
@@ -60,7 +58,9 @@ from fusionkit.metrics import (
     isic_metrics,
 )
 from fusionkit.metrics.isic import METRIC_KEYS
+from fusionkit.runtime.predict import Predictions
 from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")

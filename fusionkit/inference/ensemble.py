@@ -32,11 +32,11 @@ from fusionkit.inference.decision import (
     fit_decision,
 )
 from fusionkit.inference.pipeline import FusionPipeline
-from fusionkit.inference.predict import Predictions
 from fusionkit.inference.submission import write_submission
-from fusionkit.inference.tta import check_tta
 from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal, sets_path, write_prediction_sets
+from fusionkit.runtime.predict import Predictions
 from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.inference")

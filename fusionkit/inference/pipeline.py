@@ -10,8 +10,8 @@ many lesions (:meth:`FusionPipeline.predict_batch`) or a MILK10k folder split
 (:meth:`FusionPipeline.predict_split`, what ``fusionkit predict`` uses).
 
 A prediction passes through this module, :mod:`~fusionkit.inference.inputs` (raw inputs checked
-and encoded), :mod:`~fusionkit.inference.predict` (the model run over a batch, with
-:mod:`~fusionkit.inference.tta`) and :mod:`~fusionkit.inference.decision` (the decision rule).
+and encoded), :mod:`~fusionkit.runtime.predict` (the model run over a batch, with
+:mod:`~fusionkit.runtime.tta`) and :mod:`~fusionkit.inference.decision` (the decision rule).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from fusionkit.data import (
 from fusionkit.data.schema import CLASS_NAMES
 from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.inference.decision import DEFAULT_DECISION, DecisionRecord, check_decision
-from fusionkit.inference.inputs import check_model_batch, collate_lesions, lesion_input
-from fusionkit.inference.predict import Predictions, predict
-from fusionkit.inference.tta import check_tta
+from fusionkit.inference.inputs import collate_lesions, lesion_input
 from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config
+from fusionkit.runtime.predict import Predictions, check_model_batch, predict
 from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 
 logger = logging.getLogger("fusionkit.inference")
 
@@ -390,7 +390,7 @@ class FusionPipeline(
         tta: str = "none",
     ) -> Predictions:
         """Posteriors for every lesion of ``dataset`` (``absent`` masks modalities out; ``tta``:
-        ``none``, ``flips`` or ``d4``, see :mod:`fusionkit.inference.tta`)."""
+        ``none``, ``flips`` or ``d4``, see :mod:`fusionkit.runtime.tta`)."""
         train = self.run_config.train
         loader = make_loader(dataset, batch_size=train.eval_batch_size or 2 * train.batch_size)
         return self._run(loader, absent=absent, progress=progress, desc=desc, tta=tta)

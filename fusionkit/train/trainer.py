@@ -24,8 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fusionkit.errors import ConfigError, DivergenceError
-from fusionkit.inference.pipeline import store_run_decision
-from fusionkit.inference.predict import predict
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics, macro_f1_argmax
 from fusionkit.model import FusionModel
@@ -33,6 +31,7 @@ from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fusionkit.runtime.config import RunConfig, TrainSpec
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
 from fusionkit.runtime.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
+from fusionkit.runtime.predict import predict
 from fusionkit.runtime.rundir import RunDir, RunStart
 from fusionkit.train.callbacks import EpochRecord, TrainerCallback, selection_score
 from fusionkit.train.data_setup import RunData, prepare_data
@@ -522,8 +521,6 @@ class Trainer:
                     epochs.close()
                     self.interrupts.raise_if_requested()
             epochs.close()
-        if self.dist.is_main:  # the decision rule travels with the model: predicting never reads the training data
-            store_run_decision(self.run_dir, device=self.device)
         if self.after_fit is not None and self.dist.is_main:
             self.after_fit(self.run_dir)
             if self.tracker is not None:
@@ -558,9 +555,9 @@ def train_run(
 
     ``options`` are :class:`~fusionkit.train.options.RunOptions` (``data_root``, ``synthetic``,
     ``resume``, ``overwrite``, ``progress``). ``after_fit(run_dir)`` runs on the main process once
-    training ends (the evaluation layer passes its report writer:
-    :func:`fusionkit.evaluate.train_and_evaluate`); training itself imports nothing from
-    :mod:`fusionkit.evaluate`. ``callbacks`` go to the :class:`Trainer`.
+    training ends: :func:`fusionkit.evaluate.train_and_evaluate` passes the storing of the decision
+    rule (:func:`fusionkit.inference.pipeline.store_run_decision`, ``inference.json``) and its
+    report; training itself imports neither :mod:`fusionkit.inference` nor :mod:`fusionkit.evaluate`. ``callbacks`` go to the :class:`Trainer`.
     """
     trainer = Trainer(config, run_dir=run_dir, after_fit=after_fit, callbacks=callbacks, **options)
     try:

@@ -2,7 +2,7 @@
 
 ``flips`` is the group the two flips generate (identity, horizontal, vertical, both: 4 views);
 ``d4`` adds the rotations by 90 and 270 degrees and the two transposes (all 8 symmetries of the
-square). The prediction is the mean posterior over the views (:func:`fusionkit.inference.predict.predict`).
+square). The prediction is the mean posterior over the views (:func:`fusionkit.runtime.predict.predict`).
 Kept in fusionkit rather than taken from a TTA library: the views must move the dermoscopic and
 the clinical image of a batch together, which is two ``torch.flip``/``rot90`` calls.
 """
