@@ -173,7 +173,7 @@ def train(
     if trainer.dist.is_main:
         metric = {"dice": "macro Dice", "f1": "macro F1", "auc": "macro AUC"}[cfg.train.selection_metric]
         typer.echo(
-            f"run directory: {run_dir}  (best val {metric} {trainer.best_dice:.4f}; report: {run_dir / 'report.md'})"
+            f"run directory: {run_dir}  (best val {metric} {trainer.best_score:.4f}; report: {run_dir / 'report.md'})"
         )
 
 
@@ -988,6 +988,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings; train.log has it all
         handler.setLevel(logging.WARNING)
+    logging.getLogger("fusionkit").setLevel(logging.INFO)  # the command configures logging; the library never does
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(run_app())
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
+from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config, train_carried_run
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES
@@ -31,8 +31,7 @@ from fusionkit.inference.export import ExportWrapper, example_inputs, export_onn
 from fusionkit.inference.pipeline import load_run
 from fusionkit.metrics import isic_metrics
 from fusionkit.runtime.checkpoint import save_checkpoint
-from fusionkit.runtime.config import RunConfig
-from fusionkit.train.trainer import selection_score, train_run
+from fusionkit.train.trainer import selection_score
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -73,7 +72,7 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("best")
     config = tiny_run_config(root / "cache", epochs=2, n_lesions=40, selection_metric="auc")
     config["model"]["overrides"]["loss"] = {"focal_gamma": 1.0, "label_smoothing": 0.1, "logit_adjustment": 1.0}
-    train_run(RunConfig.model_validate(config), run_dir=root / "run", synthetic=True, progress=False)
+    train_carried_run(config, root / "run")
     return root / "run"
 
 

@@ -27,14 +27,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from train_helpers import tiny_run_config
+from train_helpers import tiny_run_config, train_carried_run
 
 import fusionkit as fk
 from fusionkit.data.schema import CLASS_FULL_NAMES
 from fusionkit.demo.lesion import form_fields, metadata_record, read_photo
 from fusionkit.errors import DataError, MissingExtraError
-from fusionkit.runtime.config import RunConfig
-from fusionkit.train.trainer import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("FUSIONKIT_CHROMIUM", "/usr/bin/chromium")
@@ -70,7 +68,7 @@ def _browser_or_skip() -> object:
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     config = tiny_run_config(root / "cache", epochs=1, n_lesions=40)
-    train_run(RunConfig.model_validate(config), run_dir=root / "run", synthetic=True, progress=False)
+    train_carried_run(config, root / "run")
     return root / "run"
 
 

@@ -13,8 +13,9 @@ from train_helpers import TINY_IMAGE_ENCODER, tiny_run_config
 import fusionkit as fk
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.evaluate.report import evaluate_run
-from fusionkit.inference.predict import mask_modalities
+from fusionkit.inference.pipeline import store_run_decision
 from fusionkit.runtime.config import RunConfig
+from fusionkit.runtime.predict import mask_modalities
 from fusionkit.train.trainer import train_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -24,7 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     config = RunConfig.model_validate(tiny_run_config(root / "cache", epochs=1, n_lesions=40))
-    train_run(config, run_dir=root / "run", synthetic=True, progress=False)
+    train_run(config, run_dir=root / "run", synthetic=True, progress=False, after_fit=store_run_decision)
     return root / "run"
 
 

@@ -1,4 +1,4 @@
-"""The package's layering: each layer imports only the layers below it (docs/concepts/architecture.md).
+"""The package's layering: each layer imports only the layers below it (docs/concepts/architecture.md draws it).
 
 Every ``import fusionkit.x`` / ``from fusionkit.x import ...`` in the package, at module level or
 inside a function, is read from the source with :mod:`ast`; an import that runs upward or sideways
@@ -18,6 +18,11 @@ PACKAGE = Path(fusionkit.__file__).parent
 
 #: Layer of each top-level module or package of fusionkit, lowest first. The top-level
 #: ``fusionkit/__init__.py`` is the public facade and may import any layer.
+#:
+#: ``train`` and ``inference`` are peers above ``runtime``: training makes a run, inference uses
+#: one, and neither imports the other (the loop that runs a model over a loader is
+#: ``runtime.predict``). ``evaluate`` composes them: its ``train_and_evaluate`` trains, then
+#: stores the decision rule (``inference.json``) and writes the report.
 LEVELS: dict[str, int] = {
     "errors": 0,
     "utils": 0,
@@ -30,13 +35,12 @@ LEVELS: dict[str, int] = {
     "model": 5,
     "losses": 6,
     "runtime": 7,
+    "train": 8,
     "inference": 8,
-    "train": 9,
-    "evaluate": 10,
-    "export": 10,
-    "sweep": 11,
-    "demo": 11,
-    "cli": 12,
+    "evaluate": 9,
+    "sweep": 10,
+    "demo": 10,
+    "cli": 11,
 }
 
 
@@ -88,3 +92,24 @@ def test_the_check_sees_upward_imports(tmp_path: Path):
         "import os\ndef f():\n    from fusionkit.evaluate.report import evaluate_run\nfrom fusionkit import cli\n"
     )
     assert sorted(_imports(probe)) == [(3, "fusionkit.evaluate.report"), (4, "fusionkit.cli")]
+
+
+def _drawn_layers() -> list[list[str]]:
+    """The layers of the architecture page's diagram, top first: the names in each line's first
+    28 columns (the descriptions start after them)."""
+    page = (PACKAGE.parent / "docs" / "concepts" / "architecture.md").read_text()
+    diagram = page.split("## Package layers", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    rows = []
+    for line in diagram.splitlines():
+        names = [word for word in line[:28].split() if word in LEVELS]
+        if names:
+            rows.append(names)
+    return rows
+
+
+def test_the_architecture_page_draws_these_layers_in_this_order():
+    rows = _drawn_layers()
+    assert sorted(name for row in rows for name in row) == sorted(LEVELS)
+    assert [sorted({LEVELS[name] for name in row}) for row in rows] == [
+        [level] for level in sorted(set(LEVELS.values()), reverse=True)
+    ]

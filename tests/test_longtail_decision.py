@@ -19,10 +19,10 @@ from fusionkit.inference.decision import (
     one_hot_argmax,
     rescale,
 )
-from fusionkit.inference.predict import predict
-from fusionkit.inference.tta import tta_views, view_batch
 from fusionkit.losses import cross_entropy
 from fusionkit.metrics import isic_metrics, macro_f1_argmax
+from fusionkit.runtime.predict import predict
+from fusionkit.runtime.tta import tta_views, view_batch
 
 
 def _case(seed: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,17 +22,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from train_helpers import tiny_run_config
+from train_helpers import tiny_run_config, train_carried_run
 
 import fusionkit as fk
 from fusionkit.data import CLASS_NAMES, make_synthetic_milk10k
 from fusionkit.errors import ConfigError, DataError
 from fusionkit.inference.decision import MIN_POSITIVES, DecisionRecord, average_decisions, fit_decision
 from fusionkit.inference.ensemble import load_runs
-from fusionkit.inference.inputs import check_model_batch
-from fusionkit.inference.predict import predict
 from fusionkit.runtime.config import RunConfig
-from fusionkit.train.trainer import train_run
+from fusionkit.runtime.predict import check_model_batch, predict
 
 pytestmark = pytest.mark.trains  # asserts on what trained (or stepped) models compute
 
@@ -44,7 +42,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
     config = tiny_run_config(root / "cache", epochs=1, n_lesions=40)
-    train_run(RunConfig.model_validate(config), run_dir=root / "run", synthetic=True, progress=False)
+    train_carried_run(config, root / "run")
     return root / "run"
 
 
@@ -424,7 +422,7 @@ def test_decision_rules_say_what_the_values_are(pipe: fk.FusionPipeline) -> None
 def test_a_model_trained_without_monet_needs_no_monet_scores(tmp_path: Path) -> None:
     config = tiny_run_config(tmp_path / "cache", epochs=1, n_lesions=30)
     config["data"]["metadata_features"] = ["age", "sex", "site", "skin_tone", "altered"]
-    train_run(RunConfig.model_validate(config), run_dir=tmp_path / "run", synthetic=True, progress=False)
+    train_carried_run(config, tmp_path / "run")
     encoder = fk.data.MetadataEncoder.load(tmp_path / "run" / "metadata_encoder.json")
     assert encoder.features == ("age", "sex", "site", "skin_tone", "altered") and encoder.width == 35 - 14
     pipe = fk.FusionPipeline.from_pretrained(fk.FusionPipeline.from_run(tmp_path / "run").save(tmp_path / "model"))

@@ -21,10 +21,10 @@ from train_helpers import tiny_run_config, write_config
 
 import fusionkit as fk
 from fusionkit.data import MetadataEncoder, Milk10kDataset, build_transforms, make_loader, normalize_batch
-from fusionkit.inference.predict import predict
 from fusionkit.registry import PLUGIN_GROUP
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig
+from fusionkit.runtime.predict import predict
 from fusionkit.train.trainer import train_run
 
 pytestmark = pytest.mark.trains  # asserts on what trained (or stepped) models compute

@@ -116,7 +116,7 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_score(scripted
     for key, value in kept.items():
         assert torch.equal(tensors[f"model.{key}"], value), key
     _, last = read_checkpoint(trainer.run_dir / "checkpoints" / "last.safetensors")
-    assert last["info"]["best_dice"] == max(SCORES)
+    assert last["info"]["best_score"] == max(SCORES)
 
 
 @pytest.mark.trains

@@ -23,6 +23,7 @@ from fusionkit import FusionPipeline
 from fusionkit.data import CLASS_NAMES
 from fusionkit.evaluate.report import evaluate_run
 from fusionkit.evaluate.robustness import pipeline_robustness
+from fusionkit.inference.pipeline import store_run_decision
 from fusionkit.runtime.config import RunConfig
 from fusionkit.train.trainer import train_run
 
@@ -34,7 +35,7 @@ SOME = ("gaussian_noise", "contrast", "colour_cast", "hair", "rotation_scale", "
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("robustcli")
     config = RunConfig.model_validate(tiny_run_config(root / "cache", preset="derm-only", epochs=6, n_lesions=120))
-    train_run(config, run_dir=root / "run", synthetic=True, progress=False)
+    train_run(config, run_dir=root / "run", synthetic=True, progress=False, after_fit=store_run_decision)
     return root / "run"
 
 

@@ -156,7 +156,7 @@ def test_a_refused_trainer_never_deletes_the_folder_a_winner_made_meanwhile(tmp_
     by wrapping the lock the trainer takes."""
     from train_helpers import tiny_run_config
 
-    import fusionkit.train.trainer as trainer_module
+    import fusionkit.runtime.rundir as rundir_module
     from fusionkit.runtime.config import RunConfig
     from fusionkit.train.trainer import Trainer
 
@@ -170,7 +170,7 @@ def test_a_refused_trainer_never_deletes_the_folder_a_winner_made_meanwhile(tmp_
             (run / "config.yaml").write_text("the winner's file\n")
             return super().acquire()
 
-    monkeypatch.setattr(trainer_module, "RunLock", WinnerFirst)
+    monkeypatch.setattr(rundir_module, "RunLock", WinnerFirst)
     try:
         with pytest.raises(RunLockedError, match="is running this run"):
             Trainer(config, run_dir=run, synthetic=True, progress=False)

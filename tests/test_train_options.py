@@ -353,7 +353,7 @@ def test_all_options_train_resume_bit_exactly_and_track(tmp_path: Path, cache_di
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=2, n_lesions=24, **OPTIONS))
     full = train_run(config, run_dir=tmp_path / "full", synthetic=True, progress=False)
     interrupted = Trainer(config, run_dir=tmp_path / "cut", synthetic=True, progress=False)
-    interrupted._interrupted = True  # Ctrl-C during the first batch
+    interrupted.interrupt()  # Ctrl-C during the first batch
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     interrupted.close()

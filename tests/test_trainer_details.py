@@ -31,12 +31,12 @@ from safetensors.torch import save_file
 from train_helpers import tiny_run_config
 
 from fusionkit.errors import ConfigError, DataError, DivergenceError, RunInterrupted
-from fusionkit.inference.predict import predict
 from fusionkit.metrics import isic_metrics, macro_f1_argmax
 from fusionkit.runtime.checkpoint import META_KEY, model_state, read_checkpoint
 from fusionkit.runtime.config import RunConfig
 from fusionkit.runtime.device import move_batch
 from fusionkit.runtime.lock import LOCK_NAME
+from fusionkit.runtime.predict import predict
 from fusionkit.train.schedules import WarmupCosine
 from fusionkit.train.step import EagerStep
 from fusionkit.train.trainer import Trainer, TrainerCallback, selection_score, train_run
@@ -496,7 +496,7 @@ def test_an_interrupt_mid_epoch_checks_saves_the_partial_sums_and_raises(tmp_pat
     assert last_info(tmp_path / "a" / "run") == {
         "epoch": 0,
         "batch": 1,
-        "best_dice": -math.inf,
+        "best_score": -math.inf,
         "history": [],
         "epoch_loss_sum": 12.0,
         "epoch_seen": 8,
@@ -642,7 +642,7 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
     }
     # the schedule steps on the selected score: auc stalled, so the lr halves (patience 0)
     assert second["epoch"] == 2 and second["lr"] == pytest.approx(1.5e-3) and not second["best"]
-    assert trainer.best_dice == 0.5 and [m for _, m in recorder.epochs] == [metrics, metrics_2]
+    assert trainer.best_score == 0.5 and [m for _, m in recorder.epochs] == [metrics, metrics_2]
     tensors, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert json.dumps(meta["info"], sort_keys=True) == json.dumps(  # NaN != NaN: compare the JSON
         {"epoch": 1, "val_metrics": metrics, "val_loss": val_loss}, sort_keys=True
@@ -651,7 +651,7 @@ def test_the_epoch_record_the_best_checkpoint_the_report_and_the_trackers(
     assert last_info(tmp_path / "run") == {
         "epoch": 2,
         "batch": 0,
-        "best_dice": 0.5,
+        "best_score": 0.5,
         "history": history,
         "epoch_loss_sum": 0.0,
         "epoch_seen": 0,
@@ -795,7 +795,7 @@ def test_resume_restores_the_position_best_score_and_history(tmp_path: Path, cac
     trainer.step = step = ConstStep()
     try:
         assert (trainer.start_epoch, trainer.start_batch) == (1, 0)
-        assert trainer.best_dice == first.best_dice > -math.inf and trainer.history == first.history
+        assert trainer.best_score == first.best_score > -math.inf and trainer.history == first.history
         messages = [r.getMessage() for r in caplog.records]
         assert f"resumed from {last} at epoch 2 batch 0" in messages
         # the changes are applied, logged and recorded; a resume from a checkpoint is no restart
@@ -833,7 +833,7 @@ def test_an_older_checkpoint_without_position_fields_resumes_at_its_epoch_start(
     trainer.step = ConstStep()
     try:
         assert (trainer.start_epoch, trainer.start_batch) == (1, 0)
-        assert trainer.best_dice == -math.inf and trainer.history == []
+        assert trainer.best_score == -math.inf and trainer.history == []
         history = trainer.fit()
     finally:
         trainer.close()

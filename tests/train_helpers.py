@@ -32,3 +32,16 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     """Write a run config as YAML and return its path."""
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def train_carried_run(config: dict[str, Any], run_dir: Path) -> Path:
+    """Train ``config`` on its synthetic set into ``run_dir`` and store the decision rule
+    (``inference.json``), as ``fusionkit train`` does before its report; returns ``run_dir``."""
+    from fusionkit.inference.pipeline import store_run_decision
+    from fusionkit.runtime.config import RunConfig
+    from fusionkit.train.trainer import train_run
+
+    train_run(
+        RunConfig.model_validate(config), run_dir=run_dir, synthetic=True, progress=False, after_fit=store_run_decision
+    )
+    return run_dir

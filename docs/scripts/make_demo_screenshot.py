@@ -34,11 +34,18 @@ def _free_port() -> int:
 
 
 def _train_quickstart(folder: Path) -> Path:
+    from fusionkit.inference.pipeline import store_run_decision
     from fusionkit.runtime.config import load_run_config
     from fusionkit.train.trainer import train_run
 
     run_dir = folder / "quickstart"
-    train_run(load_run_config(REPO / "examples" / "quickstart.yaml"), run_dir=run_dir, synthetic=True, progress=False)
+    train_run(
+        load_run_config(REPO / "examples" / "quickstart.yaml"),
+        run_dir=run_dir,
+        synthetic=True,
+        progress=False,
+        after_fit=store_run_decision,
+    )
     return run_dir
 
 

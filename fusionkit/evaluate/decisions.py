@@ -13,8 +13,8 @@ import numpy as np
 
 from fusionkit.data import CLASS_NAMES
 from fusionkit.inference.decision import DECISION_RULES, MIN_POSITIVES, apply_decision, fit_thresholds
-from fusionkit.inference.predict import Predictions
 from fusionkit.metrics import isic_metrics
+from fusionkit.runtime.predict import Predictions
 
 
 def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]) -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.scope import IN_SAMPLE_LABEL
 from fusionkit.evaluate.tables import table5_markdown, write_table5
 from fusionkit.inference.ensemble import ensemble_predict, load_runs
-from fusionkit.inference.tta import check_tta
 from fusionkit.metrics import isic_metrics
+from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 
@@ -38,10 +39,7 @@ def evaluate_ensemble(
     ``allow_training_lesions`` (the report is then labelled in-sample).
     """
 
-    try:
-        check_tta(tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_tta(tta)
     runs = load_runs(run_dirs, checkpoint=checkpoint)
     val_ids = runs[0].split["val"]
     different = [str(r.run_dir) for r in runs if r.split["val"] != val_ids]
@@ -109,6 +107,6 @@ def evaluate_ensemble(
             "",
         ]
     )
-    path = out / "report.md"
+    path = out / RunDir(out).report.name
     atomic_write_text(path, report)
     return path

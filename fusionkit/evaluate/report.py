@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
-from fusionkit.errors import ConfigError, FusionkitError
+from fusionkit.errors import FusionkitError
 from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.evaluate.gradcam import gradcam
@@ -50,9 +50,7 @@ from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_tab
 from fusionkit.evaluate.trust import trust_sections
 from fusionkit.inference.decision import DecisionRecord
 from fusionkit.inference.pipeline import FusionPipeline, load_run
-from fusionkit.inference.predict import Predictions
 from fusionkit.inference.submission import write_submission
-from fusionkit.inference.tta import check_tta
 from fusionkit.metrics import (
     apply_temperature,
     expected_calibration_error,
@@ -60,7 +58,9 @@ from fusionkit.metrics import (
     isic_metrics,
 )
 from fusionkit.metrics.isic import METRIC_KEYS
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.predict import Predictions
+from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")
@@ -170,10 +170,7 @@ def evaluate_run(
     directory). ``tta`` (``none``, ``flips``, ``d4``) is the test-time augmentation of the headline
     metrics; the decision table shows them without it as well.
     """
-    try:
-        check_tta(tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_tta(tta)
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint=checkpoint)
     val_set = run.validation_dataset()
@@ -242,7 +239,7 @@ def evaluate_run(
         gate_md = _gate_markdown(table)
         figures.append(("Adaptive decision fusion weights (which modality the gate trusted)", "gate.png"))
 
-    history = json.loads(RunFiles(run_dir).history.read_text()) if RunFiles(run_dir).history.is_file() else []
+    history = json.loads(RunDir(run_dir).history.read_text()) if RunDir(run_dir).history.is_file() else []
     if history:
         plot_history(history, dest / "history.png")
         figures.append(("Training history", "history.png"))
@@ -273,7 +270,7 @@ def evaluate_run(
         decision_md=_decision_section(decisions, tta, on_validation, stored=run.decision),
         trust_md=trust_md,
     )
-    path = dest / RunFiles(run_dir).report.name
+    path = dest / RunDir(run_dir).report.name
     atomic_write_text(path, report)
     return path
 

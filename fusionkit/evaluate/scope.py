@@ -15,6 +15,7 @@ from typing import Any, Literal
 from fusionkit.data import Milk10kDataset
 from fusionkit.errors import ConfigError
 from fusionkit.inference.pipeline import FusionPipeline
+from fusionkit.runtime.rundir import RunDir
 
 Scope = Literal["test", "validation", "folder", "in-sample"]
 IN_SAMPLE_LABEL = "in-sample (training lesions)"
@@ -111,7 +112,7 @@ def evaluation_scope(
     if not allow_training_lesions:
         raise ConfigError(
             f"{data_root}: {len(seen)} of its {len(dataset)} lesions (e.g. {seen[0]}) are training lesions of the "
-            f'run ({run_dir / "split.json"} lists them under "train"); pass --allow-training-lesions for a report '
+            f'run ({RunDir(run_dir).split} lists them under "train"); pass --allow-training-lesions for a report '
             f"labelled {IN_SAMPLE_LABEL}, written apart from the run's own report"
         )
     out_dir = Path(out) if out else run_dir / IN_SAMPLE_DIR

@@ -32,11 +32,11 @@ from fusionkit.inference.decision import (
     fit_decision,
 )
 from fusionkit.inference.pipeline import FusionPipeline
-from fusionkit.inference.predict import Predictions
 from fusionkit.inference.submission import write_submission
-from fusionkit.inference.tta import check_tta
 from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal, sets_path, write_prediction_sets
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.predict import Predictions
+from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.inference")
@@ -47,7 +47,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     saved pipeline folder (``config.json``), else the runs under ``runs/**/`` (a sweep or k-fold output)."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if RunFiles(path).config.is_file() or _is_saved_pipeline(path):
+        if RunDir(path).config.is_file() or _is_saved_pipeline(path):
             found.append(path)
             continue
         inside = sorted(p.parent for p in (path / "runs").glob("**/config.yaml"))
@@ -72,7 +72,7 @@ def load_runs(
     """The pipelines of every run of :func:`find_runs`, checked that they can be averaged."""
     runs = [
         FusionPipeline.from_pretrained(p, device=device)
-        if _is_saved_pipeline(p) and not RunFiles(p).config.is_file()
+        if _is_saved_pipeline(p) and not RunDir(p).config.is_file()
         else FusionPipeline.from_run(p, checkpoint=checkpoint, device=device)
         for p in find_runs(paths)
     ]
@@ -301,8 +301,8 @@ def predict_split(
     ``class_conditional`` for one threshold per class) on the runs' validation posteriors; the
     submission CSV itself is unchanged.
     """
+    check_tta(tta)
     try:
-        check_tta(tta)
         check_decision(decision)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -115,37 +115,6 @@ def check_image_tensor(value: torch.Tensor, *, name: str) -> torch.Tensor:
     return value.mul(255.0).round_().to(torch.uint8)
 
 
-def check_model_batch(batch: Mapping[str, Any], *, modalities: Sequence[str], metadata_width: int | None) -> None:
-    """Check a model batch (``derm``/``clinical`` (B, 3, H, W) tensors, ``meta`` (B, F)) before the model sees it.
-
-    Raises:
-        DataError: a modality that is not a tensor (a PIL image, an array), an image that is not
-            (B, 3, H, W), metadata of the wrong width, or batch sizes that differ, naming the input.
-    """
-    sizes = {}
-    for m in modalities:
-        if m not in batch:
-            continue
-        value = batch[m]
-        if not isinstance(value, torch.Tensor):
-            raise DataError(
-                f"batch[{m!r}]: got a {type(value).__name__}; expected a torch.Tensor "
-                f"({'(B, 3, H, W)' if m != 'meta' else '(B, F)'}; use FusionPipeline.predict for photos)"
-            )
-        if m == "meta":
-            if value.ndim != 2 or (metadata_width is not None and value.shape[1] != metadata_width):
-                raise DataError(
-                    f"batch['meta']: shape {tuple(value.shape)}; expected (B, {metadata_width}) "
-                    "(the encoded metadata of the model's MetadataEncoder)"
-                )
-        elif value.ndim != 4 or value.shape[1] != 3:
-            hint = " (channels last? permute(0, 3, 1, 2))" if value.ndim == 4 and value.shape[-1] == 3 else ""
-            raise DataError(f"batch[{m!r}]: shape {tuple(value.shape)}; expected (B, 3, H, W){hint}")
-        sizes[m] = value.shape[0]
-    if len(set(sizes.values())) > 1:
-        raise DataError(f"batch sizes differ between inputs {sizes}; expected one size")
-
-
 def required_fields(encoder: MetadataEncoder, images: Sequence[str]) -> list[str]:
     """The metadata columns the encoder needs for a lesion with the photo rows ``images``."""
     groups = feature_groups(encoder)

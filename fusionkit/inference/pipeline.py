@@ -10,8 +10,8 @@ many lesions (:meth:`FusionPipeline.predict_batch`) or a MILK10k folder split
 (:meth:`FusionPipeline.predict_split`, what ``fusionkit predict`` uses).
 
 A prediction passes through this module, :mod:`~fusionkit.inference.inputs` (raw inputs checked
-and encoded), :mod:`~fusionkit.inference.predict` (the model run over a batch, with
-:mod:`~fusionkit.inference.tta`) and :mod:`~fusionkit.inference.decision` (the decision rule).
+and encoded), :mod:`~fusionkit.runtime.predict` (the model run over a batch, with
+:mod:`~fusionkit.runtime.tta`) and :mod:`~fusionkit.inference.decision` (the decision rule).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from fusionkit.data import (
 from fusionkit.data.schema import CLASS_NAMES
 from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.inference.decision import DEFAULT_DECISION, DecisionRecord, check_decision
-from fusionkit.inference.inputs import check_model_batch, collate_lesions, lesion_input
-from fusionkit.inference.predict import Predictions, predict
-from fusionkit.inference.tta import check_tta
+from fusionkit.inference.inputs import collate_lesions, lesion_input
 from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.predict import Predictions, check_model_batch, predict
+from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.tta import check_tta
 
 logger = logging.getLogger("fusionkit.inference")
 
@@ -177,7 +177,7 @@ class FusionPipeline(
         (:meth:`refit_decision` fits them from the run's validation split).
         """
         run_dir = Path(run_dir)
-        files = RunFiles(run_dir)
+        files = RunDir(run_dir)
         if not files.config.is_file():
             raise ConfigError(f"{run_dir}: not a fusionkit run directory (no config.yaml)")
         if checkpoint not in ("best", "last"):
@@ -395,7 +395,7 @@ class FusionPipeline(
         tta: str = "none",
     ) -> Predictions:
         """Posteriors for every lesion of ``dataset`` (``absent`` masks modalities out; ``tta``:
-        ``none``, ``flips`` or ``d4``, see :mod:`fusionkit.inference.tta`)."""
+        ``none``, ``flips`` or ``d4``, see :mod:`fusionkit.runtime.tta`)."""
         train = self.run_config.train
         loader = make_loader(dataset, batch_size=train.eval_batch_size or 2 * train.batch_size)
         return self._run(loader, absent=absent, progress=progress, desc=desc, tta=tta)
@@ -411,7 +411,7 @@ class FusionPipeline(
     ) -> Predictions:
         """Posteriors for every lesion of ``split`` of the MILK10k ``folder`` (apply the decision
         rule with ``pipe.decision.apply(preds.probs)``)."""
-        _check_tta(tta)
+        check_tta(tta)
         return self.predict_dataset(
             self.dataset(data_root=folder, split=split), absent=absent, progress=progress, tta=tta, desc="predict"
         )
@@ -476,7 +476,7 @@ class FusionPipeline(
     def predict_batch(self, lesions: Sequence[Mapping[str, Any]], *, tta: str = "none") -> list[LesionPrediction]:
         """Predict many lesions; each is a dict of :meth:`predict`'s keyword arguments
         (``derm``, ``clinical``, ``metadata``, optionally ``absent``, ``impute``, ``lesion_id``)."""
-        _check_tta(tta)
+        check_tta(tta)
         allowed = {"derm", "clinical", "metadata", "absent", "impute", "lesion_id"}
         checked = []
         for i, lesion in enumerate(lesions):
@@ -545,9 +545,9 @@ class FusionPipeline(
         stored them, or ``tta`` other than ``none``, predicts the validation split again (reading
         the training folder, or ``data_root`` where it moved). Returns ``(predictions, origin)``.
         """
-        _check_tta(tta)
-        if tta == "none" and self.source is not None and RunFiles(self.run_dir).inference.is_file():
-            stored = json.loads(RunFiles(self.run_dir).inference.read_text()).get("validation_posteriors")
+        check_tta(tta)
+        if tta == "none" and self.source is not None and RunDir(self.run_dir).inference.is_file():
+            stored = json.loads(RunDir(self.run_dir).inference.read_text()).get("validation_posteriors")
             if stored:
                 try:
                     probs = np.asarray(stored["probs"], dtype=np.float64)
@@ -561,7 +561,7 @@ class FusionPipeline(
                     )
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ConfigError(
-                        f"{RunFiles(self.run_dir).inference}: unreadable validation_posteriors ({exc})"
+                        f"{RunDir(self.run_dir).inference}: unreadable validation_posteriors ({exc})"
                     ) from None
                 return preds, "validation posteriors stored at the end of training (inference.json)"
         preds = self.predict_dataset(
@@ -620,13 +620,6 @@ class FusionPipeline(
             tta=tta,
         )
         return self.decision
-
-
-def _check_tta(tta: str) -> None:
-    try:
-        check_tta(tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -723,7 +716,7 @@ def store_run_decision(
             "probs": np.asarray(preds.probs, dtype=np.float64).tolist(),
         },
     }
-    path = RunFiles(run_dir).inference
+    path = RunDir(run_dir).inference
     atomic_write_text(path, json.dumps(state, indent=2))
     not_fitted = [c for c, f in zip(record.class_names, record.fitted or (), strict=True) if not f]
     logger.info(

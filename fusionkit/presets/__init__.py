@@ -121,6 +121,21 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | Iter
     return out
 
 
+def expand_preset(spec: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """A spec mapping written as ``{preset: NAME, overrides: {...}}`` expanded into the preset's
+    spec with the overrides merged in; any other mapping is returned as a copy.
+
+    Raises:
+        ValueError: keys beside ``preset`` and ``overrides`` (the message starts with ``where``).
+    """
+    if "preset" not in spec:
+        return dict(spec)
+    extra = set(spec) - {"preset", "overrides"}
+    if extra:
+        raise ValueError(f"{where}: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
+    return apply_overrides(preset_dict(spec["preset"]), spec.get("overrides"))
+
+
 def load_preset(name: str, overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ModelSpec:
     """The validated :class:`ModelSpec` of a preset, with ``overrides`` merged in."""
     return ModelSpec.model_validate(apply_overrides(preset_dict(name), overrides))
@@ -130,14 +145,13 @@ def load_spec(path: str | Path) -> ModelSpec:
     """Load a :class:`~fusionkit.specs.ModelSpec` from a ``.yaml``/``.yml``/``.json`` file.
 
     A file holding a whole run config (a ``model:`` key) yields its model spec; a spec written as
-    ``{preset: name, overrides: {...}}`` is expanded from the preset.
+    ``{preset: name, overrides: {...}}`` is expanded from the preset (:func:`expand_preset`).
     """
     data = read_mapping(path)
     if "model" in data and isinstance(data["model"], dict):
         data = data["model"]
-    if "preset" in data:
-        extra = set(data) - {"preset", "overrides"}
-        if extra:
-            raise ConfigError(f"{path}: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
-        data = apply_overrides(preset_dict(data["preset"]), data.get("overrides"))
+    try:
+        data = expand_preset(data, where=str(path))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return ModelSpec.model_validate(data)

@@ -3,7 +3,9 @@
 The run config (:mod:`~fusionkit.runtime.config`), devices and precision
 (:mod:`~fusionkit.runtime.device`), torch.distributed helpers
 (:mod:`~fusionkit.runtime.distributed`), checkpoint files (:mod:`~fusionkit.runtime.checkpoint`),
-and the run directory's file names (:mod:`~fusionkit.runtime.rundir`). It imports only the model,
-the data and the utilities below it; running a trained model lives one layer up, in
-:mod:`fusionkit.inference`.
+the run directory as one object (:mod:`~fusionkit.runtime.rundir`, its lock
+:mod:`~fusionkit.runtime.lock`), and the loop that runs a model over a loader
+(:mod:`~fusionkit.runtime.predict`, its TTA views :mod:`~fusionkit.runtime.tta`). It imports only
+the layers below it; training (:mod:`fusionkit.train`) and using a trained model
+(:mod:`fusionkit.inference`) are the two peers above it.
 """

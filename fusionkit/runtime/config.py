@@ -16,7 +16,7 @@ from pydantic import Field, PositiveInt, model_validator
 from fusionkit.components.base import FrozenSpec
 from fusionkit.data.transforms import AugmentConfig
 from fusionkit.errors import ConfigError
-from fusionkit.presets import apply_overrides, preset_dict
+from fusionkit.presets import apply_overrides, expand_preset
 from fusionkit.specs.io import read_mapping
 from fusionkit.specs.model import ModelSpec
 
@@ -299,7 +299,7 @@ class RunConfig(FrozenSpec):
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve_preset(cls, data: Any) -> Any:
+    def _expand_model_preset(cls, data: Any) -> Any:
         return _expand_preset(data)
 
     def to_yaml(self) -> str:
@@ -310,14 +310,9 @@ class RunConfig(FrozenSpec):
 
 
 def _expand_preset(data: Any) -> Any:
-    """``data`` with a ``model: {preset: NAME, overrides: {...}}`` section expanded into the preset's spec."""
+    """``data`` with a ``model: {preset: NAME, overrides: {...}}`` section expanded (:func:`fusionkit.presets.expand_preset`)."""
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        model = data["model"]
-        if "preset" in model:
-            extra = set(model) - {"preset", "overrides"}
-            if extra:
-                raise ValueError(f"model: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
-            data = {**data, "model": apply_overrides(preset_dict(model["preset"]), model.get("overrides"))}
+        data = {**data, "model": expand_preset(data["model"], where="model")}
     return data
 
 
@@ -332,9 +327,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     early = [o for o in overrides if o.split("=", 1)[0].strip().startswith(("model.preset", "model.overrides"))]
     late = [o for o in overrides if o not in early]
     data = apply_overrides(data, early)
-    model = data["model"]
-    if isinstance(model, dict) and "preset" in model:
-        data = {**data, "model": _expand_preset({"model": model})["model"]}
+    data = _expand_preset(data)
     data = apply_overrides(data, late)
     return RunConfig.model_validate(data)
 

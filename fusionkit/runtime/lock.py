@@ -31,12 +31,11 @@ import socket
 from pathlib import Path
 
 from fusionkit.errors import RunLockedError
-from fusionkit.runtime.rundir import RunFiles
 
 logger = logging.getLogger("fusionkit.train")
 
-LOCK_NAME = RunFiles(".").lock.name
-"""File name of the lock in a run directory (``run.lock``)."""
+LOCK_NAME = "run.lock"
+"""File name of the lock in a run directory (:attr:`fusionkit.runtime.rundir.RunDir.lock` is its path)."""
 
 NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "gpfs", "beegfs", "ceph", "glusterfs"}

@@ -5,7 +5,8 @@ Each job's run directory is an ordinary fusionkit run (``fusionkit evaluate/pred
 best epoch, samples/s, peak GPU memory, device, torch/timm versions, the macro metrics, and the
 validation labels (for the summary's bootstrap and tests). A run is *finished* when its report exists, its
 record says ``ok`` and its resolved config equals the requested one; an unfinished run with a
-``last`` checkpoint and the requested config is resumed; anything else in its folder is cleared.
+``last`` checkpoint and the requested config is resumed; anything else in its folder is cleared
+(the trainer's claim with ``resume="auto"``: :meth:`fusionkit.runtime.rundir.RunDir.claim`).
 The queue and the cluster scheduling are ``concurrent.futures`` and ``submitit``: none of our own.
 """
 
@@ -15,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import time
@@ -50,76 +50,19 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def _fill_unset(requested: Any, saved: Any) -> Any:
-    if isinstance(requested, dict) and isinstance(saved, dict):
-        out = {k: _fill_unset(v, saved.get(k)) for k, v in requested.items()}
-        return {**{k: v for k, v in saved.items() if k not in out}, **out}
-    return saved if requested is None else requested
-
-
-def same_config(requested: dict[str, Any], saved: dict[str, Any]) -> bool:
-    """Whether a saved (resolved) run config is the requested one.
-
-    The trainer resolves what the request leaves unset (the class weights of inverse-frequency
-    weighting, the class prior, fields added by resolution); those count as equal. Every value
-    the request sets must be saved unchanged.
-    """
-    return _fill_unset(json.loads(json.dumps(requested)), saved) == saved
-
-
-def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    if not (run_dir / "config.yaml").is_file():
-        return None
-    from fusionkit.runtime.config import load_run_config
-
-    try:
-        return load_run_config(run_dir / "config.yaml").model_dump(mode="json")
-    except Exception:  # noqa: BLE001 - an unreadable config means: not this run
-        return None
-
-
 def is_finished(job: SweepJob) -> bool:
-    """Report written, record ``ok``, resolved config equal to the requested one."""
-    run_dir = Path(job.run_dir)
-    record = read_record(run_dir)
-    saved = _saved_config(run_dir)
+    """Trained and evaluated (:attr:`RunState.FINISHED <fusionkit.runtime.rundir.RunState.FINISHED>`),
+    record ``ok``, saved config the requested one (:meth:`RunDir.matches <fusionkit.runtime.rundir.RunDir.matches>`)."""
+    from fusionkit.runtime.rundir import RunDir, RunState
+
+    run = RunDir(job.run_dir)
+    record = read_record(run.root)
     return (
-        (run_dir / "report.md").is_file()
+        run.state is RunState.FINISHED
         and record is not None
         and record.get("status") == "ok"
-        and saved is not None
-        and same_config(job.config, saved)
+        and run.matches(job.run_config())
     )
-
-
-def _prepare_run_dir(job: SweepJob) -> bool:
-    """Clear what cannot be continued; True when the run resumes from its last checkpoint."""
-    run_dir = Path(job.run_dir)
-    saved = _saved_config(run_dir)
-    if (
-        saved is not None
-        and same_config(job.config, saved)
-        and (run_dir / "checkpoints" / "last.safetensors").is_file()
-    ):
-        return True
-    if run_dir.exists():
-        why = (
-            "its config differs from the requested one"
-            if saved is not None and not same_config(job.config, saved)
-            else "it has no checkpoint to resume"
-        )
-        from fusionkit.runtime.lock import LOCK_NAME, RunLock
-
-        with RunLock(run_dir):  # refuses, in one line, a run that another process is training
-            logger.info("%s: starting over (%s)", run_dir, why)
-            for path in run_dir.iterdir():
-                if path.name == LOCK_NAME:
-                    continue
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-    return False
 
 
 def _versions() -> dict[str, str]:
@@ -162,12 +105,11 @@ def execute_job(job: SweepJob, *, progress: bool = False, gradcam_lesions: int =
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     try:
-        resume = _prepare_run_dir(job)
-        trainer = train_and_evaluate(
+        trainer = train_and_evaluate(  # resume="auto": continue the job's run, or start it over
             job.run_config(),
             run_dir=run_dir,
             data_root=job.data_root,
-            resume=resume,
+            resume="auto",
             progress=progress,
             gradcam_lesions=gradcam_lesions,
         )
@@ -195,16 +137,17 @@ def _outcome(run_dir: Path) -> dict[str, Any]:
     ``reported_split`` (``test`` when the run holds out a test part: its metrics and posteriors are on
     it; else ``validation``, the selection split) and the labels of the validation and test lesions."""
     from fusionkit.data import CLASS_NAMES, find_split, lesion_labels
-    from fusionkit.runtime.rundir import RunFiles
+    from fusionkit.runtime.rundir import RunDir
 
-    history = json.loads((run_dir / "history.json").read_text())
+    run = RunDir(run_dir)
+    history = json.loads(run.history.read_text())
     best = [h["epoch"] for h in history if h.get("best")]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads(run.metrics.read_text())
     macro = metrics["metrics"]["macro"]
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads(run.split.read_text())
     ids, labels = lesion_labels(find_split(split["root"], "Training"))
     label_of = dict(zip(ids, labels, strict=True))
-    evaluated = run_dir / "evaluated.json"
+    evaluated = run.evaluated
     reported = json.loads(evaluated.read_text())["split"] if evaluated.is_file() else "validation"
     return {
         "best_epoch": best[-1] if best else None,
@@ -213,7 +156,7 @@ def _outcome(run_dir: Path) -> dict[str, Any]:
         "reported_split": reported,
         "val_labels": {lesion: CLASS_NAMES[label_of[lesion]] for lesion in split["val"]},
         "test_labels": {lesion: CLASS_NAMES[label_of[lesion]] for lesion in split.get("test") or []},
-        "decision": _stored_decision(RunFiles(run_dir).inference),
+        "decision": _stored_decision(run.inference),
     }
 
 

@@ -28,18 +28,11 @@ PLAN_FILE = "sweep.json"
 def prepare_data_root(jobs: list[SweepJob], *, out: Path, data_root: Path | None, synthetic: bool) -> Path:
     """The MILK10k folder every run reads: ``data_root``, or one generated set in ``OUT/synthetic``
     (from the config's ``data.synthetic``). Checks the layout; raises :class:`ConfigError`."""
-    from fusionkit.data import find_split, make_synthetic_milk10k
+    from fusionkit.data import find_split
+    from fusionkit.train.data_setup import locate_data_root
 
-    if synthetic:
-        root = out / "synthetic"
-        if not (root / "MILK10k_Training_GroundTruth.csv").is_file():
-            s = jobs[0].run_config().data.synthetic
-            make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
-    else:
-        given = data_root or jobs[0].run_config().data.root
-        if given is None:
-            raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
-        root = Path(given)
+    config = jobs[0].run_config()
+    root = locate_data_root(config, data_root=data_root, synthetic_dir=out / "synthetic" if synthetic else None)
     files = find_split(root, "Training")
     if files.ground_truth_csv is None:
         raise ConfigError(f"{root}: a sweep needs the labelled Training split (MILK10k_Training_GroundTruth.csv)")

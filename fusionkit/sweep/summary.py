@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from fusionkit.runtime.rundir import RunDir
 from fusionkit.sweep.execute import MACRO_KEYS, RECORD_FILE
 from fusionkit.sweep.plan import FIGURE3_BARS, TABLE2_ROWS, TABLE3_ROWS
 from fusionkit.sweep.robustness import robustness_summary
@@ -115,7 +116,7 @@ def _labels(record: dict[str, Any], ids: list[str]) -> np.ndarray:
 
 
 def _n_train(record: dict[str, Any]) -> int | None:
-    path = Path(record["run_dir"]) / "split.json"
+    path = RunDir(record["run_dir"]).split
     return len(json.loads(path.read_text())["train"]) if path.is_file() else None
 
 

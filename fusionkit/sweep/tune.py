@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from fusionkit.errors import ConfigError, require_extra
 from fusionkit.runtime.config import load_run_config
+from fusionkit.runtime.rundir import RunDir
 from fusionkit.sweep.execute import (
     execute_job,
     failed_record,
@@ -201,7 +202,7 @@ class SubmititLauncher:
 def epoch_scores(run_dir: str | Path, metric: str) -> list[float]:
     """The per-epoch validation ``metric`` of a run so far (its ``history.json``; [] before the first epoch)."""
     try:
-        history = json.loads((Path(run_dir) / "history.json").read_text())
+        history = json.loads(RunDir(run_dir).history.read_text())
     except (OSError, ValueError):
         return []
     return [float(h[HISTORY_KEYS[metric]]) for h in history]

@@ -40,7 +40,7 @@ from fusionkit.data.layout import Milk10kFiles
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.config import RunConfig, default_cache_dir
 from fusionkit.runtime.distributed import DistInfo, barrier
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.rundir import RunDir
 from fusionkit.train.resume import resume_changes
 from fusionkit.train.sampler import EpochSampler
 from fusionkit.utils.io import atomic_write_text
@@ -202,6 +202,33 @@ def _class_prior(labels: tuple[int, ...]) -> tuple[float, ...]:
     return tuple((counts.get(c, 0) + 1) / (n + k) for c in range(k))
 
 
+def locate_data_root(
+    config: RunConfig,
+    *,
+    data_root: str | Path | None,
+    synthetic_dir: Path | None = None,
+    saved: RunConfig | None = None,
+) -> Path:
+    """The MILK10k folder a run (or a sweep's runs) reads: with ``synthetic_dir``, a set generated
+    there once from ``data.synthetic``; else ``data_root``, ``data.root``, or the folder a resumed
+    run recorded (``saved``).
+
+    Raises:
+        ConfigError: no folder is given anywhere.
+    """
+    if synthetic_dir is not None:
+        if not (synthetic_dir / "MILK10k_Training_GroundTruth.csv").is_file():
+            s = config.data.synthetic
+            make_synthetic_milk10k(synthetic_dir, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
+        return synthetic_dir
+    given = data_root if data_root is not None else config.data.root
+    if given is None and saved is not None:  # a resumed run reads the folder it recorded
+        given = saved.data.root
+    if given is None:
+        raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
+    return Path(given).expanduser()
+
+
 def _data_root(
     config: RunConfig,
     *,
@@ -211,20 +238,16 @@ def _data_root(
     saved: RunConfig | None,
     dist_info: DistInfo,
 ) -> Path:
-    """The MILK10k folder the run reads: generated into the run directory, given, or recorded."""
-    if synthetic:
-        root = run_dir / "synthetic"
-        if dist_info.is_main and not (root / "MILK10k_Training_GroundTruth.csv").is_file():
-            s = config.data.synthetic
-            make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
+    """:func:`locate_data_root` for a run: the synthetic set goes into the run directory (rank 0
+    generates it, the other ranks wait)."""
+    synthetic_dir = RunDir(run_dir).synthetic if synthetic else None
+    if synthetic_dir is not None and not dist_info.is_main:
         barrier(dist_info)
-        return root.resolve()
-    given = data_root if data_root is not None else config.data.root
-    if given is None and saved is not None:  # a resumed run reads the folder it recorded
-        given = saved.data.root
-    if given is None:
-        raise ConfigError("no data: pass --data DIR (a MILK10k folder), --synthetic, or set data.root")
-    return Path(given).expanduser().resolve()
+        return synthetic_dir.resolve()
+    root = locate_data_root(config, data_root=data_root, synthetic_dir=synthetic_dir, saved=saved)
+    if synthetic_dir is not None:
+        barrier(dist_info)
+    return root.resolve()
 
 
 def augment_on(config: RunConfig, device: torch.device) -> str:
@@ -262,7 +285,7 @@ def prepare_data(
     if files.ground_truth_csv is None:
         raise ConfigError(f"{root}: training needs MILK10k_Training_GroundTruth.csv")
 
-    split_file = RunFiles(run_dir).split
+    split_file = RunDir(run_dir).split
     if resume and split_file.is_file():
         stored = json.loads(split_file.read_text())
         split = Split(train=tuple(stored["train"]), val=tuple(stored["val"]), test=tuple(stored.get("test", ())))
@@ -295,7 +318,7 @@ def prepare_data(
     size = config.model.image_size
     cache_dir = (data.cache_dir or default_cache_dir()) if data.cache else None
     encoder = (
-        MetadataEncoder.load(RunFiles(run_dir).metadata_encoder)
+        MetadataEncoder.load(RunDir(run_dir).metadata_encoder)
         if resume
         else MetadataEncoder(features=data.metadata_features)  # fitted on the training split below
     )
@@ -341,8 +364,8 @@ def prepare_data(
         record = resolved.model_dump(mode="json")
         if not synthetic:  # the generated set's block would read as if it had been used
             record["data"].pop("synthetic")
-        atomic_write_text(RunFiles(run_dir).config, yaml.safe_dump(record, sort_keys=False))
-        train_set.encoder.save(RunFiles(run_dir).metadata_encoder)
+        atomic_write_text(RunDir(run_dir).config, yaml.safe_dump(record, sort_keys=False))
+        train_set.encoder.save(RunDir(run_dir).metadata_encoder)
         atomic_write_text(
             split_file,
             json.dumps(

@@ -86,10 +86,11 @@ class LrSchedule:
         if self.kind == "cosine":
             self.scheduler.step()
 
-    def after_epoch(self, val_dice: float) -> None:
-        """Called after every epoch with the validation score of train.selection_metric (moves the plateau schedule)."""
+    def after_epoch(self, score: float) -> None:
+        """Called after every epoch with the validation ``score`` of ``train.selection_metric``
+        (moves the plateau schedule; the cosine schedule ignores it)."""
         if self.kind == "plateau":
-            self.scheduler.step(val_dice)
+            self.scheduler.step(score)
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state, JSON-safe (it goes into the checkpoint's metadata)."""

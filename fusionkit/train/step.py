@@ -1,8 +1,7 @@
 """One optimisation step (forward, eq-7 loss, backward, AdamW), eager or captured in a CUDA graph.
 
 At the paper's batch size 16 an eager step is launch-bound on a modern GPU: the CPU cannot issue
-the thousands of small kernels of two EfficientNetV2 backbones as fast as the GPU runs them
-(../shared/docs/performance-anchors.md measured 2.8x from capturing the whole step on an H200).
+the thousands of small kernels of two EfficientNetV2 backbones as fast as the GPU runs them.
 :class:`CudaGraphStep` captures forward, backward and the optimizer step once, on static input
 buffers, and replays the graph for every batch of the same size; batches of another size (the
 last, short batch of an epoch) run eagerly. The step never synchronises with the host: the loss

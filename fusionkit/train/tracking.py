@@ -4,13 +4,17 @@ One :class:`Tracker` fans each call out to the backends the run config names
 (``train.tracking``); with none named it does nothing. TensorBoard event files go to
 ``<run>/tensorboard``; MLflow logs to its own tracking URI (``MLFLOW_TRACKING_URI``, default
 ``./mlruns``), one MLflow run per fusionkit run, named after the run directory.
+:class:`LossTerms` and :func:`epoch_scalars` are what the trainer sends them each epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fusionkit.errors import require_extra
 
@@ -75,3 +79,39 @@ class Tracker:
         if self._mlflow is not None:
             self._mlflow.end_run()
             self._mlflow = None
+
+
+class LossTerms:
+    """Each eq-7 term's sample-weighted sum over an epoch's batches, kept on the device (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, terms: Mapping[str, torch.Tensor], size: int) -> None:
+        """Add one batch's mean terms, weighted by its ``size``."""
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * size
+
+    def means(self, seen: int) -> dict[str, float]:
+        """``train/loss_<term>``: each term's mean over the ``seen`` samples."""
+        return {f"train/loss_{k}": float(v) / max(seen, 1) for k, v in self.sums.items()}
+
+
+def epoch_scalars(
+    *,
+    train_loss: float,
+    val_loss: float,
+    samples_per_s: float,
+    terms: LossTerms,
+    seen: int,
+    metrics: Mapping[str, Any],
+    param_groups: Sequence[Mapping[str, Any]],
+) -> dict[str, float]:
+    """What the trackers get for one epoch: the losses, each eq-7 term, the validation metrics
+    (those that are not NaN), each param group's lr and the throughput."""
+    values = {"train/loss": train_loss, "val/loss": val_loss}
+    values |= terms.means(seen)
+    values |= {f"val/{k}": v for k, v in metrics["macro"].items() if not math.isnan(v)}
+    values |= {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(param_groups)}
+    values["train/samples_per_s"] = samples_per_s
+    return values

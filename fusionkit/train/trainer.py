@@ -1,109 +1,67 @@
 """The trainer: any ModelSpec, the paper's recipe (Appendix A.2), on CPU, one GPU, or many.
 
-What the run directory holds is listed in :mod:`fusionkit.runtime.rundir`.
+The training loop lives here; the units around it have their own modules: the run directory and
+its claim (:mod:`fusionkit.runtime.rundir`, across ranks :mod:`fusionkit.train.lifecycle`), the
+start options (:mod:`fusionkit.train.options`), signals (:mod:`fusionkit.train.signals`),
+``train.log`` (:mod:`fusionkit.train.runlog`), the trackers (:mod:`fusionkit.train.tracking`) and
+the hooks (:mod:`fusionkit.train.callbacks`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from fusionkit.errors import ConfigError, DivergenceError, FusionkitError, RunInterrupted
-from fusionkit.inference.pipeline import store_run_decision
-from fusionkit.inference.predict import predict
+from fusionkit.errors import ConfigError, DivergenceError
 from fusionkit.losses import JointIndividualLoss
 from fusionkit.metrics import isic_metrics, macro_f1_argmax
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint, save_checkpoint
-from fusionkit.runtime.config import RunConfig, TrainSpec, load_run_config
+from fusionkit.runtime.config import RunConfig, TrainSpec
 from fusionkit.runtime.device import move_batch, resolve_device, seed_everything
-from fusionkit.runtime.distributed import (
-    DistInfo,
-    barrier,
-    broadcast_object,
-    init_distributed,
-    shutdown,
-    sync_buffers,
-)
-from fusionkit.runtime.lock import LOCK_NAME, RunLock
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.distributed import DistInfo, barrier, init_distributed, shutdown, sync_buffers
+from fusionkit.runtime.predict import predict
+from fusionkit.runtime.rundir import RunDir, RunStart
+from fusionkit.train.callbacks import EpochRecord, TrainerCallback, selection_score
 from fusionkit.train.data_setup import RunData, prepare_data
 from fusionkit.train.ema import ModelEma
 from fusionkit.train.freeze import BackboneFreeze
+from fusionkit.train.lifecycle import claim_on_every_rank
 from fusionkit.train.mixup import mix_batch
+from fusionkit.train.options import RunOptions
 from fusionkit.train.param_groups import param_groups
-from fusionkit.train.resume import RunStart, claim_run_dir, record_resume
+from fusionkit.train.resume import record_resume
+from fusionkit.train.runlog import RunLog
 from fusionkit.train.schedules import LrSchedule
+from fusionkit.train.signals import Interrupts
 from fusionkit.train.step import CudaGraphStep, EagerStep
-from fusionkit.train.tracking import Tracker
+from fusionkit.train.tracking import LossTerms, Tracker, epoch_scalars
 from fusionkit.train.warm_start import warm_start
 from fusionkit.utils.io import atomic_write_text
 from fusionkit.utils.progress import bars_enabled
 
+__all__ = ["EpochRecord", "Trainer", "TrainerCallback", "selection_score", "train_run"]
+
 logger = logging.getLogger("fusionkit.train")
-
-
-@dataclass
-class EpochRecord:
-    """One line of the training history."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_dice: float
-    val_auc: float
-    lr: float
-    seconds: float
-    samples_per_s: float
-    best: bool
-
-
-def selection_score(metrics: dict[str, Any], metric: str) -> float:
-    """The validation score ``train.selection_metric`` names, from :meth:`Trainer.validate`'s metrics."""
-    return float(metrics["macro_f1_argmax"] if metric == "f1" else metrics["macro"][metric])
-
-
-class TrainerCallback:
-    """Hooks into :meth:`Trainer.fit`, given as ``Trainer(callbacks=[...])``; override the ones you need.
-
-    Each hook gets the trainer first and runs on every rank (test ``trainer.dist.is_main`` to act
-    once). A hook may read the trainer's public state (``model``, ``optimizer``, ``ema``,
-    ``history``, ``files``) and may call :meth:`Trainer.interrupt` to stop the run as Ctrl-C would.
-    """
-
-    def on_batch_end(self, trainer: Trainer, *, epoch: int, batch_index: int, loss: torch.Tensor) -> None:
-        """After a training batch's optimizer step, schedule step and weight-average update.
-
-        ``epoch`` and ``batch_index`` are 0-based (a resumed epoch goes on counting where it
-        stopped); ``loss`` is the batch's mean loss as a device tensor (reading it waits for the GPU).
-        """
-
-    def on_epoch_end(self, trainer: Trainer, *, record: EpochRecord, metrics: dict[str, Any]) -> None:
-        """After an epoch's validation, checkpoints and report (``history.json`` holds ``record``);
-        ``metrics`` are :meth:`Trainer.validate`'s."""
 
 
 class Trainer:
     """Trains one run; see the module docstring for what the run directory holds.
 
-    The constructor runs the setup steps in order (each a method below): device and process group,
-    run directory (lock, start/resume/overwrite), seeding, data, determinism, logging, model,
+    The constructor runs the setup steps in order: device and process group, the run directory's
+    claim (lock, then start/resume/overwrite; ``options`` are :class:`~fusionkit.train.options.RunOptions`),
+    seeding, data, determinism, train.log, model,
     training options (warm start, tracking, weight average), optimizer and scheduler, step, and the
     resume of a checkpoint. ``fit()`` returns the history and
     then calls ``after_fit(run_dir)`` when one was given. ``callbacks`` (:class:`TrainerCallback`)
@@ -121,45 +79,50 @@ class Trainer:
         config: RunConfig,
         *,
         run_dir: str | Path,
-        data_root: str | Path | None = None,
-        synthetic: bool = False,
-        resume: bool = False,
-        overwrite: bool = False,
-        progress: bool = True,
         after_fit: Callable[[Path], object] | None = None,
         callbacks: Sequence[TrainerCallback] = (),
+        **options: Unpack[RunOptions],
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.files = RunFiles(self.run_dir)
-        self.progress = bars_enabled(progress)
+        self.files = RunDir(self.run_dir)
+        self.progress = bars_enabled(options.get("progress", True))
         self.after_fit = after_fit
         self.callbacks = tuple(callbacks)
         self.start_epoch, self.start_batch = 0, 0
-        self.best_dice = -math.inf
+        self.best_score = -math.inf
+        """The best validation score so far of ``train.selection_metric`` (what picks ``best``)."""
         self.history: list[dict[str, Any]] = []
         self._partial = (0.0, 0)  # loss sum and samples of an interrupted epoch's finished batches
-        self._interrupted = 0  # the signal number interrupt() was given; 0 while none was
-        self._lock: RunLock | None = None
         self.tracker: Tracker | None = None
         self.ema: ModelEma[FusionModel] | None = None
-        self._log_handler: logging.Handler | None = None
-        self._created_dir = False
+        self._log = RunLog(self.files.log)
         self._was_deterministic = torch.are_deterministic_algorithms_enabled()
         self._setup_device(config.train)
+        self.interrupts = Interrupts(run_dir=self.run_dir, announce=self.dist.is_main)
+        synthetic = options.get("synthetic", False)
         try:
-            start = self._claim_run_dir(resume=resume, overwrite=overwrite)
+            start = claim_on_every_rank(
+                self.files,
+                self.dist,
+                resume=options.get("resume", False),
+                overwrite=options.get("overwrite", False),
+                requested=config,
+                synthetic=synthetic,
+            )
             seed_everything(config.train.seed + self.dist.rank)
             self.data: RunData = prepare_data(
                 config,
                 run_dir=self.run_dir,
-                data_root=data_root,
+                data_root=options.get("data_root"),
                 synthetic=synthetic,
                 dist_info=self.dist,
                 saved=start.saved,
             )
             self.config = self.data.config  # resolved: class weights, data root filled in
-            self._setup_determinism()
-            self._setup_logging()
+            if self.config.train.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            if self.dist.is_main:
+                self._log.open()
             logger.info(
                 "training on %s; augmentation on the %s (data.augment_on: %s)",
                 self.device,
@@ -172,29 +135,9 @@ class Trainer:
             self._build_step()
             self._begin(start)
         except BaseException:
-            self._abandon_start()
+            self._close_resources()
+            self.files.abandon()  # removes what a failed start left in a folder it created
             raise
-
-    def _abandon_start(self) -> None:
-        """Undo a failed start: close everything and, if this process made the run directory and no
-        checkpoint exists, remove it. The directory's contents go while the lock is still held, so a
-        process waiting for the lock never finds its own new run deleted."""
-        lock, self._lock = self._lock, None
-        self.close()
-        remove = lock is not None and self._created_dir and not self.files.checkpoint("last").is_file()
-        if remove:
-            for path in self.run_dir.iterdir():
-                if path.name == LOCK_NAME:
-                    continue
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-        if lock is not None:
-            lock.release()
-        if remove:
-            with contextlib.suppress(OSError):  # not empty: another process has claimed it since
-                self.run_dir.rmdir()
 
     # -- setup steps -------------------------------------------------------------------------------
     def _setup_device(self, train: TrainSpec) -> None:
@@ -208,50 +151,6 @@ class Trainer:
             raise ConfigError(
                 "train.step_mode 'cuda_graph' needs one CUDA GPU (no CPU, no torchrun); use 'eager' or 'compile'"
             )
-
-    def _claim_run_dir(self, *, resume: bool, overwrite: bool) -> RunStart:
-        """Lock the run directory (rank 0) and decide how the run starts (:mod:`fusionkit.train.resume`).
-
-        Under torchrun a refusal on rank 0 (a run already there, a held lock) is raised on every rank.
-        """
-        start = RunStart(saved=None)
-        refused: FusionkitError | None = None
-        if self.dist.is_main:
-            created = not self.run_dir.exists()
-            try:
-                self._lock = RunLock(self.run_dir).acquire()
-                self._created_dir = created  # only a process that holds the lock may remove what it made
-                start = claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
-            except FusionkitError as exc:  # told to every rank first, or they would wait forever
-                refused = exc
-            if start.restarted:
-                logger.warning("%s: no checkpoint yet; starting the run from the beginning", self.run_dir)
-        # a broadcast, not a barrier: the other ranks learn whether rank 0 took the run directory
-        reason = broadcast_object(self.dist, None if refused is None else str(refused))
-        if refused is not None:
-            raise refused
-        if reason is not None:
-            raise ConfigError(f"rank 0 refused the run: {reason}")
-        if not self.dist.is_main and resume and self.files.checkpoint("last").is_file():
-            start = RunStart(saved=load_run_config(self.files.config))
-        return start
-
-    def _setup_determinism(self) -> None:
-        if self.config.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-    def _setup_logging(self) -> None:
-        if not self.dist.is_main:
-            return
-        handler = logging.FileHandler(self.files.log)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger("fusionkit")
-        root.setLevel(logging.INFO)
-        if not any(
-            isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers
-        ):
-            root.addHandler(handler)
-        self._log_handler = handler
 
     def _build_model(self) -> None:
         """The model (eq 5-11 as the spec says), its loss (eq 7), the DDP and compile wrappers."""
@@ -363,7 +262,7 @@ class Trainer:
                 group["lr"] = fresh["lr"]
 
     def _resume(self) -> None:
-        last = self.files.checkpoint("last")
+        last = self.files.last
         info = load_checkpoint(
             last,
             model=self.model,
@@ -374,7 +273,7 @@ class Trainer:
         )
         self.start_epoch = int(info["epoch"])
         self.start_batch = int(info.get("batch", 0))
-        self.best_dice = float(info.get("best_dice", -math.inf))
+        self.best_score = float(info.get("best_score", info.get("best_dice", -math.inf)))  # "best_dice": before 2026-12
         self.history = list(info.get("history", []))
         self._partial = (float(info.get("epoch_loss_sum", 0.0)), int(info.get("epoch_seen", 0)))
         if self.dist.is_main:
@@ -394,8 +293,8 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
     # -- one epoch ---------------------------------------------------------------------------------
-    def _train_epoch(self, epoch: int, start_batch: int) -> tuple[float, int, int]:
-        """Train one epoch from ``start_batch``; returns (mean loss, samples, batches done).
+    def _train_epoch(self, epoch: int, start_batch: int) -> tuple[float, int]:
+        """Train one epoch from ``start_batch``; returns (mean loss, samples).
 
         The loss sum stays on the device (no host sync per step) and is read once at the end; a
         non-finite sum means some step's loss was NaN or infinite (:meth:`_check_finite`).
@@ -407,7 +306,7 @@ class Trainer:
             total = min(total, max(train.max_batches_per_epoch - start_batch, 0))
         self.net.train()
         self.freeze.apply(self.model, epoch)  # the backbone freeze follows the epoch (resumable)
-        self._term_sums: dict[str, torch.Tensor] = {}
+        self._terms = LossTerms()
         loss_sum, seen = self._partial if start_batch else (0.0, 0)
         self._partial = (0.0, 0)
         losses = torch.full((), loss_sum, device=self.device)
@@ -435,8 +334,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             if self.tracker is not None and self.tracker.active:
-                for key, value in self.step.terms.items():
-                    self._term_sums[key] = self._term_sums.get(key, 0.0) + value * size
+                self._terms.add(self.step.terms, size)
             losses += loss * size
             seen += size
             for callback in self.callbacks:
@@ -445,16 +343,16 @@ class Trainer:
             bar.update(1)
             if bar.n % 20 == 1 or bar.n == total:  # reading the loss waits for the GPU: not every step
                 bar.set_postfix(loss=f"{float(loss):.4f}")
-            if self._interrupted:
+            if self.interrupts.signum:
                 bar.close()
                 self._check_finite(epoch, float(losses))
                 self._save_last(epoch, batch=batch_index, partial=(float(losses), seen))
-                self._raise_interrupted()
+                self.interrupts.raise_if_requested()
         bar.close()
         sync_buffers(self.dist, self.model)
         mean = float(losses) / max(seen, 1)
         self._check_finite(epoch, mean)
-        return mean, seen, batch_index
+        return mean, seen
 
     def _check_finite(self, epoch: int, loss: float) -> None:
         """Raise :class:`DivergenceError` if the epoch's loss or any weight is NaN or infinite."""
@@ -500,7 +398,7 @@ class Trainer:
         barrier(self.dist)
         if self.dist.is_main:
             save_checkpoint(
-                self.files.checkpoint("last"),
+                self.files.last,
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
@@ -508,7 +406,7 @@ class Trainer:
                 info={
                     "epoch": epoch,
                     "batch": batch,
-                    "best_dice": self.best_dice,
+                    "best_score": self.best_score,
                     "history": self.history,
                     "epoch_loss_sum": partial[0],
                     "epoch_seen": partial[1],
@@ -516,23 +414,13 @@ class Trainer:
             )
         barrier(self.dist)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
-        if self._interrupted:  # a second signal: stop at once
-            raise RunInterrupted(signum, self.run_dir)
-        self.interrupt(signum)
-        if self.dist.is_main:
-            tqdm.write("interrupt: finishing this batch and saving a resumable checkpoint ...", file=sys.stderr)
-
     def interrupt(self, signum: int = signal.SIGINT) -> None:
         """Stop the run as a first SIGINT (Ctrl-C) or SIGTERM ``signum`` would: the current batch
         finishes (called before :meth:`fit`: the first batch), a resumable ``last`` checkpoint records
         how far the epoch got (during validation: the whole epoch), and :meth:`fit` raises
         :class:`~fusionkit.errors.RunInterrupted` (exit code 128 + ``signum``). For a callback or
         another thread; call it on every rank of a distributed run."""
-        self._interrupted = int(signum)
-
-    def _raise_interrupted(self) -> None:
-        raise RunInterrupted(int(self._interrupted), self.run_dir)
+        self.interrupts.request(signum)
 
     # -- the loop ------------------------------------------------------------------------------------
     def _train_and_check(self, epoch: int) -> tuple[EpochRecord, dict[str, Any], int]:
@@ -540,13 +428,13 @@ class Trainer:
         the validation metrics and the number of training samples."""
         start_batch = self.start_batch if epoch == self.start_epoch else 0
         began = time.perf_counter()
-        train_loss, seen, _ = self._train_epoch(epoch, start_batch)
+        train_loss, seen = self._train_epoch(epoch, start_batch)
         seconds = time.perf_counter() - began
         metrics, val_loss = self.validate()
         dice = float(metrics["macro"]["dice"])
-        score = selection_score(metrics, self.config.train.selection_metric)  # best_dice holds this score
+        score = selection_score(metrics, self.config.train.selection_metric)
         self.scheduler.after_epoch(score)
-        is_best = score > self.best_dice
+        is_best = score > self.best_score
         lr = self.optimizer.param_groups[0]["lr"]
         record = EpochRecord(
             epoch=epoch + 1,
@@ -561,10 +449,10 @@ class Trainer:
         )
         self.history.append(record.__dict__)
         if is_best:
-            self.best_dice = score
+            self.best_score = score
             if self.dist.is_main:
                 save_checkpoint(
-                    self.files.checkpoint("best"),
+                    self.files.best,
                     model=self.eval_model,
                     include_rng=False,
                     info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
@@ -607,29 +495,22 @@ class Trainer:
         tqdm.write(line)
         logger.info(line)
         atomic_write_text(self.files.history, json.dumps(self.history, indent=2))
-        self._track_epoch(record, metrics, seen)
-
-    def _track_epoch(self, record: EpochRecord, metrics: dict[str, Any], seen: int) -> None:
-        """Send one epoch to the trackers: each eq-7 term, the validation metrics, each group's lr."""
-        if self.tracker is None or not self.tracker.active:
-            return
-        values = {"train/loss": record.train_loss, "val/loss": record.val_loss}
-        values |= {f"train/loss_{k}": float(v) / max(seen, 1) for k, v in self._term_sums.items()}
-        values |= {f"val/{k}": v for k, v in metrics["macro"].items() if not math.isnan(v)}
-        values |= {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
-        values["train/samples_per_s"] = record.samples_per_s
-        self.tracker.log_scalars(values, step=record.epoch)
+        if self.tracker is not None and self.tracker.active:
+            scalars = epoch_scalars(
+                train_loss=record.train_loss,
+                val_loss=record.val_loss,
+                samples_per_s=record.samples_per_s,
+                terms=self._terms,
+                seen=seen,
+                metrics=metrics,
+                param_groups=self.optimizer.param_groups,
+            )
+            self.tracker.log_scalars(scalars, step=record.epoch)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train from the start (or where ``resume`` left off) to ``train.epochs``."""
         train = self.config.train
-        previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[signum] = signal.signal(signum, self._on_signal)
-            except ValueError:  # not the main thread
-                pass
-        try:
+        with self.interrupts:  # SIGINT/SIGTERM: finish the batch, save, stop
             epochs = tqdm(
                 range(self.start_epoch, train.epochs),
                 initial=self.start_epoch,
@@ -643,15 +524,10 @@ class Trainer:
                 self._report(record, metrics, seen)
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, record=record, metrics=metrics)
-                if self._interrupted:  # the signal came during validation: the epoch is saved
+                if self.interrupts.signum:  # the signal came during validation: the epoch is saved
                     epochs.close()
-                    self._raise_interrupted()
+                    self.interrupts.raise_if_requested()
             epochs.close()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        if self.dist.is_main:  # the decision rule travels with the model: predicting never reads the training data
-            store_run_decision(self.run_dir, device=self.device)
         if self.after_fit is not None and self.dist.is_main:
             self.after_fit(self.run_dir)
             if self.tracker is not None:
@@ -659,51 +535,38 @@ class Trainer:
         barrier(self.dist)
         return self.history
 
-    def close(self) -> None:
-        """Release the process group, the trackers, the log file and the run lock (safe on a
-        half-built trainer)."""
+    def _close_resources(self) -> None:
+        """Everything :meth:`close` lets go but the run lock."""
         shutdown(self.dist)
         if self.tracker is not None:
             self.tracker.close()
         torch.use_deterministic_algorithms(self._was_deterministic)
-        if self._log_handler is not None:
-            logging.getLogger("fusionkit").removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._log.close()
+
+    def close(self) -> None:
+        """Release the process group, the trackers, train.log and the run lock (safe on a
+        half-built trainer, and twice)."""
+        self._close_resources()
+        self.files.release()
 
 
 def train_run(
     config: RunConfig,
     *,
     run_dir: str | Path,
-    data_root: str | Path | None = None,
-    synthetic: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
     after_fit: Callable[[Path], object] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    **options: Unpack[RunOptions],
 ) -> Trainer:
     """Train a run end to end; returns the trainer (its ``history``, ``model``, ``run_dir``).
 
-    ``after_fit(run_dir)`` runs on the main process once training ends (the evaluation layer passes
-    its report writer: :func:`fusionkit.evaluate.train_and_evaluate`); training itself imports
-    nothing from :mod:`fusionkit.evaluate`. ``callbacks`` go to the :class:`Trainer`.
+    ``options`` are :class:`~fusionkit.train.options.RunOptions` (``data_root``, ``synthetic``,
+    ``resume``, ``overwrite``, ``progress``). ``after_fit(run_dir)`` runs on the main process once
+    training ends: :func:`fusionkit.evaluate.train_and_evaluate` passes the storing of the decision
+    rule (:func:`fusionkit.inference.pipeline.store_run_decision`, ``inference.json``) and its
+    report; training itself imports neither :mod:`fusionkit.inference` nor :mod:`fusionkit.evaluate`. ``callbacks`` go to the :class:`Trainer`.
     """
-    trainer = Trainer(
-        config,
-        run_dir=run_dir,
-        data_root=data_root,
-        synthetic=synthetic,
-        resume=resume,
-        overwrite=overwrite,
-        progress=progress,
-        after_fit=after_fit,
-        callbacks=callbacks,
-    )
+    trainer = Trainer(config, run_dir=run_dir, after_fit=after_fit, callbacks=callbacks, **options)
     try:
         trainer.fit()
     finally:

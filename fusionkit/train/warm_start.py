@@ -15,7 +15,7 @@ from torch import nn
 
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.checkpoint import read_checkpoint
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.rundir import RunDir
 
 
 @dataclass
@@ -47,7 +47,7 @@ def source_weights(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     if not path.exists():
         raise ConfigError(f"train.init_from: {path}: no such run directory or weights file")
     if path.is_dir():
-        path = RunFiles(path).checkpoint("best")
+        path = RunDir(path).checkpoint("best")
         if not path.is_file():
             raise ConfigError(f"train.init_from: {path.parent.parent} is a folder without {path}")
     tensors, _ = read_checkpoint(path)

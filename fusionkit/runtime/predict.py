@@ -1,8 +1,9 @@
-"""Running a model over a loader: posteriors, gate weights and labels, gathered across ranks."""
+"""Running a model over a loader in eval mode: the batch check, absent-modality masks, TTA views averaged;
+posteriors, gate weights and labels gathered across ranks (used by training's validation and by :mod:`fusionkit.inference`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,11 +11,42 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusionkit.inference.inputs import check_model_batch
-from fusionkit.inference.tta import tta_views, view_batch
+from fusionkit.errors import DataError
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
+from fusionkit.runtime.tta import tta_views, view_batch
 from fusionkit.utils.progress import bars_enabled
+
+
+def check_model_batch(batch: Mapping[str, Any], *, modalities: Sequence[str], metadata_width: int | None) -> None:
+    """Check a model batch (``derm``/``clinical`` (B, 3, H, W) tensors, ``meta`` (B, F)) before the model sees it.
+
+    Raises:
+        DataError: a modality that is not a tensor (a PIL image, an array), an image that is not
+            (B, 3, H, W), metadata of the wrong width, or batch sizes that differ, naming the input.
+    """
+    sizes = {}
+    for m in modalities:
+        if m not in batch:
+            continue
+        value = batch[m]
+        if not isinstance(value, torch.Tensor):
+            raise DataError(
+                f"batch[{m!r}]: got a {type(value).__name__}; expected a torch.Tensor "
+                f"({'(B, 3, H, W)' if m != 'meta' else '(B, F)'}; use FusionPipeline.predict for photos)"
+            )
+        if m == "meta":
+            if value.ndim != 2 or (metadata_width is not None and value.shape[1] != metadata_width):
+                raise DataError(
+                    f"batch['meta']: shape {tuple(value.shape)}; expected (B, {metadata_width}) "
+                    "(the encoded metadata of the model's MetadataEncoder)"
+                )
+        elif value.ndim != 4 or value.shape[1] != 3:
+            hint = " (channels last? permute(0, 3, 1, 2))" if value.ndim == 4 and value.shape[-1] == 3 else ""
+            raise DataError(f"batch[{m!r}]: shape {tuple(value.shape)}; expected (B, 3, H, W){hint}")
+        sizes[m] = value.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"batch sizes differ between inputs {sizes}; expected one size")
 
 
 @dataclass
@@ -70,14 +102,14 @@ def predict(
 ) -> Predictions:
     """Predict every batch of ``loader`` in eval mode; ``absent`` masks modalities out.
 
-    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.inference.tta`) averages the posterior
+    ``tta`` (``none``, ``flips``, ``d4``; :mod:`fusionkit.runtime.tta`) averages the posterior
     P_final and the fusion weights over dihedral views of both images of each lesion;
     ``log_probs`` is then the log of that mean.
 
     Under torch.distributed each rank predicts its shard and the results are gathered on every
     rank; duplicates from padded shards are dropped. ``batch_transform`` runs on each batch once it
     is on the device (e.g. :func:`fusionkit.data.normalize_batch` for uint8 loaders). Each batch is
-    checked first (:func:`fusionkit.inference.inputs.check_model_batch`: tensors, (B, 3, H, W)
+    checked first (:func:`check_model_batch`: tensors, (B, 3, H, W)
     images, the model's metadata width), so a wrong input is one line naming it.
     """
     was_training = model.training

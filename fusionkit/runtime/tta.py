@@ -2,7 +2,7 @@
 
 ``flips`` is the group the two flips generate (identity, horizontal, vertical, both: 4 views);
 ``d4`` adds the rotations by 90 and 270 degrees and the two transposes (all 8 symmetries of the
-square). The prediction is the mean posterior over the views (:func:`fusionkit.inference.predict.predict`).
+square). The prediction is the mean posterior over the views (:func:`fusionkit.runtime.predict.predict`).
 Kept in fusionkit rather than taken from a TTA library: the views must move the dermoscopic and
 the clinical image of a batch together, which is two ``torch.flip``/``rot90`` calls.
 """
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from fusionkit.errors import ConfigError
 
 TTA_MODES = ("none", "flips", "d4")
 """The test-time augmentations ``--tta`` accepts."""
@@ -36,16 +38,26 @@ _MODES = {
 }
 
 
+def _unknown(mode: str) -> str:
+    return f"unknown test-time augmentation {mode!r}; expected one of {', '.join(TTA_MODES)}"
+
+
 def check_tta(mode: str) -> str:
-    """``mode`` if it is a TTA mode, else ``ValueError`` naming the choices."""
+    """``mode`` if it is a TTA mode (what ``--tta`` and the ``tta=`` arguments check at the door).
+
+    Raises:
+        ConfigError: an unknown mode, in one line naming the choices.
+    """
     if mode not in _MODES:
-        raise ValueError(f"unknown test-time augmentation {mode!r}; expected one of {', '.join(TTA_MODES)}")
+        raise ConfigError(_unknown(mode))
     return mode
 
 
 def tta_views(mode: str) -> tuple[str, ...]:
-    """The names of the views of a TTA mode (``identity`` first)."""
-    return _MODES[check_tta(mode)]
+    """The names of the views of a TTA mode (``identity`` first); ``ValueError`` for an unknown one."""
+    if mode not in _MODES:
+        raise ValueError(_unknown(mode))
+    return _MODES[mode]
 
 
 def view_batch(batch: dict[str, Any], view: str, modalities: tuple[str, ...] = ("derm", "clinical")) -> dict[str, Any]:
