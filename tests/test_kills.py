@@ -111,7 +111,8 @@ def check_files(*folders: Path, temporaries: bool = True) -> int:
 def run_outcome(run: Path) -> dict[str, object]:
     """What must equal between a recovered and an uninterrupted run."""
     history = [
-        {k: v for k, v in entry.items() if k not in TIMING_FIELDS} for entry in json.loads((run / "history.json").read_text())
+        {k: v for k, v in entry.items() if k not in TIMING_FIELDS}
+        for entry in json.loads((run / "history.json").read_text())
     ]
     return {
         "history": history,
