@@ -168,3 +168,140 @@ def test_train_killed_at_every_phase_recovers_to_the_uninterrupted_run(
     assert recovered.returncode == 0, recovered.stderr[-3000:]
     check_files(run, cache, temporaries=False)
     assert run_outcome(run) == run_outcome(world["reference"])
+
+
+# -- fusionkit sweep -----------------------------------------------------------------------------------
+SWEEP_POINTS: list[tuple[str, int]] = [
+    ("train.batch-done", 2),  # inside the first run, mid-epoch
+    ("report.figures", 1),  # inside the first run's report
+    ("sweep.run-done", 1),  # between the two runs
+]
+"""(fault point, which time) for ``fusionkit sweep`` over two runs: 3 points."""
+
+RUN_RECORD_FIELDS = ("status", "best_epoch", "metrics", "decision", "reported_split", "val_labels", "config")
+
+
+def _sweep_args(world: dict[str, Path], out: Path) -> list[str | Path]:
+    return [
+        *("sweep", world["config"], "--presets", "ji-adf", "--seeds", "0,1", "--data", world["data"]),
+        *("--out", out, "--bootstrap", "5", "--quiet"),
+    ]
+
+
+def sweep_outcome(out: Path) -> dict[str, object]:
+    """Every run's outcome and record, and the summary's rows (without wall-clock fields)."""
+    runs = sorted(p.parent for p in out.glob("runs/*/*/sweep_run.json"))
+    records = {str(r.relative_to(out)): json.loads((r / "sweep_run.json").read_text()) for r in runs}
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "runs": {str(r.relative_to(out)): run_outcome(r) for r in runs},
+        "records": {k: {f: v.get(f) for f in RUN_RECORD_FIELDS} for k, v in records.items()},
+        "summary_runs": sorted(
+            (r["preset"], r["seed"], r["status"], json.dumps(r.get("metrics"))) for r in summary["runs"]
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_sweep(world: dict[str, Path]) -> Path:
+    out = world["base"] / "reference-sweep"
+    proc = _cli(*_sweep_args(world, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize(("point", "at"), SWEEP_POINTS, ids=[p for p, _ in SWEEP_POINTS])
+def test_sweep_killed_inside_and_between_runs_is_finished_by_the_same_command(
+    world: dict[str, Path], reference_sweep: Path, point: str, at: int, sig: str
+) -> None:
+    out = world["base"] / f"sweep-{point}-{sig}"
+    killed = _cli(*_sweep_args(world, out), fault=(point, at, sig))
+    _killed(killed, sig)
+    if sig == "TERM":  # a sweep has no --resume: the line says to run the same command again
+        line = next(line for line in killed.stderr.splitlines() if line.startswith("fusionkit:"))
+        assert "run the same command again" in line and "--resume" not in line, line
+    check_files(out)
+    again = _cli(*_sweep_args(world, out))  # what the docs say: the same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    check_files(out, world["cache"], temporaries=False)
+    assert sweep_outcome(out) == sweep_outcome(reference_sweep)
+
+
+# -- predict, evaluate, export ---------------------------------------------------------------------------
+OUTPUT_POINTS: list[tuple[str, str]] = [
+    ("predict", "write.before-rename:sub.csv"),  # the CSV written, not renamed
+    ("predict", "write.before-rename:sub.json"),  # the CSV renamed, its sidecar not yet
+    ("evaluate", "report.figures"),  # metrics written, figures and report.md not yet
+    ("export", "write.before-rename:model.onnx"),
+    ("export", "write.before-rename:model.json"),
+]
+"""(command, fault point) of the commands that write outside training: 5 points."""
+
+
+def _output_args(command: str, world: dict[str, Path], folder: Path) -> list[str | Path]:
+    run = world["reference"]
+    if command == "predict":
+        return ["predict", run, "--data", world["data"], "--split", "Training", "--out", folder / "sub.csv", "--quiet"]
+    if command == "export":
+        return ["export", run, "--out", folder / "model.onnx"]
+    return ["evaluate", folder / "run", "--quiet"]
+
+
+def _output_files(command: str, folder: Path) -> dict[str, bytes]:
+    """The command's final files, the ones that must equal an uninterrupted command's byte for byte."""
+    if command == "evaluate":
+        assert (folder / "run" / "report.md").is_file()
+        return {n: (folder / "run" / n).read_bytes() for n in ("metrics.json", "predictions.csv", "calibration.json")}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".csv", ".json")}
+
+
+def _pair_agrees(folder: Path) -> None:
+    """A sidecar present describes exactly the files beside it (their SHA-256)."""
+    from fusionkit.inference.outputs import sha256_of
+
+    for sidecar in folder.glob("*.json"):
+        for name, digest in json.loads(sidecar.read_text())["sha256"].items():
+            assert sha256_of(folder / name) == digest, f"{sidecar} does not describe {name}"
+
+
+def _prepare_output_folder(command: str, world: dict[str, Path], folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(parents=True)
+    if command == "evaluate":  # evaluate writes into the run: a copy of the reference run
+        shutil.copytree(world["reference"], folder / "run")
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(world: dict[str, Path]) -> dict[str, dict[str, bytes]]:
+    outputs = {}
+    for command in dict.fromkeys(c for c, _ in OUTPUT_POINTS):
+        folder = world["base"] / f"reference-{command}"
+        _prepare_output_folder(command, world, folder)
+        proc = _cli(*_output_args(command, world, folder))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[command] = _output_files(command, folder)
+    return outputs
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize(("command", "point"), OUTPUT_POINTS, ids=[f"{c}-{p}" for c, p in OUTPUT_POINTS])
+def test_predict_evaluate_export_killed_leave_no_half_output_and_a_rerun_equals(
+    world: dict[str, Path], reference_outputs: dict[str, dict[str, bytes]], command: str, point: str, sig: str
+) -> None:
+    folder = world["base"] / f"{command}-{point.replace(':', '-')}-{sig}"
+    _prepare_output_folder(command, world, folder)
+    if command != "evaluate":  # an earlier output to be replaced: the kill must not leave a mixed pair
+        again = _cli(*_output_args(command, world, folder))
+        assert again.returncode == 0, again.stderr[-3000:]
+    args = _output_args(command, world, folder)
+    _killed(_cli(*args, fault=(point, 1, sig)), sig)
+    check_files(folder)
+    if command != "evaluate":
+        _pair_agrees(folder)
+    again = _cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    check_files(folder, temporaries=False)
+    assert not list(folder.glob(".*.lock"))
+    assert _output_files(command, folder) == reference_outputs[command]

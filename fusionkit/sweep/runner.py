@@ -18,6 +18,7 @@ from fusionkit.errors import ConfigError
 from fusionkit.sweep.execute import Engine, in_process, is_finished, read_record
 from fusionkit.sweep.plan import SweepJob
 from fusionkit.sweep.summary import write_summary
+from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text
 from fusionkit.utils.locking import FileLock
 
@@ -163,5 +164,6 @@ def run_sweep(
             f"[{done + skipped}/{len(jobs)}] done {job.label}: {result} ({record.get('seconds') or 0:.1f} s; "
             f"sweep {_fmt_time(elapsed)}, ETA {_fmt_time(eta)})"
         )
+        fault_point("sweep.run-done")
     records = [r for r in (read_record(j.run_dir) for j in jobs) if r is not None]
     return write_summary(out, reference=reference, records=records, n_boot=n_boot)

@@ -99,8 +99,9 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> RunStart:
     files = RunFiles(run_dir)
     if resume and overwrite:
         raise ConfigError("give either --resume (continue the run) or --overwrite (start it over), not both")
-    for partial in remove_partial_writes(run_dir):  # this process holds the lock: no writer is alive
-        logger.warning("%s: removed %s, a file whose write was interrupted", run_dir, partial.name)
+    for folder in (run_dir, files.checkpoint("last").parent):  # we hold the lock: no writer is alive
+        for partial in remove_partial_writes(folder):
+            logger.warning("%s: removed %s, a file whose write was interrupted", folder, partial.name)
     others = sorted(p.name for p in run_dir.iterdir() if p.name not in SCRATCH) if run_dir.is_dir() else []
     is_run = files.config.is_file()
     if overwrite:
