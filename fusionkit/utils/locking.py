@@ -14,14 +14,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
 class FileLock:
-    """Exclusive lock on the file ``path`` (created if needed, removed on release)."""
+    """Exclusive lock on the file ``path`` (created if needed, removed on release).
 
-    def __init__(self, path: str | Path) -> None:
+    ``record`` gives what the holder writes into the file once it holds the lock (default: its pid).
+    """
+
+    def __init__(self, path: str | Path, *, record: Callable[[], str] | None = None) -> None:
         self.path = Path(path)
+        self.record = record or (lambda: str(os.getpid()))
         self._fd: int | None = None
 
     @property
@@ -37,7 +42,8 @@ class FileLock:
             return None
 
     def acquire(self, *, wait: bool = False) -> bool:
-        """Take the lock; ``wait``: block until it is free, else return False at once when it is held."""
+        """Take the lock; ``wait``: block until it is free, else return False at once when it is held
+        (or, after 100 tries, when it keeps changing hands)."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path}: this lock is already held")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +65,7 @@ class FileLock:
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            os.write(fd, self.record().encode())
             self._fd = fd
             return True
         return False
