@@ -693,6 +693,7 @@ def _run_sweep_jobs(
     or the submitit options as a mapping. Exits 1 after the summary when a run failed.
     """
     from fusionkit.sweep import bind_data_root, device_queue, in_process, prepare_data_root, run_sweep, submitit_engine
+    from fusionkit.sweep.runner import sweep_lock
 
     progress = not quiet and sys.stderr.isatty()
     if isinstance(engine_kind, dict):  # the engine first: a missing extra fails before any data is made
@@ -701,17 +702,21 @@ def _run_sweep_jobs(
         engine = device_queue([d.strip() for d in engine_kind.split(",") if d.strip()], log_dir=out / "logs")
     else:
         engine = in_process(progress=progress)
-    root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
-    jobs = bind_data_root(jobs, root)
-    summary = run_sweep(
-        jobs,
-        out=out,
-        data_root=root,
-        reference=reference,
-        engine=engine,
-        n_boot=bootstrap,
-        echo=lambda line: typer.echo(line, err=True),
-    )
+    with sweep_lock(out):  # a second sweep on this folder is refused in one line
+        try:
+            root = prepare_data_root(jobs, out=out, data_root=data, synthetic=synthetic)
+            jobs = bind_data_root(jobs, root)
+            summary = run_sweep(
+                jobs,
+                out=out,
+                data_root=root,
+                reference=reference,
+                engine=engine,
+                n_boot=bootstrap,
+                echo=lambda line: typer.echo(line, err=True),
+            )
+        except KeyboardInterrupt as exc:  # a sweep has no --resume: the same command continues it
+            raise _SweepInterrupted(getattr(exc, "exit_code", 143 if isinstance(exc, _Terminated) else 130)) from exc
     if robustness is not None:
         from fusionkit.sweep import write_summary
         from fusionkit.sweep.robustness import score_sweep_robustness
@@ -931,6 +936,14 @@ def run_app(args: list[str] | None = None) -> int:
         return exc.exit_code
     except (_Interrupted, KeyboardInterrupt) as exc:
         interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
+        if isinstance(interrupt, _SweepInterrupted):
+            name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
+            typer.echo(
+                f"fusionkit: {name}: sweep stopped; run the same command again to continue "
+                "(finished runs are skipped, an interrupted run resumes from its last checkpoint)",
+                err=True,
+            )
+            return interrupt.exit_code
         if isinstance(interrupt, _Terminated):
             typer.echo(
                 "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
@@ -974,6 +987,14 @@ def run_app(args: list[str] | None = None) -> int:
 class _Terminated(KeyboardInterrupt):
     """SIGTERM outside a training loop (setup, image cache, report, prediction): unwinds like Ctrl-C,
     so atomic writes leave no partial file and a failed start removes what it made."""
+
+
+class _SweepInterrupted(KeyboardInterrupt):
+    """A sweep (or ``train --folds``) stopped by SIGINT or SIGTERM: continued by the same command."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

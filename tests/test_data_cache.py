@@ -221,3 +221,91 @@ def test_a_truncated_cache_file_is_rebuilt_with_a_warning(files, tmp_path, caplo
     assert again.cache.built
     assert any("damaged" in r.getMessage() and str(npy) in r.getMessage() for r in caplog.records)
     _equal(expected, _all(again))
+
+
+def _sources(files):
+    return list(Milk10kDataset(files=files)._sources.values())
+
+
+def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(files, tmp_path, caplog):
+    """Issue 28: a build killed mid-way left its full-size ``<name>-<key>.npy.<random>.tmp`` for ever
+    (about 9 GB at MILK10k scale). The next build of that cache removes it (it holds the cache's lock,
+    so no live build owns it); another cache's files are left alone."""
+    cache = tmp_path / "c"
+    cache.mkdir()
+    orphan = cache / "x-0123456789abcdef.npy.k2j4x9.tmp"
+    orphan.write_bytes(b"\0" * 4096)
+    other = cache / "y-0123456789abcdef.npy.k2j4x9.tmp"
+    other.write_bytes(b"\0")
+    with caplog.at_level("WARNING", logger="fusionkit.data"):
+        built = ImageCache.open_or_build(cache_dir=cache, name="x", sources=_sources(files), image_size=8)
+    assert built.built and not orphan.exists() and other.exists()
+    assert any(str(orphan) in r.getMessage() and "interrupted" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith("x")) == [built.data_path.name, "x.json"]
+
+
+def _count_concurrent_decodes(monkeypatch) -> dict[str, object]:
+    """Wrap the decoder: how many decodes ran at once at most, and in how many threads."""
+    import threading
+
+    seen: dict[str, object] = {"now": 0, "peak": 0, "threads": set()}
+    guard = threading.Lock()
+    decode = images_module.decode_image
+
+    def counting(source):
+        with guard:
+            seen["now"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+            seen["threads"].add(threading.get_ident())
+        try:
+            time.sleep(0.01)  # long enough for the other threads to start theirs
+            return decode(source)
+        finally:
+            with guard:
+                seen["now"] -= 1
+
+    monkeypatch.setattr(images_module, "decode_image", counting)
+    return seen
+
+
+def test_a_build_decodes_at_most_its_pixel_budget_at_once(files, tmp_path, monkeypatch):
+    """Issue 28: a 12000x12000 JPEG cost 1.1 GB more, decoded next to others in os.cpu_count()
+    threads. The build now decodes at most ``pixel_budget`` source pixels at once: an image as
+    large as the budget is decoded alone, whatever the number of threads."""
+    sources = _sources(files)
+    h, w = images_module.image_hw(sources[0].path)
+    seen = _count_concurrent_decodes(monkeypatch)
+    ImageCache.open_or_build(
+        cache_dir=tmp_path / "a", name="x", sources=sources, image_size=8, workers=4, pixel_budget=h * w
+    )
+    assert seen["peak"] == 1
+    seen = _count_concurrent_decodes(monkeypatch)
+    ImageCache.open_or_build(cache_dir=tmp_path / "b", name="x", sources=sources, image_size=8, workers=4)
+    assert seen["peak"] > 1  # ordinary images: several at once under the default budget
+
+
+def test_a_build_starts_at_most_eight_threads_on_a_large_machine(files, tmp_path, monkeypatch):
+    from fusionkit.data.cache import MAX_WORKERS, default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)
+    assert default_workers() == MAX_WORKERS == 8
+    seen = _count_concurrent_decodes(monkeypatch)
+    ImageCache.open_or_build(cache_dir=tmp_path, name="x", sources=_sources(files) * 3, image_size=8)
+    assert 1 < len(seen["threads"]) <= 8
+
+
+def test_two_builders_of_one_cache_build_it_once(files, tmp_path):
+    """Two processes (here: threads with their own lock files open) that need the same cache at
+    once: one builds it, the other waits and opens it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = _sources(files)
+
+    def build(_):
+        return ImageCache.open_or_build(cache_dir=tmp_path, name="x", sources=sources, image_size=8)
+
+    with ThreadPoolExecutor(2) as pool:
+        caches = list(pool.map(build, range(2)))
+    assert sorted(c.built for c in caches) == [False, True]
+    assert caches[0].data_path == caches[1].data_path
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*lock"))

@@ -13,29 +13,40 @@ With the cache, no JPEG is decoded after the first build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from fusionkit.data.images import ImageSource, load_image, missing_image_error
+from fusionkit.data.images import ImageSource, image_hw, load_image, missing_image_error
 from fusionkit.errors import DataError
+from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text, file_mode
+from fusionkit.utils.locking import FileLock
 
 logger = logging.getLogger("fusionkit.data")
 
 _FORMAT = "fusionkit.image_cache"
 _VERSION = 1
 _RESIZE = "torchvision-bicubic-antialias-uint8"
+
+MAX_WORKERS = 8
+"""The most decoding threads a cache build starts by default, however many CPUs the machine has."""
+PIXEL_BUDGET = 2**27
+"""Source pixels a cache build decodes at once, over all its threads (134 M: about 400 MB of RGB,
+plus the resize's buffers): a 12000x12000 JPEG is decoded alone, ordinary images several at a time."""
 
 
 def cache_key(sources: Sequence[ImageSource], image_size: int) -> str:
@@ -106,15 +117,22 @@ class ImageCache:
         sources: Sequence[ImageSource],
         image_size: int,
         workers: int | None = None,
+        pixel_budget: int = PIXEL_BUDGET,
     ) -> ImageCache:
         """Open the cache ``name`` in ``cache_dir`` if its key matches ``sources``, else build it.
+
+        One process builds a cache at a time (a lock file ``.<name>.lock`` in ``cache_dir``); another
+        that needs the same cache waits and then opens what the first built. A build removes the
+        temporary files of an earlier build that was killed.
 
         Args:
             cache_dir: folder of the cache files (created if needed).
             name: stem of the cache files, unique per split (e.g. ``milk10k-training-384``).
             sources: every image to cache.
             image_size: the square size images are resized to.
-            workers: decoding threads for a build (default: the number of CPUs).
+            workers: decoding threads for a build (default :func:`default_workers`).
+            pixel_budget: the most source pixels decoded at once over all threads (an image larger
+                than the budget is decoded alone), which bounds a build's memory.
 
         Raises:
             DataError: a source image is missing or cannot be decoded (names file, line, lesion).
@@ -122,6 +140,29 @@ class ImageCache:
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         key = cache_key(sources, image_size)
+        with FileLock(cache_dir / f".{name}.lock"):  # one builder at a time; a waiter then finds it built
+            return cls._open_or_build(
+                cache_dir=cache_dir,
+                name=name,
+                key=key,
+                sources=sources,
+                image_size=image_size,
+                workers=workers or default_workers(),
+                pixel_budget=pixel_budget,
+            )
+
+    @classmethod
+    def _open_or_build(
+        cls,
+        *,
+        cache_dir: Path,
+        name: str,
+        key: str,
+        sources: Sequence[ImageSource],
+        image_size: int,
+        workers: int,
+        pixel_budget: int,
+    ) -> ImageCache:
         index_path = cache_dir / f"{name}.json"
         data_path = cache_dir / f"{name}-{key[:16]}.npy"
         index = _read_index(index_path)
@@ -133,9 +174,12 @@ class ImageCache:
                 )
                 return cls(data_path=data_path, image_size=image_size, ids=index["ids"])
             logger.warning("image cache %s is damaged (%s); rebuilding it", data_path, problem)
+        for orphan in cache_dir.glob(f"{name}-*.npy.*.tmp"):  # a killed build's (we hold the lock)
+            logger.warning("image cache: removing %s, left by a build that was interrupted", orphan)
+            orphan.unlink(missing_ok=True)
         ids = [s.isic_id for s in sources]
         started = time.perf_counter()
-        _build(data_path, sources, image_size, workers or os.cpu_count() or 1)
+        _build(data_path, sources, image_size, workers, pixel_budget)
         atomic_write_text(
             index_path,
             json.dumps(
@@ -185,15 +229,54 @@ def _read_index(path: Path) -> dict[str, Any] | None:
     return index
 
 
-def _build(data_path: Path, sources: Sequence[ImageSource], image_size: int, workers: int) -> None:
+def default_workers() -> int:
+    """Decoding threads of a cache build: the CPUs, at most :data:`MAX_WORKERS`."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+class _PixelBudget:
+    """At most ``budget`` source pixels decoded at once; one image larger than it is decoded alone."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.free = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, pixels: int) -> Iterator[None]:
+        pixels = min(max(pixels, 1), self.budget)
+        with self.free:
+            self.free.wait_for(lambda: self.used == 0 or self.used + pixels <= self.budget)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.free:
+                self.used -= pixels
+                self.free.notify_all()
+
+
+def _pixels(source: ImageSource) -> int:
+    try:
+        height, width = image_hw(source.path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # load_image names the problem
+        return 1
+    return height * width
+
+
+def _build(data_path: Path, sources: Sequence[ImageSource], image_size: int, workers: int, pixel_budget: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=data_path.name + ".", suffix=".tmp", dir=data_path.parent)
     os.close(fd)
     try:
         shape = (len(sources), 3, image_size, image_size)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
 
+        budget = _PixelBudget(pixel_budget)
+
         def fill(row: int) -> None:  # one image: decode, resize, store (threads share the map)
-            array[row] = load_image(sources[row], image_size).numpy()  # noqa: F821 (deleted after use)
+            with budget.take(_pixels(sources[row])):
+                image = load_image(sources[row], image_size).numpy()
+            array[row] = image  # noqa: F821 (deleted after use)
+            fault_point("cache.image-written")
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for _ in pool.map(fill, range(len(sources))):

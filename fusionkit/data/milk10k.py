@@ -96,7 +96,7 @@ class Milk10kDataset(Dataset):
             without both images; ``"absent"`` keeps it with the image marked absent.
         cache_dir: keep a preprocessed uint8 cache of the whole split there
             (:class:`~fusionkit.data.cache.ImageCache`); later epochs decode no JPEG.
-        cache_workers: decoding threads when the cache is built (default: all CPUs).
+        cache_workers: decoding threads when the cache is built (default: the CPUs, at most 8).
     """
 
     def __init__(

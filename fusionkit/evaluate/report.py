@@ -61,6 +61,7 @@ from fusionkit.metrics.isic import METRIC_KEYS
 from fusionkit.runtime.predict import Predictions
 from fusionkit.runtime.rundir import RunDir
 from fusionkit.runtime.tta import check_tta
+from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.evaluate")
@@ -187,6 +188,7 @@ def evaluate_run(
     write_table5(metrics, dest, stem="metrics")
     write_submission(dest / "predictions.csv", preds.lesion_ids, preds.probs, CLASS_NAMES)
     atomic_write_text(dest / "evaluated.json", json.dumps(scope.record(), indent=2))
+    fault_point("report.figures")
     predicted = preds.probs.argmax(axis=1)
 
     figures: list[tuple[str, str]] = []

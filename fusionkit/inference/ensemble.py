@@ -13,7 +13,6 @@ thresholds again on the runs' validation lesions (reading the training folder).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,13 +30,13 @@ from fusionkit.inference.decision import (
     check_decision,
     fit_decision,
 )
+from fusionkit.inference.outputs import OutputPair, writing_output
 from fusionkit.inference.pipeline import FusionPipeline
 from fusionkit.inference.submission import write_submission
 from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conformal, sets_path, write_prediction_sets
 from fusionkit.runtime.predict import Predictions
 from fusionkit.runtime.rundir import RunDir
 from fusionkit.runtime.tta import check_tta
-from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger("fusionkit.inference")
 
@@ -292,8 +291,10 @@ def predict_split(
     ``tta`` averages dihedral views, ``decision`` is ``probs``, ``argmax`` or ``thresholds``
     (:mod:`fusionkit.inference.decision`), with the thresholds stored at the end of training
     (``refit_thresholds``: fitted again on the runs' validation split, which reads the training
-    folder). Beside the CSV, ``<out>.json`` records the runs, TTA, decision rule, thresholds and
-    what the CSV's values are.
+    folder). Beside the CSV, ``<out>.json`` records the runs, TTA, decision rule, thresholds,
+    what the CSV's values are and the SHA-256 of the files it describes; it is removed before the
+    CSV is replaced and written last (:mod:`fusionkit.inference.outputs`), and a second process
+    writing the same ``out`` is refused.
 
     ``conformal`` (a miscoverage level alpha, e.g. 0.1): also write split-conformal prediction
     sets beside the CSV (``sub.csv`` -> ``sub.sets.csv``, columns ``lesion_id,prediction_set``,
@@ -310,6 +311,39 @@ def predict_split(
         raise ConfigError(f"{out} is a directory; give a file name")
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
+    with writing_output(out, also=[sets_path(out)]) as pair:  # refuses a second writer of --out
+        return _predict_split(
+            run_dirs,
+            pair=pair,
+            data_root=data_root,
+            split=split,
+            checkpoint=checkpoint,
+            tta=tta,
+            decision=decision,
+            refit_thresholds=refit_thresholds,
+            progress=progress,
+            conformal=conformal,
+            conformal_method=conformal_method,
+            class_conditional=class_conditional,
+        )
+
+
+def _predict_split(
+    run_dirs: Sequence[str | Path],
+    *,
+    pair: OutputPair,
+    data_root: str | Path,
+    split: str,
+    checkpoint: str,
+    tta: str,
+    decision: str,
+    refit_thresholds: bool,
+    progress: bool,
+    conformal: float | None,
+    conformal_method: str,
+    class_conditional: bool,
+) -> Path:
+    out = pair.out
     runs = load_runs(run_dirs, checkpoint=checkpoint)
     split = _auto_split(Path(data_root), split)
     preds = ensemble_predict(runs, data_root=data_root, split=split, tta=tta, progress=progress)
@@ -328,10 +362,14 @@ def predict_split(
             tta=tta,
             fallback_root=data_root,
         )
+    pair.begin()
     path = write_submission(out, preds.lesion_ids, record.apply(preds.probs), record.class_names)
+    written = [path]
     if calibration is not None:
-        write_prediction_sets(
-            sets_path(out), preds.lesion_ids, calibration.predict_sets(preds.probs), calibration.class_names
+        written.append(
+            write_prediction_sets(
+                sets_path(out), preds.lesion_ids, calibration.predict_sets(preds.probs), calibration.class_names
+            )
         )
     state: dict[str, Any] = {
         "runs": [str(r.origin) for r in runs],
@@ -355,5 +393,5 @@ def predict_split(
             "calibrated_on": calibrated_on,
             "always_included": calibration.always_included,
         }
-    atomic_write_text(Path(out).with_suffix(".json"), json.dumps(state, indent=2))
+    pair.commit(state, files=written)  # last, with the files' SHA-256: never a sidecar of other files
     return path

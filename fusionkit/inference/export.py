@@ -8,12 +8,16 @@ z_k of eq 3). The sidecar ``<out>.json`` holds the class names, the image prepro
 interpolation, mean, std), the fitted metadata encoder and the vocabularies it encodes, and the
 decision rule with its stored thresholds, so ``examples/onnx_inference.py`` predicts from raw CSV
 values with numpy, Pillow and onnxruntime only.
+The sidecar is removed before the ``.onnx`` file is replaced and written last, holding that
+file's SHA-256 (:mod:`fusionkit.inference.outputs`): a kill never leaves a sidecar describing another
+model, and a second export to the same ``out`` at once is refused.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,9 +27,11 @@ from torch import nn
 
 from fusionkit.data.schema import MONET_COLUMNS, SEXES, SITES, SKIN_TONES
 from fusionkit.errors import ConfigError
+from fusionkit.inference.outputs import writing_output
 from fusionkit.inference.pipeline import FusionPipeline
 from fusionkit.model import FusionModel
-from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.faults import fault_point
+from fusionkit.utils.io import PARTIAL_SUFFIX
 
 EXPORT_FORMATS = ("onnx",)
 """The formats ``fusionkit export`` writes."""
@@ -100,31 +106,34 @@ def export_onnx(pipe: FusionPipeline | str | Path, *, out: str | Path, checkpoin
     model.validate_presence = False  # a data-dependent check: not part of the graph
     wrapper = ExportWrapper(model).eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     dynamic = {name: {0: "batch"} for name in [*wrapper.input_names, *wrapper.output_names]}
-    try:
-        with warnings.catch_warnings():
-            # the legacy exporter's deprecation notice, and the tracer noting that the presence
-            # masks pass through torch.as_tensor (an identity on tensors: they stay graph inputs)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                wrapper,
-                example_inputs(model),
-                str(tmp),
-                input_names=wrapper.input_names,
-                output_names=wrapper.output_names,
-                dynamic_axes=dynamic,
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
-        tmp.replace(out)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"ONNX export needs the 'onnx' package ({exc}); install the export extra: pip install '.[export]' in the fusionkit checkout, or pip install onnx"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar(pipe, wrapper), indent=2))
+    with writing_output(out) as pair:  # one writer; the sidecar, removed first, is written last
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX)
+        os.close(fd)
+        try:
+            with warnings.catch_warnings():
+                # the legacy exporter's deprecation notice, and the tracer noting that the presence
+                # masks pass through torch.as_tensor (an identity on tensors: they stay graph inputs)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                torch.onnx.export(
+                    wrapper,
+                    example_inputs(model),
+                    tmp,
+                    input_names=wrapper.input_names,
+                    output_names=wrapper.output_names,
+                    dynamic_axes=dynamic,
+                    opset_version=ONNX_OPSET,
+                    dynamo=False,
+                )
+            pair.begin()
+            fault_point("write.before-rename:" + out.name)
+            os.replace(tmp, out)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"ONNX export needs the 'onnx' package ({exc}); install the export extra: pip install '.[export]' in the fusionkit checkout, or pip install onnx"
+            ) from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        pair.commit(sidecar(pipe, wrapper), files=[out])
     return out

@@ -7,11 +7,11 @@ held, the holder writes ``{"pid": ..., "host": ...}`` into the file; a refused p
 to name the holder in its one-line message, and never decides anything from it (a file it cannot
 parse is "a process that is starting").
 
-Own code rather than ``filelock`` (which also uses ``flock``): the refusal must name the holder,
-and the lock file must be removed on release without letting a third process lock an unlinked
-file; both need the file descriptor that ``filelock`` keeps private. After ``flock`` succeeds the
-holder checks that ``run.lock`` is still the file it locked (same inode), and starts over if a
-releasing holder unlinked it meanwhile.
+The locking itself is :class:`fusionkit.utils.locking.FileLock` (own code rather than ``filelock``,
+which also uses ``flock``: the refusal must name the holder, and the lock file must be removed on
+release without letting a third process lock an unlinked file; both need the file descriptor that
+``filelock`` keeps private). After ``flock`` succeeds the holder checks that ``run.lock`` is still
+the file it locked (same inode), and starts over if a releasing holder unlinked it meanwhile.
 
 Network filesystems: on NFS, Linux maps ``flock`` onto NFS byte-range locks, which hold across
 clients only where the server's lock manager works; on Lustre (without ``-o flock``), CIFS/SMB and
@@ -22,8 +22,6 @@ directory there.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +29,7 @@ import socket
 from pathlib import Path
 
 from fusionkit.errors import RunLockedError
+from fusionkit.utils.locking import FileLock
 
 logger = logging.getLogger("fusionkit.train")
 
@@ -71,12 +70,12 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
-        self._fd: int | None = None
+        self._file = FileLock(self.path, record=lambda: json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock."""
-        return self._fd is not None
+        return self._file.held
 
     def holder(self) -> dict[str, object] | None:
         """What the holder wrote (``pid``, ``host``), or None where the file is absent or not yet written."""
@@ -110,37 +109,13 @@ class RunLock:
                 self.path.parent,
                 kind,
             )
-        for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise self._refusal() from None
-                raise
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the previous holder unlinked the file after we opened it: lock the new one
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-            self._fd = fd
-            return self
-        raise RunLockedError(f"{self.path}: cannot take the run lock (it keeps changing hands)")
+        if not self._file.acquire():
+            raise self._refusal()
+        return self
 
     def release(self) -> None:
         """Remove the lock file and drop the lock if this object holds it (safe to call twice)."""
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # while still locked: no one can lock it between unlink and close
-        finally:
-            os.close(self._fd)
-            self._fd = None
+        self._file.release()
 
     def __enter__(self) -> RunLock:
         return self.acquire()

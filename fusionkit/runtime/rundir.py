@@ -301,8 +301,9 @@ class RunDir:
         """
         if resume and overwrite:
             raise ConfigError("give either --resume (continue the run) or --overwrite (start it over), not both")
-        for partial in remove_partial_writes(self.root):  # the lock is held: no writer is alive
-            logger.warning("%s: removed %s, a file whose write was interrupted", self.root, partial.name)
+        for folder in (self.root, self.checkpoint("last").parent):  # the lock is held: no writer is alive
+            for partial in remove_partial_writes(folder):
+                logger.warning("%s: removed %s, a file whose write was interrupted", folder, partial.name)
         state = self.state
         if resume == "auto":
             return self._continue_or_start_over(requested, synthetic=synthetic)

@@ -6,10 +6,11 @@ for the whole sweep from the runs finished so far.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,40 @@ from fusionkit.errors import ConfigError
 from fusionkit.sweep.execute import Engine, in_process, is_finished, read_record
 from fusionkit.sweep.plan import SweepJob
 from fusionkit.sweep.summary import write_summary
+from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.locking import FileLock
 
 logger = logging.getLogger("fusionkit.sweep")
 
 PLAN_FILE = "sweep.json"
 """What the sweep was asked to run (reference, presets, seeds, folds), in ``OUT``."""
+LOCK_FILE = "sweep.lock"
+"""Held (``flock``) by the sweep running in ``OUT``; see :func:`sweep_lock`."""
+
+
+@contextlib.contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """One sweep per folder: hold ``OUT/sweep.lock`` while the sweep runs.
+
+    A second ``fusionkit sweep`` (or ``train --folds``) on the same ``OUT`` is refused in one line
+    naming the holder's pid, before it writes anything; the kernel drops the lock when the holder
+    ends, however it ends, so a killed sweep is simply run again. (Two sweeps sharing the work was
+    the alternative; refusing keeps each run's lock from being the only guard against running a cell
+    twice.)
+
+    Raises:
+        ConfigError: another process runs a sweep in ``out``.
+    """
+    lock = FileLock(Path(out) / LOCK_FILE)
+    if not lock.acquire():
+        pid = lock.holder_pid()
+        who = f"another sweep (pid {pid})" if pid is not None else "another sweep"
+        raise ConfigError(f"{out}: {who} is running in this folder; wait for it to finish or stop it")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def prepare_data_root(jobs: list[SweepJob], *, out: Path, data_root: Path | None, synthetic: bool) -> Path:
@@ -128,5 +157,6 @@ def run_sweep(
             f"[{done + skipped}/{len(jobs)}] done {job.label}: {result} ({record.get('seconds') or 0:.1f} s; "
             f"sweep {_fmt_time(elapsed)}, ETA {_fmt_time(eta)})"
         )
+        fault_point("sweep.run-done")
     records = [r for r in (read_record(j.run_dir) for j in jobs) if r is not None]
     return write_summary(out, reference=reference, records=records, n_boot=n_boot)

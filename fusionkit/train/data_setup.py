@@ -43,6 +43,7 @@ from fusionkit.runtime.distributed import DistInfo, barrier
 from fusionkit.runtime.rundir import RunDir
 from fusionkit.train.resume import resume_changes
 from fusionkit.train.sampler import EpochSampler
+from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -373,6 +374,7 @@ def prepare_data(
                 indent=1,
             ),
         )
+        fault_point("train.run-files-written")
     barrier(dist_info)
     return RunData(
         config=resolved,

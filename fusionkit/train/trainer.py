@@ -48,6 +48,7 @@ from fusionkit.train.signals import Interrupts
 from fusionkit.train.step import CudaGraphStep, EagerStep
 from fusionkit.train.tracking import LossTerms, Tracker, epoch_scalars
 from fusionkit.train.warm_start import warm_start
+from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text
 from fusionkit.utils.progress import bars_enabled
 
@@ -339,6 +340,7 @@ class Trainer:
             seen += size
             for callback in self.callbacks:
                 callback.on_batch_end(self, epoch=epoch, batch_index=batch_index, loss=loss)
+            fault_point("train.batch-done")
             batch_index += 1
             bar.update(1)
             if bar.n % 20 == 1 or bar.n == total:  # reading the loss waits for the GPU: not every step
@@ -458,6 +460,7 @@ class Trainer:
                     info={"epoch": epoch + 1, "val_metrics": metrics, "val_loss": val_loss},
                 )
         self._save_last(epoch + 1)
+        fault_point("train.epoch-checkpointed")
         return record, metrics, seen
 
     def _epoch_line(self, record: EpochRecord) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from fusionkit.utils.faults import fault_point
+
 
 def file_mode(path: str | os.PathLike[str]) -> int:
     """The mode a write to ``path`` should leave: the existing file's, else ``0o666 & ~umask``."""
@@ -65,6 +67,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode_)
+        fault_point("write.before-rename:" + path.name)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
