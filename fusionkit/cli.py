@@ -505,12 +505,12 @@ def synthesize(
 
     if n_lesions < 1 or width < 8 or height < 8:
         _fail("need n_lesions >= 1 and images at least 8x8")
-    make_synthetic_milk10k(root, n_lesions=n_lesions, image_size=(width, height), seed=seed)
+    make_synthetic_milk10k(root, n_lesions=n_lesions, photo_size=(width, height), seed=seed)
     if test_split:
         make_synthetic_milk10k(
             root,
             n_lesions=max(n_lesions // 10, 1),
-            image_size=(width, height),
+            photo_size=(width, height),
             seed=seed + 1,
             split="Test",
             with_ground_truth=False,

@@ -23,7 +23,7 @@ from fusionkit.specs import BRANCHES
 ACT_FN = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 """The pointwise nonlinearities by the names a spec uses, written independently of the library."""
 
-CONTEXT = {"in_dim": 7, "image_dim": 10, "meta_dim": 6, "num_classes": 4}
+CONTEXT = {"metadata_width": 7, "image_dim": 10, "meta_dim": 6, "num_classes": 4}
 
 
 def _all_components():
@@ -44,7 +44,7 @@ def _build(kind: str, name: str, **overrides):
     kwargs = spec.component_kwargs()
     context: dict = {}
     if kind == "metadata_encoder":
-        context = {"in_dim": overrides.get("in_dim", CONTEXT["in_dim"])}
+        context = {"metadata_width": overrides.get("metadata_width", CONTEXT["metadata_width"])}
     elif kind == "fusion":
         context = {k: overrides.get(k, CONTEXT[k]) for k in ("image_dim", "meta_dim")}
     elif kind == "decision":
@@ -60,7 +60,7 @@ def _inputs(kind: str, module, context: dict, batch: int, gen: torch.Generator):
     if kind == "image_encoder":
         return (torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen),)
     if kind == "metadata_encoder":
-        return (torch.randn(batch, context["in_dim"], generator=gen),)
+        return (torch.randn(batch, context["metadata_width"], generator=gen),)
     if kind == "fusion":
         return (
             torch.randn(batch, context["image_dim"], generator=gen),
@@ -411,18 +411,18 @@ def test_decisions_are_batch_permutation_equivariant(name, case):
 @settings(max_examples=25)
 @given(
     batch=st.integers(1, 6),
-    in_dim=st.integers(1, 10),
+    metadata_width=st.integers(1, 10),
     hidden=st.lists(st.integers(1, 8), max_size=3),
     out_dim=st.integers(1, 9),
     layer_norm=st.booleans(),
     activation=st.sampled_from(ACTIVATIONS),
 )
-def test_mlp_metadata_encoder_shapes(batch, in_dim, hidden, out_dim, layer_norm, activation):
+def test_mlp_metadata_encoder_shapes(batch, metadata_width, hidden, out_dim, layer_norm, activation):
     torch.manual_seed(0)
     module, _, _ = _build(
         "metadata_encoder",
         "mlp",
-        in_dim=in_dim,
+        metadata_width=metadata_width,
         hidden_dims=tuple(hidden),
         out_dim=out_dim,
         layer_norm=layer_norm,
@@ -430,20 +430,20 @@ def test_mlp_metadata_encoder_shapes(batch, in_dim, hidden, out_dim, layer_norm,
     )
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == list(
-        zip([in_dim, *hidden], [*hidden, out_dim], strict=True)
+        zip([metadata_width, *hidden], [*hidden, out_dim], strict=True)
     )
     assert any(isinstance(m, torch.nn.LayerNorm) for m in module.modules()) == layer_norm
     module.eval()
-    x = torch.randn(batch, in_dim)
+    x = torch.randn(batch, metadata_width)
     out = module(x)
-    assert out.shape == (batch, out_dim) and (module.in_dim, module.out_dim) == (in_dim, out_dim)
+    assert out.shape == (batch, out_dim) and (module.metadata_width, module.out_dim) == (metadata_width, out_dim)
     perm = torch.randperm(batch)
     torch.testing.assert_close(module(x[perm]), out[perm])
 
 
 def test_mlp_dropout_only_in_train_mode():
     torch.manual_seed(0)
-    module, _, _ = _build("metadata_encoder", "mlp", dropout=0.5, in_dim=5)
+    module, _, _ = _build("metadata_encoder", "mlp", dropout=0.5, metadata_width=5)
     x = torch.randn(8, 5)
     module.eval()
     assert torch.equal(module(x), module(x))

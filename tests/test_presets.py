@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import torch
 import yaml
-from conftest import META_DIM, TINY_OVERRIDES, make_batch
+from conftest import METADATA_WIDTH, TINY_OVERRIDES, make_batch
 
 import fusionkit as fk
 from fusionkit.presets import PRESET_ALIASES, parse_override, preset_description
@@ -104,7 +104,7 @@ def test_preset_matches_the_papers_structure(name):
 def test_preset_builds_and_one_adamw_step_lowers_the_loss(name):
     spec = _tiny_preset(name)
     torch.manual_seed(0)
-    model = fk.build_model(spec, metadata_width=META_DIM)
+    model = fk.build_model(spec, metadata_width=METADATA_WIDTH)
     # the built model has the preset's structure
     assert tuple(model.heads) == spec.head_branches
     assert (model.fusion is None) == (spec.fusion is None)

@@ -155,7 +155,7 @@ def test_every_applied_field_may_change_and_is_listed_in_path_order(tmp_path: Pa
 
 def test_the_generated_set_counts_only_for_a_synthetic_run(tmp_path: Path) -> None:
     base = _config(tmp_path)
-    other = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "image_size": [40, 30], "seed": 3}})
+    other = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "photo_size": [40, 30], "seed": 3}})
     assert resume_changes(base, other, run_dir=tmp_path, synthetic=False) == []
     with pytest.raises(ConfigError) as exc:
         resume_changes(base, other, run_dir=tmp_path, synthetic=True)

@@ -14,6 +14,7 @@ import fusionkit as fk
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.config import (
     RunConfig,
+    SyntheticSpec,
     default_cache_dir,
     load_run_config,
 )
@@ -105,7 +106,7 @@ def test_the_image_cache_folder_is_fusionkit_cache_or_the_user_cache(monkeypatch
         ("data.num_workers=100000", "data.num_workers"),
         ("model.image_size=100000", "model.image_size"),
         ("train.epochs=1000000", "train.epochs"),
-        ("data.synthetic.image_size=[100000,10]", "data.synthetic.image_size"),
+        ("data.synthetic.photo_size=[100000,10]", "data.synthetic.photo_size"),
     ],
 )
 def test_every_number_that_could_take_the_machine_down_has_a_bound(tmp_path, override, field):
@@ -128,3 +129,9 @@ def test_the_bounds_leave_every_useful_value_alone(tmp_path):
         64,
         2048,
     )
+
+
+def test_a_config_that_names_the_synthetic_photo_size_image_size_still_reads_with_a_warning():
+    with pytest.warns(FutureWarning, match=r"data\.synthetic\.image_size is now data\.synthetic\.photo_size"):
+        old = SyntheticSpec.model_validate({"n_lesions": 12, "image_size": [20, 16]})
+    assert old == SyntheticSpec(n_lesions=12, photo_size=(20, 16))

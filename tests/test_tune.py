@@ -213,7 +213,7 @@ def small_data(tmp_path_factory) -> tuple[Path, Path]:
     from fusionkit.data import make_synthetic_milk10k
 
     root = tmp_path_factory.mktemp("tune-data")
-    make_synthetic_milk10k(root / "milk", n_lesions=24, image_size=(40, 30), seed=1)
+    make_synthetic_milk10k(root / "milk", n_lesions=24, photo_size=(40, 30), seed=1)
     config = write_config(root / "cfg.yaml", tiny_run_config(root / "cache", n_lesions=24))
     return root / "milk", config
 

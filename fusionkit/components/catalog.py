@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from fusionkit.components.base import DecisionSpec, FusionSpec, ImageEncoderSpec, MetadataEncoderSpec
-from fusionkit.registry import register
+from fusionkit.registry import REGISTRIES, spec_kind_name
 
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 """The pointwise nonlinearities a spec may name."""
@@ -61,7 +61,7 @@ class TimmImageEncoderSpec(ImageEncoderSpec):
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):
-    """An MLP ``in_dim -> hidden_dims... -> out_dim`` (the paper's D_M = 256).
+    """An MLP ``metadata_width -> hidden_dims... -> out_dim`` (the paper's D_M = 256).
 
     Each layer is Linear, optional LayerNorm, activation and dropout; the last layer ends with the
     activation too, so ``f_M`` is a feature vector like the pooled image features. The paper gives
@@ -171,5 +171,9 @@ BUILT_INS: tuple[tuple[str, type, str], ...] = (
 )
 """(kind, spec class, ``"module:Class"`` of the component) of every built-in component."""
 
-for _kind, _spec, _component in BUILT_INS:
-    register(_kind, _spec, _component)
+
+def register_built_ins() -> None:
+    """Register :data:`BUILT_INS` (what :func:`fusionkit.registry.ensure_loaded` calls); a second call does nothing."""
+    for kind, spec, component in BUILT_INS:
+        if spec_kind_name(spec) not in REGISTRIES[kind].registered():
+            REGISTRIES[kind].add(spec, component)

@@ -130,7 +130,7 @@ class Milk10kDataset(Dataset):
         self._sources = table.image_sources
         if encoder is None or not encoder.fitted:
             encoder = (encoder or MetadataEncoder()).fit(self.records)
-            logger.info("metadata encoder fitted on %d lesions (width %d)", len(self.records), encoder.width)
+            logger.info("metadata encoder fitted on %d lesions (width %d)", len(self.records), encoder.metadata_width)
         self.encoder = encoder
         self._meta = encoder.transform(self.records)
         self._present = torch.tensor(
@@ -168,9 +168,9 @@ class Milk10kDataset(Dataset):
         return tuple(_label(r) for r in self.records) if self.labelled else None
 
     @property
-    def meta_width(self) -> int:
+    def metadata_width(self) -> int:
         """Width ``F`` of the encoded metadata vector."""
-        return self.encoder.width
+        return self.encoder.metadata_width
 
     @property
     def class_names(self) -> tuple[str, ...]:

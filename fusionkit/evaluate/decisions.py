@@ -15,6 +15,7 @@ from fusionkit.data import CLASS_NAMES
 from fusionkit.inference.decision import DECISION_RULES, MIN_POSITIVES, apply_decision, fit_thresholds
 from fusionkit.inference.predict import Predictions
 from fusionkit.metrics import isic_metrics
+from fusionkit.metrics.isic import POSITIVE_THRESHOLD
 
 
 def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]) -> list[dict[str, Any]]:
@@ -37,7 +38,7 @@ def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str,
                     "decision": rule,
                     "dice": float(macro["dice"]),
                     "auc": float(macro["auc"]),
-                    "no_positive": float(np.mean(values.max(axis=1) <= 0.5)),
+                    "no_positive": float(np.mean(values.max(axis=1) <= POSITIVE_THRESHOLD)),
                     "thresholds": list(thresholds) if rule == "thresholds" else None,
                 }
             )

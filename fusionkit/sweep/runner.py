@@ -34,7 +34,7 @@ def prepare_data_root(jobs: list[SweepJob], *, out: Path, data_root: Path | None
         root = out / "synthetic"
         if not (root / "MILK10k_Training_GroundTruth.csv").is_file():
             s = jobs[0].run_config().data.synthetic
-            make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
+            make_synthetic_milk10k(root, n_lesions=s.n_lesions, photo_size=s.photo_size, seed=s.seed)
     else:
         given = data_root or jobs[0].run_config().data.root
         if given is None:

@@ -216,7 +216,7 @@ def _data_root(
         root = run_dir / "synthetic"
         if dist_info.is_main and not (root / "MILK10k_Training_GroundTruth.csv").is_file():
             s = config.data.synthetic
-            make_synthetic_milk10k(root, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
+            make_synthetic_milk10k(root, n_lesions=s.n_lesions, photo_size=s.photo_size, seed=s.seed)
         barrier(dist_info)
         return root.resolve()
     given = data_root if data_root is not None else config.data.root
