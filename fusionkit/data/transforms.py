@@ -39,8 +39,8 @@ class AugmentConfig(BaseModel):
         vflip: probability of a vertical flip.
         rot90: rotate by a random multiple of 90 degrees (lossless; images are square).
         rotation_degrees: further random rotation in ``[-d, d]`` degrees (corners filled with 0);
-            off by default because it is the costliest step (about 3.5 ms per 384x384 image on one
-            core, versus about 1.1 ms for the colour jitter and well under 1 ms for flips/rot90).
+            off by default because it is the costliest step (it resamples every pixel, where flips
+            and rot90 only move them).
         brightness: colour-jitter brightness factor range ``[1 - b, 1 + b]``.
         contrast: colour-jitter contrast factor range.
         saturation: colour-jitter saturation factor range.
@@ -108,7 +108,7 @@ class ColorJitterUint8(torch.nn.Module):
     ``[max(0, 1 - x), 1 + x]``, the three operations in random order; hue is not included). Each
     operation is affine in RGB (brightness scales, contrast blends with the mean grey level,
     saturation blends with the per-pixel grey), so their composition is one ``3x3`` matrix plus an
-    offset, applied in a single float pass (about 2.5x faster than torchvision on uint8). Unlike
+    offset, applied in a single float pass instead of torchvision's three. Unlike
     torchvision, values are clamped to ``[0, 255]`` once at the end rather than after every step.
     """
 
