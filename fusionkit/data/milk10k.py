@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -305,9 +304,7 @@ class Milk10kDataset(Dataset):
 def _new_batch(shape: tuple[int, ...], dtype: torch.dtype, *, shared: bool) -> torch.Tensor:
     """An uninitialised tensor; in a DataLoader worker, allocated in shared memory (as default_collate does)."""
     if shared and get_worker_info() is not None:
-        numel = math.prod(shape)
-        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-        return torch.empty(0, dtype=dtype).new(storage).view(shape)
+        return torch.empty(shape, dtype=dtype).share_memory_()
     return torch.empty(shape, dtype=dtype)
 
 
