@@ -6,7 +6,6 @@ line on stderr and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
@@ -16,10 +15,80 @@ from typing import Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from fusionkit.errors import ConfigError, FusionkitError, require_extra
 
+_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
+"""File-system errors about a path the user named: user errors (exit status 2)."""
+
+
+def _error_status(exc: BaseException) -> int:
+    """Print the one line for a command's error or interrupt on stderr; returns its exit status."""
+    from fusionkit.errors import RunInterrupted
+
+    if isinstance(exc, _Terminated):
+        typer.echo(
+            "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
+            "(with --resume where a run directory already holds a run)",
+            err=True,
+        )
+        return 143
+    if isinstance(exc, RunInterrupted):
+        name = "SIGTERM" if exc.exit_code == 143 else "interrupt"
+        where = f" in {exc.run_dir}" if exc.run_dir is not None else ""
+        typer.echo(
+            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
+            err=True,
+        )
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt | typer.Abort):  # Abort: Ctrl-C in a prompt
+        typer.echo("fusionkit: interrupted", err=True)
+        return 130
+    if isinstance(exc, FusionkitError):
+        typer.echo(f"fusionkit: error: {exc}", err=True)
+        return exc.exit_code
+    if isinstance(exc, ValidationError):
+        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
+        return 2
+    assert isinstance(exc, OSError)  # the file system said no: a path the user named (2), or full, broken (1)
+    where = f"{exc.filename}: " if exc.filename else ""
+    typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
+    return 2 if isinstance(exc, _PATH_ERRORS) else 1
+
+
+_CLICK_ERROR: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""The base of click's usage errors as typer raises them (typer vendors click; its module is private)."""
+
+
+class _Commands(TyperGroup):
+    """The command group (typer's ``cls=`` extension point): a command's error becomes one line.
+
+    typer turns an interrupt into a bare exit status 130 and leaves every other exception a
+    traceback; around each command (and the group's own callback), :func:`_error_status` prints the
+    line and the command exits with its status instead. A broken pipe is left to typer (status 1).
+    ``fusionkit`` alone prints the help and exits 0 (click >= 8.2 would make it a usage error).
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's click Context (private module)
+        """Parse the group's arguments; ``fusionkit`` alone prints the help and exits 0."""
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(0)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        """Invoke the command ``ctx`` names; its errors and interrupts as one line and an exit status."""
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, typer.Abort, FusionkitError, ValidationError, OSError) as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise typer.Exit(_error_status(exc)) from exc
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="fusionkit",
     help="Multimodal fusion models (JI-ADF) for skin-lesion classification on MILK10k.",
     no_args_is_help=True,
@@ -856,115 +925,24 @@ def tune(
         raise SystemExit(1)  # no trial completed: not a user error (2)
 
 
-def _click_classes() -> tuple[tuple[type[Any], ...], tuple[type[Any], ...], tuple[type[Any], ...]]:
-    """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
-    errors: list[type[Any]] = []
-    no_args: list[type[Any]] = []
-    aborts: list[type[Any]] = []
-    modules = []
-    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-    modules.append(sys.modules[base.__module__])
-    try:
-        import click.exceptions
-
-        modules.append(click.exceptions)
-    except ImportError:  # pragma: no cover - click is typer's dependency only in older typers
-        pass
-    for module in modules:
-        for found, name in ((errors, "ClickException"), (no_args, "NoArgsIsHelpError"), (aborts, "Abort")):
-            if isinstance(getattr(module, name, None), type):
-                found.append(getattr(module, name))
-    aborts.append(typer.Abort)
-    return tuple(errors), tuple(no_args), tuple(aborts)
-
-
-_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
-"""File-system errors about a path the user named: user errors (exit status 2)."""
-
-
-class _Interrupted(BaseException):
-    """Carries a KeyboardInterrupt past typer, which would turn it into a bare exit status 130."""
-
-    def __init__(self, interrupt: KeyboardInterrupt) -> None:
-        super().__init__()
-        self.interrupt = interrupt
-
-
-def _trap_interrupts() -> None:
-    """Wrap every registered command so its interrupt reaches :func:`run_app` with its details."""
-    for info in app.registered_commands:
-        callback = info.callback
-        if callback is None or getattr(callback, "_traps_interrupts", False):
-            continue
-
-        @functools.wraps(callback)
-        def trapped(*args, __callback=callback, **kwargs):
-            try:
-                return __callback(*args, **kwargs)
-            except KeyboardInterrupt as exc:
-                raise _Interrupted(exc) from exc
-
-        setattr(trapped, "_traps_interrupts", True)  # noqa: B010 - marks the wrapper on a function object
-        info.callback = trapped
-
-
 def run_app(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default ``sys.argv[1:]``); returns the exit status.
 
-    Every command gets the same treatment: a :class:`~fusionkit.errors.FusionkitError` or a pydantic
-    ``ValidationError`` prints one line and returns its ``exit_code`` (2); a usage error prints the
-    usage line and returns 2; ``fusionkit`` alone prints the help and returns 0; an interrupt returns
-    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 2
-    when it is about a path the user named (a directory for a file, no permission), else 1.
-    Anything else is a bug and keeps its traceback.
+    Every command gets the same treatment (:class:`_Commands` and :func:`_error_status`): a
+    :class:`~fusionkit.errors.FusionkitError` or a pydantic ``ValidationError`` prints one line and
+    returns its ``exit_code`` (2); a usage error prints the usage line and returns 2; ``fusionkit``
+    alone prints the help and returns 0; an interrupt returns 130 (SIGINT) or 143 (SIGTERM during
+    training); an ``OSError`` prints one line and returns 2 when it is about a path the user named
+    (a directory for a file, no permission), else 1. Anything else is a bug and keeps its traceback.
     """
-    from fusionkit.errors import RunInterrupted
-
-    click_errors, no_args_errors, aborts = _click_classes()
-    _trap_interrupts()
     try:
         result = app(args=args, prog_name="fusionkit", standalone_mode=False)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except (_Interrupted, KeyboardInterrupt) as exc:
-        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
-        if isinstance(interrupt, _Terminated):
-            typer.echo(
-                "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
-                "(with --resume where a run directory already holds a run)",
-                err=True,
-            )
-            return 143
-        if not isinstance(interrupt, RunInterrupted):
-            typer.echo("fusionkit: interrupted", err=True)
-            return 130
-        name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
-        where = f" in {interrupt.run_dir}" if interrupt.run_dir is not None else ""
-        typer.echo(
-            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
-            err=True,
-        )
-        return interrupt.exit_code
-    except FusionkitError as exc:
-        typer.echo(f"fusionkit: error: {exc}", err=True)
-        return exc.exit_code
-    except ValidationError as exc:
-        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
-        return 2
-    except no_args_errors as exc:  # bare ``fusionkit``: the help is the answer
-        typer.echo(exc.format_message())
-        return 0
-    except click_errors as exc:  # usage errors: unknown command or option, bad value, missing argument
+    except (KeyboardInterrupt, typer.Abort) as exc:  # outside a command (typer makes Ctrl-C a bare 130)
+        return _error_status(exc)
+    except _CLICK_ERROR as exc:  # usage errors: unknown command or option, bad value, missing argument
         exc.show()
         return exc.exit_code
-    except aborts:
-        typer.echo("fusionkit: interrupted", err=True)
-        return 130
-    except OSError as exc:  # the file system said no: a path the user named (2), or full, broken (1)
-        where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
-        return 2 if isinstance(exc, _PATH_ERRORS) else 1
-    # with standalone_mode=False, click returns Ctrl-C inside a prompt as 1 and Exit(code) as code
+    # with standalone_mode=False, click returns Exit(code) as code
     return result if isinstance(result, int) else 0
 
 
