@@ -865,7 +865,7 @@ def tune(
     \b
     fusionkit tune quickstart.yaml --synthetic --trials 20 \\
       --param train.lr=log:1e-5:1e-3 --param train.weight_decay=float:0:0.1 \\
-      --param model.fusion.heads=int:4:8 --param train.sampler=cat:shuffle,balanced
+      --param model.fusion.attention_heads=int:4:8 --param train.sampler=cat:shuffle,balanced
     """
     from fusionkit.runtime.config import load_run_config
     from fusionkit.sweep.params import parse_enqueued, parse_params

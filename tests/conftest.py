@@ -73,7 +73,7 @@ def tiny_spec(**fields: Any) -> fk.ModelSpec:
         "image_size": IMAGE_SIZE,
         "image_encoder": dict(TINY_BACKBONE),
         "metadata_encoder": {"kind": "mlp", "hidden_dims": [16], "out_dim": 12},
-        "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16},
+        "fusion": {"kind": "mmfa", "attention_heads": 2, "head_dim": 4, "out_dim": 16},
         "decision": {"kind": "adf", "hidden_dim": 8},
     }
     data.update(fields)
@@ -188,7 +188,7 @@ def spec_dicts(draw: st.DrawFn, *, buildable: bool = False, decision: str | None
         if kind in ("mmfa", "attention_only"):
             fusion = {
                 "kind": kind,
-                "heads": draw(st.integers(1, 3) if buildable else small),
+                "attention_heads": draw(st.integers(1, 3) if buildable else small),
                 "head_dim": draw(st.integers(1, 4) if buildable else small),
                 "out_dim": draw(small),
                 "activation": draw(st.sampled_from(ACTIVATIONS)),

@@ -132,9 +132,9 @@ def test_bad_run_inputs(workspace, trained_run, tmp_path, monkeypatch, capsys) -
         trained_run,
         "--resume",
         "--set",
-        "model.fusion.heads=2",
+        "model.fusion.attention_heads=2",
     )
-    assert code == 2 and "different model spec" in err and "fusion.heads" in err
+    assert code == 2 and "different model spec" in err and "fusion.attention_heads" in err
     # --resume where there is no run
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "none", "--resume")
     assert code == 2 and "no run there" in err

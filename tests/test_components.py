@@ -125,7 +125,7 @@ fusion_dims = st.fixed_dictionaries(
         "batch": st.integers(1, 5),
         "image_dim": st.integers(1, 12),
         "meta_dim": st.integers(1, 12),
-        "heads": st.integers(1, 4),
+        "attention_heads": st.integers(1, 4),
         "head_dim": st.integers(1, 6),
         "out_dim": st.integers(1, 10),
         "activation": st.sampled_from(ACTIVATIONS),
@@ -164,7 +164,7 @@ def _mmfa_reference(
             att = module.attention
             d = att.head_dim
             vecs = []
-            for h in range(att.heads):
+            for h in range(att.attention_heads):
                 rows = slice(h * d, (h + 1) * d)
                 # eq 8: row 0 from the image features, row 1 from the metadata features
                 q = torch.stack([att.query_image.weight[rows] @ x_i, att.query_meta.weight[rows] @ x_m])
@@ -197,12 +197,16 @@ def test_mmfa_equals_eqs_8_to_11(dims):
     module, _, _ = _build("fusion", "mmfa", **dims)
     module = module.double().eval()
     att = module.attention
-    inner = dims["heads"] * dims["head_dim"]
+    inner = dims["attention_heads"] * dims["head_dim"]
     # the shapes of the paper's matrices, and no biases where the equations have none
     assert att.query_image.weight.shape == (inner, dims["image_dim"])
     assert att.value_meta.weight.shape == (inner, dims["meta_dim"])
     assert att.out_proj.weight.shape == (dims["out_dim"], 2 * inner)
-    assert (att.heads, att.head_dim, att.out_dim) == (dims["heads"], dims["head_dim"], dims["out_dim"])
+    assert (att.attention_heads, att.head_dim, att.out_dim) == (
+        dims["attention_heads"],
+        dims["head_dim"],
+        dims["out_dim"],
+    )
     assert module.skip.weight.shape == (dims["out_dim"], dims["image_dim"] + dims["meta_dim"])
     for layer in (att.query_image, att.key_meta, att.value_image, att.out_proj, module.skip):
         assert layer.bias is None
@@ -245,7 +249,7 @@ def test_skip_only_is_linear_in_its_inputs(dims, a, c):
 def test_mmfa_is_its_skip_path_plus_its_attention_path():
     """Eq 11 splits into the two ablations when they share MMFA's weights."""
     torch.manual_seed(0)
-    dims = dict(image_dim=9, meta_dim=5, heads=3, head_dim=4, out_dim=7)
+    dims = dict(image_dim=9, meta_dim=5, attention_heads=3, head_dim=4, out_dim=7)
     full = MMFAFusion(**dims, activation="tanh").double()
     attention = AttentionOnlyFusion(**dims, activation="tanh").double()
     skip = SkipOnlyFusion(image_dim=9, meta_dim=5, out_dim=7).double()

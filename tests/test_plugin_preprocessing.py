@@ -35,7 +35,7 @@ MODEL = {
     "image_size": 32,
     "image_encoder": {"kind": "plugin_conv", "out_dim": 8},
     "metadata_encoder": {"kind": "mlp", "hidden_dims": [16], "out_dim": 12},
-    "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16},
+    "fusion": {"kind": "mmfa", "attention_heads": 2, "head_dim": 4, "out_dim": 16},
     "decision": {"kind": "adf", "hidden_dim": 8},
 }
 

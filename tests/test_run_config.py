@@ -52,19 +52,21 @@ def test_preset_overrides_apply_before_expansion_and_the_rest_after(tmp_path):
             "train.lr=0.01",  # a late override listed first: the order of the two kinds does not matter
             " model.preset =ji-adf-noaux",  # spaces around the key are allowed
             "model.overrides.decision.hidden_dim=32",
-            "model.fusion.heads=4",  # of the expanded spec: given to the preset it would be refused
+            "model.fusion.attention_heads=4",  # of the expanded spec: given to the preset it would be refused
         ],
     )
     expected = fk.load_preset("ji-adf-noaux", {"image_encoder": dict(TINY_BACKBONE), "decision": {"hidden_dim": 32}})
-    assert config.model == expected.model_copy(update={"fusion": expected.fusion.model_copy(update={"heads": 4})})
+    assert config.model == expected.model_copy(
+        update={"fusion": expected.fusion.model_copy(update={"attention_heads": 4})}
+    )
     assert config.train.lr == 0.01
 
 
 def test_a_late_model_override_of_a_preset_is_not_taken_for_a_preset_field(tmp_path):
     with pytest.raises(ValueError, match="a preset takes only 'preset' and 'overrides'"):
-        RunConfig.model_validate({"model": {"preset": "ji-adf", "fusion": {"heads": 4}}})
-    config = load_run_config(_preset_config(tmp_path), ["model.fusion.heads=4"])
-    assert config.model.fusion.heads == 4
+        RunConfig.model_validate({"model": {"preset": "ji-adf", "fusion": {"attention_heads": 4}}})
+    config = load_run_config(_preset_config(tmp_path), ["model.fusion.attention_heads=4"])
+    assert config.model.fusion.attention_heads == 4
 
 
 def test_a_config_with_a_full_model_spec_takes_overrides_on_it(tmp_path):

@@ -10,10 +10,11 @@ imports timm, for the image encoder's model-name check).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from fusionkit.components.base import DecisionSpec, FusionSpec, ImageEncoderSpec, MetadataEncoderSpec
 from fusionkit.registry import REGISTRIES, spec_kind_name
@@ -88,14 +89,16 @@ class ConcatFusionSpec(FusionSpec):
 
 
 class MMFASpec(FusionSpec):
-    """MMFA, eqs 8-11: ``heads`` (H), ``head_dim`` (d_h), ``out_dim`` (D_IM), ``activation`` (of g).
+    """MMFA, eqs 8-11: ``attention_heads`` (H), ``head_dim`` (d_h), ``out_dim`` (D_IM), ``activation`` (of g).
 
     The paper does not give H, d_h, D_IM or g's nonlinearity; fusionkit's defaults are H = 8,
-    d_h = 64, D_IM = 512 and GELU.
+    d_h = 64, D_IM = 512 and GELU. ``attention_heads`` was ``heads`` before (a name the model
+    spec also gives its classifier heads); a spec that still says ``heads`` here is read as
+    ``attention_heads``, with a ``FutureWarning``.
     """
 
     kind: Literal["mmfa"] = "mmfa"
-    heads: PositiveInt = 8
+    attention_heads: PositiveInt = 8
     """H, the number of attention heads (eq 8)."""
     head_dim: PositiveInt = 64
     """d_h, the width of each head's query, key and value (eq 8)."""
@@ -103,6 +106,16 @@ class MMFASpec(FusionSpec):
     """D_IM, the width of f_IM (eq 10-11)."""
     activation: Activation = "gelu"
     """The nonlinearity of g in eq 11."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_heads(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and "heads" in data):
+            return data
+        if "attention_heads" in data and data["attention_heads"] != data["heads"]:
+            raise ValueError("heads is the old name of attention_heads; give attention_heads only")
+        warnings.warn("fusion.heads is now fusion.attention_heads (H of eq 8)", FutureWarning, stacklevel=2)
+        return {("attention_heads" if k == "heads" else k): v for k, v in data.items() if k != "attention_heads"}
 
 
 class AttentionOnlySpec(MMFASpec):
