@@ -16,6 +16,7 @@ from fusionkit.inference.decision import DECISION_RULES, MIN_POSITIVES, apply_de
 from fusionkit.inference.predict import Predictions
 from fusionkit.metrics import isic_metrics
 from fusionkit.metrics.isic import POSITIVE_THRESHOLD
+from fusionkit.utils.tables import markdown_table
 
 
 def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]) -> list[dict[str, Any]]:
@@ -47,7 +48,6 @@ def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str,
 
 def decision_markdown(rows: list[dict[str, Any]]) -> str:
     """The rows of :func:`decision_rows` as a Markdown table."""
-    lines = ["| TTA | decision | macro Dice | macro AUC | lesions with no class > 0.5 |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['tta']} | {r['decision']} | {r['dice']:.3f} | {r['auc']:.3f} | {r['no_positive']:.1%} |")
-    return "\n".join(lines)
+    header = ["TTA", "decision", "macro Dice", "macro AUC", f"lesions with no class > {POSITIVE_THRESHOLD}"]
+    cells = [[r["tta"], r["decision"], f"{r['dice']:.3f}", f"{r['auc']:.3f}", f"{r['no_positive']:.1%}"] for r in rows]
+    return "\n".join(markdown_table(header, cells))

@@ -22,10 +22,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fusionkit.evaluate.plots import save_figure
-from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.metrics.conformal import ConformalMethod, split_conformal_evaluation
 from fusionkit.metrics.selective import referral_metrics, risk_coverage
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import json_value, markdown_row, markdown_table
 
 __all__ = ["REFERRAL_FILES", "plot_risk_coverage", "referral_markdown", "referral_report", "write_referral"]
 
@@ -87,8 +87,7 @@ def referral_markdown(report: dict[str, Any]) -> str:
             f"Held-out coverage and mean set size, calibrated on one random half of the lesions and measured on "
             f"the other, averaged over {first['n_splits']} splits.",
             "",
-            markdown_row(["sets", "coverage", "worst split", "mean size", "empty sets"]),
-            markdown_row(["---"] * 5),
+            *markdown_table(["sets", "coverage", "worst split", "mean size", "empty sets"], []),
         ]
         for c in conformal:
             label = c["method"].upper() + (", class-conditional" if c["class_conditional"] else "")
@@ -106,7 +105,7 @@ def referral_markdown(report: dict[str, Any]) -> str:
         classes = list(first["per_class"])
         lines += ["", "Per true class (coverage / mean size):", ""]
         header = ["sets", *classes]
-        lines += [markdown_row(header), markdown_row(["---"] * len(header))]
+        lines += markdown_table(header, [])
         for c in conformal:
             label = c["method"].upper() + (", class-cond." if c["class_conditional"] else "")
             cells = [f"{_cell(v['coverage'], 2)} / {_cell(v['mean_size'], 1)}" for v in c["per_class"].values()]
@@ -121,7 +120,7 @@ def referral_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     metrics = list(report["referral"][0]["metrics"]) if report["referral"] else []
-    lines += [markdown_row(["referred", "lesions kept", *metrics]), markdown_row(["---"] * (2 + len(metrics)))]
+    lines += markdown_table(["referred", "lesions kept", *metrics], [])
     for row in report["referral"]:
         lines.append(
             markdown_row(

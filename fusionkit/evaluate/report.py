@@ -62,6 +62,7 @@ from fusionkit.metrics import (
 from fusionkit.metrics.isic import METRIC_KEYS
 from fusionkit.runtime.rundir import RunFiles
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table
 
 logger = logging.getLogger("fusionkit.evaluate")
 
@@ -307,12 +308,11 @@ def _decision_section(rows: list[dict[str, Any]], tta: str, on_validation: bool,
 
 
 def _gate_markdown(table: dict[str, Any]) -> str:
-    rows = ["| group | n | alpha_I | alpha_IM | alpha_M |", "|---|---|---|---|---|"]
+    rows = markdown_table(["group", "n", "alpha_I", "alpha_IM", "alpha_M"], [])
 
     def add(name: str, entry: dict[str, Any]) -> None:
         if entry.get("count", 0):
-            values = " | ".join(f"{float(entry[b]):.3f}" for b in table["branches"])
-            rows.append(f"| {name} | {entry['count']} | {values} |")
+            rows.append(markdown_row([name, entry["count"], *(f"{float(entry[b]):.3f}" for b in table["branches"])]))
 
     add("all", table["all"])
     add("correct", table["correct"])

@@ -29,10 +29,10 @@ from matplotlib.figure import Figure
 
 from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.plots import save_figure
-from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.metrics.bootstrap import bootstrap_ci
 from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import json_value, markdown_row, markdown_table
 
 __all__ = [
     "AGE_BANDS",
@@ -205,10 +205,10 @@ def subgroup_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## {_TITLES.get(attribute, attribute)}",
             "",
-            markdown_row(
-                ["stratum", "lesions", "classes", *[f"{m} [95 % CI]" for m in metrics], *[f"gap {m}" for m in metrics]]
+            *markdown_table(
+                ["stratum", "lesions", "classes", *[f"{m} [95 % CI]" for m in metrics], *[f"gap {m}" for m in metrics]],
+                [],
             ),
-            markdown_row(["---"] * (3 + 2 * len(metrics))),
         ]
         for s in block["strata"]:
             cells = [f"{_cell(s['metrics'][m])} [{_cell(s['ci95'][m][0])}, {_cell(s['ci95'][m][1])}]" for m in metrics]

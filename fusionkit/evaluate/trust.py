@@ -28,6 +28,7 @@ from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.referral import REFERRAL_FILES, referral_markdown, referral_report, write_referral
 from fusionkit.evaluate.robustness.output import ROBUSTNESS_FILES
 from fusionkit.evaluate.subgroups import SUBGROUP_FILES, subgroup_markdown, subgroup_table, write_subgroups
+from fusionkit.utils.tables import markdown_row, markdown_table
 
 __all__ = ["REPORT_BOOTSTRAP", "demote_headings", "robustness_section", "trust_sections"]
 
@@ -96,13 +97,11 @@ def robustness_section(out_dir: str | Path) -> str:
         summary = document["summary"]
     except (ValueError, KeyError):
         return ""
-    rows = ["| modality | mean macro Dice | mean relative drop | worst |", "|---|---|---|---|"]
+    rows = markdown_table(["modality", "mean macro Dice", "mean relative drop", "worst"], [])
     for modality, entry in summary.items():
         worst = entry.get("worst") or {}
-        rows.append(
-            f"| {modality} | {_num(entry.get('mean_dice'))} | {_num(entry.get('mean_relative_drop'))} | "
-            f"{worst.get('corruption', '-')} @ {worst.get('severity', '-')} |"
-        )
+        cells = [_num(entry.get("mean_dice")), _num(entry.get("mean_relative_drop"))]
+        rows.append(markdown_row([modality, *cells, f"{worst.get('corruption', '-')} @ {worst.get('severity', '-')}"]))
     mce = document.get("mce")
     tail = f" mCE against the baseline run: {_num(mce.get('mce'))}." if isinstance(mce, dict) else ""
     return "\n".join(

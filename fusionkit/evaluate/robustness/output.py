@@ -13,8 +13,8 @@ from fusionkit.errors import DataError
 from fusionkit.evaluate.plots import class_colors, save_figure
 from fusionkit.evaluate.robustness.catalog import ABSENT, SEVERITIES
 from fusionkit.evaluate.robustness.runner import RobustnessTable
-from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import json_value, markdown_row, markdown_table
 
 __all__ = ["ROBUSTNESS_FILES", "load_robustness", "plot_robustness", "robustness_markdown", "write_robustness"]
 
@@ -74,8 +74,7 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         lines += [
             f"## {_MODALITY_NAMES.get(modality, modality)} (`{modality}`): macro Dice [95 % CI]",
             "",
-            markdown_row(["corruption", *[f"severity {s}" for s in severities], "mean drop"]),
-            markdown_row(["---"] * (len(severities) + 2)),
+            *markdown_table(["corruption", *[f"severity {s}" for s in severities], "mean drop"], []),
         ]
         for name in dict.fromkeys(r["corruption"] for r in rows):
             own = {r["severity"]: r for r in rows if r["corruption"] == name}
@@ -113,8 +112,7 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         lines += [
             f"## Mean corruption error (error = 1 - {mce['metric']}, normalised by the reference run)",
             "",
-            markdown_row(["modality", "mCE", "relative mCE"]),
-            markdown_row(["---"] * 3),
+            *markdown_table(["modality", "mCE", "relative mCE"], []),
         ]
         for modality, values in mce["per_modality"].items():
             lines.append(markdown_row([modality, _cell(values["mce"]), _cell(values["relative_mce"])]))
