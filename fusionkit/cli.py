@@ -265,8 +265,9 @@ def predict(
     decision: Annotated[
         str,
         typer.Option(
+            "--rule",
             "--decision",
-            help="What the CSV holds: probs (posteriors, rows sum to 1), argmax (one-hot top class) or thresholds (decision scores: each class rescaled so that > 0.5 means its threshold, fitted on the validation split at the end of training, is passed; rows need not sum to 1).",
+            help="The decision rule (--decision is its older name), what the CSV holds: probs (posteriors, rows sum to 1), argmax (one-hot top class) or thresholds (decision scores: each class rescaled so that > 0.5 means its threshold, fitted on the validation split at the end of training, is passed; rows need not sum to 1).",
         ),
     ] = "thresholds",
     refit_thresholds: Annotated[

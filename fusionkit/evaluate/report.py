@@ -35,7 +35,6 @@ import torch
 
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
 from fusionkit.errors import ConfigError, FusionkitError
-from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.evaluate.plots import (
@@ -45,6 +44,7 @@ from fusionkit.evaluate.plots import (
     plot_reliability_diagram,
     plot_roc_curves,
 )
+from fusionkit.evaluate.rule_table import rule_table_markdown, rule_table_rows
 from fusionkit.evaluate.scope import IN_SAMPLE_LABEL, EvaluationScope, evaluation_scope
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
 from fusionkit.evaluate.trust import trust_sections
@@ -223,7 +223,7 @@ def evaluate_run(
             "none": plain if on_validation else run.predict_dataset(val_set, desc="validation"),
             tta: val_preds,
         }
-    decisions = decision_rows(evaluated, validation)
+    decisions = rule_table_rows(evaluated, validation)
     atomic_write_text(
         dest / "decision.json",
         json.dumps(
@@ -298,7 +298,7 @@ def _decision_section(rows: list[dict[str, Any]], tta: str, on_validation: bool,
             "as predicted when its value is > 0.5; `argmax` submits the one-hot top class, `thresholds` "
             f"rescales each class at a threshold fitted for Dice on {where}.",
             "",
-            decision_markdown(rows),
+            rule_table_markdown(rows),
             "",
             carried,
             "",

@@ -1,4 +1,8 @@
-"""The report's "TTA and decision rule" table: macro Dice and macro AUC under each rule, with and without TTA.
+"""The report's rule table (``decision.json``): macro Dice and macro AUC under each decision rule, with and without TTA.
+
+A decision rule (:mod:`fusionkit.inference.decision`: ``probs``, ``argmax``, ``thresholds``) is what
+a submission does with the posteriors after the model; the model's own decision head (eq 5,
+``ModelSpec.decision``) is another thing.
 
 Shows the trade-off of :mod:`fusionkit.inference.decision`: one-hot argmax fixes the lesions with no
 class above 0.5 but loses the ranking AUC needs; fitted thresholds keep each class's ranking.
@@ -19,7 +23,9 @@ from fusionkit.metrics.isic import POSITIVE_THRESHOLD
 from fusionkit.utils.tables import markdown_table
 
 
-def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]) -> list[dict[str, Any]]:
+def rule_table_rows(
+    evaluated: Mapping[str, Predictions], validation: Mapping[str, Predictions]
+) -> list[dict[str, Any]]:
     """One row per (TTA mode, decision rule): macro Dice, macro AUC, lesions with no class > 0.5.
 
     ``evaluated`` and ``validation`` map a TTA mode to predictions of the evaluated set and of the
@@ -46,8 +52,8 @@ def decision_rows(evaluated: Mapping[str, Predictions], validation: Mapping[str,
     return rows
 
 
-def decision_markdown(rows: list[dict[str, Any]]) -> str:
-    """The rows of :func:`decision_rows` as a Markdown table."""
+def rule_table_markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows of :func:`rule_table_rows` as a Markdown table."""
     header = ["TTA", "decision", "macro Dice", "macro AUC", f"lesions with no class > {POSITIVE_THRESHOLD}"]
     cells = [[r["tta"], r["decision"], f"{r['dice']:.3f}", f"{r['auc']:.3f}", f"{r['no_positive']:.1%}"] for r in rows]
     return "\n".join(markdown_table(header, cells))
