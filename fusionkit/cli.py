@@ -99,6 +99,14 @@ app = typer.Typer(
 )
 
 
+# options several commands share, written once
+DataOption = Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+ClusterOption = Annotated[str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")]
+PartitionOption = Annotated[str | None, typer.Option(help="SLURM partition (submitit).")]
+GpusPerJobOption = Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")]
+
+
 def _print_version(value: bool) -> None:
     if value:
         from fusionkit import __version__
@@ -144,7 +152,7 @@ def train(
     config: Annotated[
         Path, typer.Argument(metavar="CONFIG", help="Run config (YAML): model, train and data sections.")
     ],
-    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    data: DataOption = None,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")
     ] = False,
@@ -175,7 +183,7 @@ def train(
             help='Use these lesions instead of drawing a split: JSON {"train": [ids], "val": [ids]} (a run\'s split.json) or {"folds": [...]} with --folds (sets data.split_file).',
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
 
@@ -295,7 +303,7 @@ def predict(
             help="One conformal threshold per class (coverage guaranteed per class, rare ones too).",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
     import json
@@ -381,7 +389,7 @@ def evaluate(
             help="With --robustness: a run holding robustness.json (same seed, same lesions); adds the mean corruption error (mCE) against it.",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
     from fusionkit.evaluate.ensemble_report import evaluate_ensemble
@@ -604,7 +612,7 @@ def sweep(
         str, typer.Option(help="Comma-separated seeds; each seed's variants share split and data order.")
     ] = "0,1,2",
     folds: Annotated[int | None, typer.Option(help="Lesion-level stratified k-fold cross-validation (k >= 2).")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    data: DataOption = None,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every run.")
     ] = False,
@@ -634,12 +642,10 @@ def sweep(
     launcher: Annotated[
         str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'jiadf-fusion[cluster]').")
     ] = "local",
-    cluster: Annotated[
-        str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")
-    ] = None,
-    partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
+    cluster: ClusterOption = None,
+    partition: PartitionOption = None,
     time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,
-    gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
+    gpus_per_job: GpusPerJobOption = 1,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap replicates of the intervals (runs and lesions resampled).")
     ] = 1000,
@@ -669,7 +675,7 @@ def sweep(
     corruptions: Annotated[
         str | None, typer.Option("--corruptions", help="With --robustness: comma-separated corruption names.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
     from fusionkit.errors import ConfigError
@@ -815,7 +821,7 @@ def tune(
         Path,
         typer.Option("--out", help="Search folder: study.db, trials/trial-<k>/, trials.csv, summary.md, best.yaml."),
     ] = Path("runs/tune"),
-    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    data: DataOption = None,
     synthetic: Annotated[
         bool,
         typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every trial."),
@@ -853,12 +859,10 @@ def tune(
     launcher: Annotated[
         str, typer.Option(help="local (worker processes on this machine) or submitit (SLURM jobs; the cluster extra).")
     ] = "local",
-    cluster: Annotated[
-        str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")
-    ] = None,
-    partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
+    cluster: ClusterOption = None,
+    partition: PartitionOption = None,
     timeout_min: Annotated[int, typer.Option(help="SLURM time limit per trial, minutes (submitit).")] = 240,
-    gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
+    gpus_per_job: GpusPerJobOption = 1,
     parallel: Annotated[int, typer.Option(help="Trials running at once (submitit).")] = 1,
 ) -> None:
     """Search config values with Optuna (TPE, median pruning); run again to resume; writes best.yaml.

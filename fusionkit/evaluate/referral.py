@@ -13,7 +13,6 @@ The sets for a submission are calibrated on the whole validation split with
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from fusionkit.evaluate.plots import save_figure
 from fusionkit.metrics.conformal import ConformalMethod, split_conformal_evaluation
 from fusionkit.metrics.selective import referral_metrics, risk_coverage
 from fusionkit.utils.io import atomic_write_text
-from fusionkit.utils.tables import json_value, markdown_row, markdown_table
+from fusionkit.utils.tables import markdown_row, markdown_table, write_json
 
 __all__ = ["REFERRAL_FILES", "plot_risk_coverage", "referral_markdown", "referral_report", "write_referral"]
 
@@ -161,7 +160,7 @@ def write_referral(report: dict[str, Any], out_dir: str | Path) -> dict[str, Pat
     """Write ``referral.json``, ``referral.md`` and ``risk_coverage.png`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in REFERRAL_FILES.items()}
-    atomic_write_text(paths["json"], json.dumps(json_value(report), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], report)
     atomic_write_text(paths["markdown"], referral_markdown(report))
     plot_risk_coverage(report, paths["figure"])
     return paths

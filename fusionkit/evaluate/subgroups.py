@@ -18,7 +18,6 @@ written here.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from fusionkit.evaluate.plots import save_figure
 from fusionkit.metrics.bootstrap import bootstrap_ci
 from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics
 from fusionkit.utils.io import atomic_write_text
-from fusionkit.utils.tables import json_value, markdown_row, markdown_table
+from fusionkit.utils.tables import markdown_row, markdown_table, write_json
 
 __all__ = [
     "AGE_BANDS",
@@ -276,7 +275,7 @@ def write_subgroups(result: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
     """Write ``subgroups.json``, ``subgroups.md`` and ``subgroups.png`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in SUBGROUP_FILES.items()}
-    atomic_write_text(paths["json"], json.dumps(json_value(result), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], result)
     atomic_write_text(paths["markdown"], subgroup_markdown(result))
     plot_subgroups(result, paths["figure"])
     return paths

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionkit.utils.io import atomic_write_text
-from fusionkit.utils.tables import json_value, markdown_row, markdown_table
+from fusionkit.utils.tables import json_value, markdown_row, markdown_table, write_json
 
 __all__ = ["TABLE5_ROWS", "ablation_table", "table5_markdown", "table5_rows", "write_table5"]
 
@@ -124,7 +123,7 @@ def write_table5(
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
     atomic_write_text(paths["md"], table5_markdown(metrics))
     atomic_write_text(paths["csv"], buffer.getvalue())
-    atomic_write_text(paths["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], document)
     return paths
 
 

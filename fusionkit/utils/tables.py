@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from fusionkit.utils.io import atomic_write_text
 
 
 def json_value(value: Any) -> Any:
@@ -19,6 +23,11 @@ def json_value(value: Any) -> Any:
         return value
     number = float(value)
     return None if math.isnan(number) else number
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> None:
+    """Write :func:`json_value` of ``value`` as indented JSON, atomically (NaN as ``null``, never ``NaN``)."""
+    atomic_write_text(path, json.dumps(json_value(value), indent=2, allow_nan=False) + "\n")
 
 
 def markdown_row(cells: Iterable[object]) -> str:

@@ -14,7 +14,7 @@ from fusionkit.evaluate.plots import class_colors, save_figure
 from fusionkit.evaluate.robustness.catalog import ABSENT, SEVERITIES
 from fusionkit.evaluate.robustness.runner import RobustnessTable
 from fusionkit.utils.io import atomic_write_text
-from fusionkit.utils.tables import json_value, markdown_row, markdown_table
+from fusionkit.utils.tables import markdown_row, markdown_table, write_json
 
 __all__ = ["ROBUSTNESS_FILES", "load_robustness", "plot_robustness", "robustness_markdown", "write_robustness"]
 
@@ -28,8 +28,7 @@ def write_robustness(table: RobustnessTable, out_dir: str | Path) -> dict[str, P
     """Write the three files into ``out_dir`` atomically; returns ``{"json"|"markdown"|"figure": path}``."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in ROBUSTNESS_FILES.items()}
-    document = json_value(table.to_dict())
-    atomic_write_text(paths["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], table.to_dict())
     atomic_write_text(paths["markdown"], robustness_markdown(table))
     plot_robustness(table, paths["figure"])
     return paths
