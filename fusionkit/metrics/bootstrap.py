@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fusionkit.metrics.isic import (
+    METRIC_KEYS,
     POSITIVE_THRESHOLD,
     argmax_labels,
     check_class_names,
@@ -33,15 +34,10 @@ from fusionkit.metrics.isic import (
 
 __all__ = ["WEIGHTED_METRICS", "bootstrap_ci", "resample_weights", "weighted_macro_metrics"]
 
-#: Macro metrics :func:`weighted_macro_metrics` computes.
+#: Macro metrics :func:`weighted_macro_metrics` computes: Table 5's, less the two it does not
+#: resample (``auc_sens_80``, ``ap``), and the multiclass accuracy.
 WEIGHTED_METRICS: tuple[str, ...] = (
-    "auc",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "dice",
-    "ppv",
-    "npv",
+    *(k for k in METRIC_KEYS if k not in ("auc_sens_80", "ap")),
     "multiclass_accuracy",
 )
 
