@@ -60,7 +60,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_synthetic_milk10k(tmp / "heldout", n_lesions=args.heldout, image_size=(96, 72), seed=1234)
+        make_synthetic_milk10k(tmp / "heldout", n_lesions=args.heldout, photo_size=(96, 72), seed=1234)
 
         def train(name: str, seed: int, loss: dict) -> Path:
             config = RunConfig.model_validate(
@@ -75,7 +75,7 @@ def main() -> None:
                     },
                     "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "seed": seed},
                     "data": {
-                        "synthetic": {"n_lesions": args.lesions, "image_size": [96, 72], "seed": 0},
+                        "synthetic": {"n_lesions": args.lesions, "photo_size": [96, 72], "seed": 0},
                         "cache_dir": str(tmp / "cache"),
                     },
                 }

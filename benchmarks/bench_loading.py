@@ -139,7 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fusionkit-bench-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        files = make_synthetic_milk10k(tmp / "milk", n_lesions=args.lesions, image_size=(600, 450), seed=0)
+        files = make_synthetic_milk10k(tmp / "milk", n_lesions=args.lesions, photo_size=(600, 450), seed=0)
         generate_s = time.perf_counter() - started
         jpeg_kb = statistics.mean(p.stat().st_size for p in files.image_dir.rglob("*.jpg")) / 1024
 

@@ -48,7 +48,7 @@ def main() -> None:
                     "model": {"preset": preset, "overrides": overrides},
                     "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "seed": args.seed},
                     "data": {
-                        "synthetic": {"n_lesions": args.lesions, "image_size": [96, 72], "seed": args.seed},
+                        "synthetic": {"n_lesions": args.lesions, "photo_size": [96, 72], "seed": args.seed},
                         "cache_dir": str(Path(tmp) / "cache"),
                     },
                 }

@@ -416,7 +416,7 @@ def section_end_to_end(s: Settings, out: dict[str, Any], save, work: Path, deadl
             "device": device.type,
         },
         "data": {
-            "synthetic": {"n_lesions": s.e2e_lesions, "image_size": [128, 96], "seed": 0},
+            "synthetic": {"n_lesions": s.e2e_lesions, "photo_size": [128, 96], "seed": 0},
             "cache": True,
             "cache_dir": str(work / "cache"),
             "num_workers": s.workers,

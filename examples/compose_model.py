@@ -29,7 +29,7 @@ def main() -> None:
         image_size=64,
         image_encoder=TimmImageEncoderSpec(model_name="test_efficientnet", pretrained=False),
         metadata_encoder=MLPMetadataEncoderSpec(out_dim=256),
-        fusion=MMFASpec(heads=4, head_dim=32, out_dim=256),  # eqs 8-11
+        fusion=MMFASpec(attention_heads=4, head_dim=32, out_dim=256),  # eqs 8-11
         decision=ADFDecisionSpec(hidden_dim=64),  # eq 5
         loss=LossSpec(lambda_joint=0.5, lambda_image=0.25, lambda_meta=0.25),  # eq 7
     )

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_root = args.out.parent / f"{args.out.name}-data"
     # a MILK10k-layout folder: the same files the ISIC archive ships, with generated images
-    make_synthetic_milk10k(data_root, n_lesions=args.lesions, image_size=(96, 72), seed=0, overwrite=True)
+    make_synthetic_milk10k(data_root, n_lesions=args.lesions, photo_size=(96, 72), seed=0, overwrite=True)
 
     config = RunConfig.model_validate(
         {

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# eager, and after the submodule import: ``fusionkit.registry`` is the function, not the module
+from fusionkit import registry  # the module; it is callable: ``fusionkit.registry(kind)`` is its get_registry
 from fusionkit.errors import (
     ConfigError,
     DataError,
@@ -35,7 +35,6 @@ from fusionkit.registry import (
     list_components,
     load_plugins,
     register,
-    registry,
 )
 
 __version__ = "0.1.0"

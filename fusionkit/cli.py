@@ -6,7 +6,6 @@ line on stderr and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
@@ -16,10 +15,88 @@ from typing import Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from fusionkit.errors import ConfigError, FusionkitError, require_extra
 
+_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
+"""File-system errors about a path the user named: user errors (exit status 2)."""
+
+
+def _error_status(exc: BaseException) -> int:
+    """Print the one line for a command's error or interrupt on stderr; returns its exit status."""
+    from fusionkit.errors import RunInterrupted
+
+    if isinstance(exc, _SweepInterrupted):
+        name = "SIGTERM" if exc.exit_code == 143 else "interrupt"
+        typer.echo(
+            f"fusionkit: {name}: sweep stopped; run the same command again to continue "
+            "(finished runs are skipped, an interrupted run resumes from its last checkpoint)",
+            err=True,
+        )
+        return exc.exit_code
+    if isinstance(exc, _Terminated):
+        typer.echo(
+            "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
+            "(with --resume where a run directory already holds a run)",
+            err=True,
+        )
+        return 143
+    if isinstance(exc, RunInterrupted):
+        name = "SIGTERM" if exc.exit_code == 143 else "interrupt"
+        where = f" in {exc.run_dir}" if exc.run_dir is not None else ""
+        typer.echo(
+            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
+            err=True,
+        )
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt | typer.Abort):  # Abort: Ctrl-C in a prompt
+        typer.echo("fusionkit: interrupted", err=True)
+        return 130
+    if isinstance(exc, FusionkitError):
+        typer.echo(f"fusionkit: error: {exc}", err=True)
+        return exc.exit_code
+    if isinstance(exc, ValidationError):
+        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
+        return 2
+    assert isinstance(exc, OSError)  # the file system said no: a path the user named (2), or full, broken (1)
+    where = f"{exc.filename}: " if exc.filename else ""
+    typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
+    return 2 if isinstance(exc, _PATH_ERRORS) else 1
+
+
+_CLICK_ERROR: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""The base of click's usage errors as typer raises them (typer vendors click; its module is private)."""
+
+
+class _Commands(TyperGroup):
+    """The command group (typer's ``cls=`` extension point): a command's error becomes one line.
+
+    typer turns an interrupt into a bare exit status 130 and leaves every other exception a
+    traceback; around each command (and the group's own callback), :func:`_error_status` prints the
+    line and the command exits with its status instead. A broken pipe is left to typer (status 1).
+    ``fusionkit`` alone prints the help and exits 0 (click >= 8.2 would make it a usage error).
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's click Context (private module)
+        """Parse the group's arguments; ``fusionkit`` alone prints the help and exits 0."""
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(0)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        """Invoke the command ``ctx`` names; its errors and interrupts as one line and an exit status."""
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, typer.Abort, FusionkitError, ValidationError, OSError) as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise typer.Exit(_error_status(exc)) from exc
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="fusionkit",
     help="Multimodal fusion models (JI-ADF) for skin-lesion classification on MILK10k.",
     no_args_is_help=True,
@@ -28,6 +105,14 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits -h
 )
+
+
+# options several commands share, written once
+DataOption = Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+ClusterOption = Annotated[str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")]
+PartitionOption = Annotated[str | None, typer.Option(help="SLURM partition (submitit).")]
+GpusPerJobOption = Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")]
 
 
 def _print_version(value: bool) -> None:
@@ -75,7 +160,7 @@ def train(
     config: Annotated[
         Path, typer.Argument(metavar="CONFIG", help="Run config (YAML): model, train and data sections.")
     ],
-    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    data: DataOption = None,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Train on a generated MILK10k-layout set (data.synthetic).")
     ] = False,
@@ -106,7 +191,7 @@ def train(
             help='Use these lesions instead of drawing a split: JSON {"train": [ids], "val": [ids]} (a run\'s split.json) or {"folds": [...]} with --folds (sets data.split_file).',
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a model; leaves checkpoints, logs and the evaluation report in the run directory.
 
@@ -199,8 +284,9 @@ def predict(
     decision: Annotated[
         str,
         typer.Option(
+            "--rule",
             "--decision",
-            help="What the CSV holds: probs (posteriors, rows sum to 1), argmax (one-hot top class) or thresholds (decision scores: each class rescaled so that > 0.5 means its threshold, fitted on the validation split at the end of training, is passed; rows need not sum to 1).",
+            help="The decision rule (--decision is its older name), what the CSV holds: probs (posteriors, rows sum to 1), argmax (one-hot top class) or thresholds (decision scores: each class rescaled so that > 0.5 means its threshold, fitted on the validation split at the end of training, is passed; rows need not sum to 1).",
         ),
     ] = "thresholds",
     refit_thresholds: Annotated[
@@ -228,7 +314,7 @@ def predict(
             help="One conformal threshold per class (coverage guaranteed per class, rare ones too).",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a submission CSV in the official MILK10k format (lesion_id + 11 class values)."""
     import json
@@ -314,7 +400,7 @@ def evaluate(
             help="With --robustness: a run holding robustness.json (same seed, same lesions); adds the mean corruption error (mCE) against it.",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write the evaluation report (Table 5 metrics, TTA and decision rules, figures, ablation) into the run directory."""
     from fusionkit.evaluate.ensemble_report import evaluate_ensemble
@@ -508,12 +594,12 @@ def synthesize(
 
     if n_lesions < 1 or width < 8 or height < 8:
         _fail("need n_lesions >= 1 and images at least 8x8")
-    make_synthetic_milk10k(root, n_lesions=n_lesions, image_size=(width, height), seed=seed)
+    make_synthetic_milk10k(root, n_lesions=n_lesions, photo_size=(width, height), seed=seed)
     if test_split:
         make_synthetic_milk10k(
             root,
             n_lesions=max(n_lesions // 10, 1),
-            image_size=(width, height),
+            photo_size=(width, height),
             seed=seed + 1,
             split="Test",
             with_ground_truth=False,
@@ -537,7 +623,7 @@ def sweep(
         str, typer.Option(help="Comma-separated seeds; each seed's variants share split and data order.")
     ] = "0,1,2",
     folds: Annotated[int | None, typer.Option(help="Lesion-level stratified k-fold cross-validation (k >= 2).")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    data: DataOption = None,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every run.")
     ] = False,
@@ -567,12 +653,10 @@ def sweep(
     launcher: Annotated[
         str, typer.Option(help="local (this machine) or submitit (SLURM jobs; pip install 'jiadf-fusion[cluster]').")
     ] = "local",
-    cluster: Annotated[
-        str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")
-    ] = None,
-    partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
+    cluster: ClusterOption = None,
+    partition: PartitionOption = None,
     time_min: Annotated[int, typer.Option(help="SLURM time limit per run, minutes (submitit).")] = 240,
-    gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
+    gpus_per_job: GpusPerJobOption = 1,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap replicates of the intervals (runs and lesions resampled).")
     ] = 1000,
@@ -602,7 +686,7 @@ def sweep(
     corruptions: Annotated[
         str | None, typer.Option("--corruptions", help="With --robustness: comma-separated corruption names.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run the paper's ablations (Tables 2-3, Figure 3) over seeds and summarise them with statistics."""
     from fusionkit.errors import ConfigError
@@ -753,7 +837,7 @@ def tune(
         Path,
         typer.Option("--out", help="Search folder: study.db, trials/trial-<k>/, trials.csv, summary.md, best.yaml."),
     ] = Path("runs/tune"),
-    data: Annotated[Path | None, typer.Option("--data", help="MILK10k folder (overrides data.root).")] = None,
+    data: DataOption = None,
     synthetic: Annotated[
         bool,
         typer.Option("--synthetic", help="One generated MILK10k-layout set (data.synthetic) shared by every trial."),
@@ -791,12 +875,10 @@ def tune(
     launcher: Annotated[
         str, typer.Option(help="local (worker processes on this machine) or submitit (SLURM jobs; the cluster extra).")
     ] = "local",
-    cluster: Annotated[
-        str | None, typer.Option(help="submitit cluster: slurm, local, or auto-detect (default).")
-    ] = None,
-    partition: Annotated[str | None, typer.Option(help="SLURM partition (submitit).")] = None,
+    cluster: ClusterOption = None,
+    partition: PartitionOption = None,
     timeout_min: Annotated[int, typer.Option(help="SLURM time limit per trial, minutes (submitit).")] = 240,
-    gpus_per_job: Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")] = 1,
+    gpus_per_job: GpusPerJobOption = 1,
     parallel: Annotated[int, typer.Option(help="Trials running at once (submitit).")] = 1,
 ) -> None:
     """Search config values with Optuna (TPE, median pruning); run again to resume; writes best.yaml.
@@ -804,7 +886,7 @@ def tune(
     \b
     fusionkit tune quickstart.yaml --synthetic --trials 20 \\
       --param train.lr=log:1e-5:1e-3 --param train.weight_decay=float:0:0.1 \\
-      --param model.fusion.heads=int:4:8 --param train.sampler=cat:shuffle,balanced
+      --param model.fusion.attention_heads=int:4:8 --param train.sampler=cat:shuffle,balanced
     """
     from fusionkit.runtime.config import load_run_config
     from fusionkit.sweep.params import parse_enqueued, parse_params
@@ -864,123 +946,24 @@ def tune(
         raise SystemExit(1)  # no trial completed: not a user error (2)
 
 
-def _click_classes() -> tuple[tuple[type[Any], ...], tuple[type[Any], ...], tuple[type[Any], ...]]:
-    """(usage/click errors, no-args-is-help errors, aborts) of typer's vendored click and of click."""
-    errors: list[type[Any]] = []
-    no_args: list[type[Any]] = []
-    aborts: list[type[Any]] = []
-    modules = []
-    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-    modules.append(sys.modules[base.__module__])
-    try:
-        import click.exceptions
-
-        modules.append(click.exceptions)
-    except ImportError:  # pragma: no cover - click is typer's dependency only in older typers
-        pass
-    for module in modules:
-        for found, name in ((errors, "ClickException"), (no_args, "NoArgsIsHelpError"), (aborts, "Abort")):
-            if isinstance(getattr(module, name, None), type):
-                found.append(getattr(module, name))
-    aborts.append(typer.Abort)
-    return tuple(errors), tuple(no_args), tuple(aborts)
-
-
-_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, FileExistsError)
-"""File-system errors about a path the user named: user errors (exit status 2)."""
-
-
-class _Interrupted(BaseException):
-    """Carries a KeyboardInterrupt past typer, which would turn it into a bare exit status 130."""
-
-    def __init__(self, interrupt: KeyboardInterrupt) -> None:
-        super().__init__()
-        self.interrupt = interrupt
-
-
-def _trap_interrupts() -> None:
-    """Wrap every registered command so its interrupt reaches :func:`run_app` with its details."""
-    for info in app.registered_commands:
-        callback = info.callback
-        if callback is None or getattr(callback, "_traps_interrupts", False):
-            continue
-
-        @functools.wraps(callback)
-        def trapped(*args, __callback=callback, **kwargs):
-            try:
-                return __callback(*args, **kwargs)
-            except KeyboardInterrupt as exc:
-                raise _Interrupted(exc) from exc
-
-        setattr(trapped, "_traps_interrupts", True)  # noqa: B010 - marks the wrapper on a function object
-        info.callback = trapped
-
-
 def run_app(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default ``sys.argv[1:]``); returns the exit status.
 
-    Every command gets the same treatment: a :class:`~fusionkit.errors.FusionkitError` or a pydantic
-    ``ValidationError`` prints one line and returns its ``exit_code`` (2); a usage error prints the
-    usage line and returns 2; ``fusionkit`` alone prints the help and returns 0; an interrupt returns
-    130 (SIGINT) or 143 (SIGTERM during training); an ``OSError`` prints one line and returns 2
-    when it is about a path the user named (a directory for a file, no permission), else 1.
-    Anything else is a bug and keeps its traceback.
+    Every command gets the same treatment (:class:`_Commands` and :func:`_error_status`): a
+    :class:`~fusionkit.errors.FusionkitError` or a pydantic ``ValidationError`` prints one line and
+    returns its ``exit_code`` (2); a usage error prints the usage line and returns 2; ``fusionkit``
+    alone prints the help and returns 0; an interrupt returns 130 (SIGINT) or 143 (SIGTERM during
+    training); an ``OSError`` prints one line and returns 2 when it is about a path the user named
+    (a directory for a file, no permission), else 1. Anything else is a bug and keeps its traceback.
     """
-    from fusionkit.errors import RunInterrupted
-
-    click_errors, no_args_errors, aborts = _click_classes()
-    _trap_interrupts()
     try:
         result = app(args=args, prog_name="fusionkit", standalone_mode=False)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except (_Interrupted, KeyboardInterrupt) as exc:
-        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
-        if isinstance(interrupt, _SweepInterrupted):
-            name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
-            typer.echo(
-                f"fusionkit: {name}: sweep stopped; run the same command again to continue "
-                "(finished runs are skipped, an interrupted run resumes from its last checkpoint)",
-                err=True,
-            )
-            return interrupt.exit_code
-        if isinstance(interrupt, _Terminated):
-            typer.echo(
-                "fusionkit: SIGTERM: stopped outside training (no partial files left); run the command again "
-                "(with --resume where a run directory already holds a run)",
-                err=True,
-            )
-            return 143
-        if not isinstance(interrupt, RunInterrupted):
-            typer.echo("fusionkit: interrupted", err=True)
-            return 130
-        name = "SIGTERM" if interrupt.exit_code == 143 else "interrupt"
-        where = f" in {interrupt.run_dir}" if interrupt.run_dir is not None else ""
-        typer.echo(
-            f"fusionkit: {name}: stopped; a resumable checkpoint was saved{where} (continue with --resume)",
-            err=True,
-        )
-        return interrupt.exit_code
-    except FusionkitError as exc:
-        typer.echo(f"fusionkit: error: {exc}", err=True)
-        return exc.exit_code
-    except ValidationError as exc:
-        typer.echo(f"fusionkit: error: {_validation_message(exc)}", err=True)
-        return 2
-    except no_args_errors as exc:  # bare ``fusionkit``: the help is the answer
-        typer.echo(exc.format_message())
-        return 0
-    except click_errors as exc:  # usage errors: unknown command or option, bad value, missing argument
+    except (KeyboardInterrupt, typer.Abort) as exc:  # outside a command (typer makes Ctrl-C a bare 130)
+        return _error_status(exc)
+    except _CLICK_ERROR as exc:  # usage errors: unknown command or option, bad value, missing argument
         exc.show()
         return exc.exit_code
-    except aborts:
-        typer.echo("fusionkit: interrupted", err=True)
-        return 130
-    except OSError as exc:  # the file system said no: a path the user named (2), or full, broken (1)
-        where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"fusionkit: error: {where}{exc.strerror or exc}", err=True)
-        return 2 if isinstance(exc, _PATH_ERRORS) else 1
-    # with standalone_mode=False, click returns Ctrl-C inside a prompt as 1 and Exit(code) as code
+    # with standalone_mode=False, click returns Exit(code) as code
     return result if isinstance(result, int) else 0
 
 

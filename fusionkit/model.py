@@ -19,7 +19,7 @@ from torch import nn
 from fusionkit.components.contract import backbone_layers, declared_preprocessing, set_grad_checkpointing
 from fusionkit.data.preprocessing import ImagePreprocessing
 from fusionkit.errors import ConfigError, MissingModalityError
-from fusionkit.registry import registry
+from fusionkit.registry import get_registry
 from fusionkit.specs.model import BRANCHES, IMAGE_MODALITIES, ModelSpec
 
 
@@ -190,7 +190,7 @@ class ClassifierHead(nn.Module):
         return self.linear(self.dropout(features))
 
 
-_WIDTH_HINT = "fusionkit.data.MetadataEncoder.width"
+_WIDTH_HINT = "fusionkit.data.MetadataEncoder.metadata_width"
 
 
 class FusionModel(nn.Module):
@@ -224,7 +224,7 @@ class FusionModel(nn.Module):
     - ``num_classes``: N.
     - ``image_encoders``: ``{"derm": ..., "clinical": ...}`` (either or both); ``combine``: how the
       image features form f_I, ``concat`` (default) or ``mean``.
-    - ``metadata_encoder`` and ``metadata_width`` (its input width; default: the encoder's ``in_dim``).
+    - ``metadata_encoder`` and ``metadata_width`` (its input width; default: the encoder's ``metadata_width``).
     - ``fusion``: the fusion block (eq 2), taking ``(f_image, f_meta)``; needs images and metadata.
     - ``heads``: the branch classifiers by branch name (``image``, ``joint``, ``meta``); default: a
       :class:`ClassifierHead` (``head_dropout``) for every branch the model has.
@@ -316,7 +316,7 @@ class FusionModel(nn.Module):
         enc_spec = spec.image_encoder
         image_encoders: dict[str, nn.Module] = {}
         if spec.image_modalities:
-            component = registry("image_encoder").get(enc_spec.kind).component
+            component = get_registry("image_encoder").get(enc_spec.kind).component
             if enc_spec.shared:
                 encoder = component(**enc_spec.component_kwargs())
                 image_encoders = dict.fromkeys(spec.image_modalities, encoder)
@@ -329,12 +329,12 @@ class FusionModel(nn.Module):
         metadata_encoder = None
         if spec.uses_meta:
             meta_spec = spec.metadata_encoder
-            component = registry("metadata_encoder").get(meta_spec.kind).component
-            metadata_encoder = component(in_dim=metadata_width, **meta_spec.component_kwargs())
+            component = get_registry("metadata_encoder").get(meta_spec.kind).component
+            metadata_encoder = component(metadata_width=metadata_width, **meta_spec.component_kwargs())
             widths["meta"] = module_width(metadata_encoder, f"metadata encoder {meta_spec.kind!r}")
         fusion = None
         if spec.fusion is not None:
-            component = registry("fusion").get(spec.fusion.kind).component
+            component = get_registry("fusion").get(spec.fusion.kind).component
             fusion = component(image_dim=widths["image"], meta_dim=widths["meta"], **spec.fusion.component_kwargs())
             widths["joint"] = module_width(fusion, f"fusion {spec.fusion.kind!r}")
         heads = {
@@ -342,7 +342,7 @@ class FusionModel(nn.Module):
             for b in spec.head_branches
         }
         decision = (
-            registry("decision")
+            get_registry("decision")
             .get(spec.decision.kind)
             .component(
                 num_classes=spec.num_classes, branches=spec.decision_branches, **spec.decision.component_kwargs()
@@ -404,16 +404,18 @@ class FusionModel(nn.Module):
         """The image inputs used, in the order (derm, clinical)."""
         self.meta_stream = None
         if metadata_encoder is not None:
-            declared = getattr(metadata_encoder, "in_dim", None)
+            declared = getattr(metadata_encoder, "metadata_width", None)
             if metadata_width is None:
                 metadata_width = declared
             if not isinstance(metadata_width, int) or isinstance(metadata_width, bool) or metadata_width < 1:
                 raise ConfigError(
                     f"the metadata encoder's input width is unknown: pass metadata_width= (the width of "
-                    f"the encoded metadata, {_WIDTH_HINT}) or give the encoder an int in_dim"
+                    f"the encoded metadata, {_WIDTH_HINT}) or give the encoder an int metadata_width"
                 )
             if isinstance(declared, int) and declared != metadata_width:
-                raise ConfigError(f"metadata_width is {metadata_width} but the metadata encoder's in_dim is {declared}")
+                raise ConfigError(
+                    f"metadata_width is {metadata_width} but the metadata encoder's metadata_width is {declared}"
+                )
             self.meta_stream = MetaStream(encoder=metadata_encoder, label=labels["meta"])
             widths["meta"] = self.meta_stream.out_dim
             if probe:
@@ -652,7 +654,7 @@ def build_model(spec: ModelSpec | dict[str, Any], *, metadata_width: int | None 
     """Assemble the model a spec describes (:meth:`FusionModel.from_spec`).
 
     ``metadata_width`` is the width of the encoded metadata vector M
-    (:attr:`fusionkit.data.MetadataEncoder.width`, 35 for MILK10k); it is needed when the model uses
-    metadata. (fusionkit 0.1.0 called it ``meta_dim``, the name the fusion blocks give D_M.)
+    (:attr:`fusionkit.data.MetadataEncoder.metadata_width`, 35 for MILK10k); it is needed when the
+    model uses metadata.
     """
     return FusionModel.from_spec(spec, metadata_width=metadata_width)

@@ -22,8 +22,8 @@ point names a module (or an object in one) that registers its components when im
 registries fill themselves when first asked (listed, looked up, used to validate or build a spec),
 nerfstudio-style, not when ``fusionkit`` is imported: the built-in components
 (:mod:`fusionkit.components`) and then the plugins load once, at that moment. A plugin that fails
-to load is a warning naming it, and is skipped. Every registration re-opens the spec unions, so a
-component registered at any time is accepted by :class:`fusionkit.ModelSpec` from then on.
+to load is a warning naming it, and is skipped. :class:`fusionkit.ModelSpec` looks a slot's ``kind`` up
+here when it validates, so a component registered at any time is accepted from then on.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import sys
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
@@ -42,7 +44,15 @@ ComponentKind = Literal["image_encoder", "metadata_encoder", "fusion", "decision
 
 COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
 PLUGIN_GROUP = "fusionkit.components"
-BUILT_IN_MODULE = "fusionkit.components"
+BUILT_IN_MODULE = "fusionkit.components.catalog"
+"""The module whose ``register_built_ins()`` registers the built-in components (:func:`ensure_loaded` calls it)."""
+SPEC_BASES: dict[str, str] = {
+    "image_encoder": "fusionkit.components.base:ImageEncoderSpec",
+    "metadata_encoder": "fusionkit.components.base:MetadataEncoderSpec",
+    "fusion": "fusionkit.components.base:FusionSpec",
+    "decision": "fusionkit.components.base:DecisionSpec",
+}
+"""The spec base class each kind's specs must subclass, by import path (imported on first registration)."""
 """The package whose import registers the built-in components (by name: it is a layer above this one)."""
 
 
@@ -85,10 +95,18 @@ class ComponentEntry:
 class Registry:
     """The components of one kind, by name (timm-style: a dict filled by a decorator)."""
 
-    def __init__(self, kind: str, spec_base: type | None = None) -> None:
+    def __init__(self, kind: str, spec_base: type | str | None = None) -> None:
         self.kind = kind
-        self.spec_base = spec_base
+        self._spec_base = spec_base
         self._entries: dict[str, ComponentEntry] = {}
+
+    @property
+    def spec_base(self) -> type | None:
+        """The class every spec of this kind must subclass (given by its path ``"module:Class"``, imported here)."""
+        if isinstance(self._spec_base, str):
+            module, _, name = self._spec_base.partition(":")
+            self._spec_base = getattr(importlib.import_module(module), name)
+        return self._spec_base if isinstance(self._spec_base, type) else None
 
     def __contains__(self, name: object) -> bool:
         ensure_loaded()
@@ -101,8 +119,9 @@ class Registry:
     def add(self, spec: type, component: type | str) -> ComponentEntry:
         """Register ``component`` (a class, or its path ``"module:Class"``) under the ``kind`` literal
         of ``spec``; a duplicate name is an error."""
-        if self.spec_base is not None and not (isinstance(spec, type) and issubclass(spec, self.spec_base)):
-            raise TypeError(f"a {self.kind} spec must subclass {self.spec_base.__name__}; got {spec!r}")
+        base = self.spec_base
+        if base is not None and not (isinstance(spec, type) and issubclass(spec, base)):
+            raise TypeError(f"a {self.kind} spec must subclass {base.__name__}; got {spec!r}")
         name = spec_kind_name(spec)
         if name in self._entries:
             old = self._entries[name]
@@ -130,6 +149,10 @@ class Registry:
             known = ", ".join(sorted(self._entries)) or "none"
             raise ConfigError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
+    def registered(self) -> frozenset[str]:
+        """The names registered so far, without filling the registry first (for the code that fills it)."""
+        return frozenset(self._entries)
+
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names matching an fnmatch ``pattern``."""
         ensure_loaded()
@@ -153,7 +176,7 @@ def spec_kind_name(spec: type) -> str:
     return values[0]
 
 
-REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in COMPONENT_KINDS}
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind, SPEC_BASES[kind]) for kind in COMPONENT_KINDS}
 
 
 def _registry(kind: str) -> Registry:
@@ -163,9 +186,12 @@ def _registry(kind: str) -> Registry:
         raise ConfigError(f"unknown component kind {kind!r}; expected one of {', '.join(COMPONENT_KINDS)}") from None
 
 
-def registry(kind: str) -> Registry:
+def get_registry(kind: str) -> Registry:
     """The registry of one component kind, filled (built-ins, then plugins) on first use; an
-    unknown kind is a :class:`ConfigError`."""
+    unknown kind is a :class:`ConfigError`.
+
+    ``fusionkit.registry(kind)`` calls this too: the module :mod:`fusionkit.registry` is callable.
+    """
     reg = _registry(kind)
     ensure_loaded()
     return reg
@@ -182,8 +208,8 @@ def register(kind: str, spec: type, component: type | str | None = None) -> Any:
     output width as ``out_dim``.
     """
     reg = _registry(kind)
-    # the built-ins first (they also bind each slot's spec base); not the plugins: they register while they load
-    importlib.import_module(BUILT_IN_MODULE)
+    # the built-ins first (a plugin's name must not take a built-in's); not the plugins: they register while they load
+    _register_built_ins()
     if component is not None:
         reg.add(spec, component)
         return component
@@ -200,24 +226,33 @@ def list_components(kind: str | None = None, pattern: str = "*") -> list[str] | 
     ensure_loaded()
     if kind is None:
         return {k: REGISTRIES[k].names(pattern) for k in COMPONENT_KINDS}
-    return registry(kind).names(pattern)
+    return get_registry(kind).names(pattern)
 
 
 _plugins_loaded = False
 _loaded = False
+_built_ins_registered = False
+
+
+def _register_built_ins() -> None:
+    """Register the built-in components once (:data:`BUILT_IN_MODULE`'s ``register_built_ins``)."""
+    global _built_ins_registered
+    if not _built_ins_registered:
+        _built_ins_registered = True
+        importlib.import_module(BUILT_IN_MODULE).register_built_ins()
 
 
 def ensure_loaded() -> None:
     """Fill the registries once: import the built-in components, then load the plugins.
 
-    Every way of asking a registry (:func:`registry`, :func:`list_components`, a lookup, a spec
+    Every way of asking a registry (:func:`get_registry`, :func:`list_components`, a lookup, a spec
     validated or built) calls this first; ``import fusionkit`` does not, so it stays fast.
     """
     global _loaded
     if _loaded:
         return
     _loaded = True  # first: a plugin that asks the registry while it loads must not start this again
-    importlib.import_module(BUILT_IN_MODULE)
+    _register_built_ins()
     load_plugins()
 
 
@@ -250,3 +285,13 @@ def load_plugins(*, force: bool = False) -> list[str]:
             continue
         loaded.append(ep.name)
     return loaded
+
+
+class _RegistryModule(types.ModuleType):
+    """This module's type: ``fusionkit.registry(kind)`` is :func:`get_registry` (the name predates the module)."""
+
+    def __call__(self, kind: str) -> Registry:
+        return get_registry(kind)
+
+
+sys.modules[__name__].__class__ = _RegistryModule

@@ -63,7 +63,7 @@ TINY_BACKBONE: dict[str, Any] = {
 """The image-encoder override every backbone-building test uses (timm's tiny test model)."""
 TINY_OVERRIDES: dict[str, Any] = {"image_encoder": dict(TINY_BACKBONE)}
 IMAGE_SIZE = 32
-META_DIM = 7
+METADATA_WIDTH = 7
 
 
 def tiny_spec(**fields: Any) -> fk.ModelSpec:
@@ -73,7 +73,7 @@ def tiny_spec(**fields: Any) -> fk.ModelSpec:
         "image_size": IMAGE_SIZE,
         "image_encoder": dict(TINY_BACKBONE),
         "metadata_encoder": {"kind": "mlp", "hidden_dims": [16], "out_dim": 12},
-        "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16},
+        "fusion": {"kind": "mmfa", "attention_heads": 2, "head_dim": 4, "out_dim": 16},
         "decision": {"kind": "adf", "hidden_dim": 8},
     }
     data.update(fields)
@@ -84,7 +84,7 @@ def make_batch(
     spec: fk.ModelSpec,
     batch_size: int,
     *,
-    meta_dim: int = META_DIM,
+    meta_dim: int = METADATA_WIDTH,
     seed: int = 0,
     present: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def make_batch(
     return batch
 
 
-def build_tiny(spec: fk.ModelSpec, *, seed: int = 0, meta_dim: int = META_DIM) -> fk.FusionModel:
+def build_tiny(spec: fk.ModelSpec, *, seed: int = 0, meta_dim: int = METADATA_WIDTH) -> fk.FusionModel:
     """``fk.build_model`` with a fixed seed, so parameters are the same on every run."""
     torch.manual_seed(seed)
     return fk.build_model(spec, metadata_width=meta_dim)
@@ -179,8 +179,6 @@ def spec_dicts(draw: st.DrawFn, *, buildable: bool = False, decision: str | None
         "dropout": draw(unit),
         "layer_norm": draw(st.booleans()),
     }
-    if not buildable:
-        data["metadata_encoder"]["in_dim"] = draw(st.none() | small)
 
     fusion = None
     if images and meta:
@@ -190,7 +188,7 @@ def spec_dicts(draw: st.DrawFn, *, buildable: bool = False, decision: str | None
         if kind in ("mmfa", "attention_only"):
             fusion = {
                 "kind": kind,
-                "heads": draw(st.integers(1, 3) if buildable else small),
+                "attention_heads": draw(st.integers(1, 3) if buildable else small),
                 "head_dim": draw(st.integers(1, 4) if buildable else small),
                 "out_dim": draw(small),
                 "activation": draw(st.sampled_from(ACTIVATIONS)),

@@ -17,7 +17,7 @@ TINY = (32, 24)
 
 def make_set(root: Path, *, n_lesions: int = 40, seed: int = 0, **kwargs) -> Milk10kFiles:
     """A tiny synthetic split under ``root``."""
-    return make_synthetic_milk10k(root, n_lesions=n_lesions, image_size=TINY, seed=seed, **kwargs)
+    return make_synthetic_milk10k(root, n_lesions=n_lesions, photo_size=TINY, seed=seed, **kwargs)
 
 
 def read_rows(path: Path) -> list[list[str]]:

@@ -141,7 +141,7 @@ def _preset_run(trained: Path, preset: str, dest: Path) -> Path:
     for name in ("metadata_encoder.json", "split.json"):
         shutil.copy(trained / name, dest / name)
     config = yaml.safe_load((trained / "config.yaml").read_text())
-    width = fk.data.MetadataEncoder.load(trained / "metadata_encoder.json").width
+    width = fk.data.MetadataEncoder.load(trained / "metadata_encoder.json").metadata_width
     spec = fk.load_preset(preset, {"image_size": 32, "image_encoder": dict(TINY_IMAGE_ENCODER)})
     config["model"] = spec.to_dict()
     (dest / "config.yaml").write_text(yaml.safe_dump(config))

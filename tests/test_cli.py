@@ -63,7 +63,7 @@ def test_predict_writes_a_submission_the_official_parser_accepts(trained_run, tm
     from isic_challenge_scoring.load_csv import parse_csv
 
     data = tmp_path / "data"
-    make_synthetic_milk10k(data, n_lesions=12, image_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
+    make_synthetic_milk10k(data, n_lesions=12, photo_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
     out = tmp_path / "submission.csv"
     code, _, err = run_cli(
         monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out, "--decision", "probs"
@@ -132,9 +132,9 @@ def test_bad_run_inputs(workspace, trained_run, tmp_path, monkeypatch, capsys) -
         trained_run,
         "--resume",
         "--set",
-        "model.fusion.heads=2",
+        "model.fusion.attention_heads=2",
     )
-    assert code == 2 and "different model spec" in err and "fusion.heads" in err
+    assert code == 2 and "different model spec" in err and "fusion.attention_heads" in err
     # --resume where there is no run
     code, _, err = run_cli(monkeypatch, capsys, "train", config, "--synthetic", "--out", tmp_path / "none", "--resume")
     assert code == 2 and "no run there" in err
@@ -177,7 +177,7 @@ def test_cuda_graph_needs_a_gpu(workspace, tmp_path, monkeypatch, capsys) -> Non
 @pytest.mark.trains
 def test_predict_never_falls_back_to_the_training_split(trained_run, tmp_path, monkeypatch, capsys) -> None:
     data = tmp_path / "train_only"
-    make_synthetic_milk10k(data, n_lesions=6, image_size=(40, 30), seed=4)
+    make_synthetic_milk10k(data, n_lesions=6, photo_size=(40, 30), seed=4)
     out = tmp_path / "submission.csv"
     code, _, err = run_cli(monkeypatch, capsys, "predict", trained_run, "--data", data, "--out", out)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

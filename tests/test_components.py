@@ -24,7 +24,7 @@ from fusionkit.specs import BRANCHES
 ACT_FN = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 """The pointwise nonlinearities by the names a spec uses, written independently of the library."""
 
-CONTEXT = {"in_dim": 7, "image_dim": 10, "meta_dim": 6, "num_classes": 4}
+CONTEXT = {"metadata_width": 7, "image_dim": 10, "meta_dim": 6, "num_classes": 4}
 
 TINY_MODELS = {"timm": "test_efficientnet", "open_clip": register_tiny_open_clip()}
 """The CPU-sized model of each built-in image-encoder kind (a tiny architecture registered with open_clip)."""
@@ -48,7 +48,7 @@ def _build(kind: str, name: str, **overrides):
     kwargs = spec.component_kwargs()
     context: dict = {}
     if kind == "metadata_encoder":
-        context = {"in_dim": overrides.get("in_dim", CONTEXT["in_dim"])}
+        context = {"metadata_width": overrides.get("metadata_width", CONTEXT["metadata_width"])}
     elif kind == "fusion":
         context = {k: overrides.get(k, CONTEXT[k]) for k in ("image_dim", "meta_dim")}
     elif kind == "decision":
@@ -64,7 +64,7 @@ def _inputs(kind: str, module, context: dict, batch: int, gen: torch.Generator):
     if kind == "image_encoder":
         return (torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen),)
     if kind == "metadata_encoder":
-        return (torch.randn(batch, context["in_dim"], generator=gen),)
+        return (torch.randn(batch, context["metadata_width"], generator=gen),)
     if kind == "fusion":
         return (
             torch.randn(batch, context["image_dim"], generator=gen),
@@ -129,7 +129,7 @@ fusion_dims = st.fixed_dictionaries(
         "batch": st.integers(1, 5),
         "image_dim": st.integers(1, 12),
         "meta_dim": st.integers(1, 12),
-        "heads": st.integers(1, 4),
+        "attention_heads": st.integers(1, 4),
         "head_dim": st.integers(1, 6),
         "out_dim": st.integers(1, 10),
         "activation": st.sampled_from(ACTIVATIONS),
@@ -168,7 +168,7 @@ def _mmfa_reference(
             att = module.attention
             d = att.head_dim
             vecs = []
-            for h in range(att.heads):
+            for h in range(att.attention_heads):
                 rows = slice(h * d, (h + 1) * d)
                 # eq 8: row 0 from the image features, row 1 from the metadata features
                 q = torch.stack([att.query_image.weight[rows] @ x_i, att.query_meta.weight[rows] @ x_m])
@@ -201,12 +201,16 @@ def test_mmfa_equals_eqs_8_to_11(dims):
     module, _, _ = _build("fusion", "mmfa", **dims)
     module = module.double().eval()
     att = module.attention
-    inner = dims["heads"] * dims["head_dim"]
+    inner = dims["attention_heads"] * dims["head_dim"]
     # the shapes of the paper's matrices, and no biases where the equations have none
     assert att.query_image.weight.shape == (inner, dims["image_dim"])
     assert att.value_meta.weight.shape == (inner, dims["meta_dim"])
     assert att.out_proj.weight.shape == (dims["out_dim"], 2 * inner)
-    assert (att.heads, att.head_dim, att.out_dim) == (dims["heads"], dims["head_dim"], dims["out_dim"])
+    assert (att.attention_heads, att.head_dim, att.out_dim) == (
+        dims["attention_heads"],
+        dims["head_dim"],
+        dims["out_dim"],
+    )
     assert module.skip.weight.shape == (dims["out_dim"], dims["image_dim"] + dims["meta_dim"])
     for layer in (att.query_image, att.key_meta, att.value_image, att.out_proj, module.skip):
         assert layer.bias is None
@@ -249,7 +253,7 @@ def test_skip_only_is_linear_in_its_inputs(dims, a, c):
 def test_mmfa_is_its_skip_path_plus_its_attention_path():
     """Eq 11 splits into the two ablations when they share MMFA's weights."""
     torch.manual_seed(0)
-    dims = dict(image_dim=9, meta_dim=5, heads=3, head_dim=4, out_dim=7)
+    dims = dict(image_dim=9, meta_dim=5, attention_heads=3, head_dim=4, out_dim=7)
     full = MMFAFusion(**dims, activation="tanh").double()
     attention = AttentionOnlyFusion(**dims, activation="tanh").double()
     skip = SkipOnlyFusion(image_dim=9, meta_dim=5, out_dim=7).double()
@@ -415,18 +419,18 @@ def test_decisions_are_batch_permutation_equivariant(name, case):
 @settings(max_examples=25)
 @given(
     batch=st.integers(1, 6),
-    in_dim=st.integers(1, 10),
+    metadata_width=st.integers(1, 10),
     hidden=st.lists(st.integers(1, 8), max_size=3),
     out_dim=st.integers(1, 9),
     layer_norm=st.booleans(),
     activation=st.sampled_from(ACTIVATIONS),
 )
-def test_mlp_metadata_encoder_shapes(batch, in_dim, hidden, out_dim, layer_norm, activation):
+def test_mlp_metadata_encoder_shapes(batch, metadata_width, hidden, out_dim, layer_norm, activation):
     torch.manual_seed(0)
     module, _, _ = _build(
         "metadata_encoder",
         "mlp",
-        in_dim=in_dim,
+        metadata_width=metadata_width,
         hidden_dims=tuple(hidden),
         out_dim=out_dim,
         layer_norm=layer_norm,
@@ -434,20 +438,20 @@ def test_mlp_metadata_encoder_shapes(batch, in_dim, hidden, out_dim, layer_norm,
     )
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == list(
-        zip([in_dim, *hidden], [*hidden, out_dim], strict=True)
+        zip([metadata_width, *hidden], [*hidden, out_dim], strict=True)
     )
     assert any(isinstance(m, torch.nn.LayerNorm) for m in module.modules()) == layer_norm
     module.eval()
-    x = torch.randn(batch, in_dim)
+    x = torch.randn(batch, metadata_width)
     out = module(x)
-    assert out.shape == (batch, out_dim) and (module.in_dim, module.out_dim) == (in_dim, out_dim)
+    assert out.shape == (batch, out_dim) and (module.metadata_width, module.out_dim) == (metadata_width, out_dim)
     perm = torch.randperm(batch)
     torch.testing.assert_close(module(x[perm]), out[perm])
 
 
 def test_mlp_dropout_only_in_train_mode():
     torch.manual_seed(0)
-    module, _, _ = _build("metadata_encoder", "mlp", dropout=0.5, in_dim=5)
+    module, _, _ = _build("metadata_encoder", "mlp", dropout=0.5, metadata_width=5)
     x = torch.randn(8, 5)
     module.eval()
     assert torch.equal(module(x), module(x))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGE_SIZE, META_DIM, build_tiny, make_batch, tiny_spec
+from conftest import IMAGE_SIZE, METADATA_WIDTH, build_tiny, make_batch, tiny_spec
 from torch import nn
 
 import fusionkit as fk
@@ -61,7 +61,7 @@ def _parts(**changes):
     parts = dict(
         num_classes=N,
         image_encoders={"derm": derm, "clinical": clinical},
-        metadata_encoder=MLPMetadataEncoder(in_dim=META_DIM, out_dim=12, hidden_dims=(16,)),
+        metadata_encoder=MLPMetadataEncoder(metadata_width=METADATA_WIDTH, out_dim=12, hidden_dims=(16,)),
         fusion=GatedProduct(image_dim=2 * width, meta_dim=12, out_dim=10),
         decision=ADFDecision(num_classes=N, branches=BRANCHES, hidden_dim=8),
         image_size=IMAGE_SIZE,
@@ -77,7 +77,7 @@ def test_an_unregistered_fusion_block_trains_end_to_end_with_the_joint_individua
     assert model.spec is None  # composed from modules: nothing to rebuild it from without this code
     assert model.modalities == ("derm", "clinical", "meta") and model.decision_branches == BRANCHES
     assert model.feature_dims == {"image": 2 * model.image_stream.width, "meta": 12, "joint": 10}
-    assert set(model.heads) == set(BRANCHES) and model.has_weights and model.metadata_width == META_DIM
+    assert set(model.heads) == set(BRANCHES) and model.has_weights and model.metadata_width == METADATA_WIDTH
     spec = tiny_spec()
     batch = make_batch(spec, 4, present={"derm": [1, 1, 0, 1], "clinical": [1, 0, 1, 1], "meta": [1, 1, 1, 0]})
     out = model(batch)
@@ -106,7 +106,7 @@ def test_composing_the_modules_a_spec_builds_gives_the_spec_models_layout_and_ou
     composed = fk.FusionModel(
         num_classes=spec.num_classes,
         image_encoders={"derm": _timm(), "clinical": _timm()},
-        metadata_encoder=MLPMetadataEncoder(in_dim=META_DIM, out_dim=12, hidden_dims=(16,)),
+        metadata_encoder=MLPMetadataEncoder(metadata_width=METADATA_WIDTH, out_dim=12, hidden_dims=(16,)),
         fusion=fk.registry("fusion")
         .get("concat")
         .component(image_dim=built.feature_dims["image"], meta_dim=built.feature_dims["meta"]),
@@ -137,16 +137,16 @@ def test_the_same_encoder_under_both_images_is_one_shared_backbone():
 
 
 def test_a_metadata_only_model_needs_no_preprocessing_and_defaults_heads_and_weights():
-    meta = MLPMetadataEncoder(in_dim=META_DIM, out_dim=4, hidden_dims=())
+    meta = MLPMetadataEncoder(metadata_width=METADATA_WIDTH, out_dim=4, hidden_dims=())
     model = fk.FusionModel(
         num_classes=N,
         metadata_encoder=meta,
         decision=fk.registry("decision").get("single").component(num_classes=N, branches=("meta",), branch="meta"),
     )
     assert model.modalities == ("meta",) and model.preprocessing is None and model.image_size is None
-    assert model.metadata_width == META_DIM  # read from the encoder's in_dim
+    assert model.metadata_width == METADATA_WIDTH  # read from the encoder's metadata_width
     assert not model.has_weights  # one branch: nothing to report
-    out = model({"meta": torch.randn(2, META_DIM)})
+    out = model({"meta": torch.randn(2, METADATA_WIDTH)})
     assert out.weights is None and out.probs.shape == (2, N)
 
 
@@ -186,11 +186,11 @@ def test_width_mismatches_are_one_line_errors_at_construction():
     assert _error(fusion=GatedProduct(image_dim=width, meta_dim=12, out_dim=10)).startswith(
         f"fusion block (GatedProduct) does not accept f_I of width {2 * width} and f_M of width 12: RuntimeError: "
     )
-    assert _error(metadata_encoder=MLPMetadataEncoder(in_dim=META_DIM, out_dim=9), metadata_width=META_DIM).startswith(
-        f"fusion block (GatedProduct) does not accept f_I of width {2 * width} and f_M of width 9"
-    )
-    assert _error(metadata_encoder=MLPMetadataEncoder(in_dim=3, out_dim=12), metadata_width=META_DIM) == (
-        f"metadata_width is {META_DIM} but the metadata encoder's in_dim is 3"
+    assert _error(
+        metadata_encoder=MLPMetadataEncoder(metadata_width=METADATA_WIDTH, out_dim=9), metadata_width=METADATA_WIDTH
+    ).startswith(f"fusion block (GatedProduct) does not accept f_I of width {2 * width} and f_M of width 9")
+    assert _error(metadata_encoder=MLPMetadataEncoder(metadata_width=3, out_dim=12), metadata_width=METADATA_WIDTH) == (
+        f"metadata_width is {METADATA_WIDTH} but the metadata encoder's metadata_width is 3"
     )
     assert _error(fusion=NoWidth()) == (
         "fusion block (NoWidth) reports no out_dim: set an int `out_dim` attribute (its output width); got None"
@@ -240,16 +240,18 @@ def test_missing_declarations_and_bad_combinations_are_one_line_errors():
     with pytest.raises(fk.ConfigError, match="needs a spec, or num_classes= and decision="):
         fk.FusionModel(image_encoders={"derm": _timm()})
     with pytest.raises(fk.ConfigError, match=r"give a spec or built modules, not both \(got a spec and fusion\)"):
-        fk.FusionModel(tiny_spec(), metadata_width=META_DIM, fusion=GatedProduct(image_dim=1, meta_dim=1, out_dim=1))
+        fk.FusionModel(
+            tiny_spec(), metadata_width=METADATA_WIDTH, fusion=GatedProduct(image_dim=1, meta_dim=1, out_dim=1)
+        )
 
 
 def test_from_spec_is_build_model():
     spec = tiny_spec()
-    assert fk.FusionModel(spec.to_dict(), metadata_width=META_DIM).spec == spec  # the 0.1 positional form
+    assert fk.FusionModel(spec.to_dict(), metadata_width=METADATA_WIDTH).spec == spec  # the 0.1 positional form
     with pytest.raises(fk.ConfigError, match=r"not both \(got a spec and combine, modality_dropout\)"):
-        fk.FusionModel(spec, metadata_width=META_DIM, combine="mean", modality_dropout=0.2)
+        fk.FusionModel(spec, metadata_width=METADATA_WIDTH, combine="mean", modality_dropout=0.2)
     torch.manual_seed(0)
-    a = fk.FusionModel.from_spec(spec.to_dict(), metadata_width=META_DIM)
+    a = fk.FusionModel.from_spec(spec.to_dict(), metadata_width=METADATA_WIDTH)
     b = build_tiny(spec)
     assert a.spec == b.spec == spec
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):

@@ -22,7 +22,7 @@ def table(tmp_path_factory):
 
 def test_width_and_feature_names():
     encoder = MetadataEncoder()
-    assert encoder.width == 35 == len(encoder.feature_names)
+    assert encoder.metadata_width == 35 == len(encoder.feature_names)
     assert encoder.feature_names[:2] == ("age", "age_missing")
     assert encoder.feature_names[-2:] == ("derm.altered", "clinical.altered")
     assert "site=unknown" in encoder.feature_names and "sex=unknown" in encoder.feature_names
@@ -181,12 +181,12 @@ def test_statistics_fall_back_to_mean_0_std_1_only_without_values_or_spread(tabl
         None,
         0,
     )
-    assert repr(fresh) == "MetadataEncoder(width=35, not fitted)"
+    assert repr(fresh) == "MetadataEncoder(metadata_width=35, not fitted)"
     no_ages = MetadataEncoder().fit([replace(rec, age=None)] * 2)
     assert (no_ages.age_mean, no_ages.age_std) == (0.0, 1.0)
     one = MetadataEncoder().fit([replace(rec, age=50.0)])
     assert (one.age_mean, one.age_std) == (50.0, 1.0)
-    assert repr(one) == "MetadataEncoder(width=35, fitted on 1 lesions)"
+    assert repr(one) == "MetadataEncoder(metadata_width=35, fitted on 1 lesions)"
     two = MetadataEncoder().fit([replace(rec, age=30.0), replace(rec, age=70.0, lesion_id="x")])
     assert (two.age_mean, two.age_std) == (50.0, 20.0)
     _raises_exactly(

@@ -32,7 +32,7 @@ def test_item_format(files):
     for key in ("derm", "clinical"):
         assert item[key].shape == (3, H, W) and item[key].dtype == torch.float32
         assert 0.0 <= float(item[key].min()) and float(item[key].max()) <= 1.0
-    assert item["meta"].shape == (dataset.meta_width,) and item["meta"].dtype == torch.float32
+    assert item["meta"].shape == (dataset.metadata_width,) and item["meta"].dtype == torch.float32
     assert set(item["present"]) == set(MODALITIES)
     for value in item["present"].values():
         assert value.dtype == torch.bool and value.shape == () and bool(value)
@@ -43,7 +43,7 @@ def test_default_collate_gives_the_model_batch(files):
     dataset = Milk10kDataset(files=files)
     batch = default_collate([dataset[i] for i in range(5)])
     assert batch["derm"].shape == (5, 3, H, W) and batch["clinical"].shape == (5, 3, H, W)
-    assert batch["meta"].shape == (5, dataset.meta_width)
+    assert batch["meta"].shape == (5, dataset.metadata_width)
     assert all(batch["present"][m].shape == (5,) and batch["present"][m].dtype == torch.bool for m in MODALITIES)
     assert batch["label"].shape == (5,) and batch["label"].dtype == torch.int64
     assert batch["lesion_id"] == list(dataset.lesion_ids[:5])

@@ -116,7 +116,7 @@ def test_the_training_sampler_never_yields_a_batch_of_one(n: int, batch: int, wo
 # -- divergence and a last batch of one, end to end -----------------------------------------------
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     data = tmp_path / "milk"
-    make_synthetic_milk10k(data, n_lesions=60, image_size=(40, 30), seed=3)
+    make_synthetic_milk10k(data, n_lesions=60, photo_size=(40, 30), seed=3)
     # 45 training lesions in batches of 4: the epoch would end in a batch of one (BatchNorm refuses it)
     config = RunConfig.model_validate(tiny_run_config(cache_dir, epochs=3, batch_size=4))
     trainer = Trainer(config, run_dir=tmp_path / "run", data_root=data, progress=False)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 import torch
 from conftest import (
-    META_DIM,
+    METADATA_WIDTH,
     TINY_BACKBONE,
     build_tiny,
     make_batch,
@@ -141,13 +142,13 @@ def test_default_model_forward_backward_reaches_every_parameter():
 
 def test_build_model_from_a_dict_and_the_structure_it_builds():
     data = tiny_spec().to_dict()
-    model = fk.build_model(data, metadata_width=META_DIM)
+    model = fk.build_model(data, metadata_width=METADATA_WIDTH)
     assert isinstance(model, fk.FusionModel) and model.spec == fk.ModelSpec.model_validate(data)
     assert set(model.image_stream.encoders) == {"derm", "clinical"}  # one backbone per image
     width = model.image_stream.width
     assert model.feature_dims == {"image": 2 * width, "meta": 12, "joint": 16}
     assert set(model.heads) == set(BRANCHES)
-    assert model.metadata_width == META_DIM
+    assert model.metadata_width == METADATA_WIDTH
 
 
 @pytest.mark.parametrize(("shared", "combine"), [(True, "concat"), (True, "mean"), (False, "mean")])
@@ -169,10 +170,11 @@ def test_shared_backbone_and_mean_combine(shared, combine):
 def test_metadata_width_must_be_known():
     with pytest.raises(fk.ConfigError, match="metadata_width"):
         fk.build_model(tiny_spec())
-    # the width is the data's alone: a 0.1.0 spec's in_dim is dropped, never used
-    spec = tiny_spec(metadata_encoder={"kind": "mlp", "in_dim": 9, "out_dim": 4})
-    assert spec == tiny_spec(metadata_encoder={"kind": "mlp", "out_dim": 4})
-    assert "in_dim" not in spec.to_dict()["metadata_encoder"]
+    # the width is the data's alone: no spec stores it, and a width key in a spec is refused by name
+    with pytest.raises(pydantic.ValidationError, match=r"metadata_encoder\.mlp\.metadata_width"):
+        tiny_spec(metadata_encoder={"kind": "mlp", "metadata_width": 9, "out_dim": 4})
+    spec = tiny_spec(metadata_encoder={"kind": "mlp", "out_dim": 4})
+    assert "metadata_width" not in spec.to_dict()["metadata_encoder"]
     with pytest.raises(fk.ConfigError, match="metadata_width"):
         fk.build_model(spec)
     model = fk.build_model(spec, metadata_width=3)
@@ -296,7 +298,7 @@ def test_modality_dropout_only_in_train_mode_and_never_drops_everything():
     batch = {
         "derm": torch.zeros(size, 1),
         "clinical": torch.zeros(size, 1),
-        "meta": torch.zeros(size, META_DIM),
+        "meta": torch.zeros(size, METADATA_WIDTH),
         "present": given,
     }
 
@@ -338,7 +340,7 @@ def test_modality_dropout_forward_in_train_mode_and_off_by_default():
 # -- pinned details (each closes a mutant of the 2026-11-27 mutmut run; tests/README.md) -------
 def _meta_device_batch(spec: fk.ModelSpec, size: int, present: dict | None = None) -> dict:
     batch = {m: torch.empty(size, 3, 32, 32, device="meta") for m in spec.image_modalities}
-    batch["meta"] = torch.empty(size, META_DIM, device="meta")
+    batch["meta"] = torch.empty(size, METADATA_WIDTH, device="meta")
     if present is not None:
         batch["present"] = {m: torch.as_tensor(v, device="meta") for m, v in present.items()}
     return batch
@@ -415,7 +417,7 @@ def test_model_error_messages_are_exact():
         fk.build_model(tiny_spec())
     assert str(info.value) == (
         "the metadata encoder's input width is unknown: pass metadata_width= to build_model (the "
-        "width of the encoded metadata, fusionkit.data.MetadataEncoder.width)"
+        "width of the encoded metadata, fusionkit.data.MetadataEncoder.metadata_width)"
     )
     model = build_tiny(tiny_spec()).eval()
     batch = make_batch(model.spec, 12, present={"derm": [0] * 12, "clinical": [0] * 12, "meta": [0] * 12})

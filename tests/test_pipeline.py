@@ -342,7 +342,7 @@ def test_a_copied_run_predicts_a_test_only_folder_with_default_options(run_dir: 
     config["data"]["cache_dir"] = str(tmp_path / "not-here")
     (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     test = tmp_path / "new-clinic"
-    make_synthetic_milk10k(test, n_lesions=6, image_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
+    make_synthetic_milk10k(test, n_lesions=6, photo_size=(40, 30), seed=9, split="Test", with_ground_truth=False)
     out = tmp_path / "submission.csv"
     proc = subprocess.run(
         [
@@ -424,7 +424,7 @@ def test_a_model_trained_without_monet_needs_no_monet_scores(tmp_path: Path) -> 
     config["data"]["metadata_features"] = ["age", "sex", "site", "skin_tone", "altered"]
     train_carried_run(config, tmp_path / "run")
     encoder = fk.data.MetadataEncoder.load(tmp_path / "run" / "metadata_encoder.json")
-    assert encoder.features == ("age", "sex", "site", "skin_tone", "altered") and encoder.width == 35 - 14
+    assert encoder.features == ("age", "sex", "site", "skin_tone", "altered") and encoder.metadata_width == 35 - 14
     pipe = fk.FusionPipeline.from_pretrained(fk.FusionPipeline.from_run(tmp_path / "run").save(tmp_path / "model"))
     _, rows, images = _lesion(tmp_path / "run")
     lesion = {k: v for k, v in _flat(rows).items() if "MONET" not in k}
@@ -475,7 +475,7 @@ def test_an_ensemble_averages_its_members_stored_thresholds() -> None:
 def records(tmp_path_factory) -> list:
     from fusionkit.data.tables import read_metadata
 
-    files = make_synthetic_milk10k(tmp_path_factory.mktemp("records"), n_lesions=30, image_size=(8, 6), seed=4)
+    files = make_synthetic_milk10k(tmp_path_factory.mktemp("records"), n_lesions=30, photo_size=(8, 6), seed=4)
     return read_metadata(files.metadata_csv)
 
 

@@ -35,7 +35,7 @@ MODEL = {
     "image_size": 32,
     "image_encoder": {"kind": "plugin_conv", "out_dim": 8},
     "metadata_encoder": {"kind": "mlp", "hidden_dims": [16], "out_dim": 12},
-    "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16},
+    "fusion": {"kind": "mmfa", "attention_heads": 2, "head_dim": 4, "out_dim": 16},
     "decision": {"kind": "adf", "hidden_dim": 8},
 }
 
@@ -85,7 +85,7 @@ def test_a_plugin_encoders_declared_normalisation_is_what_the_run_trains_and_pre
     # prediction: the reloaded model declares the same, and its transform normalises with it
     saved = RunConfig.model_validate(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()))
     encoder = MetadataEncoder.load(tmp_path / "run" / "metadata_encoder.json")
-    model = fk.FusionModel.from_spec(saved.model, metadata_width=encoder.width)
+    model = fk.FusionModel.from_spec(saved.model, metadata_width=encoder.metadata_width)
     load_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors", model=model)
     model.eval()
     assert model.preprocessing == declared

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import torch
 import yaml
-from conftest import META_DIM, TINY_OVERRIDES, make_batch
+from conftest import METADATA_WIDTH, TINY_OVERRIDES, make_batch
 
 import fusionkit as fk
 from fusionkit.presets import PRESET_ALIASES, parse_override, preset_description
@@ -104,7 +104,7 @@ def test_preset_matches_the_papers_structure(name):
 def test_preset_builds_and_one_adamw_step_lowers_the_loss(name):
     spec = _tiny_preset(name)
     torch.manual_seed(0)
-    model = fk.build_model(spec, metadata_width=META_DIM)
+    model = fk.build_model(spec, metadata_width=METADATA_WIDTH)
     # the built model has the preset's structure
     assert tuple(model.heads) == spec.head_branches
     assert (model.fusion is None) == (spec.fusion is None)
@@ -147,20 +147,20 @@ def test_overrides_as_a_dict():
         "ji-adf",
         {
             "image_encoder": {"model_name": "test_efficientnet", "pretrained": False},
-            "fusion": {"heads": 2},
+            "fusion": {"attention_heads": 2},
             "num_classes": 3,
             "loss": {"lambda_meta": 0.0},
         },
     )
     # deep merge: the untouched fields keep the preset's values
     assert spec.image_encoder.kind == "timm" and spec.image_encoder.model_name == "test_efficientnet"
-    assert spec.fusion.kind == "mmfa" and spec.fusion.heads == 2 and spec.fusion.head_dim == 64
+    assert spec.fusion.kind == "mmfa" and spec.fusion.attention_heads == 2 and spec.fusion.head_dim == 64
     assert spec.num_classes == 3 and spec.loss.lambda_meta == 0.0 and spec.loss.lambda_joint == 0.5
     assert spec.name == "ji-adf"
     # changing a slot's kind replaces the slot: the old kind's fields do not leak in
     spec = fk.load_preset("ji-adf", {"fusion": {"kind": "concat"}})
     assert spec.fusion == fk.specs.ConcatFusionSpec()
-    spec = fk.load_preset("ji-adf", ["fusion.heads=2", "fusion.kind=skip_only", "fusion.out_dim=8"])
+    spec = fk.load_preset("ji-adf", ["fusion.attention_heads=2", "fusion.kind=skip_only", "fusion.out_dim=8"])
     assert spec.fusion == fk.specs.SkipOnlySpec(out_dim=8)
 
 
@@ -170,7 +170,7 @@ def test_overrides_as_dotted_strings():
         [
             "image_encoder.model_name=test_efficientnet",
             "image_encoder.pretrained=false",
-            "fusion.heads=4",
+            "fusion.attention_heads=4",
             "decision.kind=average",
             "modalities=[derm, meta]",
             "loss.class_weights=[1, 2, 3]",
@@ -179,7 +179,7 @@ def test_overrides_as_dotted_strings():
         ],
     )
     assert spec.image_encoder.model_name == "test_efficientnet" and spec.image_encoder.pretrained is False
-    assert spec.fusion.heads == 4 and spec.decision.kind == "average"
+    assert spec.fusion.attention_heads == 4 and spec.decision.kind == "average"
     assert spec.modalities == ("derm", "meta") and spec.loss.class_weights == (1.0, 2.0, 3.0)
     assert spec.name == "mine"
     spec = fk.load_preset("late-concat", ["fusion=null", "decision.kind=average"])
@@ -190,7 +190,7 @@ def test_overrides_as_dotted_strings():
 
 def test_bad_overrides():
     with pytest.raises(fk.ConfigError, match="key.path=value"):
-        fk.load_preset("ji-adf", ["fusion.heads"])
+        fk.load_preset("ji-adf", ["fusion.attention_heads"])
     with pytest.raises(fk.ConfigError, match="key.path=value"):
         fk.load_preset("ji-adf", ["=3"])
     with pytest.raises(pydantic.ValidationError, match=r"fusion\.mmfa\.num_head"):
@@ -209,6 +209,9 @@ def test_each_delta_preset_expands_to_the_full_spec_it_had(old_name):
     # the one field removed since: the metadata input width, which comes from the data alone
     expected["metadata_encoder"] = dict(expected["metadata_encoder"])
     assert expected["metadata_encoder"].pop("in_dim") is None
+    # the field renamed since: MMFA's number of attention heads
+    if expected["fusion"] is not None and "heads" in expected["fusion"]:
+        expected["fusion"] = {"attention_heads" if k == "heads" else k: v for k, v in expected["fusion"].items()}
     # the fields added since: the long-tail loss options, off (the paper's plain CE)
     expected["loss"] = {
         **expected["loss"],

@@ -155,7 +155,7 @@ def test_every_applied_field_may_change_and_is_listed_in_path_order(tmp_path: Pa
 
 def test_the_generated_set_counts_only_for_a_synthetic_run(tmp_path: Path) -> None:
     base = _config(tmp_path)
-    other = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "image_size": [40, 30], "seed": 3}})
+    other = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "photo_size": [40, 30], "seed": 3}})
     assert resume_changes(base, other, run_dir=tmp_path, synthetic=False) == []
     with pytest.raises(ConfigError) as exc:
         resume_changes(base, other, run_dir=tmp_path, synthetic=True)
@@ -171,14 +171,14 @@ def test_a_changed_model_spec_names_its_first_three_fields(tmp_path: Path) -> No
     base = _config(tmp_path)
     other = _config(
         tmp_path,
-        model={"image_size": 64, "fusion": {"kind": "mmfa", "heads": 2, "head_dim": 4, "out_dim": 16}},
+        model={"image_size": 64, "fusion": {"kind": "mmfa", "attention_heads": 2, "head_dim": 4, "out_dim": 16}},
         lr=0.5,
         batch_size=4,
     )
     with pytest.raises(ConfigError) as exc:
         resume_changes(base, other, run_dir=tmp_path, synthetic=True)
     assert _message(exc) == (
-        f"{tmp_path}: --resume with a different model spec (fusion.head_dim: 64 -> 4; fusion.heads: 8 -> 2; "
+        f"{tmp_path}: --resume with a different model spec (fusion.attention_heads: 8 -> 2; fusion.head_dim: 64 -> 4; "
         "fusion.out_dim: 512 -> 16); resume with the run's own config or start a new --out"
     )
 
@@ -248,7 +248,7 @@ def test_a_component_of_another_kind_or_none_is_a_model_change_field_by_field(tm
         resume_changes(base, concat, run_dir=tmp_path, synthetic=True)
     assert _message(exc) == (
         f"{tmp_path}: --resume with a different model spec (fusion.activation: 'gelu' -> None; "
-        "fusion.head_dim: 64 -> None; fusion.heads: 8 -> None); resume with the run's own config or start a new --out"
+        "fusion.attention_heads: 8 -> None; fusion.head_dim: 64 -> None); resume with the run's own config or start a new --out"
     )
     no_fusion = RunConfig.model_validate(tiny_run_config(tmp_path, preset="derm-clinical"))
     assert no_fusion.model.fusion is None

@@ -494,7 +494,7 @@ def uint8_dataset(tmp_path_factory):
     from fusionkit.data import Milk10kDataset, build_transforms
     from fusionkit.data.synthetic import make_synthetic_milk10k
 
-    files = make_synthetic_milk10k(tmp_path_factory.mktemp("milk"), n_lesions=12, image_size=(40, 30), seed=1)
+    files = make_synthetic_milk10k(tmp_path_factory.mktemp("milk"), n_lesions=12, photo_size=(40, 30), seed=1)
     transform = build_transforms(model_name="test_efficientnet", image_size=32, train=False, normalize=False)
     return Milk10kDataset(files=files, transform=transform, image_size=32)
 

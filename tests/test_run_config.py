@@ -14,6 +14,7 @@ import fusionkit as fk
 from fusionkit.errors import ConfigError
 from fusionkit.runtime.config import (
     RunConfig,
+    SyntheticSpec,
     default_cache_dir,
     load_run_config,
 )
@@ -51,19 +52,21 @@ def test_preset_overrides_apply_before_expansion_and_the_rest_after(tmp_path):
             "train.lr=0.01",  # a late override listed first: the order of the two kinds does not matter
             " model.preset =ji-adf-noaux",  # spaces around the key are allowed
             "model.overrides.decision.hidden_dim=32",
-            "model.fusion.heads=4",  # of the expanded spec: given to the preset it would be refused
+            "model.fusion.attention_heads=4",  # of the expanded spec: given to the preset it would be refused
         ],
     )
     expected = fk.load_preset("ji-adf-noaux", {"image_encoder": dict(TINY_BACKBONE), "decision": {"hidden_dim": 32}})
-    assert config.model == expected.model_copy(update={"fusion": expected.fusion.model_copy(update={"heads": 4})})
+    assert config.model == expected.model_copy(
+        update={"fusion": expected.fusion.model_copy(update={"attention_heads": 4})}
+    )
     assert config.train.lr == 0.01
 
 
 def test_a_late_model_override_of_a_preset_is_not_taken_for_a_preset_field(tmp_path):
     with pytest.raises(ValueError, match="a preset takes only 'preset' and 'overrides'"):
-        RunConfig.model_validate({"model": {"preset": "ji-adf", "fusion": {"heads": 4}}})
-    config = load_run_config(_preset_config(tmp_path), ["model.fusion.heads=4"])
-    assert config.model.fusion.heads == 4
+        RunConfig.model_validate({"model": {"preset": "ji-adf", "fusion": {"attention_heads": 4}}})
+    config = load_run_config(_preset_config(tmp_path), ["model.fusion.attention_heads=4"])
+    assert config.model.fusion.attention_heads == 4
 
 
 def test_a_config_with_a_full_model_spec_takes_overrides_on_it(tmp_path):
@@ -105,7 +108,7 @@ def test_the_image_cache_folder_is_fusionkit_cache_or_the_user_cache(monkeypatch
         ("data.num_workers=100000", "data.num_workers"),
         ("model.image_size=100000", "model.image_size"),
         ("train.epochs=1000000", "train.epochs"),
-        ("data.synthetic.image_size=[100000,10]", "data.synthetic.image_size"),
+        ("data.synthetic.photo_size=[100000,10]", "data.synthetic.photo_size"),
     ],
 )
 def test_every_number_that_could_take_the_machine_down_has_a_bound(tmp_path, override, field):
@@ -128,3 +131,9 @@ def test_the_bounds_leave_every_useful_value_alone(tmp_path):
         64,
         2048,
     )
+
+
+def test_a_config_that_names_the_synthetic_photo_size_image_size_still_reads_with_a_warning():
+    with pytest.warns(FutureWarning, match=r"data\.synthetic\.image_size is now data\.synthetic\.photo_size"):
+        old = SyntheticSpec.model_validate({"n_lesions": 12, "image_size": [20, 16]})
+    assert old == SyntheticSpec(n_lesions=12, photo_size=(20, 16))

@@ -50,7 +50,7 @@ FLIP_ONLY = {
 @pytest.fixture(scope="module")
 def milk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("milk")
-    make_synthetic_milk10k(root, n_lesions=24, image_size=(40, 30), seed=3)
+    make_synthetic_milk10k(root, n_lesions=24, photo_size=(40, 30), seed=3)
     return root
 
 
@@ -261,17 +261,17 @@ def test_rank_0_builds_first_then_lets_the_others_in(tmp_path: Path, milk: Path,
 
 # -- the data root -------------------------------------------------------------------------------
 def test_a_synthetic_run_generates_its_set_once_and_records_it(tmp_path: Path, spies: dict) -> None:
-    config = _config(tmp_path, data={"synthetic": {"n_lesions": 12, "image_size": [20, 16], "seed": 4}})
+    config = _config(tmp_path, data={"synthetic": {"n_lesions": 12, "photo_size": [20, 16], "seed": 4}})
     run = tmp_path / "run"
     run.mkdir()
     data = ds.prepare_data(config, run_dir=run, data_root=None, synthetic=True, dist_info=CPU)
     assert spies["make_synthetic_milk10k"].calls() == [
-        ((run / "synthetic",), {"n_lesions": 12, "image_size": (20, 16), "seed": 4})
+        ((run / "synthetic",), {"n_lesions": 12, "photo_size": (20, 16), "seed": 4})
     ]
     assert data.config.data.root == (run / "synthetic").resolve()
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["synthetic"] == {
         "n_lesions": 12,
-        "image_size": [20, 16],
+        "photo_size": [20, 16],
         "seed": 4,
     }
     assert len(data.split.train) + len(data.split.val) == 12
@@ -371,7 +371,7 @@ def test_a_synthetic_run_cannot_resume_with_another_generated_set(tmp_path: Path
     run = tmp_path / "run"
     run.mkdir()
     first = ds.prepare_data(_config(tmp_path), run_dir=run, data_root=None, synthetic=True, dist_info=CPU)
-    bigger = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "image_size": [40, 30], "seed": 3}})
+    bigger = _config(tmp_path, data={"synthetic": {"n_lesions": 30, "photo_size": [40, 30], "seed": 3}})
     with pytest.raises(ConfigError) as exc:
         ds.prepare_data(bigger, run_dir=run, data_root=None, synthetic=True, dist_info=CPU, saved=first.config)
     assert str(exc.value).startswith(f"{run}: --resume cannot change data.synthetic.n_lesions (24 -> 30); ")
@@ -465,7 +465,7 @@ def test_the_datasets_take_the_built_models_declared_preprocessing(tmp_path: Pat
     a preprocessing for another size than the spec's is refused."""
     config = _config(tmp_path, data={"cache": False})
     data = ds.prepare_data(config, run_dir=tmp_path / "run", data_root=milk, synthetic=False, dist_info=CPU)
-    model = fk.build_model(config.model, metadata_width=data.encoder.width)
+    model = fk.build_model(config.model, metadata_width=data.encoder.metadata_width)
     with caplog.at_level("INFO", logger="fusionkit.train.data_setup"):
         data.use_preprocessing(model.preprocessing)
     assert data.preprocessing == model.preprocessing == backbone_preprocessing("test_efficientnet").with_size(32)

@@ -74,7 +74,7 @@ def test_component_kwargs_leave_out_the_slot_fields():
     kwargs = spec.image_encoder.component_kwargs()
     assert "kind" not in kwargs and "shared" not in kwargs and "combine" not in kwargs
     assert kwargs["model_name"] == "test_efficientnet" and kwargs["pretrained"] is False
-    assert spec.fusion.component_kwargs() == {"heads": 2, "head_dim": 4, "out_dim": 16, "activation": "gelu"}
+    assert spec.fusion.component_kwargs() == {"attention_heads": 2, "head_dim": 4, "out_dim": 16, "activation": "gelu"}
     assert spec.decision.component_kwargs() == {"hidden_dim": 8, "activation": "relu", "detach_logits": False}
 
 
@@ -180,7 +180,7 @@ def _error(data: dict) -> pydantic.ValidationError:
         ({"losses": {"lambda_joint": 1}}, "losses", "Extra inputs"),
         ({"loss": {"lambda_join": 1}}, "loss.lambda_join", "Extra inputs"),
         ({"fusion": {"kind": "mmfa", "out_dim": 0}}, "fusion.mmfa.out_dim", "greater than 0"),
-        ({"fusion": {"kind": "mmfa", "heads": -2}}, "fusion.mmfa.heads", "greater than 0"),
+        ({"fusion": {"kind": "mmfa", "attention_heads": -2}}, "fusion.mmfa.attention_heads", "greater than 0"),
         ({"fusion": {"kind": "skip_only", "out_dim": 0}}, "fusion.skip_only.out_dim", "greater than 0"),
         (
             {"metadata_encoder": {"kind": "mlp", "hidden_dims": [8, 0]}},
@@ -357,6 +357,16 @@ def test_spec_file_paths_survive_the_roundtrip(tmp_path):
 
 
 def test_a_slot_without_kind_takes_the_default_component() -> None:
-    spec = fk.ModelSpec(image_encoder={"model_name": "test_efficientnet", "pretrained": False}, fusion={"heads": 2})
-    assert spec.image_encoder.kind == "timm" and spec.fusion.kind == "mmfa" and spec.fusion.heads == 2
+    spec = fk.ModelSpec(
+        image_encoder={"model_name": "test_efficientnet", "pretrained": False}, fusion={"attention_heads": 2}
+    )
+    assert spec.image_encoder.kind == "timm" and spec.fusion.kind == "mmfa" and spec.fusion.attention_heads == 2
     assert fk.ModelSpec.from_yaml(spec.to_yaml()) == spec
+
+
+def test_a_spec_that_names_mmfa_heads_heads_still_reads_with_a_warning():
+    with pytest.warns(FutureWarning, match=r"fusion\.heads is now fusion\.attention_heads"):
+        old = tiny_spec(fusion={"kind": "mmfa", "heads": 3, "head_dim": 4, "out_dim": 16})
+    assert old == tiny_spec(fusion={"kind": "mmfa", "attention_heads": 3, "head_dim": 4, "out_dim": 16})
+    with pytest.raises(pydantic.ValidationError, match="heads is the old name of attention_heads"):
+        tiny_spec(fusion={"kind": "mmfa", "heads": 3, "attention_heads": 2})

@@ -101,7 +101,7 @@ def fusionkit(*args: object) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_trained_from_a_split_file_uses_exactly_its_lesions(tmp_path: Path) -> None:
-    files = make_synthetic_milk10k(tmp_path / "data", n_lesions=40, image_size=(40, 30), seed=3)
+    files = make_synthetic_milk10k(tmp_path / "data", n_lesions=40, photo_size=(40, 30), seed=3)
     ids, labels = lesion_labels(files)
     chosen = {"train": sorted(ids)[10:34], "val": sorted(ids)[:10]}  # 6 lesions left out
     split_file = write(tmp_path, chosen)
@@ -143,7 +143,7 @@ def test_split_file_errors_at_the_command_line(tmp_path: Path) -> None:
 @pytest.mark.subprocess
 def test_folds_from_a_split_file_through_train_folds(tmp_path: Path) -> None:
     """``train --folds 2 --split-file`` (the sweep's machinery): each fold validates on the file's fold."""
-    files = make_synthetic_milk10k(tmp_path / "data", n_lesions=30, image_size=(40, 30), seed=3)
+    files = make_synthetic_milk10k(tmp_path / "data", n_lesions=30, photo_size=(40, 30), seed=3)
     ids = sorted(lesion_labels(files)[0])
     folds = [ids[:14], ids[14:28]]  # two lesions in neither fold
     split_file = write(tmp_path, {"folds": folds})

@@ -56,7 +56,7 @@ def test_run_directory_holds_resolved_config_encoder_and_checkpoints(trained: Tr
     saved = RunConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text()))
     # the metadata width comes from the fitted encoder, never from the spec
     assert "in_dim" not in saved.model.to_dict()["metadata_encoder"]
-    assert trained.model.metadata_width == trained.data.encoder.width
+    assert trained.model.metadata_width == trained.data.encoder.metadata_width
     split = json.loads((run / "split.json").read_text())
     assert not set(split["train"]) & set(split["val"])
     tensors, meta = read_checkpoint(run / "checkpoints" / "last.safetensors")

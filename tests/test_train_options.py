@@ -477,11 +477,12 @@ def test_warm_start_from_a_run_folder_and_from_a_plain_state_dict(tmp_path: Path
 
 
 def test_warmup_cosine_edges_and_floors() -> None:
-    from fusionkit.train.schedules import WarmupCosine, _plain
+    from fusionkit.train.schedules import WarmupCosine
+    from fusionkit.utils.tables import json_value  # the scheduler state's JSON-safe copy
 
     f = WarmupCosine(warmup_steps=3, total_steps=2, floor=0.2)  # T is raised to W + 1
     assert [f(s) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 0.2, 0.2, 0.2])
-    assert _plain({"a": torch.tensor(2.5), "b": (torch.tensor(1.0), 3)}) == {"a": 2.5, "b": [1.0, 3]}
+    assert json_value({"a": torch.tensor(2.5), "b": (torch.tensor(1.0), 3)}) == {"a": 2.5, "b": [1.0, 3]}
     param = nn.Parameter(torch.zeros(1))
     for lr, min_lr, last in [(0.5, 0.1, 0.1), (0.5, 0.8, 0.5)]:  # a floor above lr keeps lr flat
         opt = torch.optim.SGD([param], lr=lr)

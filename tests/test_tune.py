@@ -54,7 +54,7 @@ def test_the_issue_examples_parse():
         [
             "train.lr=log:1e-5:1e-3",
             "train.weight_decay=float:0:0.1",
-            "model.fusion.heads=int:4:8",
+            "model.fusion.attention_heads=int:4:8",
             "train.sampler=cat:shuffle,balanced",
         ]
     )
@@ -78,7 +78,7 @@ def test_the_issue_examples_parse():
         ("train.lr=float:1:nan", "must be finite"),
         ("train.lr=float:0.1:0.1", "LOW < HIGH"),
         ("train.weight_decay=float:0:0.1:0.5", "STEP must be > 0"),
-        ("model.fusion.heads=int:4.5:8", "must be an integer"),
+        ("model.fusion.attention_heads=int:4.5:8", "must be an integer"),
         ("train.sampler=cat:shuffle", "at least two choices"),
         ("train.sampler=cat:shuffle,,balanced", "an empty choice"),
         ("train.sampler=cat:shuffle,shuffle", "listed twice"),
@@ -153,16 +153,18 @@ def test_categorical_choices_are_yaml_scalars():
 
 
 def test_enqueued_values_are_checked_against_the_space():
-    specs = parse_params(["train.lr=log:1e-9:1e-2", "train.sampler=cat:shuffle,balanced", "model.fusion.heads=int:4:8"])
-    assert parse_enqueued("train.lr=1e-9, train.sampler=balanced, model.fusion.heads=6", specs) == {
+    specs = parse_params(
+        ["train.lr=log:1e-9:1e-2", "train.sampler=cat:shuffle,balanced", "model.fusion.attention_heads=int:4:8"]
+    )
+    assert parse_enqueued("train.lr=1e-9, train.sampler=balanced, model.fusion.attention_heads=6", specs) == {
         "train.lr": 1e-9,
         "train.sampler": "balanced",
-        "model.fusion.heads": 6,
+        "model.fusion.attention_heads": 6,
     }
     for text, says in [
         ("train.lr=1", "outside --param 'train.lr=log:1e-9:1e-2'"),
         ("train.sampler=random", "outside"),
-        ("model.fusion.heads=6.5", "outside"),
+        ("model.fusion.attention_heads=6.5", "outside"),
         ("train.epochs=3", "train.epochs is not a --param"),
         ("train.lr", "expected KEY=VALUE"),
     ]:
@@ -213,7 +215,7 @@ def small_data(tmp_path_factory) -> tuple[Path, Path]:
     from fusionkit.data import make_synthetic_milk10k
 
     root = tmp_path_factory.mktemp("tune-data")
-    make_synthetic_milk10k(root / "milk", n_lesions=24, image_size=(40, 30), seed=1)
+    make_synthetic_milk10k(root / "milk", n_lesions=24, photo_size=(40, 30), seed=1)
     config = write_config(root / "cfg.yaml", tiny_run_config(root / "cache", n_lesions=24))
     return root / "milk", config
 

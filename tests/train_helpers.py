@@ -21,7 +21,7 @@ def tiny_run_config(
         },
         "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "device": "cpu", "deterministic": True, **train},
         "data": {
-            "synthetic": {"n_lesions": n_lesions, "image_size": [40, 30], "seed": 3},
+            "synthetic": {"n_lesions": n_lesions, "photo_size": [40, 30], "seed": 3},
             "cache_dir": str(cache_dir),
             "augment": {"rotation_degrees": 0.0},
         },

@@ -83,7 +83,7 @@ def architecture_labels(preset: str = "ji-adf", metadata_width: int = 35) -> dic
     labels["f_I"] = f"f_I = [f_D || f_C]\n{spec.image_encoder.combine}, D_I = {dims['image']}"
     labels["f_M"] = f"f_M\nD_M = {dims['meta']}"
     fusion = spec.fusion
-    heads = getattr(fusion, "heads", None)
+    heads = getattr(fusion, "attention_heads", None)
     detail = f"H = {heads}, d_h = {fusion.head_dim}\n" if heads is not None else ""
     labels["fusion"] = (
         f"{type(model.fusion).__name__}  (eq 2, 8-11)\n{detail}f_IM = W_skip[f_I || f_M] + g(o)\nD_IM = {dims['joint']}"

@@ -44,7 +44,7 @@ RUN_FIGURES = {
 def sample_image(size: int = 224) -> tuple[str, np.ndarray]:
     """``(lesion_id, uint8 (3, size, size))`` of the first dermoscopic image of a generated split."""
     with tempfile.TemporaryDirectory() as tmp:
-        files = make_synthetic_milk10k(tmp, n_lesions=11, seed=3, image_size=(600, 450))
+        files = make_synthetic_milk10k(tmp, n_lesions=11, seed=3, photo_size=(600, 450))
         table = read_milk10k(files)
         lesion = next(x for x in table.lesions if x.derm is not None)
         source: ImageSource = table.image_sources[lesion.derm.isic_id]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 
 
 class FrozenSpec(BaseModel):
@@ -72,20 +72,12 @@ class ImageEncoderSpec(ComponentSpec):
 
 
 class MetadataEncoderSpec(ComponentSpec):
-    """Base of metadata-encoder specs (M_M of eq 1): (B, in_dim) -> (B, out_dim) = D_M.
+    """Base of metadata-encoder specs (M_M of eq 1): (B, metadata_width) -> (B, out_dim) = D_M.
 
-    Constructor context passed by the builder: ``in_dim``, the width of the encoded metadata vector
-    M. It comes from the data alone (:attr:`fusionkit.data.MetadataEncoder.width`, passed to
-    :func:`fusionkit.build_model` as ``metadata_width``), so no spec stores it; an ``in_dim`` key
-    in a spec written by fusionkit 0.1.0 is ignored.
+    Constructor context passed by the builder: ``metadata_width``, the width of the encoded metadata
+    vector M. It comes from the data alone (:attr:`fusionkit.data.MetadataEncoder.metadata_width`,
+    passed to :func:`fusionkit.build_model` as ``metadata_width``), so no spec stores it.
     """
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_legacy_in_dim(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "in_dim" in data:
-            data = {k: v for k, v in data.items() if k != "in_dim"}
-        return data
 
 
 class FusionSpec(ComponentSpec):
@@ -123,19 +115,3 @@ class DecisionSpec(ComponentSpec):
     def decision_branches(self, available: tuple[str, ...]) -> tuple[str, ...]:
         """The branches this decision combines, given those the model has."""
         return available
-
-
-def _bind_registry_bases() -> None:
-    """Make each registry accept only specs of its slot (a fusion spec must be a FusionSpec, ...)."""
-    from fusionkit.registry import REGISTRIES
-
-    for kind, base in (
-        ("image_encoder", ImageEncoderSpec),
-        ("metadata_encoder", MetadataEncoderSpec),
-        ("fusion", FusionSpec),
-        ("decision", DecisionSpec),
-    ):
-        REGISTRIES[kind].spec_base = base
-
-
-_bind_registry_bases()

@@ -1,8 +1,9 @@
 """The built-in components: their specs (what a YAML spec may say) and where their code lives.
 
 Each spec class here is a component's constructor arguments as validated fields (the equations it
-implements are named in its docstring and in its component's module). Importing this module
-registers every built-in under its spec's ``kind``, naming the component class by its import path
+implements are named in its docstring and in its component's module). :func:`register_built_ins`
+(called by :func:`fusionkit.registry.ensure_loaded`, not at import) registers every built-in under
+its spec's ``kind``, naming the component class by its import path
 (``"module:Class"``): the class, and torch with it, is imported when a model is first built, so
 listing components or presets and writing the JSON schema never import torch (validating a spec
 imports timm, or open_clip, for the image encoder's model-name check).
@@ -10,6 +11,7 @@ imports timm, or open_clip, for the image encoder's model-name check).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -17,7 +19,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from fusionkit.components.base import DecisionSpec, FusionSpec, ImageEncoderSpec, MetadataEncoderSpec
 from fusionkit.errors import require_extra
-from fusionkit.registry import register
+from fusionkit.registry import REGISTRIES, spec_kind_name
 
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 """The pointwise nonlinearities a spec may name."""
@@ -141,7 +143,7 @@ def _open_clip() -> Any:
 
 
 class MLPMetadataEncoderSpec(MetadataEncoderSpec):
-    """An MLP ``in_dim -> hidden_dims... -> out_dim`` (the paper's D_M = 256).
+    """An MLP ``metadata_width -> hidden_dims... -> out_dim`` (the paper's D_M = 256).
 
     Each layer is Linear, optional LayerNorm, activation and dropout; the last layer ends with the
     activation too, so ``f_M`` is a feature vector like the pooled image features. The paper gives
@@ -168,14 +170,16 @@ class ConcatFusionSpec(FusionSpec):
 
 
 class MMFASpec(FusionSpec):
-    """MMFA, eqs 8-11: ``heads`` (H), ``head_dim`` (d_h), ``out_dim`` (D_IM), ``activation`` (of g).
+    """MMFA, eqs 8-11: ``attention_heads`` (H), ``head_dim`` (d_h), ``out_dim`` (D_IM), ``activation`` (of g).
 
     The paper does not give H, d_h, D_IM or g's nonlinearity; fusionkit's defaults are H = 8,
-    d_h = 64, D_IM = 512 and GELU.
+    d_h = 64, D_IM = 512 and GELU. ``attention_heads`` was ``heads`` before (a name the model
+    spec also gives its classifier heads); a spec that still says ``heads`` here is read as
+    ``attention_heads``, with a ``FutureWarning``.
     """
 
     kind: Literal["mmfa"] = "mmfa"
-    heads: PositiveInt = 8
+    attention_heads: PositiveInt = 8
     """H, the number of attention heads (eq 8)."""
     head_dim: PositiveInt = 64
     """d_h, the width of each head's query, key and value (eq 8)."""
@@ -183,6 +187,16 @@ class MMFASpec(FusionSpec):
     """D_IM, the width of f_IM (eq 10-11)."""
     activation: Activation = "gelu"
     """The nonlinearity of g in eq 11."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_heads(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and "heads" in data):
+            return data
+        if "attention_heads" in data and data["attention_heads"] != data["heads"]:
+            raise ValueError("heads is the old name of attention_heads; give attention_heads only")
+        warnings.warn("fusion.heads is now fusion.attention_heads (H of eq 8)", FutureWarning, stacklevel=2)
+        return {("attention_heads" if k == "heads" else k): v for k, v in data.items() if k != "attention_heads"}
 
 
 class AttentionOnlySpec(MMFASpec):
@@ -252,5 +266,9 @@ BUILT_INS: tuple[tuple[str, type, str], ...] = (
 )
 """(kind, spec class, ``"module:Class"`` of the component) of every built-in component."""
 
-for _kind, _spec, _component in BUILT_INS:
-    register(_kind, _spec, _component)
+
+def register_built_ins() -> None:
+    """Register :data:`BUILT_INS` (what :func:`fusionkit.registry.ensure_loaded` calls); a second call does nothing."""
+    for kind, spec, component in BUILT_INS:
+        if spec_kind_name(spec) not in REGISTRIES[kind].registered():
+            REGISTRIES[kind].add(spec, component)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+from timm.layers import get_act_layer
 from torch import nn
 
 from fusionkit.components.catalog import Activation
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-}
-
 
 def make_activation(name: Activation) -> nn.Module:
-    """A fresh activation module from its name."""
-    return _ACTIVATIONS[name]()
+    """A fresh activation module from its name (timm's ``get_act_layer``: ``nn.ReLU``, ``nn.SiLU``, ...)."""
+    module: nn.Module = get_act_layer(name)()
+    return module

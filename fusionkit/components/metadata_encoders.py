@@ -11,12 +11,16 @@ from fusionkit.components.layers import make_activation
 
 
 class MLPMetadataEncoder(nn.Module):
-    """MLP from the encoded metadata vector (B, in_dim) to metadata features (B, out_dim)."""
+    """MLP from the encoded metadata vector M (B, metadata_width) to metadata features f_M (B, out_dim).
+
+    ``metadata_width`` is the width of M, the encoded metadata of eq 1 (the data's
+    :attr:`fusionkit.data.MetadataEncoder.metadata_width`); ``out_dim`` is D_M.
+    """
 
     def __init__(
         self,
         *,
-        in_dim: int,
+        metadata_width: int,
         out_dim: int = 256,
         hidden_dims: tuple[int, ...] = (128,),
         activation: Activation = "relu",
@@ -25,7 +29,7 @@ class MLPMetadataEncoder(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        width = in_dim
+        width = metadata_width
         for next_width in (*hidden_dims, out_dim):
             layers.append(nn.Linear(width, next_width))
             if layer_norm:
@@ -35,7 +39,7 @@ class MLPMetadataEncoder(nn.Module):
                 layers.append(nn.Dropout(dropout))
             width = next_width
         self.net = nn.Sequential(*layers)
-        self.in_dim = in_dim
+        self.metadata_width = metadata_width
         self.out_dim = out_dim
 
     def forward(self, meta: torch.Tensor) -> torch.Tensor:

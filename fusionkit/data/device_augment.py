@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from fusionkit.data.transforms import AugmentConfig, ColorJitterUint8, upload
+from fusionkit.data.transforms import AugmentConfig, colour_map, upload
 
 _JITTER = ("brightness", "contrast", "saturation")
 
@@ -63,7 +63,7 @@ class DeviceAugment:
 
     The steps and their order are those of the CPU transform: horizontal flip, vertical flip,
     rot90, rotation, colour jitter (brightness/contrast/saturation in a random order per image,
-    clamped once at the end as :class:`~fusionkit.data.transforms.ColorJitterUint8` does), hue.
+    clamped once at the end: :func:`~fusionkit.data.transforms.colour_map`, as on the CPU), hue.
     """
 
     def __init__(self, *, config: AugmentConfig) -> None:
@@ -108,44 +108,13 @@ class DeviceAugment:
             for i, angle in enumerate(params.angle.tolist()):
                 out[i] = F.rotate(out[i], angle, interpolation=InterpolationMode.BILINEAR)
         if max(getattr(self.config, name) for name in _JITTER) > 0:
-            out = self._jitter(out, params)
+            out = colour_map(out, order=upload(params.order, out.device), factors=upload(params.factors, out.device))
         if self.config.hue > 0:
             for i, shift in enumerate(params.hue.tolist()):
                 out[i] = F.adjust_hue(out[i], shift)
         if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
             out = out.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
         return out
-
-    @staticmethod
-    def _jitter(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """Brightness, contrast and saturation composed per image into one affine colour map."""
-        device = images.device
-        count = images.shape[0]
-        pixels = images.reshape(count, 3, -1).float()
-        means = pixels.mean(dim=2)
-        gray = upload(ColorJitterUint8._GRAY, device)
-        eye = torch.eye(3, device=device)
-        to_gray = torch.outer(torch.ones(3, device=device), gray)
-        matrix = eye.expand(count, 3, 3)
-        offset = torch.zeros(count, 3, device=device)
-        order = upload(params.order, device)
-        factors = upload(params.factors, device)
-        for step in range(3):
-            op = order[:, step]
-            f = factors.gather(1, op[:, None]).squeeze(1)
-            # brightness: f x; contrast: f x + (1 - f) grey(mean of the current image)
-            grey = (torch.bmm(matrix, means[:, :, None]).squeeze(2) + offset) @ gray
-            scaled_m = f[:, None, None] * matrix
-            scaled_o = f[:, None] * offset + ((1.0 - f) * grey * (op == 1))[:, None]
-            # saturation: f x + (1 - f) grey(x), per pixel
-            blend = f[:, None, None] * eye + (1.0 - f)[:, None, None] * to_gray
-            sat_m = torch.bmm(blend, matrix)
-            sat_o = torch.bmm(blend, offset[:, :, None]).squeeze(2)
-            is_sat = op == 2
-            matrix = torch.where(is_sat[:, None, None], sat_m, scaled_m)
-            offset = torch.where(is_sat[:, None], sat_o, scaled_o)
-        out = torch.baddbmm(offset[:, :, None], matrix, pixels)
-        return out.clamp_(0.0, 255.0).round_().to(torch.uint8).view(images.shape)
 
 
 def _where(

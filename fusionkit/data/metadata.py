@@ -92,8 +92,8 @@ class MetadataEncoder:
         self.n_fitted: int = 0
 
     @property
-    def width(self) -> int:
-        """Length of the encoded vector (35 with the official vocabularies)."""
+    def metadata_width(self) -> int:
+        """Length of the encoded vector M (35 with the official vocabularies): the metadata encoder's input width."""
         return len(self.feature_names)
 
     @property
@@ -129,7 +129,7 @@ class MetadataEncoder:
             DataError: a value outside the vocabulary (names the metadata file, line and lesion).
         """
         self._check_fitted()
-        out = np.zeros((len(records), self.width), dtype=np.float32)
+        out = np.zeros((len(records), self.metadata_width), dtype=np.float32)
         for i, record in enumerate(records):
             out[i] = self._encode(record)
         return torch.from_numpy(out)
@@ -250,7 +250,7 @@ class MetadataEncoder:
     def __repr__(self) -> str:
         state = f"fitted on {self.n_fitted} lesions" if self.fitted else "not fitted"
         features = "" if self.features == FEATURE_GROUPS else f", features={list(self.features)}"
-        return f"MetadataEncoder(width={self.width}{features}, {state})"
+        return f"MetadataEncoder(metadata_width={self.metadata_width}{features}, {state})"
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -130,7 +129,7 @@ class Milk10kDataset(Dataset):
         self._sources = table.image_sources
         if encoder is None or not encoder.fitted:
             encoder = (encoder or MetadataEncoder()).fit(self.records)
-            logger.info("metadata encoder fitted on %d lesions (width %d)", len(self.records), encoder.width)
+            logger.info("metadata encoder fitted on %d lesions (width %d)", len(self.records), encoder.metadata_width)
         self.encoder = encoder
         self._meta = encoder.transform(self.records)
         self._present = torch.tensor(
@@ -168,9 +167,9 @@ class Milk10kDataset(Dataset):
         return tuple(_label(r) for r in self.records) if self.labelled else None
 
     @property
-    def meta_width(self) -> int:
+    def metadata_width(self) -> int:
         """Width ``F`` of the encoded metadata vector."""
-        return self.encoder.width
+        return self.encoder.metadata_width
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -305,9 +304,7 @@ class Milk10kDataset(Dataset):
 def _new_batch(shape: tuple[int, ...], dtype: torch.dtype, *, shared: bool) -> torch.Tensor:
     """An uninitialised tensor; in a DataLoader worker, allocated in shared memory (as default_collate does)."""
     if shared and get_worker_info() is not None:
-        numel = math.prod(shape)
-        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-        return torch.empty(0, dtype=dtype).new(storage).view(shape)
+        return torch.empty(shape, dtype=dtype).share_memory_()
     return torch.empty(shape, dtype=dtype)
 
 

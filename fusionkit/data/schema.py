@@ -53,8 +53,13 @@ TRAINING_CLASS_COUNTS: Final[dict[str, int]] = {
     "VASC": 47,
 }
 
+Modality = Literal["derm", "clinical", "meta"]
+"""The three inputs: dermoscopic image, clinical close-up image, patient metadata."""
+
 #: The three input modalities of a lesion, in the order used throughout fusionkit.
-MODALITIES: Final[tuple[str, ...]] = ("derm", "clinical", "meta")
+MODALITIES: Final[tuple[Modality, ...]] = ("derm", "clinical", "meta")
+#: The modalities whose input is a photo, in batch order.
+IMAGE_MODALITIES: Final[tuple[str, ...]] = ("derm", "clinical")
 
 #: A dataset split as named in the MILK10k file names.
 SplitName = Literal["Training", "Test"]

@@ -5,9 +5,8 @@ depends only on the set of ``(lesion_id, label)`` pairs and the seed, not on the
 
 Kept instead of scikit-learn's ``StratifiedShuffleSplit``/``StratifiedKFold`` because those break
 the guarantees tests/test_data_splits.py states: ``StratifiedShuffleSplit`` refuses a class with one
-lesion and can leave a two-lesion class out of validation (MAL_OTH, 2 of 216 lesions, got none at
-``val_fraction=0.2``, seed 0, scikit-learn 1.x, checked 2026-11-27), and both depend on the order
-of the input rows.
+lesion and can leave a two-lesion class out of validation, and both depend on the order of the
+input rows.
 
 :func:`read_split_file` reads a split the user supplies instead (``data.split_file``), so a
 comparison with another library or a published split uses the same lesions.

@@ -184,7 +184,7 @@ def make_synthetic_milk10k(
     root: str | Path,
     *,
     n_lesions: int,
-    image_size: tuple[int, int] | int = (600, 450),
+    photo_size: tuple[int, int] | int = (600, 450),
     seed: int = 0,
     split: str = "Training",
     with_ground_truth: bool = True,
@@ -197,7 +197,7 @@ def make_synthetic_milk10k(
     Args:
         root: the folder to write into (created if needed).
         n_lesions: number of lesions (two images each); from 11 on every class occurs.
-        image_size: ``(width, height)`` of every JPEG, or one int for square images.
+        photo_size: ``(width, height)`` of every JPEG, or one int for square photos.
         seed: the same seed gives byte-identical files.
         split: ``"Training"`` or ``"Test"`` (names the files).
         with_ground_truth: write ``MILK10k_<split>_GroundTruth.csv`` (the real test split has none).
@@ -210,9 +210,9 @@ def make_synthetic_milk10k(
     """
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
-    width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
+    width, height = (photo_size, photo_size) if isinstance(photo_size, int) else photo_size
     if width < 4 or height < 4:
-        raise ValueError(f"image_size must be at least 4x4, got {width}x{height}")
+        raise ValueError(f"photo_size must be at least 4x4, got {width}x{height}")
     root = Path(root)
     targets = [
         root / input_dir_name(split),

@@ -44,7 +44,7 @@ EXAMPLE_LESIONS = 3
 def example_cases(folder: Path, *, n: int = EXAMPLE_LESIONS, seed: int = 7) -> list[dict[str, Any]]:
     """``n`` generated lesions (:func:`~fusionkit.data.make_synthetic_milk10k`) written into ``folder``:
     each a dict with ``derm`` and ``clinical`` (JPEG paths) and the lesion's ``rows`` of metadata."""
-    files = make_synthetic_milk10k(folder, n_lesions=max(n, 1), image_size=(300, 225), seed=seed, overwrite=True)
+    files = make_synthetic_milk10k(folder, n_lesions=max(n, 1), photo_size=(300, 225), seed=seed, overwrite=True)
     with files.metadata_csv.open(newline="") as f:
         rows = list(csv.DictReader(f))
     cases = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fusionkit.data import CLASS_NAMES
 from fusionkit.errors import ConfigError, FusionkitError
-from fusionkit.evaluate.decisions import decision_markdown, decision_rows
+from fusionkit.evaluate.rule_table import rule_table_markdown, rule_table_rows
 from fusionkit.evaluate.scope import IN_SAMPLE_LABEL
 from fusionkit.evaluate.tables import table5_markdown, write_table5
 from fusionkit.inference.ensemble import ensemble_predict, load_runs
@@ -75,7 +75,7 @@ def evaluate_ensemble(
         raise FusionkitError(f"{data_root}: evaluation needs a labelled split (ground truth)")
     metrics = isic_metrics(preds.labels, preds.probs, CLASS_NAMES)
     write_table5(metrics, out, stem="metrics")
-    rows = decision_rows(evaluated, validation)
+    rows = rule_table_rows(evaluated, validation)
     atomic_write_text(
         out / "decision.json", json.dumps({"runs": [str(r.run_dir) for r in runs], "rows": rows}, indent=2)
     )
@@ -103,7 +103,7 @@ def evaluate_ensemble(
             "",
             "## Test-time augmentation and decision rule",
             "",
-            decision_markdown(rows),
+            rule_table_markdown(rows),
             "",
         ]
     )

@@ -13,7 +13,6 @@ The sets for a submission are calibrated on the whole validation split with
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fusionkit.evaluate.plots import save_figure
-from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.metrics.conformal import ConformalMethod, split_conformal_evaluation
 from fusionkit.metrics.selective import referral_metrics, risk_coverage
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table, write_json
 
 __all__ = ["REFERRAL_FILES", "plot_risk_coverage", "referral_markdown", "referral_report", "write_referral"]
 
@@ -87,8 +86,7 @@ def referral_markdown(report: dict[str, Any]) -> str:
             f"Held-out coverage and mean set size, calibrated on one random half of the lesions and measured on "
             f"the other, averaged over {first['n_splits']} splits.",
             "",
-            markdown_row(["sets", "coverage", "worst split", "mean size", "empty sets"]),
-            markdown_row(["---"] * 5),
+            *markdown_table(["sets", "coverage", "worst split", "mean size", "empty sets"], []),
         ]
         for c in conformal:
             label = c["method"].upper() + (", class-conditional" if c["class_conditional"] else "")
@@ -106,7 +104,7 @@ def referral_markdown(report: dict[str, Any]) -> str:
         classes = list(first["per_class"])
         lines += ["", "Per true class (coverage / mean size):", ""]
         header = ["sets", *classes]
-        lines += [markdown_row(header), markdown_row(["---"] * len(header))]
+        lines += markdown_table(header, [])
         for c in conformal:
             label = c["method"].upper() + (", class-cond." if c["class_conditional"] else "")
             cells = [f"{_cell(v['coverage'], 2)} / {_cell(v['mean_size'], 1)}" for v in c["per_class"].values()]
@@ -121,7 +119,7 @@ def referral_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     metrics = list(report["referral"][0]["metrics"]) if report["referral"] else []
-    lines += [markdown_row(["referred", "lesions kept", *metrics]), markdown_row(["---"] * (2 + len(metrics)))]
+    lines += markdown_table(["referred", "lesions kept", *metrics], [])
     for row in report["referral"]:
         lines.append(
             markdown_row(
@@ -162,7 +160,7 @@ def write_referral(report: dict[str, Any], out_dir: str | Path) -> dict[str, Pat
     """Write ``referral.json``, ``referral.md`` and ``risk_coverage.png`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in REFERRAL_FILES.items()}
-    atomic_write_text(paths["json"], json.dumps(json_value(report), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], report)
     atomic_write_text(paths["markdown"], referral_markdown(report))
     plot_risk_coverage(report, paths["figure"])
     return paths

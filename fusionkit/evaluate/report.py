@@ -35,7 +35,6 @@ import torch
 
 from fusionkit.data import CLASS_NAMES, Milk10kDataset, normalize_batch
 from fusionkit.errors import FusionkitError
-from fusionkit.evaluate.decisions import decision_markdown, decision_rows
 from fusionkit.evaluate.figures import plot_gradcam_grid, plot_history
 from fusionkit.evaluate.gradcam import gradcam
 from fusionkit.evaluate.plots import (
@@ -45,6 +44,7 @@ from fusionkit.evaluate.plots import (
     plot_reliability_diagram,
     plot_roc_curves,
 )
+from fusionkit.evaluate.rule_table import rule_table_markdown, rule_table_rows
 from fusionkit.evaluate.scope import IN_SAMPLE_LABEL, EvaluationScope, evaluation_scope
 from fusionkit.evaluate.tables import ablation_table, table5_markdown, write_table5
 from fusionkit.evaluate.trust import trust_sections
@@ -63,6 +63,7 @@ from fusionkit.runtime.rundir import RunDir
 from fusionkit.runtime.tta import check_tta
 from fusionkit.utils.faults import fault_point
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table
 
 logger = logging.getLogger("fusionkit.evaluate")
 
@@ -221,7 +222,7 @@ def evaluate_run(
             "none": plain if on_validation else run.predict_dataset(val_set, desc="validation"),
             tta: val_preds,
         }
-    decisions = decision_rows(evaluated, validation)
+    decisions = rule_table_rows(evaluated, validation)
     atomic_write_text(
         dest / "decision.json",
         json.dumps(
@@ -296,7 +297,7 @@ def _decision_section(rows: list[dict[str, Any]], tta: str, on_validation: bool,
             "as predicted when its value is > 0.5; `argmax` submits the one-hot top class, `thresholds` "
             f"rescales each class at a threshold fitted for Dice on {where}.",
             "",
-            decision_markdown(rows),
+            rule_table_markdown(rows),
             "",
             carried,
             "",
@@ -306,12 +307,11 @@ def _decision_section(rows: list[dict[str, Any]], tta: str, on_validation: bool,
 
 
 def _gate_markdown(table: dict[str, Any]) -> str:
-    rows = ["| group | n | alpha_I | alpha_IM | alpha_M |", "|---|---|---|---|---|"]
+    rows = markdown_table(["group", "n", "alpha_I", "alpha_IM", "alpha_M"], [])
 
     def add(name: str, entry: dict[str, Any]) -> None:
         if entry.get("count", 0):
-            values = " | ".join(f"{float(entry[b]):.3f}" for b in table["branches"])
-            rows.append(f"| {name} | {entry['count']} | {values} |")
+            rows.append(markdown_row([name, entry["count"], *(f"{float(entry[b]):.3f}" for b in table["branches"])]))
 
     add("all", table["all"])
     add("correct", table["correct"])

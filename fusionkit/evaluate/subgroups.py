@@ -18,7 +18,6 @@ written here.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,10 +28,10 @@ from matplotlib.figure import Figure
 
 from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.plots import save_figure
-from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.metrics.bootstrap import bootstrap_ci
 from fusionkit.metrics.isic import check_class_names, check_probs, isic_metrics
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table, write_json
 
 __all__ = [
     "AGE_BANDS",
@@ -205,10 +204,10 @@ def subgroup_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## {_TITLES.get(attribute, attribute)}",
             "",
-            markdown_row(
-                ["stratum", "lesions", "classes", *[f"{m} [95 % CI]" for m in metrics], *[f"gap {m}" for m in metrics]]
+            *markdown_table(
+                ["stratum", "lesions", "classes", *[f"{m} [95 % CI]" for m in metrics], *[f"gap {m}" for m in metrics]],
+                [],
             ),
-            markdown_row(["---"] * (3 + 2 * len(metrics))),
         ]
         for s in block["strata"]:
             cells = [f"{_cell(s['metrics'][m])} [{_cell(s['ci95'][m][0])}, {_cell(s['ci95'][m][1])}]" for m in metrics]
@@ -276,7 +275,7 @@ def write_subgroups(result: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
     """Write ``subgroups.json``, ``subgroups.md`` and ``subgroups.png`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in SUBGROUP_FILES.items()}
-    atomic_write_text(paths["json"], json.dumps(json_value(result), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], result)
     atomic_write_text(paths["markdown"], subgroup_markdown(result))
     plot_subgroups(result, paths["figure"])
     return paths

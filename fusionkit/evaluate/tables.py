@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import json_value, markdown_row, markdown_table, write_json
 
 __all__ = ["TABLE5_ROWS", "ablation_table", "table5_markdown", "table5_rows", "write_table5"]
 
@@ -74,9 +74,11 @@ def table5_markdown(metrics: Mapping[str, Any], *, digits: int = 3) -> str:
     line saying what its "Accuracy" row is, with the multiclass and balanced accuracy beside it."""
     columns, rows = table5_rows(metrics)
     lines = [
-        markdown_row(["Metric", *columns]),
-        markdown_row(["---", *(["---:"] * len(columns))]),
-        *(markdown_row([label, *(_fmt(v, digits) for v in values)]) for label, values in rows),
+        *markdown_table(
+            ["Metric", *columns],
+            ([label, *(_fmt(v, digits) for v in values)] for label, values in rows),
+            align="l" + "r" * len(columns),
+        ),
     ]
     macro = metrics["macro"]
     note = ACCURACY_NOTE
@@ -121,7 +123,7 @@ def write_table5(
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
     atomic_write_text(paths["md"], table5_markdown(metrics))
     atomic_write_text(paths["csv"], buffer.getvalue())
-    atomic_write_text(paths["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], document)
     return paths
 
 
@@ -161,8 +163,7 @@ def ablation_table(
         best.append(round(max(column), digits) if column else None)
 
     lines = [
-        markdown_row(["Run", *(_LABELS.get(k, k) for k in keys)]),
-        markdown_row(["---", *(["---:"] * len(keys))]),
+        *markdown_table(["Run", *(_LABELS.get(k, k) for k in keys)], [], align="l" + "r" * len(keys)),
     ]
     for name, row in values.items():
         cells = []
@@ -186,21 +187,3 @@ def _fmt(value: float, digits: int) -> str:
 
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
-
-
-def markdown_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def json_value(value: Any) -> Any:
-    """A JSON-safe copy: NaN becomes ``None``, tuples become lists, numbers Python floats."""
-    if isinstance(value, Mapping):
-        return {str(k): json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    number = float(value)
-    return None if math.isnan(number) else number

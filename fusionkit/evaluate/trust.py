@@ -30,6 +30,7 @@ from fusionkit.evaluate.referral import REFERRAL_FILES, referral_markdown, refer
 from fusionkit.evaluate.robustness.output import ROBUSTNESS_FILES
 from fusionkit.evaluate.subgroups import SUBGROUP_FILES, subgroup_markdown, subgroup_table, write_subgroups
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table
 
 __all__ = ["REPORT_BOOTSTRAP", "demote_headings", "refresh_robustness_section", "robustness_section", "trust_sections"]
 
@@ -100,21 +101,16 @@ def robustness_section(out_dir: str | Path) -> str:
         summary = document["summary"]
     except (ValueError, KeyError):
         return ""
-    rows = [
-        "| modality | mean macro Dice | mean relative drop [95 % CI] | hurts most in | worst |",
-        "|---|---|---|---|---|",
-    ]
+    rows = markdown_table(["modality", "mean macro Dice", "mean relative drop [95 % CI]", "hurts most in", "worst"], [])
     ranked = sorted(summary.items(), key=lambda item: -_sortable(item[1].get("mean_relative_drop")))
     for modality, entry in ranked:
         worst = entry.get("worst") or {}
         interval = entry.get("mean_relative_drop_ci95") or [None, None]
         share = entry.get("hurts_most_share")
-        rows.append(
-            f"| {modality} | {_num(entry.get('mean_dice'))} | {_num(entry.get('mean_relative_drop'))} "
-            f"[{_num(interval[0])}, {_num(interval[1])}] | "
-            f"{'-' if share is None else f'{100 * float(share):.0f} % of resamples'} | "
-            f"{worst.get('corruption', '-')} @ {worst.get('severity', '-')} |"
-        )
+        drop = f"{_num(entry.get('mean_relative_drop'))} [{_num(interval[0])}, {_num(interval[1])}]"
+        hurts = "-" if share is None else f"{100 * float(share):.0f} % of resamples"
+        worst_at = f"{worst.get('corruption', '-')} @ {worst.get('severity', '-')}"
+        rows.append(markdown_row([modality, _num(entry.get("mean_dice")), drop, hurts, worst_at]))
     mce = document.get("mce")
     tail = f" mCE against the baseline run: {_num(mce.get('mce'))}." if isinstance(mce, dict) else ""
     top, entry = ranked[0] if ranked else ("", {})

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from fusionkit.metrics.isic import POSITIVE_THRESHOLD
+from fusionkit.utils.tables import markdown_row, markdown_table
+
 if TYPE_CHECKING:
     from fusionkit.inference.pipeline import FusionPipeline
 
@@ -105,13 +108,12 @@ def model_card(pipe: FusionPipeline) -> str:
         )
     lines += ["", "## Decision rule", "", f"`{decision.rule}`: the CSV and `result.values` hold {decision.describe()}."]
     if decision.thresholds is not None:
-        lines += ["", "| class | threshold | fitted | validation positives |", "|---|---|---|---|"]
+        lines += ["", *markdown_table(["class", "threshold", "fitted", "validation positives"], [])]
         for i, c in enumerate(decision.class_names):
             fitted = decision.fitted[i] if decision.fitted else True
             positives = decision.positives[i] if decision.positives else "?"
-            lines.append(
-                f"| {c} | {decision.thresholds[i]:.4f} | {'yes' if fitted else 'no (kept 0.5)'} | {positives} |"
-            )
+            kept = f"no (kept {POSITIVE_THRESHOLD})"
+            lines.append(markdown_row([c, f"{decision.thresholds[i]:.4f}", "yes" if fitted else kept, positives]))
         lines += [
             "",
             f"A threshold is fitted only where the validation split has at least {decision.min_positives} positives.",

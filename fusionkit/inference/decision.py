@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fusionkit.metrics.isic import POSITIVE_THRESHOLD
+
 DECISION_RULES = ("probs", "argmax", "thresholds")
 """The decision rules a submission can use (see the module docstring)."""
 
@@ -41,7 +43,6 @@ DEFAULT_DECISION = "thresholds"
 MIN_POSITIVES = 5
 """Fewest validation positives a class needs for its threshold to be fitted (below: it keeps 0.5)."""
 
-_OFFICIAL = 0.5
 _EPS = 1e-6
 
 
@@ -99,15 +100,17 @@ def fit_thresholds(labels: Any, probs: Any, *, min_positives: int = 0) -> tuple[
     out = []
     for c in range(p.shape[1]):
         if int(np.sum(y == c)) < min_positives:
-            out.append(_OFFICIAL)
+            out.append(POSITIVE_THRESHOLD)
             continue
         scores = p[:, c]
         distinct = np.unique(scores)
         mids = (distinct[1:] + distinct[:-1]) / 2.0
-        candidates = np.clip(np.concatenate([[_OFFICIAL], mids, [distinct[0] - _EPS, distinct[-1]]]), _EPS, 1 - _EPS)
+        candidates = np.clip(
+            np.concatenate([[POSITIVE_THRESHOLD], mids, [distinct[0] - _EPS, distinct[-1]]]), _EPS, 1 - _EPS
+        )
         dice = _dice_by_threshold(y == c, scores, candidates)
         best = np.flatnonzero(dice >= dice.max() - 1e-12)
-        out.append(float(candidates[best[np.argmin(np.abs(candidates[best] - _OFFICIAL))]]))
+        out.append(float(candidates[best[np.argmin(np.abs(candidates[best] - POSITIVE_THRESHOLD))]]))
     return tuple(out)
 
 
@@ -150,7 +153,7 @@ class DecisionRecord:
     def predicted(self, probs: Any) -> list[list[str]]:
         """Per row, the classes this rule predicts: those whose value is ``> 0.5`` (the official binarisation)."""
         values = self.apply(probs)
-        return [[c for c, v in zip(self.class_names, row, strict=True) if v > _OFFICIAL] for row in values]
+        return [[c for c, v in zip(self.class_names, row, strict=True) if v > POSITIVE_THRESHOLD] for row in values]
 
     def with_rule(self, rule: str) -> DecisionRecord:
         """The same record under another rule (``thresholds`` needs fitted thresholds)."""

@@ -187,7 +187,9 @@ def read_folder(folder: str | Path) -> dict[str, Any]:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ConfigError(f"{weights_path}: not a readable safetensors file ({exc}); the folder is corrupted") from None
-    model = FusionModel(inference_spec(run_config), metadata_width=encoder.width if encoder is not None else None)
+    model = FusionModel(
+        inference_spec(run_config), metadata_width=encoder.metadata_width if encoder is not None else None
+    )
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ConfigError(f"{weights_path}: NaN or infinite weights ({', '.join(bad[:3])})")

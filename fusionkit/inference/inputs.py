@@ -29,6 +29,7 @@ from fusionkit.data.schema import (
     AGE_RANGE,
     CLINICAL,
     DERMOSCOPIC,
+    IMAGE_MODALITIES,
     IMAGE_TYPES,
     MANIPULATIONS,
     MONET_COLUMNS,
@@ -38,9 +39,6 @@ from fusionkit.data.schema import (
 )
 from fusionkit.data.tables import ImageRecord, LesionRecord
 from fusionkit.errors import DataError
-
-IMAGE_MODALITIES = ("derm", "clinical")
-"""The photo inputs, in batch order."""
 
 LESION_FIELDS = {"age": "age_approx", "sex": "sex", "site": "site", "skin_tone": "skin_tone_class"}
 """Metadata feature group -> the lesion-level column it is encoded from."""
@@ -320,7 +318,7 @@ def lesion_input(
         )
         meta = encoder.transform([record])[0]
     else:
-        meta = torch.zeros(encoder.width if encoder is not None else 0)
+        meta = torch.zeros(encoder.metadata_width if encoder is not None else 0)
     missing = tuple(
         m for m in model_modalities if (m == "meta" and not uses_meta) or (m != "meta" and images[m] is None)
     )

@@ -184,7 +184,7 @@ class FusionPipeline(
             raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
         config = load_run_config(files.config)
         encoder = MetadataEncoder.load(files.metadata_encoder) if files.metadata_encoder.is_file() else None
-        width = encoder.width if encoder is not None else None
+        width = encoder.metadata_width if encoder is not None else None
         model = FusionModel(inference_spec(config), metadata_width=width)
         if not files.checkpoint(checkpoint).is_file():
             raise ConfigError(

@@ -22,21 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.metrics.isic import argmax_labels, check_class_names, check_probs, isic_metrics, truth_matrix
+from fusionkit.metrics.isic import (
+    METRIC_KEYS,
+    POSITIVE_THRESHOLD,
+    argmax_labels,
+    check_class_names,
+    check_probs,
+    isic_metrics,
+    truth_matrix,
+)
 
 __all__ = ["WEIGHTED_METRICS", "bootstrap_ci", "resample_weights", "weighted_macro_metrics"]
 
-_THRESHOLD = 0.5  # the ISIC scorer's binarisation (fusionkit.metrics.isic)
-
-#: Macro metrics :func:`weighted_macro_metrics` computes.
+#: Macro metrics :func:`weighted_macro_metrics` computes: Table 5's, less the two it does not
+#: resample (``auc_sens_80``, ``ap``), and the multiclass accuracy.
 WEIGHTED_METRICS: tuple[str, ...] = (
-    "auc",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "dice",
-    "ppv",
-    "npv",
+    *(k for k in METRIC_KEYS if k not in ("auc_sens_80", "ap")),
     "multiclass_accuracy",
 )
 
@@ -81,7 +82,7 @@ def weighted_macro_metrics(
     unknown = [m for m in metrics if m not in WEIGHTED_METRICS]
     if unknown:
         raise ValueError(f"no weighted form of {', '.join(unknown)}; expected some of {', '.join(WEIGHTED_METRICS)}")
-    truth, pred = t > _THRESHOLD, p > _THRESHOLD
+    truth, pred = t > POSITIVE_THRESHOLD, p > POSITIVE_THRESHOLD
     tp, fp = w @ (truth & pred), w @ (~truth & pred)
     fn, tn = w @ (truth & ~pred), w @ (~truth & ~pred)
     hard = np.all((t == 0.0) | (t == 1.0), axis=0)  # soft truth columns have no AUC (isic_metrics)

@@ -64,7 +64,8 @@ METRIC_KEYS: tuple[str, ...] = (
     "npv",
 )
 
-_THRESHOLD = 0.5
+POSITIVE_THRESHOLD = 0.5
+"""The official binarisation: a class is positive (in the truth or the prediction) when its value is ``> 0.5``."""
 _SENSITIVITY_FLOOR = 0.8
 _NAN = float("nan")
 
@@ -106,15 +107,15 @@ def isic_metrics(y_true: Any, probs: Any, class_names: Sequence[str]) -> dict[st
     return {
         "per_class": per_class,
         "macro": macro,
-        "empty_classes": [name for j, name in enumerate(names) if not np.any(t[:, j] > _THRESHOLD)],
+        "empty_classes": [name for j, name in enumerate(names) if not np.any(t[:, j] > POSITIVE_THRESHOLD)],
         "undefined": {key: classes for key, classes in undefined.items() if classes},
     }
 
 
 def _category_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """All per-class metrics of one class column (the scorer's ``_category_score``)."""
-    t_bin = truth > _THRESHOLD
-    p_bin = pred > _THRESHOLD
+    t_bin = truth > POSITIVE_THRESHOLD
+    p_bin = pred > POSITIVE_THRESHOLD
     tp = float(np.sum(t_bin & p_bin))
     tn = float(np.sum(~t_bin & ~p_bin))
     fp = float(np.sum(~t_bin & p_bin))

@@ -8,6 +8,7 @@ best validation macro Dice (the ISIC macro F1) kept.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -197,11 +198,28 @@ class TrainSpec(FrozenSpec):
 
 
 class SyntheticSpec(FrozenSpec):
-    """A generated MILK10k-layout set (used by ``--synthetic``)."""
+    """A generated MILK10k-layout set (used by ``--synthetic``).
+
+    ``photo_size`` is the ``(width, height)`` of the generated JPEGs, not the model's square
+    ``image_size`` (the transforms resize the photos to that). A config that still says
+    ``image_size`` here (its name before) is read as ``photo_size``, with a ``FutureWarning``.
+    """
 
     n_lesions: int = Field(default=200, ge=1, le=100_000)
-    image_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] = (96, 72)
+    photo_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] = (96, 72)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_image_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "image_size" in data and "photo_size" not in data:
+            warnings.warn(
+                "data.synthetic.image_size is now data.synthetic.photo_size (the generated JPEGs' width and height)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            data = {("photo_size" if k == "image_size" else k): v for k, v in data.items()}
+        return data
 
 
 class DataSpec(FrozenSpec):

@@ -15,7 +15,6 @@ from fusionkit.errors import DataError
 from fusionkit.runtime.device import autocast_context, move_batch
 from fusionkit.runtime.distributed import DistInfo, gather_objects
 from fusionkit.runtime.tta import tta_views, view_batch
-from fusionkit.utils.progress import bars_enabled
 
 
 def check_model_batch(batch: Mapping[str, Any], *, modalities: Sequence[str], metadata_width: int | None) -> None:
@@ -120,7 +119,9 @@ def predict(
     present: dict[str, list[np.ndarray]] = {}
     try:
         modalities = tuple(getattr(model, "modalities", ()))
-        for batch in tqdm(loader, desc=desc, disable=not bars_enabled(progress), leave=False):
+        for batch in tqdm(
+            loader, desc=desc, disable=None if progress else True, leave=False
+        ):  # None: on a terminal only
             check_model_batch(batch, modalities=modalities, metadata_width=getattr(model, "metadata_width", None))
             batch = move_batch(mask_modalities(batch, absent), device, channels_last=channels_last)
             if batch_transform is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from functools import cache
 from types import GenericAlias
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from pydantic import Field, PositiveInt, SerializeAsAny, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -29,19 +29,15 @@ from fusionkit.components.base import (
     ImageEncoderSpec,
     MetadataEncoderSpec,
 )
-from fusionkit.components.catalog import (  # importing fusionkit.components registers the built-ins
+from fusionkit.components.catalog import (
     ADFDecisionSpec,
     MLPMetadataEncoderSpec,
     MMFASpec,
     TimmImageEncoderSpec,
 )
+from fusionkit.data.schema import IMAGE_MODALITIES, MODALITIES, Modality
 from fusionkit.registry import REGISTRIES
 
-Modality = Literal["derm", "clinical", "meta"]
-"""The three inputs: dermoscopic image, clinical close-up image, patient metadata."""
-
-MODALITIES: tuple[Modality, ...] = ("derm", "clinical", "meta")
-IMAGE_MODALITIES: tuple[str, ...] = ("derm", "clinical")
 BRANCHES: tuple[str, ...] = ("image", "joint", "meta")
 """The branches in the paper's order (I, IM, M): the order of the ADF weights alpha."""
 

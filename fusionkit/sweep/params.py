@@ -4,7 +4,7 @@ The kinds (each maps onto one Optuna distribution):
 
 * ``log:LOW:HIGH``: a float drawn on a log scale, ``0 < LOW < HIGH`` (``train.lr=log:1e-5:1e-3``);
 * ``float:LOW:HIGH[:STEP]``: a float, uniform or on a grid of ``STEP`` (``train.weight_decay=float:0:0.1``);
-* ``int:LOW:HIGH[:STEP]``: an integer, both ends included (``model.fusion.heads=int:4:8``);
+* ``int:LOW:HIGH[:STEP]``: an integer, both ends included (``model.fusion.attention_heads=int:4:8``);
 * ``cat:A,B,...``: one of the listed values, each read as a YAML scalar (``train.sampler=cat:shuffle,balanced``).
 
 ``KEY`` is a dotted path into the run config, as in ``--set``; a sampled value becomes the override

@@ -66,6 +66,7 @@ from fusionkit.sweep.stats import (
     small_classes,
 )
 from fusionkit.utils.io import atomic_write_bytes, atomic_write_text
+from fusionkit.utils.tables import markdown_table
 
 COLUMN_TITLES: dict[str, str] = {
     "auc": "AUC",
@@ -292,9 +293,7 @@ def _interval(value: float, ci: list[float]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows, align="l" + "r" * (len(header) - 1)))
 
 
 def paper_table(summary: dict[str, Any], rows: Sequence[tuple[str, str]], first: str) -> str | None:

@@ -56,6 +56,7 @@ from fusionkit.sweep.params import ParamSpec, Scalar, yaml_scalar
 from fusionkit.sweep.plan import SweepJob, bind_data_root
 from fusionkit.sweep.runner import build_image_caches, prepare_data_root
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table
 
 logger = logging.getLogger("fusionkit.sweep")
 
@@ -536,10 +537,7 @@ def write_outputs(tuner: Tuner, study: Any) -> dict[str, Any]:
     else:
         lines += ["No trial completed yet: no best config.", ""]
     keys = [p.key for p in params]
-    lines += [
-        "| trial | state | score | epochs | " + " | ".join(keys) + " | note |",
-        "|---:|---|---:|---:|" + "---|" * len(keys) + "---|",
-    ]
+    lines += markdown_table(["trial", "state", "score", "epochs", *keys, "note"], [], align="rlrr")
     for r in rows:
         cells = [
             str(r["trial"]),
@@ -549,7 +547,7 @@ def write_outputs(tuner: Tuner, study: Any) -> dict[str, Any]:
             *(_fmt(r[k]) for k in keys),
             r["note"],
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return {
         "trials": rows,

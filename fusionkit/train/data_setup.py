@@ -220,7 +220,7 @@ def locate_data_root(
     if synthetic_dir is not None:
         if not (synthetic_dir / "MILK10k_Training_GroundTruth.csv").is_file():
             s = config.data.synthetic
-            make_synthetic_milk10k(synthetic_dir, n_lesions=s.n_lesions, image_size=s.image_size, seed=s.seed)
+            make_synthetic_milk10k(synthetic_dir, n_lesions=s.n_lesions, photo_size=s.photo_size, seed=s.seed)
         return synthetic_dir
     given = data_root if data_root is not None else config.data.root
     if given is None and saved is not None:  # a resumed run reads the folder it recorded

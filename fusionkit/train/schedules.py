@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from fusionkit.runtime.config import SchedulerSpec
+from fusionkit.utils.tables import json_value
 
 
 class WarmupCosine:
@@ -36,17 +37,6 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         progress = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-safe copy (scalar tensors, as a graphed step's lr is, become floats)."""
-    if isinstance(value, torch.Tensor):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class LrSchedule:
@@ -94,7 +84,7 @@ class LrSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state, JSON-safe (it goes into the checkpoint's metadata)."""
-        return _plain(self.scheduler.state_dict())
+        return json_value(self.scheduler.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""

@@ -156,7 +156,7 @@ class Trainer:
     def _build_model(self) -> None:
         """The model (eq 5-11 as the spec says), its loss (eq 7), the DDP and compile wrappers."""
         spec, train = self.config.model, self.config.train
-        self.model = FusionModel.from_spec(spec, metadata_width=self.data.encoder.width).to(self.device)
+        self.model = FusionModel.from_spec(spec, metadata_width=self.data.encoder.metadata_width).to(self.device)
         self.data.use_preprocessing(self.model.preprocessing)  # what the image encoders declare
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -1,4 +1,7 @@
-"""When progress bars are drawn: only on a terminal, so a redirected log gets one line per step."""
+"""When progress bars are drawn: only on a terminal, so a redirected log gets one line per step.
+
+For a bar alone, tqdm's ``disable=None`` is this check; the trainer keeps the answer (``Trainer.progress``).
+"""
 
 from __future__ import annotations
 

@@ -31,10 +31,10 @@ from fusionkit.components.layers import make_activation
 class TwoTokenAttention(nn.Module):
     """Eqs 8-10: per-modality Q/K/V projections, H heads of 2x2 attention, and W^O."""
 
-    def __init__(self, *, image_dim: int, meta_dim: int, heads: int, head_dim: int, out_dim: int) -> None:
+    def __init__(self, *, image_dim: int, meta_dim: int, attention_heads: int, head_dim: int, out_dim: int) -> None:
         super().__init__()
-        inner = heads * head_dim
-        self.heads = heads
+        inner = attention_heads * head_dim
+        self.attention_heads = attention_heads
         self.head_dim = head_dim
         self.query_image = nn.Linear(image_dim, inner, bias=False)
         self.query_meta = nn.Linear(meta_dim, inner, bias=False)
@@ -48,7 +48,7 @@ class TwoTokenAttention(nn.Module):
     def _tokens(self, image_part: torch.Tensor, meta_part: torch.Tensor) -> torch.Tensor:
         # (B, H*d) x 2 -> (B, H, 2, d): token 0 is the image, token 1 the metadata
         tokens = torch.stack([image_part, meta_part], dim=1)
-        return rearrange(tokens, "b t (h d) -> b h t d", h=self.heads)
+        return rearrange(tokens, "b t (h d) -> b h t d", h=self.attention_heads)
 
     def forward(self, f_image: torch.Tensor, f_meta: torch.Tensor) -> torch.Tensor:
         """``o`` of eq 10, (B, out_dim)."""
@@ -68,7 +68,7 @@ class MMFAFusion(nn.Module):
         *,
         image_dim: int,
         meta_dim: int,
-        heads: int = 8,
+        attention_heads: int = 8,
         head_dim: int = 64,
         out_dim: int = 512,
         activation: Activation = "gelu",
@@ -82,7 +82,7 @@ class MMFAFusion(nn.Module):
             TwoTokenAttention(
                 image_dim=image_dim,
                 meta_dim=meta_dim,
-                heads=heads,
+                attention_heads=attention_heads,
                 head_dim=head_dim,
                 out_dim=out_dim,
             )
@@ -115,7 +115,7 @@ class AttentionOnlyFusion(MMFAFusion):
         *,
         image_dim: int,
         meta_dim: int,
-        heads: int = 8,
+        attention_heads: int = 8,
         head_dim: int = 64,
         out_dim: int = 512,
         activation: Activation = "gelu",
@@ -123,7 +123,7 @@ class AttentionOnlyFusion(MMFAFusion):
         super().__init__(
             image_dim=image_dim,
             meta_dim=meta_dim,
-            heads=heads,
+            attention_heads=attention_heads,
             head_dim=head_dim,
             out_dim=out_dim,
             activation=activation,

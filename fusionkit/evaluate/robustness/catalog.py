@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from fusionkit.data.schema import MODALITIES
+from fusionkit.data.schema import IMAGE_MODALITIES, MODALITIES
 from fusionkit.data.tables import LesionRecord
 from fusionkit.evaluate.robustness import artefacts, images, records
 from fusionkit.evaluate.robustness.images import check_severity
@@ -38,8 +38,6 @@ __all__ = [
 
 #: The severities every corruption defines.
 SEVERITIES: Final[tuple[int, ...]] = (1, 2, 3, 4, 5)
-#: The modalities whose input is an image.
-IMAGE_MODALITIES: Final[tuple[str, ...]] = ("derm", "clinical")
 #: Name of the "whole modality absent" entry (no severity).
 ABSENT: Final[str] = "absent"
 

@@ -14,8 +14,8 @@ from fusionkit.errors import DataError
 from fusionkit.evaluate.plots import class_colors, save_figure
 from fusionkit.evaluate.robustness.catalog import ABSENT, SEVERITIES
 from fusionkit.evaluate.robustness.runner import RobustnessTable
-from fusionkit.evaluate.tables import json_value, markdown_row
 from fusionkit.utils.io import atomic_write_text
+from fusionkit.utils.tables import markdown_row, markdown_table, write_json
 
 __all__ = ["ROBUSTNESS_FILES", "load_robustness", "plot_robustness", "robustness_markdown", "write_robustness"]
 
@@ -29,8 +29,7 @@ def write_robustness(table: RobustnessTable, out_dir: str | Path) -> dict[str, P
     """Write the three files into ``out_dir`` atomically; returns ``{"json"|"markdown"|"figure": path}``."""
     out = Path(out_dir)
     paths = {key: out / name for key, name in ROBUSTNESS_FILES.items()}
-    document = json_value(table.to_dict())
-    atomic_write_text(paths["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], table.to_dict())
     atomic_write_text(paths["markdown"], robustness_markdown(table))
     plot_robustness(table, paths["figure"])
     return paths
@@ -75,8 +74,7 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         lines += [
             f"## {_MODALITY_NAMES.get(modality, modality)} (`{modality}`): macro Dice [95 % CI]",
             "",
-            markdown_row(["corruption", *[f"severity {s}" for s in severities], "mean drop"]),
-            markdown_row(["---"] * (len(severities) + 2)),
+            *markdown_table(["corruption", *[f"severity {s}" for s in severities], "mean drop"], []),
         ]
         for name in dict.fromkeys(r["corruption"] for r in rows):
             own = {r["severity"]: r for r in rows if r["corruption"] == name}
@@ -137,8 +135,7 @@ def robustness_markdown(table: RobustnessTable, *, digits: int = 3) -> str:
         lines += [
             f"## Mean corruption error (error = 1 - {mce['metric']}, normalised by the reference run)",
             "",
-            markdown_row(["modality", "mCE", "relative mCE"]),
-            markdown_row(["---"] * 3),
+            *markdown_table(["modality", "mCE", "relative mCE"], []),
         ]
         for modality, values in mce["per_modality"].items():
             lines.append(markdown_row([modality, _cell(values["mce"]), _cell(values["relative_mce"])]))
