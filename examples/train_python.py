@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fusionkit.data.synthetic import make_synthetic_milk10k
 from fusionkit.evaluate import evaluate_run
+from fusionkit.inference.pipeline import store_run_decision
 from fusionkit.runtime.config import DataSpec, RunConfig, TrainSpec
 from fusionkit.train.trainer import train_run
 
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> None:
             "data": DataSpec(num_workers=0),
         }
     )
-    # fusionkit.evaluate.train_and_evaluate(...) does both steps in one call, as `fusionkit train` does
-    trainer = train_run(config, run_dir=args.out, data_root=data_root, progress=False)
+    # fusionkit.evaluate.train_and_evaluate(...) does both steps in one call, as `fusionkit train` does;
+    # after_fit stores the decision rule (inference.json) that FusionPipeline.from_run reads
+    trainer = train_run(config, run_dir=args.out, data_root=data_root, progress=False, after_fit=store_run_decision)
     best = max(trainer.history, key=lambda r: r["val_dice"])
     print(f"best epoch {best['epoch']}: val macro Dice {best['val_dice']:.3f}, val macro AUC {best['val_auc']:.3f}")
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fusionkit.errors import ConfigError
 from fusionkit.metrics.isic import POSITIVE_THRESHOLD
 
 DECISION_RULES = ("probs", "argmax", "thresholds")
@@ -147,7 +148,16 @@ class DecisionRecord:
     tta: str = "none"
 
     def apply(self, probs: Any) -> np.ndarray:
-        """The values this rule gives ``probs`` (n, N) (see :func:`apply_decision`)."""
+        """The values this rule gives ``probs`` (n, N) (see :func:`apply_decision`).
+
+        Raises:
+            ConfigError: the ``thresholds`` rule without thresholds (a run that stored none).
+        """
+        if self.rule == "thresholds" and self.thresholds is None:
+            raise ConfigError(
+                "the thresholds decision rule has no thresholds (the run stored no inference.json): fit them "
+                "with FusionPipeline.refit_decision() or `fusionkit predict --rule argmax`"
+            )
         return apply_decision(probs, self.rule, thresholds=self.thresholds)
 
     def predicted(self, probs: Any) -> list[list[str]]:
