@@ -67,6 +67,22 @@ class ConfigError(FusionkitError):
     """A run configuration, preset name, override or run directory is not usable."""
 
 
+class ConfigFieldError(ConfigError):
+    """A config or spec file whose content fails validation (pydantic's ``ValidationError``, in one line).
+
+    The message names the file and every failing field path (``train.lr: Input should be ...``);
+    :meth:`errors` gives pydantic's error records (``loc``, ``msg``, ``type``) for programs.
+    """
+
+    def __init__(self, message: str, *, errors: list[dict] | None = None) -> None:
+        self._errors = list(errors or [])
+        super().__init__(message)
+
+    def errors(self) -> list[dict]:
+        """pydantic's error records of the failed validation (``loc``, ``msg``, ``type``, ...)."""
+        return list(self._errors)
+
+
 class MissingModalityError(FusionkitError, ValueError):
     """A sample in a batch has no modality present at all, so no branch can decide for it."""
 
