@@ -47,7 +47,7 @@ from fusionkit.metrics.conformal import ConformalCalibration, calibrate_conforma
 from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config
-from fusionkit.runtime.rundir import RunFiles
+from fusionkit.runtime.rundir import RunFiles, refuse_escaping_links
 
 logger = logging.getLogger("fusionkit.inference")
 
@@ -175,6 +175,7 @@ class FusionPipeline(
         files = RunFiles(run_dir)
         if not files.config.is_file():
             raise ConfigError(f"{run_dir}: not a fusionkit run directory (no config.yaml)")
+        refuse_escaping_links(run_dir)
         if checkpoint not in ("best", "last"):
             raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
         config = load_run_config(files.config)
@@ -238,6 +239,7 @@ class FusionPipeline(
         """
         from fusionkit.inference.hub import read_folder, resolve_folder
 
+        local = Path(pretrained_model_name_or_path).is_dir()
         folder = resolve_folder(
             pretrained_model_name_or_path,
             revision=revision,
@@ -246,7 +248,10 @@ class FusionPipeline(
             local_files_only=local_files_only,
             force_download=force_download,
         )
-        return cls(**read_folder(folder), device=device, folder=folder)
+        # a Hub snapshot's files are links into the repository cache's blobs/ (two levels up)
+        return cls(
+            **read_folder(folder, boundary=None if local else folder.parent.parent), device=device, folder=folder
+        )
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from fusionkit.inference.hub import write_folder
