@@ -27,18 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
-from train_helpers import tiny_run_config
+from train_helpers import untrained_run
 
 import fusionkit as fk
-from fusionkit.data import MetadataEncoder, make_synthetic_milk10k, read_milk10k
 from fusionkit.errors import ConfigError
 from fusionkit.inference.hub import read_folder
-from fusionkit.inference.pipeline import inference_spec
 from fusionkit.model import FusionModel
-from fusionkit.runtime.checkpoint import save_checkpoint
-from fusionkit.runtime.config import RunConfig
 from fusionkit.runtime.rundir import RunFiles
 
 PACKAGE = Path(fk.__file__).resolve().parent
@@ -162,24 +157,7 @@ def test_the_source_check_catches_what_it_looks_for(tmp_path, monkeypatch):
 # -- a run directory and a saved folder, made without training ---------------------------------------
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("loading")
-    files = make_synthetic_milk10k(root / "data", n_lesions=12, image_size=(40, 30), seed=3)
-    config = RunConfig.model_validate(
-        {**tiny_run_config(root / "cache", epochs=1, n_lesions=12), "data": {"root": str(root / "data")}}
-    )
-    table = read_milk10k(files)
-    encoder = MetadataEncoder().fit(table.lesions)
-    torch.manual_seed(0)
-    model = FusionModel(inference_spec(config), metadata_width=encoder.width)
-    run = root / "run"
-    run_files = RunFiles(run)
-    run_files.checkpoints.mkdir(parents=True)
-    run_files.config.write_text(config.to_yaml())
-    encoder.save(run_files.metadata_encoder)
-    ids = [x.lesion_id for x in table.lesions]
-    run_files.split.write_text(json.dumps({"root": str(root / "data"), "train": ids[:8], "val": ids[8:], "test": []}))
-    save_checkpoint(run_files.checkpoint("best"), model=model, info={"epoch": 1}, include_rng=False)
-    return run
+    return untrained_run(tmp_path_factory.mktemp("loading"))
 
 
 @pytest.fixture(scope="module")
