@@ -612,3 +612,17 @@ def test_an_image_over_max_image_pixels_is_refused_before_decoding(tmp_path, mon
         dataset[index]
     message = str(info.value)
     assert "\n" not in message and str(path) in message and f"lesion {path.parent.name}" in message
+
+
+def test_a_split_whose_csvs_hold_only_their_headers_is_refused_naming_the_metadata_file(tmp_path):
+    """Found by fuzzing both CSVs at once: a metadata and a ground truth with no rows gave
+    ``MetadataEncoder.fit needs at least one lesion record``, naming no file."""
+    from data_fixtures import edit_csv
+
+    files = make_set(tmp_path / "milk", n_lesions=N_LESIONS, seed=5)
+    assert files.ground_truth_csv is not None
+    for path in (files.metadata_csv, files.ground_truth_csv):
+        edit_csv(path, lambda rows: rows.__delitem__(slice(1, None)))
+    with pytest.raises(DataError, match="no rows below the header") as info:
+        Milk10kDataset(files=files)
+    assert info.value.path == files.metadata_csv and info.value.row == 2 and "\n" not in str(info.value)
