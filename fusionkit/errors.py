@@ -2,7 +2,8 @@
 
 User errors (bad files, bad configs, impossible requests) derive from :class:`FusionkitError`;
 the command line prints their message on one line and exits non-zero without a traceback.
-Spec validation errors are pydantic's own ``ValidationError`` (it names the field path).
+Spec validation errors are pydantic's own ``ValidationError`` (it names the field path); read from a
+file, they become a one-line :class:`ConfigFieldError` naming the file.
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ from fusionkit.data.schema import CLASS_NAMES, GROUND_TRUTH_COLUMNS, METADATA_CO
 from fusionkit.errors import DataError
 
 N_LESIONS = 6
-EXAMPLES = 60
+EXAMPLES = int(os.environ.get("FUSIONKIT_FUZZ_EXAMPLES", 60))
 """Hypothesis examples per CSV property (fixed, derandomized by the suite's profile)."""
-IMAGE_EXAMPLES = 40
+IMAGE_EXAMPLES = int(os.environ.get("FUSIONKIT_FUZZ_EXAMPLES", 40))
 TALLY: Counter[str] = Counter()
 """``ran``, ``refused`` and ``equal``/``accepted`` per property; printed with ``FUSIONKIT_FUZZ_TALLY=1``."""
 
@@ -626,3 +626,16 @@ def test_a_split_whose_csvs_hold_only_their_headers_is_refused_naming_the_metada
     with pytest.raises(DataError, match="no rows below the header") as info:
         Milk10kDataset(files=files)
     assert info.value.path == files.metadata_csv and info.value.row == 2 and "\n" not in str(info.value)
+
+
+def test_a_bomb_as_the_first_image_is_refused_when_read_not_a_traceback_when_the_dataset_opens(tmp_path):
+    """Found by the fuzz (500 examples): with no ``image_size`` the dataset probes the first image's
+    size for absent images; a 20000x20000 header there raised Pillow's DecompressionBombError."""
+    files = make_set(tmp_path / "milk", n_lesions=N_LESIONS, seed=5)
+    path = min(files.image_dir.rglob("*.jpg"), key=lambda p: p.stem)  # the first by isic_id
+    path.write_bytes(_with_size(path.read_bytes(), 20_000, 20_000))
+    dataset = Milk10kDataset(files=files, transform=_as_decoded)
+    with pytest.raises(DataError) as info:
+        for i in range(len(dataset)):
+            dataset[i]
+    assert info.value.path == path and "\n" not in str(info.value)

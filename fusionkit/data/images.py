@@ -22,6 +22,9 @@ RESIZE_INTERPOLATION = InterpolationMode.BICUBIC
 
 _SKIPPED_DIRS = ("__MACOSX",)
 
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What Pillow raises for a file it cannot read: missing, corrupt, truncated, too large."""
+
 
 @dataclass(frozen=True)
 class ImageSource:
@@ -121,7 +124,7 @@ def decode_image(source: ImageSource) -> torch.Tensor:
             array = _rgb8(image)
     except FileNotFoundError as error:
         raise missing_image_error(source) from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UNREADABLE as error:
         raise DataError(
             f"cannot decode image {source.isic_id} ({error}) (listed on line {source.line} of "
             f"{source.metadata_csv.name}); expected a complete, readable RGB JPEG",
@@ -146,7 +149,7 @@ def load_image(source: ImageSource, image_size: int | None) -> torch.Tensor:
 
 
 def image_hw(path: Path) -> tuple[int, int]:
-    """Height and width of an image file, read from its header only."""
+    """Height and width of an image file, read from its header only (raises one of :data:`UNREADABLE`)."""
     with Image.open(path) as image:
         width, height = image.size
     return height, width
