@@ -355,3 +355,15 @@ def test_a_json_config_with_a_byte_order_mark_reads_as_without(tmp_path, clean):
     path = tmp_path / "c.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(clean["full"]).encode())
     assert load_run_config(path) == clean["config"]
+
+
+@pytest.mark.parametrize(
+    "field", ["data.cache_dir", "data.root", "data.split_file", "train.init_from", "model.image_encoder.weights_file"]
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, clean, field):
+    """Found by the fuzz (500 examples): ``data.cache_dir: ''`` was taken as ``.``, the current folder."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_set(clean["full"], tuple(field.split(".")), "")))
+    with pytest.raises(ConfigError, match="is an empty path") as info:
+        load_run_config(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

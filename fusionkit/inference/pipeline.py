@@ -187,7 +187,7 @@ class FusionPipeline(
                 f"{run_dir}: the run has no {checkpoint} checkpoint ({files.checkpoint(checkpoint)} is missing)"
             )
         info = load_checkpoint(files.checkpoint(checkpoint), model=model)
-        split = json.loads(files.split.read_text()) if files.split.is_file() else {}
+        split = _read_split(files.split) if files.split.is_file() else {}
         stored: dict[str, Any] = {}
         if files.inference.is_file():
             try:
@@ -620,6 +620,31 @@ class FusionPipeline(
             tta=tta,
         )
         return self.decision
+
+
+def _read_split(path: Path) -> dict[str, Any]:
+    """A run's ``split.json``: an object whose ``root`` is a path and whose parts are lists of lesion ids;
+    anything else is a :class:`ConfigError` naming the file."""
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({exc}); the run is damaged") from None
+    if not isinstance(split, dict):
+        raise ConfigError(f"{path}: holds {type(split).__name__}; expected the run's split (an object)")
+    for key, value in split.items():
+        if key == "root":
+            ok = isinstance(value, str)
+        elif key in ("train", "val", "test"):
+            ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+        else:
+            ok = True  # other records (folds, seeds) are not read here
+        if not ok:
+            raise ConfigError(
+                f"{path}: {key!r} is {type(value).__name__}; expected {'a path' if key == 'root' else 'a list of lesion ids'}"
+            )
+    if "train" not in split or "val" not in split:
+        raise ConfigError(f"{path}: no 'train' and 'val' lesion lists; expected the run's split")
+    return split
 
 
 def _check_tta(tta: str) -> None:
