@@ -3,7 +3,8 @@
 ``FusionPipeline.save(folder)`` writes::
 
     config.json             format, fusionkit version, the run config (model spec in full), class
-                            names, decision rule with its thresholds, provenance, file checksums
+                            names, decision rule with its thresholds, provenance, where each plugin
+                            component comes from (``components``), file checksums
     model.safetensors       the model's weights (nothing executable)
     metadata_encoder.json   the fitted metadata encoder (fusionkit.data.MetadataEncoder)
     preprocessing.json      image size, mean, std, interpolation
@@ -12,8 +13,9 @@
 following ``huggingface_hub``'s ``ModelHubMixin`` conventions (``config.json`` + weights + card), so
 ``pipe.push_to_hub(repo_id)`` uploads it and ``FusionPipeline.from_pretrained(repo_id)`` downloads
 it with ``snapshot_download``. Loading reads JSON and safetensors only and checks each file's
-SHA-256 against ``config.json``: a missing, corrupted or inconsistent file is refused with one line
-naming it.
+SHA-256 against ``config.json``: a missing, corrupted or inconsistent file, a component kind that is
+not installed (named with the plugin distribution ``components`` records) and a symbolic link leading
+outside the folder are refused with one line naming it.
 """
 
 from __future__ import annotations
