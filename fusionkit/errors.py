@@ -68,11 +68,12 @@ class ConfigError(FusionkitError):
     """A run configuration, preset name, override or run directory is not usable."""
 
 
-class ConfigFieldError(ConfigError):
+class ConfigFieldError(ConfigError, ValueError):
     """A config or spec file whose content fails validation (pydantic's ``ValidationError``, in one line).
 
     The message names the file and every failing field path (``train.lr: Input should be ...``);
-    :meth:`errors` gives pydantic's error records (``loc``, ``msg``, ``type``) for programs.
+    :meth:`errors` gives pydantic's error records (``loc``, ``msg``, ``type``) for programs. A
+    ``ValueError`` too, as pydantic's ``ValidationError`` is.
     """
 
     def __init__(self, message: str, *, errors: list[dict] | None = None) -> None:
