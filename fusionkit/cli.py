@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -148,11 +149,9 @@ def _with_split_file(sets: list[str] | None, split_file: Path | None) -> list[st
 
 
 def _validation_message(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "spec"
-        parts.append(f"{loc}: {e['msg']}")
-    return f"invalid {err.title}: " + "; ".join(parts)
+    from fusionkit.specs.io import validation_message
+
+    return validation_message(err)
 
 
 @app.command()
@@ -994,6 +993,9 @@ def main() -> None:
         handler.setLevel(logging.WARNING)
     logging.getLogger("fusionkit").setLevel(logging.INFO)  # the command configures logging; the library never does
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Pillow warns about an image over MAX_IMAGE_PIXELS before fusionkit refuses it in one line
+    # (fusionkit.data.images): the warning would be a second, redundant line on stderr
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     sys.exit(run_app())
 
 

@@ -2,7 +2,8 @@
 
 User errors (bad files, bad configs, impossible requests) derive from :class:`FusionkitError`;
 the command line prints their message on one line and exits non-zero without a traceback.
-Spec validation errors are pydantic's own ``ValidationError`` (it names the field path).
+Spec validation errors are pydantic's own ``ValidationError`` (it names the field path); read from a
+file, they become a one-line :class:`ConfigFieldError` naming the file.
 """
 
 from __future__ import annotations
@@ -65,6 +66,23 @@ class PretrainedWeightsError(FusionkitError):
 
 class ConfigError(FusionkitError):
     """A run configuration, preset name, override or run directory is not usable."""
+
+
+class ConfigFieldError(ConfigError, ValueError):
+    """A config or spec file whose content fails validation (pydantic's ``ValidationError``, in one line).
+
+    The message names the file and every failing field path (``train.lr: Input should be ...``);
+    :meth:`errors` gives pydantic's error records (``loc``, ``msg``, ``type``) for programs. A
+    ``ValueError`` too, as pydantic's ``ValidationError`` is.
+    """
+
+    def __init__(self, message: str, *, errors: list[dict] | None = None) -> None:
+        self._errors = list(errors or [])
+        super().__init__(message)
+
+    def errors(self) -> list[dict]:
+        """pydantic's error records of the failed validation (``loc``, ``msg``, ``type``, ...)."""
+        return list(self._errors)
 
 
 class MissingModalityError(FusionkitError, ValueError):

@@ -124,7 +124,7 @@ def test_non_finite_lr_is_a_one_line_error(tmp_path, capsys) -> None:
     config = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path))
     assert run_app(["train", str(config), "--synthetic", "--set", "train.lr=.inf"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fusionkit: error: invalid RunConfig: train.lr: Input should be a finite number")
+    assert err.startswith(f"fusionkit: error: {config}: invalid RunConfig: train.lr: Input should be a finite number")
 
 
 @pytest.mark.trains

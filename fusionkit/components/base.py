@@ -13,15 +13,17 @@ image encoder it is built with, registered or not. They live apart so that this 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class FrozenSpec(BaseModel):
     """A frozen pydantic model with ``extra="forbid"``: a typo'd key is an error naming its path.
 
-    Floats must be finite (``allow_inf_nan=False``): ``lr: .inf`` or ``nan`` is refused by name.
+    Floats must be finite (``allow_inf_nan=False``): ``lr: .inf`` or ``nan`` is refused by name; a
+    path field refuses ``""``.
     """
 
     model_config = ConfigDict(
@@ -31,6 +33,16 @@ class FrozenSpec(BaseModel):
         use_attribute_docstrings=True,
         allow_inf_nan=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_paths(cls, data: Any) -> Any:
+        """Refuse ``""`` for a path field: pydantic reads it as ``.``, the current folder, silently."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if data.get(name) == "" and Path in (get_args(field.annotation) or (field.annotation,)):
+                    raise ValueError(f"{name} is an empty path (it would mean the current folder); give a path or null")
+        return data
 
 
 class ComponentSpec(FrozenSpec):

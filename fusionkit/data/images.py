@@ -22,6 +22,9 @@ RESIZE_INTERPOLATION = InterpolationMode.BICUBIC
 
 _SKIPPED_DIRS = ("__MACOSX",)
 
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What Pillow raises for a file it cannot read: missing, corrupt, truncated, too large."""
+
 
 @dataclass(frozen=True)
 class ImageSource:
@@ -91,20 +94,37 @@ def _rgb8(image: Image.Image) -> np.ndarray:
     return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
+def _check_pixels(image: Image.Image) -> None:
+    """Refuse an image larger than Pillow's ``Image.MAX_IMAGE_PIXELS`` from its header, before any
+    pixel is decoded (Pillow itself only warns below twice that limit: a 12000x12000 header, 144
+    million pixels, would allocate 432 MB; MILK10k's images are 600x450)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} = {width * height:,} pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); "
+            "a decompression bomb or a wrong header, refused before decoding"
+        )
+
+
 def decode_image(source: ImageSource) -> torch.Tensor:
     """Decode one JPEG into a uint8 RGB tensor of shape ``(3, H, W)`` (channels-last strided).
 
+    An image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (by its header) is refused before
+    its pixels are decoded.
+
     Raises:
-        DataError: the file is missing, corrupt or truncated; the message names the file, the lesion
-            and the metadata line that lists it.
+        DataError: the file is missing, corrupt, truncated or too large; the message names the file,
+            the lesion and the metadata line that lists it.
     """
     try:
         with Image.open(source.path) as image:
+            _check_pixels(image)
             image.load()
             array = _rgb8(image)
     except FileNotFoundError as error:
         raise missing_image_error(source) from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UNREADABLE as error:
         raise DataError(
             f"cannot decode image {source.isic_id} ({error}) (listed on line {source.line} of "
             f"{source.metadata_csv.name}); expected a complete, readable RGB JPEG",
@@ -129,7 +149,7 @@ def load_image(source: ImageSource, image_size: int | None) -> torch.Tensor:
 
 
 def image_hw(path: Path) -> tuple[int, int]:
-    """Height and width of an image file, read from its header only."""
+    """Height and width of an image file, read from its header only (raises one of :data:`UNREADABLE`)."""
     with Image.open(path) as image:
         width, height = image.size
     return height, width

@@ -241,8 +241,8 @@ class MetadataEncoder:
         path = Path(path)
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(f"cannot read a metadata encoder ({error})", path=path) from error
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"cannot read a metadata encoder ({error})", path=path) from None
         if not isinstance(state, dict):
             raise DataError("expected a JSON object", path=path)
         return cls.from_dict(state, path=path)

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from fusionkit.data.cache import ImageCache
-from fusionkit.data.images import ImageSource, image_hw, load_image
+from fusionkit.data.images import UNREADABLE, ImageSource, image_hw, load_image
 from fusionkit.data.layout import Milk10kFiles, find_split
 from fusionkit.data.metadata import MetadataEncoder
 from fusionkit.data.schema import CLASS_NAMES
@@ -353,6 +353,6 @@ def _first_hw(sources: Iterable[ImageSource]) -> tuple[int, int]:
     for source in sorted(sources, key=lambda s: s.isic_id):
         try:
             return image_hw(source.path)
-        except OSError:
+        except UNREADABLE:  # decoding it refuses it, naming the file and the lesion
             continue
     return _DEFAULT_HW

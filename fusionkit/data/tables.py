@@ -365,12 +365,19 @@ def read_milk10k(files: Milk10kFiles, *, missing_image: MissingImagePolicy = "er
             ``"absent"`` keeps the lesion and marks the image absent (zero tensor, presence False).
 
     Raises:
-        DataError: any invalid row (see :func:`read_metadata`, :func:`read_ground_truth`), a lesion
-            without a ground-truth row or the reverse, or a missing image under ``"error"``.
+        DataError: any invalid row (see :func:`read_metadata`, :func:`read_ground_truth`), a metadata
+            file without rows, a lesion without a ground-truth row or the reverse, or a missing image
+            under ``"error"``.
     """
     if missing_image not in ("error", "absent"):
         raise ValueError(f"missing_image must be 'error' or 'absent', got {missing_image!r}")
     lesions = read_metadata(files.metadata_csv)
+    if not lesions:
+        raise DataError(
+            "no rows below the header; expected one clinical and one dermoscopic row per lesion",
+            path=files.metadata_csv,
+            row=2,
+        )
     if files.ground_truth_csv is not None:
         truth = read_ground_truth(files.ground_truth_csv)
         unmatched = [lesion.lesion_id for lesion in lesions if lesion.lesion_id not in truth]

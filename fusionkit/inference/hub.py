@@ -3,7 +3,8 @@
 ``FusionPipeline.save(folder)`` writes::
 
     config.json             format, fusionkit version, the run config (model spec in full), class
-                            names, decision rule with its thresholds, provenance, file checksums
+                            names, decision rule with its thresholds, provenance, where each plugin
+                            component comes from (``components``), file checksums
     model.safetensors       the model's weights (nothing executable)
     metadata_encoder.json   the fitted metadata encoder (fusionkit.data.MetadataEncoder)
     preprocessing.json      image size, mean, std, interpolation
@@ -12,8 +13,9 @@
 following ``huggingface_hub``'s ``ModelHubMixin`` conventions (``config.json`` + weights + card), so
 ``pipe.push_to_hub(repo_id)`` uploads it and ``FusionPipeline.from_pretrained(repo_id)`` downloads
 it with ``snapshot_download``. Loading reads JSON and safetensors only and checks each file's
-SHA-256 against ``config.json``: a missing, corrupted or inconsistent file is refused with one line
-naming it.
+SHA-256 against ``config.json``: a missing, corrupted or inconsistent file, a component kind that is
+not installed (named with the plugin distribution ``components`` records) and a symbolic link leading
+outside the folder are refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import ValidationError
 
 from fusionkit.data import MetadataEncoder
 from fusionkit.errors import ConfigError, FusionkitError
 from fusionkit.inference.decision import DecisionRecord
 from fusionkit.model import FusionModel
+from fusionkit.registry import COMPONENT_KINDS, get_registry
 from fusionkit.runtime.checkpoint import model_state
 from fusionkit.runtime.config import RunConfig
+from fusionkit.runtime.rundir import refuse_escaping_links
+from fusionkit.specs.io import field_error
 from fusionkit.utils.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -65,6 +71,69 @@ def check_savable(pipe: FusionPipeline) -> None:
         )
 
 
+def component_sources(pipe: FusionPipeline) -> dict[str, dict[str, str | None]]:
+    """Where each component of the model that is not fusionkit's own comes from: per slot, its
+    ``kind``, ``module`` and, when an installed distribution provides that module, the plugin
+    ``distribution`` and its ``version`` (recorded in ``config.json``, so that a folder loaded where
+    the plugin is missing names what to install)."""
+    import importlib.metadata
+
+    spec = pipe.model.spec
+    assert spec is not None  # check_savable
+    sources: dict[str, dict[str, str | None]] = {}
+    providers = None
+    for slot in COMPONENT_KINDS:
+        part = getattr(spec, slot, None)
+        if part is None:
+            continue
+        module = get_registry(slot).get(part.kind).module
+        if module.split(".")[0] == "fusionkit":
+            continue
+        if providers is None:
+            providers = importlib.metadata.packages_distributions()
+        names = providers.get(module.split(".")[0]) or []
+        dist = names[0] if names else None
+        version = None
+        if dist is not None:
+            try:
+                version = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+        sources[slot] = {"kind": part.kind, "module": module, "distribution": dist, "version": version}
+    return sources
+
+
+def _check_kinds(config: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, a component kind that no installed component registers, naming the kind
+    and the plugin distribution ``config.json`` records for it. Nothing named by the file is
+    imported: the registries hold only fusionkit's components and the installed plugins' entry points."""
+    run_config = config.get("run_config")
+    model = run_config.get("model") if isinstance(run_config, dict) else None
+    if not isinstance(model, dict):
+        return
+    recorded: Any = config.get("components")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for slot in COMPONENT_KINDS:
+        part = model.get(slot)
+        kind = part.get("kind") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind in get_registry(slot):
+            continue
+        source: Any = recorded.get(slot)
+        source = source if isinstance(source, dict) else {}
+        dist, version = source.get("distribution"), source.get("version")
+        if isinstance(dist, str) and dist:
+            hint = (
+                f"it comes from the plugin distribution {dist}{f' {version}' if version else ''}: pip install '{dist}"
+            )
+            hint += f"=={version}'" if version else "'"
+        else:
+            hint = "install the plugin that provides it"
+        known = ", ".join(get_registry(slot).names()) or "none"
+        raise ConfigError(
+            f"{path}: model.{slot} kind {kind!r} is not installed (installed: {known}); {' '.join(hint.split())}"
+        )
+
+
 def write_folder(pipe: FusionPipeline, folder: str | Path) -> Path:
     """Write ``pipe``'s files into ``folder`` (see the module docstring); returns the folder."""
     from safetensors.torch import save
@@ -91,6 +160,7 @@ def write_folder(pipe: FusionPipeline, folder: str | Path) -> Path:
         "decision": pipe.decision.to_dict(),
         "run_config": pipe.run_config.model_dump(mode="json"),
         "provenance": pipe.provenance,
+        "components": component_sources(pipe),
         "sha256": {name: _sha256(folder / name) for name in CHECKED_FILES},
     }
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
@@ -140,12 +210,16 @@ def _json(path: Path) -> Any:
         raise ConfigError(f"{path}: not readable JSON ({exc}); the folder is corrupted") from None
 
 
-def read_folder(folder: str | Path) -> dict[str, Any]:
+def read_folder(folder: str | Path, *, boundary: str | Path | None = None) -> dict[str, Any]:
     """The keyword arguments of ``FusionPipeline(...)`` read from a saved folder.
 
+    ``boundary`` is where links in the folder may lead (default: the folder itself; a Hub snapshot's
+    repository cache folder, whose ``blobs/`` its files link to).
+
     Raises:
-        ConfigError: a missing file, a checksum mismatch, malformed JSON or weights that do not fit
-            the model the config describes (each names the file).
+        ConfigError: a missing file, a checksum mismatch, malformed JSON, a component kind that is not
+            installed, a link leading outside the folder or weights that do not fit the model the
+            config describes (each names the file).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -154,6 +228,7 @@ def read_folder(folder: str | Path) -> dict[str, Any]:
     from fusionkit.inference.pipeline import inference_spec
 
     folder = Path(folder)
+    refuse_escaping_links(folder, boundary=boundary)
     config_path = folder / CONFIG_NAME
     config = _json(config_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -169,9 +244,12 @@ def read_folder(folder: str | Path) -> dict[str, Any]:
         expected = (config.get("sha256") or {}).get(name)
         if expected is not None and _sha256(path) != expected:
             raise ConfigError(f"{path}: its SHA-256 differs from the one config.json records; the file is corrupted")
+    _check_kinds(config, config_path)
     try:
         run_config = RunConfig.model_validate(config["run_config"])
         decision = DecisionRecord.from_dict(config["decision"])
+    except ValidationError as exc:
+        raise field_error(config_path, exc) from None
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{config_path}: malformed ({str(exc).splitlines()[0]})") from None
     except FusionkitError as exc:

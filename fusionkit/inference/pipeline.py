@@ -46,7 +46,7 @@ from fusionkit.model import FusionModel
 from fusionkit.runtime.checkpoint import load_checkpoint
 from fusionkit.runtime.config import RunConfig, default_cache_dir, load_run_config
 from fusionkit.runtime.predict import Predictions, check_model_batch, predict
-from fusionkit.runtime.rundir import RunDir
+from fusionkit.runtime.rundir import RunDir, refuse_escaping_links
 from fusionkit.runtime.tta import check_tta
 
 logger = logging.getLogger("fusionkit.inference")
@@ -180,6 +180,7 @@ class FusionPipeline(
         files = RunDir(run_dir)
         if not files.config.is_file():
             raise ConfigError(f"{run_dir}: not a fusionkit run directory (no config.yaml)")
+        refuse_escaping_links(run_dir)
         if checkpoint not in ("best", "last"):
             raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
         config = load_run_config(files.config)
@@ -191,7 +192,7 @@ class FusionPipeline(
                 f"{run_dir}: the run has no {checkpoint} checkpoint ({files.checkpoint(checkpoint)} is missing)"
             )
         info = load_checkpoint(files.checkpoint(checkpoint), model=model)
-        split = json.loads(files.split.read_text()) if files.split.is_file() else {}
+        split = _read_split(files.split) if files.split.is_file() else {}
         stored: dict[str, Any] = {}
         if files.inference.is_file():
             try:
@@ -243,6 +244,7 @@ class FusionPipeline(
         """
         from fusionkit.inference.hub import read_folder, resolve_folder
 
+        local = Path(pretrained_model_name_or_path).is_dir()
         folder = resolve_folder(
             pretrained_model_name_or_path,
             revision=revision,
@@ -251,7 +253,10 @@ class FusionPipeline(
             local_files_only=local_files_only,
             force_download=force_download,
         )
-        return cls(**read_folder(folder), device=device, folder=folder)
+        # a Hub snapshot's files are links into the repository cache's blobs/ (two levels up)
+        return cls(
+            **read_folder(folder, boundary=None if local else folder.parent.parent), device=device, folder=folder
+        )
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from fusionkit.inference.hub import write_folder
@@ -620,6 +625,31 @@ class FusionPipeline(
             tta=tta,
         )
         return self.decision
+
+
+def _read_split(path: Path) -> dict[str, Any]:
+    """A run's ``split.json``: an object whose ``root`` is a path and whose parts are lists of lesion ids;
+    anything else is a :class:`ConfigError` naming the file."""
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({exc}); the run is damaged") from None
+    if not isinstance(split, dict):
+        raise ConfigError(f"{path}: holds {type(split).__name__}; expected the run's split (an object)")
+    for key, value in split.items():
+        if key == "root":
+            ok = isinstance(value, str)
+        elif key in ("train", "val", "test"):
+            ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+        else:
+            ok = True  # other records (folds, seeds) are not read here
+        if not ok:
+            raise ConfigError(
+                f"{path}: {key!r} is {type(value).__name__}; expected {'a path' if key == 'root' else 'a list of lesion ids'}"
+            )
+    if "train" not in split or "val" not in split:
+        raise ConfigError(f"{path}: no 'train' and 'val' lesion lists; expected the run's split")
+    return split
 
 
 def _device(device: str | torch.device | None) -> torch.device:

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from fusionkit.errors import ConfigError
-from fusionkit.specs.io import read_mapping
+from fusionkit.specs.io import read_mapping, safe_yaml
 from fusionkit.specs.model import ModelSpec
 
 PRESET_ALIASES: dict[str, str] = {
@@ -83,7 +83,12 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
-    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value: Any = safe_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise ConfigError(f"override {text!r}: the value is nested too deeply") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -132,8 +137,13 @@ def expand_preset(spec: Mapping[str, Any], *, where: str) -> dict[str, Any]:
         return dict(spec)
     extra = set(spec) - {"preset", "overrides"}
     if extra:
-        raise ValueError(f"{where}: a preset takes only 'preset' and 'overrides'; found {sorted(extra)}")
-    return apply_overrides(preset_dict(spec["preset"]), spec.get("overrides"))
+        raise ValueError(f"{where}: a preset takes only 'preset' and 'overrides'; found {sorted(map(str, extra))}")
+    name, overrides = spec["preset"], spec.get("overrides")
+    if not isinstance(name, str):
+        raise ValueError(f"{where}.preset is {name!r}; expected a preset name (a string)")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ValueError(f"{where}.overrides is {overrides!r}; expected a mapping of spec fields")
+    return apply_overrides(preset_dict(name), overrides)
 
 
 def load_preset(name: str, overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ModelSpec:

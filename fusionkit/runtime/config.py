@@ -12,13 +12,13 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from fusionkit.components.base import FrozenSpec
 from fusionkit.data.transforms import AugmentConfig
 from fusionkit.errors import ConfigError
 from fusionkit.presets import apply_overrides, expand_preset
-from fusionkit.specs.io import read_mapping
+from fusionkit.specs.io import field_error, read_mapping
 from fusionkit.specs.model import ModelSpec
 
 MAX_SEED = 2**32 - 1
@@ -335,10 +335,30 @@ def _expand_preset(data: Any) -> Any:
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a run config file, apply ``key.path=value`` overrides, and validate it."""
+    """Read a run config file, apply ``key.path=value`` overrides, and validate it.
+
+    Raises:
+        ConfigError: the file is unreadable or not a mapping, a preset or an override is bad; a
+            :class:`~fusionkit.errors.ConfigFieldError` when a field fails validation. Every message
+            is one line naming the file (and the field).
+    """
     data = read_mapping(path)
     if "model" not in data:
         raise ConfigError(f"{path}: a run config needs a 'model' section (a spec or a preset)")
+    try:
+        return _validated(data, overrides)
+    except ValidationError as exc:
+        raise field_error(path, exc) from None
+    except ValueError as exc:  # the preset section's own checks (_expand_preset), outside pydantic
+        raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from None
+    except ConfigError as exc:
+        if str(path) not in str(exc):
+            exc.args = (f"{path}: {exc}",)
+        raise
+
+
+def _validated(data: dict[str, Any], overrides: list[str] | None) -> RunConfig:
+    """:func:`load_run_config` after the file is read: overrides, the preset, validation."""
     overrides = list(overrides or [])
     # overrides of the preset itself (model.preset=..., model.overrides.x=...) apply before it is
     # expanded; every other override applies to the expanded spec

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -370,3 +371,28 @@ class RunDir:
 
 RunFiles = RunDir
 """The former name of :class:`RunDir` (the file names); kept for code that imports it."""
+
+
+def refuse_escaping_links(folder: str | Path, *, boundary: str | Path | None = None) -> None:
+    """Refuse, in one line, a loaded folder holding a symbolic link that leads outside it.
+
+    Loading a run directory or a saved pipeline reads the files in it and evaluating writes beside
+    them; a link (to a file or a folder, at any depth) whose target lies outside ``boundary``
+    (default: the folder itself) would make either reach elsewhere, so it is refused, naming the
+    link and where it leads. Links inside the folder are fine. ``boundary`` is wider for a Hugging
+    Face Hub snapshot, whose files are links into the repository's ``blobs/`` folder.
+
+    Raises:
+        ConfigError: the link that leads outside (the first found, in sorted order).
+    """
+    root = Path(folder)
+    limit = Path(boundary if boundary is not None else folder).resolve()
+    for dirpath, dirnames, filenames in os.walk(root):  # does not descend into linked folders
+        dirnames.sort()
+        for name in [*dirnames, *sorted(filenames)]:
+            path = Path(dirpath, name)
+            if path.is_symlink() and not path.resolve().is_relative_to(limit):
+                raise ConfigError(
+                    f"{path}: a symbolic link leading outside {root} (to {os.readlink(path)}); a loaded folder "
+                    "reads and writes only inside itself: copy the file in instead of linking it"
+                )

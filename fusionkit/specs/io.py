@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fusionkit.errors import ConfigError
+from fusionkit.errors import ConfigError, ConfigFieldError
 from fusionkit.utils.io import atomic_write_text
 
 if TYPE_CHECKING:  # the spec classes import every component; reading a file needs none of them
+    from pydantic import ValidationError
+
     from fusionkit.specs.model import ModelSpec
 
 
@@ -28,6 +30,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def validation_message(error: ValidationError) -> str:
+    """pydantic's ``ValidationError`` in one line: ``invalid RunConfig: train.lr: Input should be ...; ...``."""
+    parts = []
+    for e in error.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "spec"
+        parts.append(f"{loc}: {' '.join(str(e['msg']).split())}")
+    return f"invalid {error.title}: " + "; ".join(parts)
+
+
+def field_error(path: str | Path, error: ValidationError) -> ConfigFieldError:
+    """A :class:`~fusionkit.errors.ConfigFieldError` naming ``path`` and every failing field of ``error``."""
+    return ConfigFieldError(f"{path}: {validation_message(error)}", errors=[dict(e) for e in error.errors()])
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader that refuses a key given twice (``yaml.YAMLError`` else)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -49,14 +70,14 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file")
     kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is no content
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the {kind} file as UTF-8") from None
     try:
         if kind == "JSON":
             data = json.loads(text, object_pairs_hook=_unique_json_object)
         else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            data = safe_yaml(text)
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{path}: not valid {kind}: {' '.join(str(exc).split())}") from None
     except RecursionError:

@@ -191,8 +191,9 @@ def plan_sweep(
     each job swaps in its own preset and keeps the overrides. ``sets`` apply to every run
     (``key=value``) or to one variant (``PRESET:key=value``). With ``presets=None`` the config's own
     model is the one variant (named after its preset, or after the config file when its model is a
-    full spec): what ``fusionkit train CONFIG --folds K`` runs. Raises :class:`ConfigError` (or a
-    pydantic ``ValidationError``) before anything runs.
+    full spec): what ``fusionkit train CONFIG --folds K`` runs. Raises :class:`ConfigError` (a
+    :class:`~fusionkit.errors.ConfigFieldError` naming the config file for a field, ``--set`` ones
+    included, that fails validation) before anything runs.
     """
     if folds is not None and folds < 2:
         raise ConfigError(f"--folds {folds}: k-fold cross-validation needs at least 2 folds")

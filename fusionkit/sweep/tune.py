@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from fusionkit.errors import ConfigError, require_extra
+from fusionkit.errors import ConfigError, ConfigFieldError, require_extra
 from fusionkit.runtime.config import load_run_config
 from fusionkit.runtime.rundir import RunDir
 from fusionkit.sweep.execute import (
@@ -434,7 +434,7 @@ class Tuner:
 
 
 def _short(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ValidationError | ConfigFieldError):  # the fields, without the config file's name
         parts = [f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
         return "; ".join(parts)
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
