@@ -73,7 +73,7 @@ def run_config(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         },
         "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "device": "cpu", "deterministic": True},
         "data": {
-            "synthetic": {"n_lesions": args.lesions, "image_size": [args.image_width, args.image_height], "seed": 0},
+            "synthetic": {"n_lesions": args.lesions, "photo_size": [args.image_width, args.image_height], "seed": 0},
             "cache_dir": str(cache),
         },
     }

@@ -135,7 +135,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fusionkit.data.synthetic import make_synthetic_milk10k
 
     base = tmp_path_factory.mktemp("kills")
-    make_synthetic_milk10k(base / "data", n_lesions=40, image_size=(40, 30), seed=3)
+    make_synthetic_milk10k(base / "data", n_lesions=40, photo_size=(40, 30), seed=3)
     raw = tiny_run_config(base / "cache", epochs=2, n_lesions=40)
     del raw["data"]["synthetic"]
     config = write_config(base / "config.yaml", raw)
